@@ -1,0 +1,101 @@
+//! Sandbox runtimes: the [`Runtime`] trait and its backends.
+//!
+//! The runner owns sandbox *records*; a runtime owns the *machinery* that makes a sandbox run
+//! (root filesystem, namespaces, cgroups, network, the daemon process). Callers never know which
+//! backend is live: today `native` (Linux namespaces + cgroups + overlayfs, no daemon needed);
+//! a Docker backend (bollard) or microVMs later fit behind the same trait.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+pub mod native;
+
+/// Port the toolbox daemon listens on inside every sandbox (upstream's value).
+pub const DAEMON_PORT: u16 = 2280;
+
+/// Everything a runtime needs to create a sandbox. Resources use the API's units.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    /// Sandbox id (UUID string); also names cgroups, netns and directories.
+    pub id: String,
+    /// Unpacked image root filesystem, shared read-only between sandboxes (overlay lower dir).
+    pub image_rootfs: PathBuf,
+    /// OS user the daemon runs commands as (e.g. `daytona`); the daemon itself runs as root.
+    pub user: String,
+    /// Environment for processes in the sandbox (image env merged with the request's env).
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the image, if it declares one.
+    pub workdir: Option<String>,
+    /// CPU cores (cgroup quota = cpu * period).
+    pub cpu: u32,
+    /// Memory in GiB.
+    pub memory_gib: u32,
+    /// Disk in GiB (enforced from issue 3 on; recorded now).
+    pub disk_gib: u32,
+}
+
+/// What the runtime knows about a sandbox it manages.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SandboxStatus {
+    pub id: String,
+    pub state: RuntimeState,
+    /// Address of the sandbox on the runner's bridge; the daemon is at `ip:DAEMON_PORT`.
+    pub ip: Option<Ipv4Addr>,
+    /// Host PID of the sandbox's PID 1 while running.
+    pub pid: Option<i32>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RuntimeState {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("sandbox {0} not found")]
+    NotFound(String),
+    #[error("sandbox {0} already exists")]
+    AlreadyExists(String),
+    #[error("invalid sandbox spec: {0}")]
+    InvalidSpec(String),
+    #[error("daemon in sandbox {id} did not become ready within {secs}s")]
+    DaemonTimeout { id: String, secs: u64 },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl RuntimeError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        RuntimeError::Io { context: context.into(), source }
+    }
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// A sandbox backend. All methods are idempotent where that makes sense: `stop` of a stopped
+/// sandbox and `destroy` of an unknown one succeed.
+#[async_trait::async_trait]
+pub trait Runtime: Send + Sync + 'static {
+    /// Create the sandbox's filesystem, cgroups and network, start it, and return once its
+    /// daemon accepts connections.
+    async fn create(&self, spec: &SandboxSpec) -> Result<SandboxStatus>;
+    /// Start a stopped sandbox with its files as they were; returns once the daemon is ready.
+    async fn start(&self, id: &str) -> Result<SandboxStatus>;
+    /// Stop every process (SIGTERM, then SIGKILL after a grace period); files are kept.
+    async fn stop(&self, id: &str) -> Result<()>;
+    /// Remove every trace: processes, mounts, cgroups, netns, veth, directories.
+    async fn destroy(&self, id: &str) -> Result<()>;
+    /// Current status, or `None` if the runtime has no such sandbox.
+    async fn status(&self, id: &str) -> Result<Option<SandboxStatus>>;
+}
