@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The project's test command: builds everything, runs the Rust tests, then drives a real `daytona server`
+# with the official Python SDK (tests/sdk). Meant for root on Debian 12; installs what it needs.
+#
+#   scripts/test.sh [pytest args...]     e.g. scripts/test.sh -k files -x
+#
+# Environment:
+#   CARGO_TARGET_DIR          build directory (default: ./target)
+#   DAYTONA_CACHE_DIR         venv, base image and other caches (default: ~/.cache/daytona)
+#   DAYTONA_TEST_SKIP_CARGO=1 skip `cargo test` (SDK suite only)
+#   DAYTONA_BENCH=1           also run the benchmarks (pytest -m bench), which print timings
+# Exits non-zero if any stage fails; later test stages still run so one report shows everything.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$repo"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+export DAYTONA_CACHE_DIR=${DAYTONA_CACHE_DIR:-$HOME/.cache/daytona}
+mkdir -p "$DAYTONA_CACHE_DIR"
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+failures=()
+
+# --- system packages -------------------------------------------------------------------------------
+# package:command pairs; a package is installed only when its command is missing.
+needed=(debootstrap:debootstrap iproute2:ip iptables:iptables procps:ps)
+missing=()
+for pair in "${needed[@]}"; do
+    command -v "${pair#*:}" >/dev/null 2>&1 || [[ -x /usr/sbin/${pair#*:} || -x /sbin/${pair#*:} ]] \
+        || missing+=("${pair%%:*}")
+done
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if ((${#missing[@]})); then
+    step "installing ${missing[*]}"
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "missing packages ${missing[*]} and not root; install them first" >&2
+        exit 1
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# --- build -----------------------------------------------------------------------------------------
+step "cargo build -p daytona-cli"
+cargo build -p daytona-cli
+step "cargo build (static) -p daytona-daemon"
+# The explicit --target keeps crt-static off build scripts and proc-macros.
+RUSTFLAGS='-C target-feature=+crt-static' cargo build --target x86_64-unknown-linux-gnu -p daytona-daemon
+daytona_bin=$CARGO_TARGET_DIR/debug/daytona
+daemon_bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/debug/daytona-daemon
+
+step "base image"
+base_image=$(scripts/build-base-image.sh | tail -n 1)
+if [[ ! -f $base_image ]]; then
+    echo "scripts/build-base-image.sh did not print an existing archive path (got '$base_image')" >&2
+    exit 1
+fi
+echo "base image: $base_image" >&2
+
+# --- Rust tests ------------------------------------------------------------------------------------
+if [[ ${DAYTONA_TEST_SKIP_CARGO:-} != 1 ]]; then
+    if cargo nextest --version >/dev/null 2>&1; then
+        step "cargo nextest run --workspace"
+        cargo nextest run --workspace --no-fail-fast --no-tests=pass || failures+=("cargo nextest")
+        step "cargo test --workspace --doc"
+        cargo test --workspace --doc || failures+=("cargo doctests")
+    else
+        step "cargo test --workspace"
+        cargo test --workspace --no-fail-fast || failures+=("cargo test")
+    fi
+fi
+
+# --- SDK suite -------------------------------------------------------------------------------------
+venv=$DAYTONA_CACHE_DIR/venv-sdk
+requirements=tests/sdk/requirements.txt
+stamp="$(sha256sum "$requirements" | cut -d' ' -f1) $(python3 -c 'import sys; print(sys.version)' | head -n 1)"
+if [[ ! -x $venv/bin/python || $(cat "$venv/.requirements-stamp" 2>/dev/null) != "$stamp" ]]; then
+    step "creating $venv"
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install --disable-pip-version-check -q -r "$requirements"
+    echo "$stamp" >"$venv/.requirements-stamp"
+fi
+
+export DAYTONA_BIN=$daytona_bin DAYTONA_DAEMON_PATH=$daemon_bin DAYTONA_BASE_IMAGE=$base_image
+step "pytest tests/sdk"
+"$venv/bin/python" -m pytest tests/sdk -v "$@" || failures+=("SDK suite")
+if [[ ${DAYTONA_BENCH:-} == 1 ]]; then
+    step "pytest tests/sdk -m bench"
+    "$venv/bin/python" -m pytest tests/sdk -m bench -v -s || failures+=("SDK benchmarks")
+fi
+
+if ((${#failures[@]})); then
+    step "FAILED: ${failures[*]}"
+    exit 1
+fi
+step "all tests passed"

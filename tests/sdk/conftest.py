@@ -1,0 +1,300 @@
+"""One real `daytona server` per test session, driven through the official Python SDK.
+
+Required environment (scripts/test.sh sets all three):
+  DAYTONA_BIN          the `daytona` binary
+  DAYTONA_DAEMON_PATH  the statically linked toolbox daemon
+  DAYTONA_BASE_IMAGE   OCI archive used as the default snapshot
+Optional:
+  DAYTONA_TEST_TMPDIR  where the per-run directory (data dir + server log) goes (default: system temp)
+  DAYTONA_TEST_SUBNET  sandbox subnet (default: a random free /16 inside 100.96.0.0/11)
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from daytona import Daytona, Sandbox
+
+from support import SandboxFactory, make_client
+
+HEALTH_TIMEOUT_S = 60
+SHUTDOWN_TIMEOUT_S = 30
+# How much of the server log a failure report shows.
+LOG_TAIL_LINES = 200
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running `daytona server` started by this test session."""
+
+    process: subprocess.Popen
+    api_url: str  # ends in /api
+    proxy_url: str
+    api_key: str
+    data_dir: Path
+    log_path: Path
+    binary: Path
+
+    def __repr__(self) -> str:
+        return f"Server(pid={self.pid}, api_url={self.api_url!r}, log={str(self.log_path)!r})"
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_size(self) -> int:
+        try:
+            return self.log_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def log_since(self, offset: int, max_lines: int = LOG_TAIL_LINES) -> str:
+        try:
+            with self.log_path.open("rb") as f:
+                f.seek(offset)
+                lines = f.read().decode("utf-8", "replace").splitlines()
+        except FileNotFoundError:
+            return "<no server log>"
+        if len(lines) > max_lines:
+            lines = [f"... ({len(lines) - max_lines} earlier lines omitted)"] + lines[-max_lines:]
+        return "\n".join(lines)
+
+
+def _required_path(var: str) -> Path:
+    value = os.environ.get(var)
+    if not value:
+        pytest.exit(f"{var} is not set; run the suite through scripts/test.sh or export it", returncode=2)
+    path = Path(value)
+    if not path.exists():
+        pytest.exit(f"{var}={value} does not exist", returncode=2)
+    return path.resolve()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _used_networks() -> list[ipaddress.IPv4Network]:
+    """IPv4 networks already routed on this host, so the sandbox subnet does not collide with them."""
+    try:
+        out = subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"], capture_output=True, text=True)
+        routes = json.loads(out.stdout or "[]")
+    except (OSError, json.JSONDecodeError):
+        return []
+    nets = []
+    for route in routes:
+        dst = route.get("dst", "")
+        if dst and dst != "default":
+            try:
+                nets.append(ipaddress.ip_network(dst, strict=False))
+            except ValueError:
+                pass
+    return nets
+
+
+def _sandbox_subnet() -> str:
+    if subnet := os.environ.get("DAYTONA_TEST_SUBNET"):
+        return subnet
+    used = _used_networks()
+    candidates = [ipaddress.ip_network(f"100.{octet}.0.0/16") for octet in range(96, 128)]
+    random.shuffle(candidates)
+    for net in candidates:
+        if not any(net.overlaps(u) for u in used):
+            return str(net)
+    pytest.exit("no free /16 in 100.96.0.0/11 for the sandbox subnet; set DAYTONA_TEST_SUBNET", returncode=2)
+
+
+def _health_ok(api_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{api_url}/health", timeout=2) as resp:
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path).rstrip("/") + "/"
+    found = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            mount_point = line.split()[4]
+            if mount_point == str(path) or mount_point.startswith(prefix):
+                found.append(mount_point)
+    return found
+
+
+def _stop(process: subprocess.Popen) -> str | None:
+    """SIGTERM the server we started and wait; returns a problem description, if any."""
+    if process.poll() is not None:
+        return f"server had already exited with code {process.returncode} before teardown"
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=SHUTDOWN_TIMEOUT_S)
+        return None
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        return f"server did not exit within {SHUTDOWN_TIMEOUT_S}s of SIGTERM and was killed"
+
+
+@pytest.fixture(scope="session")
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    binary = _required_path("DAYTONA_BIN")
+    daemon = _required_path("DAYTONA_DAEMON_PATH")
+    base_image = _required_path("DAYTONA_BASE_IMAGE")
+
+    run_dir = Path(tempfile.mkdtemp(prefix="daytona-sdk-", dir=os.environ.get("DAYTONA_TEST_TMPDIR")))
+    data_dir = run_dir / "data"
+    data_dir.mkdir()
+    log_path = run_dir / "server.log"
+    port, proxy_port = _free_port(), _free_port()
+    while proxy_port == port:
+        proxy_port = _free_port()
+    api_key = "dtn_test_" + secrets.token_hex(24)
+    proxy_url = f"http://127.0.0.1:{proxy_port}"
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DAYTONA_")}
+    env.update(
+        PORT=str(port),
+        PROXY_PORT=str(proxy_port),
+        ADMIN_API_KEY=api_key,
+        DAYTONA_DATA_DIR=str(data_dir),
+        DEFAULT_SNAPSHOT=f"oci-archive:{base_image}",
+        PROXY_TOOLBOX_BASE_URL=proxy_url,
+        DAYTONA_DAEMON_PATH=str(daemon),
+        DAYTONA_BIND_ADDRESS="127.0.0.1",
+        DAYTONA_BRIDGE_NAME=f"dtnt{secrets.token_hex(2)}",
+        DAYTONA_SANDBOX_SUBNET=_sandbox_subnet(),
+        DAYTONA_LOG=os.environ.get("DAYTONA_LOG", "info"),
+    )
+    print(f"\n[sdk-tests] run dir {run_dir}; server log {log_path}")
+    print(
+        f"[sdk-tests] API :{port} proxy :{proxy_port} bridge {env['DAYTONA_BRIDGE_NAME']} "
+        f"subnet {env['DAYTONA_SANDBOX_SUBNET']}"
+    )
+
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [str(binary), "server"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=run_dir,
+        )
+    srv = Server(
+        process=process,
+        api_url=f"http://127.0.0.1:{port}/api",
+        proxy_url=proxy_url,
+        api_key=api_key,
+        data_dir=data_dir,
+        log_path=log_path,
+        binary=binary,
+    )
+
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while not _health_ok(srv.api_url):
+        if process.poll() is not None:
+            pytest.fail(
+                f"daytona server exited with code {process.returncode} before becoming healthy; log:\n"
+                + srv.log_since(0),
+                pytrace=False,
+            )
+        if time.monotonic() > deadline:
+            problem = _stop(process)
+            pytest.fail(
+                f"GET /api/health did not answer 200 within {HEALTH_TIMEOUT_S}s ({problem or 'stopped'});"
+                " log:\n" + srv.log_since(0),
+                pytrace=False,
+            )
+        time.sleep(0.2)
+
+    _RUNNING["server"] = srv
+    yield srv
+    _RUNNING.clear()
+
+    problem = _stop(process)
+    failed = request.session.testsfailed
+    leftover_mounts = _mounts_under(data_dir)
+    if leftover_mounts:
+        # Never rmtree across a mount: a bind mount could lead back into host files.
+        print(f"[sdk-tests] keeping {run_dir}: still mounted after shutdown: {leftover_mounts}")
+    elif failed or problem:
+        print(f"[sdk-tests] keeping {run_dir} for inspection")
+    else:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    if problem or leftover_mounts:
+        pytest.fail(
+            f"{problem or ''} {'mounts left behind: ' + str(leftover_mounts) if leftover_mounts else ''}"
+            f"\nserver log tail:\n{srv.log_since(0, 60)}",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def daytona(server: Server) -> Daytona:
+    return make_client(server)
+
+
+@pytest.fixture
+def sandbox_factory(daytona: Daytona) -> Iterator[SandboxFactory]:
+    factory = SandboxFactory(daytona)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture(scope="module")
+def sandbox(daytona: Daytona) -> Iterator[Sandbox]:
+    """A default sandbox shared by one module's tests; each test uses its own paths and names."""
+    factory = SandboxFactory(daytona)
+    yield factory()
+    factory.cleanup()
+
+
+# --- server log excerpts in failure reports ---------------------------------------------------------
+
+_LOG_OFFSET_KEY = pytest.StashKey[int]()
+_RUNNING: dict[str, Server] = {}
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item: pytest.Item):
+    srv = _started_server(item)
+    item.stash[_LOG_OFFSET_KEY] = srv.log_size() if srv else 0
+    yield
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed:
+        return
+    srv = _started_server(item)
+    if srv is None:
+        return
+    excerpt = srv.log_since(item.stash.get(_LOG_OFFSET_KEY, 0))
+    report.sections.append((f"daytona server log during this test ({srv.log_path})", excerpt or "<empty>"))
+
+
+def _started_server(item: pytest.Item) -> Server | None:
+    """The session's server if it has been started already (never starts it)."""
+    return _RUNNING.get("server")

@@ -1,0 +1,131 @@
+"""File transfer and inspection through the toolbox (bulk upload/download, list, info)."""
+
+import hashlib
+import os
+
+import pytest
+from daytona import DaytonaNotFoundError, FileUpload
+
+from support import unique
+
+BIG_FILE_BYTES = 50 * 1024 * 1024
+
+
+@pytest.fixture
+def workdir(sandbox):
+    """A fresh directory in the shared sandbox for one test."""
+    path = f"/tmp/{unique('files')}"
+    assert sandbox.process.exec(f"mkdir -p {path}").exit_code == 0
+    return path
+
+
+def test_upload_download_text(sandbox, workdir):
+    text = "héllo, wörld\nsecond line\n".encode()
+    path = f"{workdir}/nested/dirs/hello.txt"  # parents are created by the upload
+    sandbox.fs.upload_file(text, path)
+    assert sandbox.fs.download_file(path) == text
+    assert sandbox.process.exec(f"cat {path}").result == text.decode()
+
+
+def test_upload_overwrites(sandbox, workdir):
+    path = f"{workdir}/over.txt"
+    sandbox.fs.upload_file(b"first version, longer", path)
+    sandbox.fs.upload_file(b"second", path)
+    assert sandbox.fs.download_file(path) == b"second"
+
+
+def test_upload_download_relative_path_uses_work_dir(sandbox):
+    name = unique("relative") + ".txt"
+    sandbox.fs.upload_file(b"relative", name)
+    try:
+        assert sandbox.fs.download_file(f"{sandbox.get_work_dir()}/{name}") == b"relative"
+        assert sandbox.fs.download_file(name) == b"relative"
+    finally:
+        sandbox.fs.delete_file(f"{sandbox.get_work_dir()}/{name}")
+
+
+def test_upload_download_all_byte_values(sandbox, workdir):
+    data = bytes(range(256)) * 64
+    path = f"{workdir}/all-bytes.bin"
+    sandbox.fs.upload_file(data, path)
+    assert sandbox.fs.download_file(path) == data
+    assert sandbox.process.exec(f"sha256sum {path}").result.split()[0] == hashlib.sha256(data).hexdigest()
+
+
+def test_upload_download_empty_file(sandbox, workdir):
+    path = f"{workdir}/empty"
+    sandbox.fs.upload_file(b"", path)
+    assert sandbox.fs.download_file(path) == b""
+    assert sandbox.fs.get_file_info(path).size == 0
+
+
+def test_upload_download_50mb_random_file(sandbox, workdir, tmp_path):
+    local = tmp_path / "random.bin"
+    data = os.urandom(BIG_FILE_BYTES)
+    local.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    remote = f"{workdir}/random.bin"
+
+    sandbox.fs.upload_file(str(local), remote)  # streamed from disk
+    inside = sandbox.process.exec(f"sha256sum {remote}")
+    assert inside.exit_code == 0
+    assert inside.result.split()[0] == digest
+    assert sandbox.fs.get_file_info(remote).size == BIG_FILE_BYTES
+
+    back = tmp_path / "back.bin"
+    sandbox.fs.download_file(remote, str(back))  # streamed to disk
+    assert back.stat().st_size == BIG_FILE_BYTES
+    assert hashlib.sha256(back.read_bytes()).hexdigest() == digest
+    assert hashlib.sha256(sandbox.fs.download_file(remote)).hexdigest() == digest
+
+
+def test_upload_many_files_at_once(sandbox, workdir):
+    files = {f"{workdir}/multi/{i}.txt": f"file {i}".encode() for i in range(5)}
+    sandbox.fs.upload_files([FileUpload(source=content, destination=path) for path, content in files.items()])
+    for path, content in files.items():
+        assert sandbox.fs.download_file(path) == content
+
+
+def test_list_files_and_file_info(sandbox, workdir):
+    sandbox.fs.upload_file(b"12345", f"{workdir}/five.txt")
+    sandbox.fs.upload_file(b"", f"{workdir}/sub/inner.txt")
+
+    entries = {f.name: f for f in sandbox.fs.list_files(workdir)}
+    assert set(entries) == {"five.txt", "sub"}
+    assert entries["five.txt"].is_dir is False
+    assert entries["five.txt"].size == 5
+    assert entries["sub"].is_dir is True
+
+    info = sandbox.fs.get_file_info(f"{workdir}/five.txt")
+    assert info.name == "five.txt"
+    assert info.is_dir is False
+    assert info.size == 5
+    assert info.mode.startswith("-")
+    assert len(info.permissions) == 4 and int(info.permissions, 8) & 0o400  # e.g. "0644", owner can read
+
+    dir_info = sandbox.fs.get_file_info(f"{workdir}/sub")
+    assert dir_info.is_dir is True
+    assert dir_info.name == "sub"
+
+
+def test_create_folder_and_delete(sandbox, workdir):
+    folder = f"{workdir}/made/by/sdk"
+    sandbox.fs.create_folder(folder, "755")
+    assert sandbox.fs.get_file_info(folder).is_dir is True
+
+    sandbox.fs.upload_file(b"x", f"{folder}/f.txt")
+    sandbox.fs.delete_file(f"{folder}/f.txt")
+    assert sandbox.fs.list_files(folder) == []
+    sandbox.fs.delete_file(f"{workdir}/made", recursive=True)
+    with pytest.raises(DaytonaNotFoundError):
+        sandbox.fs.get_file_info(f"{workdir}/made")
+
+
+def test_download_missing_file_raises_not_found(sandbox, workdir):
+    with pytest.raises(DaytonaNotFoundError):
+        sandbox.fs.download_file(f"{workdir}/does-not-exist.txt")
+
+
+def test_file_info_missing_raises_not_found(sandbox, workdir):
+    with pytest.raises(DaytonaNotFoundError):
+        sandbox.fs.get_file_info(f"{workdir}/does-not-exist.txt")
