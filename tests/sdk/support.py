@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, Sandbox
 
-# Prints {pid: [NUL-separated fields of /proc/<pid>/<file>]} for every process the sandbox can see. It takes
-# no marker argument, so its own command line never contains what a test looks for.
-_SCAN_PROC = r"""python3 - {file} <<'PYEOF'
+# Prints {pid: [NUL-separated fields of /proc/<pid>/<file>]} for every process the sandbox can see, as root
+# when the sandbox user may sudo (the sandbox's root is what isolation has to hold against). It takes no
+# marker argument, so its own command line never contains what a test looks for.
+_SCAN_PROC = r"""as_root=; [ "$(id -u)" = 0 ] || ! sudo -n true 2>/dev/null || as_root='sudo -n'
+$as_root python3 - {file} <<'PYEOF'
 import json, os, sys
 procs = {{}}
 for pid in os.listdir('/proc'):
