@@ -1,0 +1,5 @@
+//! `/process/...`: one-shot commands, code runs and sessions.
+
+pub mod execute;
+pub mod session;
+pub mod shell;
