@@ -1,0 +1,172 @@
+//! API-key authentication.
+//!
+//! Keys look like `dtn_<64 hex>`; only their SHA-256 is stored (keys are high-entropy, so a
+//! plain digest is enough and keeps every request's lookup one indexed query).
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use rand::RngExt;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::store::{NewApiKey, Store};
+
+pub const KEY_PREFIX: &str = "dtn_";
+
+/// Who is calling: resolved from the bearer credential.
+#[derive(Debug, Clone)]
+pub struct AuthContext {
+    pub organization_id: String,
+    pub user_id: String,
+}
+
+pub fn hash_key(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+pub fn generate_key() -> String {
+    let bytes: [u8; 32] = rand::rng().random();
+    format!("{KEY_PREFIX}{}", hex::encode(bytes))
+}
+
+/// The bearer token of a request, if any.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Resolves a bearer token to its organization and user.
+pub async fn authenticate(store: &Store, token: &str) -> Result<AuthContext, ApiError> {
+    let key = store
+        .api_key_by_hash(&hash_key(token))
+        .await?
+        .ok_or_else(|| ApiError::Unauthorized("Invalid API key".into()))?;
+    if let Some(expires) = key.expires_at.as_deref()
+        && chrono::DateTime::parse_from_rfc3339(expires).is_ok_and(|t| t < chrono::Utc::now())
+    {
+        return Err(ApiError::Unauthorized("API key has expired".into()));
+    }
+    Ok(AuthContext {
+        organization_id: key.organization_id,
+        user_id: key.user_id,
+    })
+}
+
+impl FromRequestParts<AppState> for AuthContext {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            ApiError::Unauthorized(
+                "Missing credentials: send 'Authorization: Bearer <API key>'".into(),
+            )
+        })?;
+        authenticate(&state.store, token).await
+    }
+}
+
+/// First-start setup: the admin user, its personal organization and its API key.
+///
+/// `ADMIN_API_KEY` is used when set; otherwise a key is generated and returned so the caller can
+/// print it once. On later starts a configured `ADMIN_API_KEY` that is not stored yet is added,
+/// so changing the variable never locks the operator out.
+pub async fn ensure_admin(
+    store: &Store,
+    configured_key: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let (org_id, user_id, generated) = match store.admin_organization().await? {
+        Some((org, user)) => (org, user, None),
+        None => {
+            let user_id = "daytona-admin".to_string();
+            let org = store
+                .create_user_with_personal_org(&user_id, "Daytona Admin", "admin")
+                .await?;
+            let generated = configured_key.is_none().then(generate_key);
+            (org, user_id, generated)
+        }
+    };
+    let Some(key) = configured_key
+        .map(str::to_string)
+        .or_else(|| generated.clone())
+    else {
+        return Ok(None);
+    };
+    let hash = hash_key(&key);
+    if store.api_key_by_hash(&hash).await?.is_none() {
+        let prefix: String = key.chars().take(8).collect();
+        store
+            .insert_api_key(NewApiKey {
+                organization_id: &org_id,
+                user_id: &user_id,
+                name: "admin",
+                key_hash: &hash,
+                key_prefix: &prefix,
+                permissions: "*",
+            })
+            .await?;
+    }
+    Ok(generated)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_are_prefixed_and_unique() {
+        let a = generate_key();
+        let b = generate_key();
+        assert!(a.starts_with(KEY_PREFIX) && a.len() == KEY_PREFIX.len() + 64);
+        assert_ne!(a, b);
+        assert_ne!(hash_key(&a), hash_key(&b));
+    }
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = axum::http::HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert("authorization", "Bearer abc".parse().unwrap());
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[tokio::test]
+    async fn admin_setup_is_idempotent_and_honours_configured_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        let generated = ensure_admin(&store, None)
+            .await
+            .unwrap()
+            .expect("a key is generated at first start");
+        let ctx = authenticate(&store, &generated).await.unwrap();
+        assert_eq!(ctx.user_id, "daytona-admin");
+        assert!(
+            ensure_admin(&store, None).await.unwrap().is_none(),
+            "printed only once"
+        );
+        assert!(
+            ensure_admin(&store, Some("dtn_configured"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let ctx2 = authenticate(&store, "dtn_configured").await.unwrap();
+        assert_eq!(ctx.organization_id, ctx2.organization_id);
+        assert!(matches!(
+            authenticate(&store, "nope").await,
+            Err(ApiError::Unauthorized(_))
+        ));
+    }
+}

@@ -1,0 +1,178 @@
+//! `/api/sandbox` routes.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+use super::dto::{CreateSandbox, Sandbox, SandboxPage};
+use super::service::parse_label_filter;
+use crate::AppState;
+use crate::auth::AuthContext;
+use crate::error::{ApiError, ApiResult};
+use crate::json::JsonBody;
+use crate::store::{SandboxFilter, SandboxSort};
+
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 200;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/sandbox", post(create).get(list))
+        .route("/sandbox/{id}", get(get_one).delete(delete))
+        .route("/sandbox/{id}/start", post(start))
+        .route("/sandbox/{id}/stop", post(stop))
+        .route("/sandbox/{id}/toolbox-proxy-url", get(toolbox_proxy_url))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    JsonBody(body): JsonBody<CreateSandbox>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(state.sandboxes.create(&ctx, body).await?))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(state.sandboxes.to_dto(row)))
+}
+
+async fn start(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(state.sandboxes.start(&ctx, &id).await?))
+}
+
+async fn stop(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(state.sandboxes.stop(&ctx, &id).await?))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    Ok(Json(state.sandboxes.delete(&ctx, &id).await?))
+}
+
+async fn toolbox_proxy_url(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(
+        serde_json::json!({ "url": state.sandboxes.to_dto(row).toolbox_proxy_url }),
+    ))
+}
+
+fn encode_cursor(offset: i64) -> String {
+    URL_SAFE_NO_PAD.encode(offset.to_string())
+}
+
+fn decode_cursor(cursor: &str) -> ApiResult<i64> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.parse::<i64>().ok())
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "cursor: '{cursor}' is not a cursor returned by this API"
+            ))
+        })
+}
+
+/// Parses the list query. Arrays arrive as repeated keys (`states=a&states=b`).
+fn list_filter(query: Option<&str>) -> ApiResult<SandboxFilter> {
+    let mut f = SandboxFilter {
+        limit: DEFAULT_PAGE,
+        ..Default::default()
+    };
+    for (key, value) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+        let value = value.into_owned();
+        match key.as_ref() {
+            "cursor" if !value.is_empty() => f.offset = decode_cursor(&value)?,
+            "limit" => {
+                f.limit = value
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (1..=MAX_PAGE).contains(n))
+                    .ok_or_else(|| ApiError::BadRequest(format!("limit: expected an integer from 1 to {MAX_PAGE}")))?;
+            }
+            "id" => f.id = Some(value),
+            "name" => f.name = Some(value),
+            "labels" => f.labels = parse_label_filter(&value)?,
+            "states" => f.states.push(value),
+            "sort" => {
+                f.sort = Some(SandboxSort::parse(&value).ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "sort: '{value}' is not one of name, cpu, memoryGib, diskGib, lastActivityAt, createdAt"
+                    ))
+                })?)
+            }
+            "order" => {
+                f.descending = match value.as_str() {
+                    "asc" => false,
+                    "desc" => true,
+                    _ => return Err(ApiError::BadRequest(format!("order: '{value}' is not asc or desc"))),
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<SandboxPage>> {
+    let filter = list_filter(query.as_deref())?;
+    let (rows, more) = state.sandboxes.list(&ctx, &filter).await?;
+    let next_cursor = more.then(|| encode_cursor(filter.offset + rows.len() as i64));
+    let items = rows
+        .into_iter()
+        .map(|r| state.sandboxes.to_dto(r).into_list_item())
+        .collect();
+    Ok(Json(SandboxPage { items, next_cursor }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_query_parsing() {
+        let f = list_filter(Some("states=started&states=stopped&labels=%7B%22a%22%3A%22b%22%7D&limit=5&sort=name&order=desc"))
+            .unwrap();
+        assert_eq!(f.states, ["started", "stopped"]);
+        assert_eq!(f.labels, [("a".to_string(), "b".to_string())]);
+        assert_eq!(
+            (f.limit, f.descending, f.sort),
+            (5, true, Some(SandboxSort::Name))
+        );
+        assert!(list_filter(Some("limit=0")).is_err());
+        assert!(list_filter(Some("labels=notjson")).is_err());
+        assert!(list_filter(Some("cursor=%%%")).is_err());
+        let c = encode_cursor(42);
+        assert_eq!(
+            list_filter(Some(&format!("cursor={c}"))).unwrap().offset,
+            42
+        );
+    }
+}

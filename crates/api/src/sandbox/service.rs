@@ -1,0 +1,431 @@
+//! The sandbox state machine.
+//!
+//! Each operation records the desired state and a transitional state (`creating`, `starting`,
+//! `stopping`, `destroying`) in the store, then drives the runner from a detached task so a
+//! client that disconnects never leaves a sandbox half-way. The HTTP handler waits for that
+//! task (up to [`WAIT_FOR_RUNNER`]) so the SDK usually receives the final state in the same
+//! response instead of polling. Operations on one sandbox are serialized by a per-sandbox lock.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use daytona_runner::{SandboxRequest, SandboxRunner};
+
+use super::dto::{CreateSandbox, Sandbox};
+use crate::auth::AuthContext;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{SandboxFilter, SandboxRow, Store, now};
+
+/// How long a request waits for the runner before answering with the transitional state.
+const WAIT_FOR_RUNNER: Duration = Duration::from_secs(50);
+
+/// Upstream's defaults for a sandbox created without explicit values.
+const DEFAULT_CPU: u32 = 1;
+const DEFAULT_MEMORY_GIB: u32 = 1;
+const DEFAULT_DISK_GIB: u32 = 3;
+const DEFAULT_AUTO_STOP_MIN: i64 = 15;
+const DEFAULT_AUTO_ARCHIVE_MIN: i64 = 7 * 24 * 60;
+
+/// Values the service needs from configuration.
+#[derive(Debug, Clone)]
+pub struct SandboxSettings {
+    /// `toolboxProxyUrl` of every sandbox (no trailing slash).
+    pub toolbox_proxy_url: String,
+    /// Image used when a create request names no snapshot (`DEFAULT_SNAPSHOT`).
+    pub default_snapshot: String,
+    /// Region reported as `target` (`DEFAULT_REGION_ID`).
+    pub default_region: String,
+    pub max_cpu_per_sandbox: u64,
+    pub max_memory_per_sandbox: u64,
+    pub max_disk_per_sandbox: u64,
+}
+
+pub struct SandboxService {
+    store: Store,
+    runner: Arc<dyn SandboxRunner>,
+    settings: SandboxSettings,
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+fn is_valid_env_key(key: &str) -> bool {
+    let mut chars = key.chars();
+    matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl SandboxService {
+    pub fn new(store: Store, runner: Arc<dyn SandboxRunner>, settings: SandboxSettings) -> Self {
+        SandboxService {
+            store,
+            runner,
+            settings,
+            locks: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn runner(&self) -> &Arc<dyn SandboxRunner> {
+        &self.runner
+    }
+
+    pub fn to_dto(&self, row: SandboxRow) -> Sandbox {
+        Sandbox::from_row(row, &self.settings.toolbox_proxy_url)
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .expect("lock map poisoned")
+            .entry(id.to_string())
+            .or_default()
+            .clone()
+    }
+
+    fn forget_lock(&self, id: &str) {
+        self.locks.lock().expect("lock map poisoned").remove(id);
+    }
+
+    pub async fn find(&self, ctx: &AuthContext, id_or_name: &str) -> ApiResult<SandboxRow> {
+        self.store
+            .find_sandbox(&ctx.organization_id, id_or_name)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NotFound(format!("Sandbox with ID or name {id_or_name} not found"))
+            })
+    }
+
+    /// Resolves the `snapshot` of a create request to an image reference.
+    fn image_for(&self, snapshot: Option<&str>) -> ApiResult<(Option<String>, String)> {
+        let name = snapshot.unwrap_or(&self.settings.default_snapshot);
+        let is_local = ["oci-archive:", "oci:", "docker-archive:"]
+            .iter()
+            .any(|p| name.starts_with(p));
+        if name == self.settings.default_snapshot || is_local {
+            Ok((Some(name.to_string()), name.to_string()))
+        } else {
+            Err(ApiError::NotFound(format!(
+                "Snapshot {name} not found. Use the default snapshot or an image archive reference (oci-archive:PATH)"
+            )))
+        }
+    }
+
+    fn validate(&self, body: &CreateSandbox) -> ApiResult<()> {
+        if let Some(name) = &body.name
+            && !is_valid_name(name)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "name: '{name}' is invalid; use 1-255 letters, digits, '-', '_' or '.'"
+            )));
+        }
+        if let Some(key) = body.env.keys().find(|k| !is_valid_env_key(k)) {
+            return Err(ApiError::BadRequest(format!(
+                "env: '{key}' is not a valid environment variable name"
+            )));
+        }
+        if body.build_info.is_some() {
+            return Err(ApiError::BadRequest(
+                "buildInfo: building sandboxes from an image definition is not supported by this server yet; \
+                 create from a snapshot"
+                    .into(),
+            ));
+        }
+        if !body.volumes.is_empty() {
+            return Err(ApiError::BadRequest(
+                "volumes: volume mounts are not supported by this server yet".into(),
+            ));
+        }
+        if body.gpu.unwrap_or(0) > 0 {
+            return Err(ApiError::BadRequest("gpu: this server has no GPUs".into()));
+        }
+        let s = &self.settings;
+        for (field, value, max) in [
+            ("cpu", body.cpu, s.max_cpu_per_sandbox),
+            ("memory", body.memory, s.max_memory_per_sandbox),
+            ("disk", body.disk, s.max_disk_per_sandbox),
+        ] {
+            match value {
+                Some(0) => {
+                    return Err(ApiError::BadRequest(format!("{field}: must be at least 1")));
+                }
+                Some(v) if u64::from(v) > max => {
+                    return Err(ApiError::Forbidden(format!(
+                        "{field}: requested {v} exceeds the maximum of {max} per sandbox for this organization"
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn create(
+        self: &Arc<Self>,
+        ctx: &AuthContext,
+        body: CreateSandbox,
+    ) -> ApiResult<Sandbox> {
+        self.validate(&body)?;
+        let (snapshot, image_ref) = self.image_for(body.snapshot.as_deref())?;
+        let id = uuid::Uuid::new_v4().to_string();
+        let name = body.name.clone().unwrap_or_else(|| id.clone());
+        if self
+            .store
+            .find_sandbox(&ctx.organization_id, &name)
+            .await?
+            .is_some()
+        {
+            return Err(ApiError::Conflict(format!(
+                "Sandbox with name {name} already exists"
+            )));
+        }
+        let ts = now();
+        let row = SandboxRow {
+            id: id.clone(),
+            organization_id: ctx.organization_id.clone(),
+            name,
+            snapshot,
+            image_ref: image_ref.clone(),
+            os_user: body.user.clone().unwrap_or_else(|| "daytona".into()),
+            env: serde_json::to_string(&body.env).expect("string map serializes"),
+            labels: serde_json::to_string(&body.labels).expect("string map serializes"),
+            public: body.public.unwrap_or(false),
+            network_block_all: body.network_block_all.unwrap_or(false),
+            network_allow_list: body.network_allow_list.clone(),
+            target: body
+                .target
+                .clone()
+                .unwrap_or_else(|| self.settings.default_region.clone()),
+            cpu: body.cpu.unwrap_or(DEFAULT_CPU).into(),
+            gpu: 0,
+            memory: body.memory.unwrap_or(DEFAULT_MEMORY_GIB).into(),
+            disk: body.disk.unwrap_or(DEFAULT_DISK_GIB).into(),
+            state: "creating".into(),
+            desired_state: "started".into(),
+            error_reason: None,
+            auto_stop_interval: body.auto_stop_interval.unwrap_or(DEFAULT_AUTO_STOP_MIN),
+            auto_archive_interval: body
+                .auto_archive_interval
+                .unwrap_or(DEFAULT_AUTO_ARCHIVE_MIN),
+            auto_delete_interval: body.auto_delete_interval.unwrap_or(-1),
+            auto_pause_interval: body.auto_pause_interval.unwrap_or(0),
+            runner_id: Some(self.runner.id().to_string()),
+            daemon_version: None,
+            created_at: ts.clone(),
+            updated_at: ts.clone(),
+            last_activity_at: ts,
+        };
+        self.store.insert_sandbox(&row).await.map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                ApiError::Conflict(format!("Sandbox with name {} already exists", row.name))
+            }
+            e => e.into(),
+        })?;
+        tracing::info!(sandbox = %id, image = %image_ref, "creating sandbox");
+
+        let request = SandboxRequest {
+            id: id.clone(),
+            image: image_ref,
+            user: body.user,
+            env: body.env,
+            cpu: row.cpu as u32,
+            memory_gib: row.memory as u32,
+            disk_gib: row.disk as u32,
+        };
+        let this = self.clone();
+        self.run_transition(&id, async move {
+            match this.runner.create_sandbox(&request).await {
+                Ok(_) => {
+                    this.store
+                        .set_sandbox_started(&request.id, this.runner.id(), None)
+                        .await
+                }
+                Err(e) => this.fail(&request.id, "create", e).await,
+            }
+        })
+        .await
+    }
+
+    /// Records a runner failure as the sandbox's `error` state with the reason.
+    async fn fail(&self, id: &str, op: &str, e: impl std::fmt::Display) -> Result<(), sqlx::Error> {
+        tracing::warn!(sandbox = %id, error = %e, "sandbox {op} failed");
+        self.store
+            .set_sandbox_state(id, "error", Some(&format!("{op} failed: {e}")))
+            .await
+    }
+
+    /// Runs `work` detached under the sandbox's lock and waits for it up to [`WAIT_FOR_RUNNER`];
+    /// returns the sandbox as it is then.
+    async fn run_transition(
+        self: &Arc<Self>,
+        id: &str,
+        work: impl Future<Output = Result<(), sqlx::Error>> + Send + 'static,
+    ) -> ApiResult<Sandbox> {
+        let lock = self.lock_for(id);
+        let sandbox_id = id.to_string();
+        let task = tokio::spawn(async move {
+            let _guard = lock.lock().await;
+            if let Err(e) = work.await {
+                tracing::error!(sandbox = %sandbox_id, error = %e, "could not record sandbox state");
+            }
+        });
+        let _ = tokio::time::timeout(WAIT_FOR_RUNNER, task).await;
+        let row = self.store.sandbox_by_id(id).await?;
+        match row {
+            Some(row) => Ok(self.to_dto(row)),
+            // Destroyed: answer with the final state (the SDK treats it as gone).
+            None => {
+                let mut row =
+                    sqlx::query_as::<_, SandboxRow>("SELECT * FROM sandboxes WHERE id = ?")
+                        .bind(id)
+                        .fetch_one(self.store.pool())
+                        .await?;
+                row.state = "destroyed".into();
+                Ok(self.to_dto(row))
+            }
+        }
+    }
+
+    pub async fn start(
+        self: &Arc<Self>,
+        ctx: &AuthContext,
+        id_or_name: &str,
+    ) -> ApiResult<Sandbox> {
+        let row = self.find(ctx, id_or_name).await?;
+        match row.state.as_str() {
+            "started" | "starting" | "creating" => return Ok(self.to_dto(row)),
+            "stopped" | "error" => {}
+            other => {
+                return Err(ApiError::Conflict(format!(
+                    "Sandbox {} cannot be started while {other}",
+                    row.id
+                )));
+            }
+        }
+        let id = row.id.clone();
+        self.store.set_sandbox_desired_state(&id, "started").await?;
+        self.store.set_sandbox_state(&id, "starting", None).await?;
+        let this = self.clone();
+        let sid = id.clone();
+        self.run_transition(&id, async move {
+            match this.runner.start_sandbox(&sid).await {
+                Ok(_) => {
+                    this.store
+                        .set_sandbox_started(&sid, this.runner.id(), None)
+                        .await
+                }
+                Err(e) => this.fail(&sid, "start", e).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn stop(self: &Arc<Self>, ctx: &AuthContext, id_or_name: &str) -> ApiResult<Sandbox> {
+        let row = self.find(ctx, id_or_name).await?;
+        match row.state.as_str() {
+            "stopped" | "stopping" => return Ok(self.to_dto(row)),
+            "started" | "error" => {}
+            other => {
+                return Err(ApiError::Conflict(format!(
+                    "Sandbox {} cannot be stopped while {other}",
+                    row.id
+                )));
+            }
+        }
+        let id = row.id.clone();
+        self.store.set_sandbox_desired_state(&id, "stopped").await?;
+        self.store.set_sandbox_state(&id, "stopping", None).await?;
+        let this = self.clone();
+        let sid = id.clone();
+        self.run_transition(&id, async move {
+            match this.runner.stop_sandbox(&sid).await {
+                Ok(()) => this.store.set_sandbox_state(&sid, "stopped", None).await,
+                Err(e) => this.fail(&sid, "stop", e).await,
+            }
+        })
+        .await
+    }
+
+    pub async fn delete(
+        self: &Arc<Self>,
+        ctx: &AuthContext,
+        id_or_name: &str,
+    ) -> ApiResult<Sandbox> {
+        let row = self.find(ctx, id_or_name).await?;
+        let id = row.id.clone();
+        self.store
+            .set_sandbox_desired_state(&id, "destroyed")
+            .await?;
+        self.store
+            .set_sandbox_state(&id, "destroying", None)
+            .await?;
+        let this = self.clone();
+        let sid = id.clone();
+        self.run_transition(&id, async move {
+            let result = match this.runner.destroy_sandbox(&sid).await {
+                Ok(()) => this.store.set_sandbox_state(&sid, "destroyed", None).await,
+                Err(e) => this.fail(&sid, "destroy", e).await,
+            };
+            this.forget_lock(&sid);
+            result
+        })
+        .await
+    }
+
+    pub async fn list(
+        &self,
+        ctx: &AuthContext,
+        filter: &SandboxFilter,
+    ) -> ApiResult<(Vec<SandboxRow>, bool)> {
+        let mut rows = self
+            .store
+            .list_sandboxes(&ctx.organization_id, filter)
+            .await?;
+        let more = rows.len() as i64 > filter.limit;
+        rows.truncate(filter.limit as usize);
+        Ok((rows, more))
+    }
+
+    /// Brings stored states in line with the runtime after a restart: sandboxes that are still
+    /// running are adopted, the others are recorded as stopped.
+    pub async fn reconcile(&self) -> ApiResult<()> {
+        for row in self.store.live_sandboxes().await? {
+            let running = match self.runner.daemon_address(&row.id).await {
+                Ok(addr) => addr.is_some(),
+                Err(e) => {
+                    tracing::warn!(sandbox = %row.id, error = %e, "could not read sandbox status");
+                    false
+                }
+            };
+            let state = match (row.state.as_str(), running) {
+                ("started", true) | ("stopped", false) | ("error", _) => continue,
+                (_, true) => "started",
+                ("destroying", false) => {
+                    let _ = self.runner.destroy_sandbox(&row.id).await;
+                    "destroyed"
+                }
+                (_, false) => "stopped",
+            };
+            tracing::info!(sandbox = %row.id, from = %row.state, to = state, "reconciled sandbox state");
+            self.store.set_sandbox_state(&row.id, state, None).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Parses the `labels` query parameter: a JSON object of strings.
+pub fn parse_label_filter(raw: &str) -> ApiResult<Vec<(String, String)>> {
+    let map: BTreeMap<String, String> = serde_json::from_str(raw).map_err(|e| {
+        ApiError::BadRequest(format!(
+            "labels: expected a JSON object of strings, e.g. {{\"env\":\"dev\"}} ({e})"
+        ))
+    })?;
+    Ok(map.into_iter().collect())
+}

@@ -1,0 +1,274 @@
+//! Sandbox rows.
+
+use sqlx::AssertSqlSafe;
+
+use super::{Store, now};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SandboxRow {
+    pub id: String,
+    pub organization_id: String,
+    pub name: String,
+    pub snapshot: Option<String>,
+    pub image_ref: String,
+    pub os_user: String,
+    /// JSON object of strings.
+    pub env: String,
+    /// JSON object of strings.
+    pub labels: String,
+    pub public: bool,
+    pub network_block_all: bool,
+    pub network_allow_list: Option<String>,
+    pub target: String,
+    pub cpu: i64,
+    pub gpu: i64,
+    pub memory: i64,
+    pub disk: i64,
+    pub state: String,
+    pub desired_state: String,
+    pub error_reason: Option<String>,
+    pub auto_stop_interval: i64,
+    pub auto_archive_interval: i64,
+    pub auto_delete_interval: i64,
+    pub auto_pause_interval: i64,
+    pub runner_id: Option<String>,
+    pub daemon_version: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_activity_at: String,
+}
+
+/// Column used to order a sandbox listing (the SDK's `sort` values).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxSort {
+    Name,
+    Cpu,
+    Memory,
+    Disk,
+    LastActivityAt,
+    CreatedAt,
+}
+
+impl SandboxSort {
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "name" => SandboxSort::Name,
+            "cpu" => SandboxSort::Cpu,
+            "memoryGib" => SandboxSort::Memory,
+            "diskGib" => SandboxSort::Disk,
+            "lastActivityAt" => SandboxSort::LastActivityAt,
+            "createdAt" => SandboxSort::CreatedAt,
+            _ => return None,
+        })
+    }
+
+    fn column(self) -> &'static str {
+        match self {
+            SandboxSort::Name => "name",
+            SandboxSort::Cpu => "cpu",
+            SandboxSort::Memory => "memory",
+            SandboxSort::Disk => "disk",
+            SandboxSort::LastActivityAt => "last_activity_at",
+            SandboxSort::CreatedAt => "created_at",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct SandboxFilter {
+    pub id: Option<String>,
+    pub name: Option<String>,
+    pub labels: Vec<(String, String)>,
+    pub states: Vec<String>,
+    pub sort: Option<SandboxSort>,
+    pub descending: bool,
+    pub offset: i64,
+    pub limit: i64,
+}
+
+const COLUMNS: &str = "id, organization_id, name, snapshot, image_ref, os_user, env, labels, public,
+    network_block_all, network_allow_list, target, cpu, gpu, memory, disk, state, desired_state,
+    error_reason, auto_stop_interval, auto_archive_interval, auto_delete_interval, auto_pause_interval,
+    runner_id, daemon_version, created_at, updated_at, last_activity_at";
+
+/// JSON path selecting one label key, quoted so any key text is safe.
+fn label_path(key: &str) -> String {
+    format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+impl Store {
+    pub async fn insert_sandbox(&self, row: &SandboxRow) -> Result<(), sqlx::Error> {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO sandboxes ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        )))
+        .bind(&row.id)
+        .bind(&row.organization_id)
+        .bind(&row.name)
+        .bind(&row.snapshot)
+        .bind(&row.image_ref)
+        .bind(&row.os_user)
+        .bind(&row.env)
+        .bind(&row.labels)
+        .bind(row.public)
+        .bind(row.network_block_all)
+        .bind(&row.network_allow_list)
+        .bind(&row.target)
+        .bind(row.cpu)
+        .bind(row.gpu)
+        .bind(row.memory)
+        .bind(row.disk)
+        .bind(&row.state)
+        .bind(&row.desired_state)
+        .bind(&row.error_reason)
+        .bind(row.auto_stop_interval)
+        .bind(row.auto_archive_interval)
+        .bind(row.auto_delete_interval)
+        .bind(row.auto_pause_interval)
+        .bind(&row.runner_id)
+        .bind(&row.daemon_version)
+        .bind(&row.created_at)
+        .bind(&row.updated_at)
+        .bind(&row.last_activity_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A live (not destroyed) sandbox of `org` by id or, failing that, by name.
+    pub async fn find_sandbox(
+        &self,
+        org: &str,
+        id_or_name: &str,
+    ) -> Result<Option<SandboxRow>, sqlx::Error> {
+        sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE organization_id = ? AND state <> 'destroyed'
+             AND (id = ? OR name = ?) ORDER BY (id = ?) DESC LIMIT 1"
+        )))
+        .bind(org)
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .fetch_optional(self.pool())
+        .await
+    }
+
+    /// Any live sandbox by id, whatever its organization (for the proxy and the reconciler).
+    pub async fn sandbox_by_id(&self, id: &str) -> Result<Option<SandboxRow>, sqlx::Error> {
+        sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE id = ? AND state <> 'destroyed'"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+    }
+
+    pub async fn live_sandboxes(&self) -> Result<Vec<SandboxRow>, sqlx::Error> {
+        sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE state <> 'destroyed'"
+        )))
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// One page of `org`'s live sandboxes; fetches `limit + 1` rows so the caller knows whether
+    /// another page follows.
+    pub async fn list_sandboxes(
+        &self,
+        org: &str,
+        f: &SandboxFilter,
+    ) -> Result<Vec<SandboxRow>, sqlx::Error> {
+        let mut sql = format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE organization_id = ? AND state <> 'destroyed'"
+        );
+        if f.id.is_some() {
+            sql.push_str(" AND id = ?");
+        }
+        if f.name.is_some() {
+            sql.push_str(" AND name = ?");
+        }
+        for _ in &f.labels {
+            sql.push_str(" AND json_extract(labels, ?) = ?");
+        }
+        if !f.states.is_empty() {
+            sql.push_str(" AND state IN (");
+            sql.push_str(&vec!["?"; f.states.len()].join(", "));
+            sql.push(')');
+        }
+        let column = f.sort.unwrap_or(SandboxSort::CreatedAt).column();
+        let dir = if f.descending { "DESC" } else { "ASC" };
+        sql.push_str(&format!(
+            " ORDER BY {column} {dir}, id {dir} LIMIT ? OFFSET ?"
+        ));
+
+        let mut q = sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(sql)).bind(org);
+        if let Some(id) = &f.id {
+            q = q.bind(id);
+        }
+        if let Some(name) = &f.name {
+            q = q.bind(name);
+        }
+        for (k, v) in &f.labels {
+            q = q.bind(label_path(k)).bind(v);
+        }
+        for s in &f.states {
+            q = q.bind(s);
+        }
+        q.bind(f.limit + 1)
+            .bind(f.offset)
+            .fetch_all(self.pool())
+            .await
+    }
+
+    pub async fn set_sandbox_state(
+        &self,
+        id: &str,
+        state: &str,
+        error_reason: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE sandboxes SET state = ?, error_reason = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(state)
+        .bind(error_reason)
+        .bind(now())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_sandbox_desired_state(
+        &self,
+        id: &str,
+        desired: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE sandboxes SET desired_state = ?, updated_at = ? WHERE id = ?")
+            .bind(desired)
+            .bind(now())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_sandbox_started(
+        &self,
+        id: &str,
+        runner_id: &str,
+        daemon_version: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        let ts = now();
+        sqlx::query(
+            "UPDATE sandboxes SET state = 'started', error_reason = NULL, runner_id = ?,
+             daemon_version = COALESCE(?, daemon_version), updated_at = ?, last_activity_at = ? WHERE id = ?",
+        )
+        .bind(runner_id)
+        .bind(daemon_version)
+        .bind(&ts)
+        .bind(&ts)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! `daytona server`: API, proxy and an in-process runner with embedded defaults.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
+use daytona_config::Config;
+use daytona_runner::Runner;
+use daytona_runner::image::ImageStore;
+use daytona_runtime::native::network::Ipv4Cidr;
+use daytona_runtime::native::{NativeConfig, NativeRuntime};
+use tokio::net::TcpListener;
+
+pub fn main() -> ExitCode {
+    let config = match Config::from_env() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("daytona server: configuration error:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config.server.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("daytona server: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("daytona server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// The static daemon binary: `DAYTONA_DAEMON_PATH`, else next to this executable, else where
+/// `cargo build --target x86_64-unknown-linux-gnu` puts it beside this build.
+fn find_daemon(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(path) = configured {
+        if path.is_file() {
+            return Ok(path.to_path_buf());
+        }
+        bail!("DAYTONA_DAEMON_PATH={} does not exist", path.display());
+    }
+    let exe = std::env::current_exe().context("cannot locate the server executable")?;
+    let dir = exe.parent().context("server executable has no directory")?;
+    let profile = dir.file_name().map(PathBuf::from).unwrap_or_default();
+    let candidates = [
+        dir.join("daytona-daemon"),
+        dir.join("../x86_64-unknown-linux-gnu")
+            .join(&profile)
+            .join("daytona-daemon"),
+    ];
+    candidates.iter().find(|p| p.is_file()).cloned().with_context(|| {
+        format!(
+            "the sandbox daemon binary was not found (looked at {}); build it with \
+             `RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu -p daytona-daemon` \
+             or set DAYTONA_DAEMON_PATH",
+            candidates.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        )
+    })
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    if !config.server.binds_loopback_only() {
+        for warning in config.placeholder_secret_warnings() {
+            tracing::warn!("{warning}");
+        }
+    }
+
+    let store = Store::open(&data_dir)
+        .await
+        .context("cannot open the database")?;
+    let admin_key = config
+        .admin
+        .api_key
+        .as_ref()
+        .map(|s| s.expose().to_string());
+    if let Some(generated) = daytona_api::auth::ensure_admin(&store, admin_key.as_deref()).await? {
+        // Printed once: only its hash is stored.
+        println!("Admin API key (shown only once, store it safely): {generated}");
+    }
+
+    let daemon_bin = find_daemon(config.runner.daemon_path.as_deref())?;
+    let subnet = &config.runner.sandbox_subnet;
+    let runtime = NativeRuntime::new(NativeConfig {
+        bridge_name: config.runner.bridge_name.clone(),
+        subnet: Ipv4Cidr::new(subnet.network(), subnet.prefix_len()).map_err(anyhow::Error::msg)?,
+        daemon_start_timeout: config.runner.daemon_start_timeout,
+        ..NativeConfig::new(data_dir.join("runtime"), daemon_bin)
+    })
+    .context("cannot initialise the sandbox runtime")?;
+    let images = ImageStore::new(data_dir.join("images"));
+    let runner = Arc::new(Runner::new("local", images, Arc::new(runtime)));
+
+    let settings = SandboxSettings {
+        toolbox_proxy_url: config.toolbox_proxy_url(),
+        default_snapshot: config.api.default_snapshot.clone(),
+        default_region: config.region.id.clone(),
+        max_cpu_per_sandbox: config.org_quotas.max_cpu_per_sandbox,
+        max_memory_per_sandbox: config.org_quotas.max_memory_per_sandbox,
+        max_disk_per_sandbox: config.org_quotas.max_disk_per_sandbox,
+    };
+    let sandboxes = Arc::new(SandboxService::new(store.clone(), runner, settings));
+    sandboxes
+        .reconcile()
+        .await
+        .context("cannot reconcile sandbox states")?;
+    let state = AppState { store, sandboxes };
+
+    let bind = config.server.bind_address;
+    let api_addr = SocketAddr::new(bind, config.api.port);
+    let proxy_addr = SocketAddr::new(bind, config.proxy.port);
+    let api_listener = TcpListener::bind(api_addr)
+        .await
+        .with_context(|| format!("cannot listen on {api_addr} (PORT)"))?;
+    let proxy_listener = TcpListener::bind(proxy_addr)
+        .await
+        .with_context(|| format!("cannot listen on {proxy_addr} (PROXY_PORT)"))?;
+    tracing::info!(%api_addr, %proxy_addr, data_dir = %data_dir.display(), "daytona server ready");
+
+    let shutdown = shutdown_signal();
+    let (tx, rx) = tokio::sync::watch::channel(());
+    let api = axum::serve(api_listener, daytona_api::router(state.clone()))
+        .with_graceful_shutdown(wait(rx.clone()));
+    let proxy = axum::serve(proxy_listener, daytona_proxy::router(Arc::new(state)))
+        .with_graceful_shutdown(wait(rx));
+    let servers =
+        tokio::spawn(async move { tokio::try_join!(api.into_future(), proxy.into_future()) });
+    shutdown.await;
+    tracing::info!("shutting down; running sandboxes keep running");
+    drop(tx);
+    servers
+        .await
+        .context("server task failed")?
+        .context("server failed")?;
+    Ok(())
+}
+
+async fn wait(mut rx: tokio::sync::watch::Receiver<()>) {
+    let _ = rx.changed().await;
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

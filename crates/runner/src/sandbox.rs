@@ -1,0 +1,117 @@
+//! The runner's sandbox lifecycle: resolve the image, build the runtime spec, drive the runtime.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use daytona_runtime::{DAEMON_PORT, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::image::{ImageError, ImageStore};
+
+/// What the control plane asks a runner to create.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxRequest {
+    pub id: String,
+    /// Image reference, e.g. `oci-archive:/path/image.tar`.
+    pub image: String,
+    /// OS user; `None` = the image's user, else `daytona`.
+    pub user: Option<String>,
+    pub env: BTreeMap<String, String>,
+    pub cpu: u32,
+    pub memory_gib: u32,
+    pub disk_gib: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("sandbox {0} is running but has no address")]
+    NoAddress(String),
+}
+
+/// The operations a control plane needs from a runner. The embedded runner implements it
+/// in-process; remote runners implement it over the network.
+#[async_trait::async_trait]
+pub trait SandboxRunner: Send + Sync + 'static {
+    fn id(&self) -> &str;
+    /// Creates and starts a sandbox; returns its daemon's address once the daemon is ready.
+    async fn create_sandbox(&self, req: &SandboxRequest) -> Result<SocketAddr, RunnerError>;
+    async fn start_sandbox(&self, id: &str) -> Result<SocketAddr, RunnerError>;
+    async fn stop_sandbox(&self, id: &str) -> Result<(), RunnerError>;
+    async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError>;
+    /// The daemon address of a running sandbox, `None` when it is not running.
+    async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError>;
+}
+
+/// A runner on this host: an image store plus a runtime backend.
+pub struct Runner {
+    id: String,
+    images: ImageStore,
+    runtime: Arc<dyn Runtime>,
+}
+
+fn daemon_address_of(status: &SandboxStatus) -> Result<SocketAddr, RunnerError> {
+    let ip = status.ip.ok_or_else(|| RunnerError::NoAddress(status.id.clone()))?;
+    Ok(SocketAddr::from((ip, DAEMON_PORT)))
+}
+
+impl Runner {
+    pub fn new(id: impl Into<String>, images: ImageStore, runtime: Arc<dyn Runtime>) -> Self {
+        Runner { id: id.into(), images, runtime }
+    }
+}
+
+#[async_trait::async_trait]
+impl SandboxRunner for Runner {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    async fn create_sandbox(&self, req: &SandboxRequest) -> Result<SocketAddr, RunnerError> {
+        let image = self.images.resolve(&req.image).await?;
+        // Image env first, so the request's variables win.
+        let mut env: BTreeMap<String, String> = image.env.iter().cloned().collect();
+        env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let user = req
+            .user
+            .clone()
+            .or_else(|| image.user.clone().filter(|u| !u.is_empty() && u != "root" && u != "0"))
+            .unwrap_or_else(|| "daytona".to_string());
+        let spec = SandboxSpec {
+            id: req.id.clone(),
+            image_rootfs: image.rootfs.clone(),
+            user,
+            env,
+            workdir: image.workdir.clone().filter(|w| !w.is_empty() && w != "/"),
+            cpu: req.cpu,
+            memory_gib: req.memory_gib,
+            disk_gib: req.disk_gib,
+        };
+        let status = self.runtime.create(&spec).await?;
+        daemon_address_of(&status)
+    }
+
+    async fn start_sandbox(&self, id: &str) -> Result<SocketAddr, RunnerError> {
+        let status = self.runtime.start(id).await?;
+        daemon_address_of(&status)
+    }
+
+    async fn stop_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        Ok(self.runtime.stop(id).await?)
+    }
+
+    async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        Ok(self.runtime.destroy(id).await?)
+    }
+
+    async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError> {
+        match self.runtime.status(id).await? {
+            Some(status) if status.state == RuntimeState::Running => daemon_address_of(&status).map(Some),
+            _ => Ok(None),
+        }
+    }
+}
