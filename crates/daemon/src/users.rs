@@ -62,7 +62,7 @@ impl UserDb {
     pub fn group_ids_of(&self, account: &Account) -> Vec<u32> {
         let mut ids = vec![account.gid];
         for group in &self.groups {
-            if group.members.iter().any(|m| *m == account.name) && !ids.contains(&group.gid) {
+            if group.members.contains(&account.name) && !ids.contains(&group.gid) {
                 ids.push(group.gid);
             }
         }

@@ -142,12 +142,11 @@ impl SessionCommand {
     /// Waits until the command ended and its output is logged.
     pub async fn wait(&self) -> i32 {
         let mut rx = self.exit_code.subscribe();
-        let code = match rx.wait_for(Option::is_some).await {
+        match rx.wait_for(Option::is_some).await {
             Ok(code) => code.unwrap_or(-1),
             // The sender lives in `self`, so it cannot be gone while we borrow it.
             Err(_) => -1,
-        };
-        code
+        }
     }
 
     pub async fn read_log(&self) -> io::Result<Vec<u8>> {
@@ -186,14 +185,14 @@ impl SessionCommand {
         }
         let mut input = self.input.lock().await;
         let sender = input.as_mut().ok_or(InputError::NoStdin)?;
-        sender
-            .write_all(data.as_bytes())
-            .await
-            .map_err(InputError::Io)?;
+        // Echo first: the command may answer before the write call returns.
         if self.echo_input {
             self.append(Stream::Stdout, data.as_bytes());
         }
-        Ok(())
+        sender
+            .write_all(data.as_bytes())
+            .await
+            .map_err(InputError::Io)
     }
 }
 
