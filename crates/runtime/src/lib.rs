@@ -63,8 +63,15 @@ pub enum RuntimeError {
     AlreadyExists(String),
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
-    #[error("daemon in sandbox {id} did not become ready within {secs}s")]
-    DaemonTimeout { id: String, secs: u64 },
+    #[error("daemon in sandbox {id} did not become ready within {secs}s: {reason}")]
+    DaemonTimeout {
+        id: String,
+        secs: u64,
+        reason: String,
+    },
+    /// The sandbox could not be started (setup failed, or its daemon exited before it was ready).
+    #[error("sandbox {id} failed to start: {reason}")]
+    StartFailed { id: String, reason: String },
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -77,7 +84,10 @@ pub enum RuntimeError {
 
 impl RuntimeError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        RuntimeError::Io { context: context.into(), source }
+        RuntimeError::Io {
+            context: context.into(),
+            source,
+        }
     }
 }
 

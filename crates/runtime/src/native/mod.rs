@@ -1,1 +1,717 @@
 //! Native Linux backend (namespaces, cgroups, overlayfs, veth).
+//!
+//! A sandbox is: a directory `<state_dir>/sandboxes/<id>/` (state file, overlay upper/work),
+//! cgroups named after the id, a named netns `dtn-<id>` with a veth pair on the bridge, and a
+//! process tree whose PID 1 is the toolbox daemon. Sandboxes outlive the runtime's process;
+//! everything needed to find them again is in the state file or derived from the id.
+//!
+//! Stop keeps the upper dir and the IP allocation (the address is released only by destroy) but
+//! removes the netns, veth and cgroups, so a stopped sandbox costs nothing but disk.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::{DAEMON_PORT, Result, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus};
+
+pub mod cgroup;
+pub mod init;
+pub mod network;
+mod process;
+mod rootfs;
+mod state;
+
+use cgroup::{Cgroups, Limits};
+pub use init::run_if_requested;
+use init::{INIT_ARG, InitConfig};
+use network::Network;
+pub use network::{Ipv4Cidr, NetNames};
+use process::ProcessIdentity;
+use state::{SandboxPaths, SandboxState};
+
+/// Cgroup (below each hierarchy's root) holding every sandbox's cgroup.
+pub const CGROUP_PARENT: &str = "daytona";
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How long processes get to die after SIGKILL before the runtime reports an error.
+const KILL_TIMEOUT: Duration = Duration::from_secs(5);
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+#[derive(Debug, Clone)]
+pub struct NativeConfig {
+    /// Root of the runtime's state; sandboxes live in `<state_dir>/sandboxes/<id>/`.
+    pub state_dir: PathBuf,
+    /// Host path of the static `daytona-daemon`, bind-mounted read-only into every sandbox.
+    pub daemon_bin: PathBuf,
+    /// Binary whose `main` calls [`run_if_requested`]; executed as the sandbox init.
+    pub init_exe: PathBuf,
+    pub bridge_name: String,
+    /// Sandbox addresses; the first address is the gateway on the bridge.
+    pub subnet: Ipv4Cidr,
+    /// `DAEMON_START_TIMEOUT_SEC`: how long create/start wait for the daemon to accept connections.
+    pub daemon_start_timeout: Duration,
+    /// Grace period between SIGTERM and SIGKILL on stop.
+    pub stop_timeout: Duration,
+    /// Per-sandbox process limit (`pids.max`); 0 means unlimited.
+    pub pids_max: u64,
+}
+
+impl NativeConfig {
+    /// Defaults: init = this executable, bridge `daytona0`, subnet 100.100.0.0/16, daemon timeout
+    /// 60 s, stop grace 10 s, 4096 processes.
+    pub fn new(state_dir: impl Into<PathBuf>, daemon_bin: impl Into<PathBuf>) -> Self {
+        NativeConfig {
+            state_dir: state_dir.into(),
+            daemon_bin: daemon_bin.into(),
+            init_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            bridge_name: "daytona0".to_owned(),
+            subnet: Ipv4Cidr::new(Ipv4Addr::new(100, 100, 0, 0), 16).expect("valid default subnet"),
+            daemon_start_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(10),
+            pids_max: 4096,
+        }
+    }
+}
+
+pub struct NativeRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: NativeConfig,
+    sandboxes_dir: PathBuf,
+    network: Network,
+    cgroups: Box<dyn Cgroups>,
+    /// One lock per sandbox id: lifecycle operations on a sandbox never interleave.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while choosing an address and saving it, so two creates cannot pick the same one.
+    allocation: Mutex<()>,
+    bridge_ready: AtomicBool,
+}
+
+impl NativeRuntime {
+    pub fn new(config: NativeConfig) -> Result<Self> {
+        let private: [Ipv4Cidr; 3] = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"]
+            .map(|c| c.parse().expect("valid CIDR"));
+        if private.iter().any(|p| p.overlaps(&config.subnet)) {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "sandbox subnet {} overlaps a private range (10/8, 172.16/12, 192.168/16)",
+                config.subnet
+            )));
+        }
+        if config.subnet.prefix() > 30 {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "sandbox subnet {} is too small",
+                config.subnet
+            )));
+        }
+        if config.bridge_name.is_empty() || config.bridge_name.len() > 15 {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "bad bridge name {:?}",
+                config.bridge_name
+            )));
+        }
+        check_overlay_path(&config.state_dir)?;
+        let sandboxes_dir = config.state_dir.join("sandboxes");
+        std::fs::create_dir_all(&sandboxes_dir)
+            .map_err(|e| RuntimeError::io(format!("create {}", sandboxes_dir.display()), e))?;
+        let cgroups = cgroup::detect(Path::new(CGROUP_ROOT), CGROUP_PARENT);
+        debug!(?cgroups, "native runtime cgroups");
+        Ok(NativeRuntime {
+            inner: Arc::new(Inner {
+                network: Network {
+                    bridge: config.bridge_name.clone(),
+                    subnet: config.subnet,
+                },
+                config,
+                sandboxes_dir,
+                cgroups,
+                locks: Mutex::default(),
+                allocation: Mutex::default(),
+                bridge_ready: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &NativeConfig {
+        &self.inner.config
+    }
+
+    /// Ids of every sandbox with state on disk (running or stopped).
+    pub fn list(&self) -> Result<Vec<String>> {
+        self.inner.list()
+    }
+
+    /// Host directories of a sandbox's cgroups (they exist while it runs).
+    pub fn cgroup_dirs(&self, id: &str) -> Vec<PathBuf> {
+        self.inner.cgroups.dirs(id)
+    }
+
+    /// The sandbox's writable layer, kept across stop/start.
+    pub fn upper_dir(&self, id: &str) -> PathBuf {
+        self.inner.paths(id).upper
+    }
+
+    /// The sandbox's directory under the state dir.
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.inner.paths(id).dir
+    }
+
+    async fn lock(&self, id: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .inner
+            .locks
+            .lock()
+            .expect("lock map poisoned")
+            .entry(id.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// Runs blocking work (files, cgroups, `ip`, waiting for processes) off the async threads.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| RuntimeError::Other(format!("runtime task failed: {e}")))?
+    }
+
+    /// Sets up cgroups and network, starts the init and waits for the daemon. On error the
+    /// caller cleans up.
+    async fn launch(&self, state: SandboxState) -> Result<SandboxStatus> {
+        let started = Instant::now();
+        let id = state.spec.id.clone();
+        let state = self.blocking(move |inner| inner.provision(state)).await?;
+        let provisioned = started.elapsed();
+        let paths = self.inner.paths(&id);
+        let process = self.spawn_init(&id, &paths, started).await?;
+        let spawned = started.elapsed();
+        let ip = state.ip;
+        let saved = SandboxState {
+            process: Some(process.clone()),
+            ..state
+        };
+        paths
+            .save(&saved)
+            .map_err(|e| RuntimeError::io("save sandbox state", e))?;
+        self.wait_ready(&id, ip, &process, &paths.log, started)
+            .await?;
+        info!(
+            sandbox = %id, %ip, pid = process.pid,
+            provision_ms = provisioned.as_millis() as u64,
+            init_ms = (spawned - provisioned).as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "sandbox running"
+        );
+        Ok(SandboxStatus {
+            id,
+            state: RuntimeState::Running,
+            ip: Some(ip),
+            pid: Some(process.pid),
+        })
+    }
+
+    /// Executes the init and returns the sandbox's PID 1 once it has exec'd the daemon.
+    async fn spawn_init(
+        &self,
+        id: &str,
+        paths: &SandboxPaths,
+        started: Instant,
+    ) -> Result<ProcessIdentity> {
+        let config = &self.inner.config;
+        let output = tokio::process::Command::new(&config.init_exe)
+            .arg(INIT_ARG)
+            .arg(&paths.init_config)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .output();
+        let remaining = config
+            .daemon_start_timeout
+            .saturating_sub(started.elapsed());
+        let output = match tokio::time::timeout(remaining, output).await {
+            Ok(result) => result
+                .map_err(|e| RuntimeError::io(format!("run {}", config.init_exe.display()), e))?,
+            Err(_) => {
+                return Err(RuntimeError::DaemonTimeout {
+                    id: id.to_owned(),
+                    secs: config.daemon_start_timeout.as_secs(),
+                    reason: "the sandbox init did not finish".to_owned(),
+                });
+            }
+        };
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let pid = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("pid="))
+            .and_then(|p| p.trim().parse::<i32>().ok());
+        let process = pid.and_then(ProcessIdentity::capture);
+        let failure = |reason: String| RuntimeError::StartFailed {
+            id: id.to_owned(),
+            reason,
+        };
+        if !output.status.success() {
+            if let Some(p) = &process {
+                // Setup failed in PID 1, which is exiting: collect it.
+                p.wait_exit(KILL_TIMEOUT);
+            }
+            return Err(failure(format!(
+                "sandbox init ({}) failed: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        process.ok_or_else(|| {
+            failure(format!(
+                "sandbox init reported no live PID 1 (stdout {stdout:?})"
+            ))
+        })
+    }
+
+    /// Polls the daemon's TCP port until it accepts a connection.
+    async fn wait_ready(
+        &self,
+        id: &str,
+        ip: Ipv4Addr,
+        process: &ProcessIdentity,
+        log: &Path,
+        started: Instant,
+    ) -> Result<()> {
+        let timeout = self.inner.config.daemon_start_timeout;
+        let last_error = loop {
+            let error = match tokio::time::timeout(
+                Duration::from_millis(500),
+                TcpStream::connect((ip, DAEMON_PORT)),
+            )
+            .await
+            {
+                Ok(Ok(_)) => return Ok(()),
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "connect timed out".to_owned(),
+            };
+            if !process.is_alive() {
+                return Err(RuntimeError::StartFailed {
+                    id: id.to_owned(),
+                    reason: format!(
+                        "the daemon exited before accepting connections; its output: {}",
+                        log_tail(log)
+                    ),
+                });
+            }
+            if started.elapsed() >= timeout {
+                break error;
+            }
+            tokio::time::sleep(READY_POLL_INTERVAL).await;
+        };
+        Err(RuntimeError::DaemonTimeout {
+            id: id.to_owned(),
+            secs: timeout.as_secs(),
+            reason: format!(
+                "{ip}:{DAEMON_PORT}: {last_error}; daemon output: {}",
+                log_tail(log)
+            ),
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Runtime for NativeRuntime {
+    async fn create(&self, spec: &SandboxSpec) -> Result<SandboxStatus> {
+        validate_spec(spec)?;
+        let _guard = self.lock(&spec.id).await;
+        let spec = spec.clone();
+        let id = spec.id.clone();
+        let state = self
+            .blocking(move |inner| inner.prepare_create(spec))
+            .await?;
+        match self.launch(state).await {
+            Ok(status) => Ok(status),
+            Err(e) => {
+                warn!(sandbox = %id, error = %e, "create failed; removing the sandbox");
+                let cleanup_id = id.clone();
+                if let Err(cleanup) = self.blocking(move |inner| inner.destroy(&cleanup_id)).await {
+                    warn!(sandbox = %id, error = %cleanup, "cleanup after failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start(&self, id: &str) -> Result<SandboxStatus> {
+        validate_id(id)?;
+        let _guard = self.lock(id).await;
+        let state = self
+            .inner
+            .load(id)?
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        if let Some(p) = state.process.as_ref().filter(|p| p.is_alive()) {
+            return Ok(SandboxStatus {
+                id: id.to_owned(),
+                state: RuntimeState::Running,
+                ip: Some(state.ip),
+                pid: Some(p.pid),
+            });
+        }
+        match self.launch(state).await {
+            Ok(status) => Ok(status),
+            Err(e) => {
+                warn!(sandbox = %id, error = %e, "start failed; stopping the sandbox");
+                let stop_id = id.to_owned();
+                if let Err(cleanup) = self.blocking(move |inner| inner.stop(&stop_id, None)).await {
+                    warn!(sandbox = %id, error = %cleanup, "cleanup after failed start");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn stop(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let _guard = self.lock(id).await;
+        let id = id.to_owned();
+        self.blocking(move |inner| {
+            let grace = inner.config.stop_timeout;
+            inner.stop(&id, Some(grace))
+        })
+        .await
+    }
+
+    async fn destroy(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let guard = self.lock(id).await;
+        let owned = id.to_owned();
+        self.blocking(move |inner| inner.destroy(&owned)).await?;
+        drop(guard);
+        let mut locks = self.inner.locks.lock().expect("lock map poisoned");
+        if locks.get(id).is_some_and(|l| Arc::strong_count(l) == 1) {
+            locks.remove(id);
+        }
+        Ok(())
+    }
+
+    async fn status(&self, id: &str) -> Result<Option<SandboxStatus>> {
+        validate_id(id)?;
+        let Some(state) = self.inner.load(id)? else {
+            return Ok(None);
+        };
+        let running = state.process.as_ref().filter(|p| {
+            let alive = p.is_alive();
+            if !alive {
+                p.reap();
+            }
+            alive
+        });
+        Ok(Some(SandboxStatus {
+            id: id.to_owned(),
+            state: if running.is_some() {
+                RuntimeState::Running
+            } else {
+                RuntimeState::Stopped
+            },
+            ip: Some(state.ip),
+            pid: running.map(|p| p.pid),
+        }))
+    }
+}
+
+impl Inner {
+    fn paths(&self, id: &str) -> SandboxPaths {
+        SandboxPaths::new(&self.sandboxes_dir, id)
+    }
+
+    fn load(&self, id: &str) -> Result<Option<SandboxState>> {
+        self.paths(id)
+            .load()
+            .map_err(|e| RuntimeError::io(format!("load state of sandbox {id}"), e))
+    }
+
+    fn list(&self) -> Result<Vec<String>> {
+        let entries = std::fs::read_dir(&self.sandboxes_dir)
+            .map_err(|e| RuntimeError::io(format!("list {}", self.sandboxes_dir.display()), e))?;
+        Ok(entries
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .filter(|id| self.paths(id).state.exists())
+            .collect())
+    }
+
+    /// Creates the sandbox directory and state with a fresh address.
+    fn prepare_create(&self, spec: SandboxSpec) -> Result<SandboxState> {
+        let paths = self.paths(&spec.id);
+        if paths.state.exists() {
+            return Err(RuntimeError::AlreadyExists(spec.id));
+        }
+        if paths.dir.exists() {
+            // A create that crashed before writing its state: start from scratch.
+            self.destroy(&spec.id)?;
+        }
+        for dir in [&paths.dir, &paths.upper, &paths.work, &paths.rootfs] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
+        }
+        let _allocation = self.allocation.lock().expect("allocation lock poisoned");
+        let used: HashSet<Ipv4Addr> = self
+            .list()?
+            .iter()
+            .filter_map(|id| self.paths(id).load().ok().flatten())
+            .map(|s| s.ip)
+            .collect();
+        let ip = self
+            .config
+            .subnet
+            .sandbox_addresses()
+            .find(|a| !used.contains(a))
+            .ok_or_else(|| {
+                RuntimeError::Other(format!("no free address left in {}", self.config.subnet))
+            })?;
+        let state = SandboxState {
+            spec,
+            ip,
+            process: None,
+        };
+        paths
+            .save(&state)
+            .map_err(|e| RuntimeError::io("save sandbox state", e))?;
+        Ok(state)
+    }
+
+    /// Brings up everything the init needs: cgroups with limits, the network, `init.json`.
+    /// Leftovers of an interrupted run (processes, veth) are removed first.
+    fn provision(&self, state: SandboxState) -> Result<SandboxState> {
+        let id = &state.spec.id;
+        let paths = self.paths(id);
+        self.terminate(id, state.process.as_ref(), None)?;
+        for dir in [&paths.upper, &paths.work, &paths.rootfs] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
+        }
+        if !self.config.daemon_bin.is_file() {
+            return Err(RuntimeError::Other(format!(
+                "daemon binary {} not found",
+                self.config.daemon_bin.display()
+            )));
+        }
+        let limits = Limits::new(state.spec.cpu, state.spec.memory_gib, self.config.pids_max);
+        self.cgroups
+            .create(id, &limits)
+            .map_err(|e| RuntimeError::io("create cgroups", e))?;
+        // The bridge is checked once per process unless it disappears.
+        let bridge_present = Path::new("/sys/class/net")
+            .join(&self.network.bridge)
+            .exists();
+        if !(bridge_present && self.bridge_ready.load(Ordering::Acquire)) {
+            self.network
+                .ensure_bridge()
+                .map_err(|e| RuntimeError::io("set up bridge", e))?;
+            self.bridge_ready.store(true, Ordering::Release);
+        }
+        let names = NetNames::for_sandbox(id);
+        self.network
+            .setup(&names, state.ip)
+            .map_err(|e| RuntimeError::io("set up sandbox network", e))?;
+
+        let spec = &state.spec;
+        let mut env: BTreeMap<String, String> = spec.env.clone();
+        env.entry("PATH".to_owned())
+            .or_insert_with(|| DEFAULT_PATH.to_owned());
+        env.insert("DAYTONA_SANDBOX_ID".to_owned(), id.clone());
+        env.insert("DAYTONA_SANDBOX_USER".to_owned(), spec.user.clone());
+        if let Some(workdir) = &spec.workdir {
+            env.insert("DAYTONA_WORK_DIR".to_owned(), workdir.clone());
+        }
+        let init = InitConfig {
+            hostname: id.chars().take(63).collect(),
+            lower: spec.image_rootfs.clone(),
+            upper: paths.upper.clone(),
+            work: paths.work.clone(),
+            rootfs: paths.rootfs.clone(),
+            daemon_bin: self.config.daemon_bin.clone(),
+            log: paths.log.clone(),
+            cgroup_procs: self.cgroups.procs_files(id),
+            netns: names.netns_path(),
+            ip: state.ip,
+            gateway: self.config.subnet.gateway(),
+            workdir: spec.workdir.clone(),
+            env,
+        };
+        let json = serde_json::to_vec_pretty(&init)
+            .map_err(|e| RuntimeError::Other(format!("encode init config: {e}")))?;
+        std::fs::write(&paths.init_config, json)
+            .map_err(|e| RuntimeError::io("write init config", e))?;
+        Ok(state)
+    }
+
+    /// Ends every process of the sandbox: SIGTERM to PID 1 and up to `grace` to exit (if
+    /// given and PID 1 handles SIGTERM), then SIGKILL to the whole cgroup.
+    fn terminate(
+        &self,
+        id: &str,
+        process: Option<&ProcessIdentity>,
+        grace: Option<Duration>,
+    ) -> Result<()> {
+        if let (Some(p), Some(grace)) = (process, grace)
+            && p.is_alive()
+            && p.catches(Signal::SIGTERM)
+        {
+            p.signal(Signal::SIGTERM);
+            if p.wait_exit(grace) {
+                debug!(sandbox = %id, "PID 1 exited after SIGTERM");
+            }
+        }
+        if let Some(p) = process {
+            // PID 1's death takes its whole pid namespace with it.
+            p.signal(Signal::SIGKILL);
+        }
+        self.cgroups
+            .kill_all(id, KILL_TIMEOUT)
+            .map_err(|e| RuntimeError::io("kill sandbox processes", e))?;
+        if let Some(p) = process
+            && !p.wait_exit(KILL_TIMEOUT)
+        {
+            return Err(RuntimeError::Other(format!(
+                "PID {} of sandbox {id} survived SIGKILL",
+                p.pid
+            )));
+        }
+        Ok(())
+    }
+
+    /// Removes what only a running sandbox needs: network and cgroups.
+    fn release(&self, id: &str) -> Result<()> {
+        self.network
+            .teardown(&NetNames::for_sandbox(id))
+            .map_err(|e| RuntimeError::io("remove sandbox network", e))?;
+        self.cgroups
+            .remove(id)
+            .map_err(|e| RuntimeError::io("remove cgroups", e))
+    }
+
+    fn stop(&self, id: &str, grace: Option<Duration>) -> Result<()> {
+        let paths = self.paths(id);
+        let mut state = self
+            .load(id)?
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        self.terminate(id, state.process.as_ref(), grace)?;
+        self.release(id)?;
+        if state.process.take().is_some() {
+            paths
+                .save(&state)
+                .map_err(|e| RuntimeError::io("save sandbox state", e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes every trace of the sandbox, whatever state it is in; unknown ids are fine.
+    fn destroy(&self, id: &str) -> Result<()> {
+        let paths = self.paths(id);
+        // An unreadable state file must not stop the cleanup: names are derived from the id.
+        let process = paths.load().ok().flatten().and_then(|s| s.process);
+        self.terminate(id, process.as_ref(), None)?;
+        self.release(id)?;
+        match std::fs::remove_dir_all(&paths.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::io(
+                format!("remove {}", paths.dir.display()),
+                e,
+            )),
+        }
+    }
+}
+
+/// Ids name directories, cgroups, a netns and the hostname: keep them to a safe alphabet.
+fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && !id.starts_with('-')
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidSpec(format!(
+            "invalid sandbox id {id:?}"
+        )))
+    }
+}
+
+/// Overlay options are comma-separated and `lowerdir` is colon-separated.
+fn check_overlay_path(path: &Path) -> Result<()> {
+    let s = path.to_string_lossy();
+    if !path.is_absolute() || s.contains([',', ':', '\n']) {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "path {s:?} must be absolute and free of ',' ':' and newlines"
+        )));
+    }
+    Ok(())
+}
+
+fn validate_spec(spec: &SandboxSpec) -> Result<()> {
+    validate_id(&spec.id)?;
+    check_overlay_path(&spec.image_rootfs)?;
+    if !spec.image_rootfs.is_dir() {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "image rootfs {} is not a directory",
+            spec.image_rootfs.display()
+        )));
+    }
+    if let Some((k, _)) = spec
+        .env
+        .iter()
+        .find(|(k, v)| k.is_empty() || k.contains(['=', '\0']) || v.contains('\0'))
+    {
+        return Err(RuntimeError::InvalidSpec(format!(
+            "invalid environment variable {k:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// The end of the daemon's output, for error messages.
+fn log_tail(log: &Path) -> String {
+    const MAX: usize = 2000;
+    match std::fs::read(log) {
+        Ok(bytes) if bytes.is_empty() => "(none)".to_owned(),
+        Ok(bytes) => {
+            let text = String::from_utf8_lossy(&bytes[bytes.len().saturating_sub(MAX)..]);
+            text.trim().to_owned()
+        }
+        Err(e) => format!("(unreadable: {e})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_restricted() {
+        assert!(validate_id("2c9f8a8e-2b7d-4d3e-9a51-0f3b5c2f7e11").is_ok());
+        for bad in ["", "-x", "a/b", "a b", "..", "a:b"] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn private_subnets_are_refused() {
+        let mut config = NativeConfig::new("/tmp/x", "/bin/true");
+        config.subnet = "192.168.5.0/24".parse().unwrap();
+        assert!(matches!(
+            NativeRuntime::new(config),
+            Err(RuntimeError::InvalidSpec(_))
+        ));
+    }
+}

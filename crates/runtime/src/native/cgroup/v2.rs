@@ -1,0 +1,94 @@
+//! cgroup v2: one unified directory `<root>/<parent>/<id>`.
+
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::{CPU_PERIOD_US, Cgroups, Limits, kill_until_empty, remove_dir, write_file};
+
+const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
+
+#[derive(Debug)]
+pub struct CgroupV2 {
+    /// `<root>/<parent>`, the cgroup holding every sandbox.
+    parent: PathBuf,
+}
+
+impl CgroupV2 {
+    pub fn new(parent: PathBuf) -> Self {
+        CgroupV2 { parent }
+    }
+
+    /// Delegates the controllers we limit from `dir`'s parent chain down to its children.
+    fn enable_controllers(dir: &Path) -> io::Result<()> {
+        let available = std::fs::read_to_string(dir.join("cgroup.controllers"))?;
+        for c in CONTROLLERS
+            .iter()
+            .filter(|c| available.split_whitespace().any(|a| a == **c))
+        {
+            // Each controller on its own so one the host refuses does not block the others.
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+        }
+        Ok(())
+    }
+
+    fn write_if_present(path: &Path, value: &str) -> io::Result<()> {
+        if path.exists() {
+            write_file(path, value)
+        } else {
+            Ok(())
+        }
+    }
+}
+
+impl Cgroups for CgroupV2 {
+    fn create(&self, id: &str, limits: &Limits) -> io::Result<()> {
+        if let Some(root) = self.parent.parent() {
+            Self::enable_controllers(root)?;
+        }
+        std::fs::create_dir_all(&self.parent)?;
+        Self::enable_controllers(&self.parent)?;
+        let dir = self.parent.join(id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
+        let quota = limits
+            .cpu_quota_us
+            .map_or_else(|| "max".to_owned(), |q| q.to_string());
+        Self::write_if_present(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
+        let memory = limits
+            .memory_bytes
+            .map_or_else(|| "max".to_owned(), |b| b.to_string());
+        Self::write_if_present(&dir.join("memory.max"), &memory)?;
+        // No swap, as on v1 (memsw == limit).
+        Self::write_if_present(&dir.join("memory.swap.max"), "0")?;
+        let pids = limits
+            .pids_max
+            .map_or_else(|| "max".to_owned(), |m| m.to_string());
+        Self::write_if_present(&dir.join("pids.max"), &pids)
+    }
+
+    fn procs_files(&self, id: &str) -> Vec<PathBuf> {
+        vec![self.parent.join(id).join("cgroup.procs")]
+    }
+
+    fn dirs(&self, id: &str) -> Vec<PathBuf> {
+        vec![self.parent.join(id)]
+    }
+
+    fn kill_all(&self, id: &str, timeout: Duration) -> io::Result<()> {
+        let dir = self.parent.join(id);
+        if !dir.exists() {
+            return Ok(());
+        }
+        // cgroup.kill (Linux 5.14+) kills atomically, forks included; older kernels get the loop.
+        let kill = dir.join("cgroup.kill");
+        if kill.exists() {
+            write_file(&kill, "1")?;
+        }
+        kill_until_empty(&dir.join("cgroup.procs"), timeout)
+    }
+
+    fn remove(&self, id: &str) -> io::Result<()> {
+        remove_dir(&self.parent.join(id))
+    }
+}

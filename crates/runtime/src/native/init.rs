@@ -1,0 +1,172 @@
+//! The sandbox init: a fresh, single-threaded process that turns itself into a sandbox.
+//!
+//! Namespace and mount work is unsafe after `fork` in a multithreaded (tokio) process, so the
+//! runtime executes `<init_exe> __sandbox-init <init.json>` instead; every binary that hosts the
+//! runtime calls [`run_if_requested`] first thing in `main`.
+//!
+//! The init joins the sandbox's cgroups and network namespace, unshares the other namespaces and
+//! clones the sandbox's PID 1 with `CLONE_PARENT`, so PID 1 is a child of the runtime (which
+//! reaps it) rather than of this short-lived process. PID 1 builds the root filesystem and execs
+//! the daemon. This process prints `pid=<host pid>` on stdout, waits until PID 1 has exec'd the
+//! daemon (or reports its setup error on stderr) and exits; the sandbox does not depend on the
+//! runtime's process staying alive.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use nix::fcntl::OFlag;
+use nix::sched::{CloneFlags, setns, unshare};
+use nix::sys::stat::{Mode, umask};
+use nix::unistd::{
+    chdir, dup2_stderr, dup2_stdin, dup2_stdout, execve, pipe2, sethostname, setsid,
+};
+use serde::{Deserialize, Serialize};
+
+use super::rootfs::{self, DAEMON_PATH, HostFiles, StepResult};
+
+/// `argv[1]` that selects the init entry point.
+pub const INIT_ARG: &str = "__sandbox-init";
+
+/// What the runtime tells the init (written to `init.json`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InitConfig {
+    pub hostname: String,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub rootfs: PathBuf,
+    pub daemon_bin: PathBuf,
+    pub log: PathBuf,
+    pub cgroup_procs: Vec<PathBuf>,
+    pub netns: PathBuf,
+    pub ip: Ipv4Addr,
+    pub gateway: Ipv4Addr,
+    pub workdir: Option<String>,
+    /// Complete environment of the daemon.
+    pub env: BTreeMap<String, String>,
+}
+
+/// If this process was started as a sandbox init, performs it and exits; otherwise returns.
+/// Call it first in `main`, before any thread (tokio included) is started.
+pub fn run_if_requested() {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_none_or(|a| a != INIT_ARG) {
+        return;
+    }
+    let code = match args.next() {
+        Some(path) => match run(PathBuf::from(path)) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        None => {
+            eprintln!("usage: {INIT_ARG} <init.json>");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(config_path: PathBuf) -> StepResult {
+    let step = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
+    let bytes = std::fs::read(&config_path)
+        .map_err(|e| step(&format!("read {}", config_path.display()), &e))?;
+    let cfg: InitConfig =
+        serde_json::from_slice(&bytes).map_err(|e| step("parse init config", &e))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .open(&cfg.log)
+        .map_err(|e| step(&format!("open {}", cfg.log.display()), &e))?;
+
+    // Cgroups first: the cgroup namespace created below is rooted at the current cgroup.
+    let me = std::process::id().to_string();
+    for procs in &cfg.cgroup_procs {
+        std::fs::write(procs, &me).map_err(|e| step(&format!("join {}", procs.display()), &e))?;
+    }
+    let netns =
+        File::open(&cfg.netns).map_err(|e| step(&format!("open {}", cfg.netns.display()), &e))?;
+    setns(&netns, CloneFlags::CLONE_NEWNET).map_err(|e| step("setns net", &e))?;
+    drop(netns);
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(|e| step("unshare", &e))?;
+
+    // PID 1 reports setup errors here; a successful exec closes the pipe (O_CLOEXEC) unwritten.
+    let (errors_r, errors_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| step("pipe", &e))?;
+    let pid = clone_parent().map_err(|e| step("clone", &e))?;
+    if pid == 0 {
+        drop(errors_r);
+        let Err(e) = sandbox_pid1(&cfg, log);
+        let _ = File::from(errors_w).write_all(e.as_bytes());
+        // SAFETY: _exit in the child ends it without running the parent's exit handlers.
+        unsafe { libc::_exit(1) };
+    }
+    drop(errors_w);
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "pid={pid}")
+        .and_then(|()| out.flush())
+        .map_err(|e| step("report pid", &e))?;
+    let mut error = String::new();
+    let _ = File::from(errors_r).read_to_string(&mut error);
+    if error.is_empty() { Ok(()) } else { Err(error) }
+}
+
+/// `fork`, except that the child's parent is our parent (the runtime).
+fn clone_parent() -> nix::Result<libc::pid_t> {
+    let flags = (libc::CLONE_PARENT | libc::SIGCHLD) as libc::c_ulong;
+    // SAFETY: a raw clone without CLONE_VM and without a new stack behaves like fork(2); this
+    // process is single-threaded, so the child's copy of memory is consistent.
+    let ret = unsafe { libc::syscall(libc::SYS_clone, flags, 0usize, 0usize, 0usize, 0usize) };
+    if ret < 0 {
+        Err(nix::errno::Errno::last())
+    } else {
+        Ok(ret as libc::pid_t)
+    }
+}
+
+/// PID 1 of the sandbox: builds the root filesystem and becomes the daemon.
+fn sandbox_pid1(cfg: &InitConfig, log: File) -> StepResult<Infallible> {
+    // Its own session: signals aimed at the runtime's process group must not reach the sandbox.
+    setsid().map_err(|e| format!("setsid: {e}"))?;
+    umask(Mode::from_bits_truncate(0o022));
+    let host = HostFiles::open(&cfg.daemon_bin)?;
+    rootfs::enter_overlay(&cfg.lower, &cfg.upper, &cfg.work, &cfg.rootfs)?;
+    rootfs::mount_system(&host)?;
+    drop(host);
+    rootfs::write_etc(&cfg.hostname, cfg.ip, cfg.gateway)?;
+    sethostname(&cfg.hostname).map_err(|e| format!("sethostname: {e}"))?;
+    let cwd = cfg
+        .workdir
+        .as_deref()
+        .filter(|w| std::path::Path::new(w).is_dir())
+        .unwrap_or("/");
+    chdir(cwd).map_err(|e| format!("chdir {cwd}: {e}"))?;
+
+    let cstr = |s: String| CString::new(s).map_err(|e| format!("bad string for exec: {e}"));
+    let argv = [cstr(DAEMON_PATH.to_owned())?, cstr("--init".to_owned())?];
+    let envp = cfg
+        .env
+        .iter()
+        .map(|(k, v)| cstr(format!("{k}={v}")))
+        .collect::<StepResult<Vec<_>>>()?;
+    let null = rootfs::dev_null().map_err(|e| format!("open /dev/null: {e}"))?;
+    dup2_stdin(&null).map_err(|e| format!("dup2 stdin: {e}"))?;
+    dup2_stdout(&log).map_err(|e| format!("dup2 stdout: {e}"))?;
+    dup2_stderr(&log).map_err(|e| format!("dup2 stderr: {e}"))?;
+    let e = execve(&argv[0], &argv, &envp).unwrap_err();
+    Err(format!("exec {DAEMON_PATH}: {e}"))
+}

@@ -1,0 +1,290 @@
+//! Sandbox networking: one host bridge holding the gateway address, and per sandbox a named
+//! network namespace with a veth pair (host end on the bridge, peer `eth0` inside).
+//!
+//! Driven by the `ip` command (iproute2) in batch mode, a few forks per sandbox; everything
+//! netlink-specific stays in this module so rtnetlink can replace it later. No NAT and no
+//! forwarding are set up: sandboxes reach the host's bridge address and nothing else.
+
+use std::fmt;
+use std::io::{self, Write};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::str::FromStr;
+
+/// Where iproute2 keeps named network namespaces (bind mounts of `/proc/<pid>/ns/net`).
+const NETNS_DIR: &str = "/run/netns";
+
+/// An IPv4 network in CIDR notation, e.g. `100.100.0.0/16`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Cidr {
+    /// The network containing `addr` (host bits are cleared).
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, String> {
+        if prefix > 32 {
+            return Err(format!("prefix /{prefix} is longer than 32"));
+        }
+        let mask = Self::mask_of(prefix);
+        Ok(Ipv4Cidr {
+            network: Ipv4Addr::from(u32::from(addr) & mask),
+            prefix,
+        })
+    }
+
+    fn mask_of(prefix: u8) -> u32 {
+        if prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - prefix)
+        }
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        self.network
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn contains(&self, addr: Ipv4Addr) -> bool {
+        u32::from(addr) & Self::mask_of(self.prefix) == u32::from(self.network)
+    }
+
+    /// Whether the two networks share any address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other.network) || other.contains(self.network)
+    }
+
+    /// The first host address; it goes on the bridge.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + 1)
+    }
+
+    /// Addresses a sandbox may get: every host address after the gateway, before broadcast.
+    pub fn sandbox_addresses(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let first = u32::from(self.network) + 2;
+        let broadcast = u32::from(self.network) | !Self::mask_of(self.prefix);
+        (first..broadcast).map(Ipv4Addr::from)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not a CIDR (a.b.c.d/n)"))?;
+        let addr = addr.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        let prefix = prefix.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        Ipv4Cidr::new(addr, prefix)
+    }
+}
+
+/// Kernel names of one sandbox's network objects, derived from its id so that a cleanup
+/// finds them even when the state file was never written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetNames {
+    /// Named netns, `dtn-<id>`.
+    pub netns: String,
+    /// Host end of the veth pair, `dtn` + 11 hex digits of a hash of the id (15-byte IFNAMSIZ limit).
+    pub veth: String,
+}
+
+impl NetNames {
+    pub fn for_sandbox(id: &str) -> Self {
+        // FNV-1a: stable across builds and releases, unlike std's hasher.
+        let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        NetNames {
+            netns: format!("dtn-{id}"),
+            veth: format!("dtn{:011x}", hash >> 20),
+        }
+    }
+
+    pub fn netns_path(&self) -> PathBuf {
+        Path::new(NETNS_DIR).join(&self.netns)
+    }
+
+    /// Whether the host end of the veth pair exists.
+    pub fn veth_exists(&self) -> bool {
+        link_exists(&self.veth)
+    }
+}
+
+fn link_exists(name: &str) -> bool {
+    Path::new("/sys/class/net").join(name).exists()
+}
+
+/// The host bridge and the subnet sandboxes get addresses from.
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub bridge: String,
+    pub subnet: Ipv4Cidr,
+}
+
+impl Network {
+    /// Creates the bridge with the gateway address if it is missing; idempotent.
+    pub fn ensure_bridge(&self) -> io::Result<()> {
+        let gateway = format!("{}/{}", self.subnet.gateway(), self.subnet.prefix());
+        if !link_exists(&self.bridge) {
+            // Another process may win the race to create it; only a missing bridge afterwards is fatal.
+            let _ = ip(&[], &[format!("link add {} type bridge", self.bridge)]);
+            if !link_exists(&self.bridge) {
+                return Err(io::Error::other(format!(
+                    "could not create bridge {}",
+                    self.bridge
+                )));
+            }
+        }
+        let addrs = ip_output(&["-4", "-o", "addr", "show", "dev", &self.bridge])?;
+        let mut batch = Vec::new();
+        if !addrs.split_whitespace().any(|w| w == gateway) {
+            batch.push(format!("addr add {gateway} dev {}", self.bridge));
+        }
+        batch.push(format!("link set {} up", self.bridge));
+        ip(&[], &batch)
+    }
+
+    /// Creates the sandbox's netns and veth pair and configures `eth0` with `addr`.
+    /// Leftovers of an interrupted earlier attempt are replaced.
+    pub fn setup(&self, names: &NetNames, addr: Ipv4Addr) -> io::Result<()> {
+        if names.veth_exists() {
+            ip(&[], &[format!("link del {}", names.veth)])?;
+        }
+        if !names.netns_path().exists() {
+            ip(&[], &[format!("netns add {}", names.netns)])?;
+        }
+        let (veth, netns, bridge) = (&names.veth, &names.netns, &self.bridge);
+        // The MAC is derived from the address, so the host's neighbour cache stays right when an
+        // address is reused by a later sandbox (a random MAC leaves a stale entry that black-holes
+        // traffic for seconds).
+        let [a, b, c, d] = addr.octets();
+        let mac = format!("02:64:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+        ip(
+            &[],
+            &[
+                format!("link add {veth} type veth peer name eth0 address {mac} netns {netns}"),
+                format!("link set {veth} master {bridge}"),
+                // Ports of an isolated bridge only talk to non-isolated ports (the host side),
+                // so sandboxes cannot reach each other.
+                format!("link set dev {veth} type bridge_slave isolated on"),
+                format!("link set {veth} up"),
+            ],
+        )?;
+        ip(
+            &["-n", netns],
+            &[
+                "link set lo up".to_owned(),
+                format!("addr add {addr}/{} dev eth0", self.subnet.prefix()),
+                "link set eth0 up".to_owned(),
+                format!("route add default via {}", self.subnet.gateway()),
+            ],
+        )
+    }
+
+    /// Deletes the veth pair and the netns if they exist; idempotent.
+    pub fn teardown(&self, names: &NetNames) -> io::Result<()> {
+        if names.veth_exists() {
+            ip(&[], &[format!("link del {}", names.veth)])?;
+        }
+        if names.netns_path().exists() {
+            ip(&[], &[format!("netns del {}", names.netns)])?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs `ip [global...] -batch -` with `commands`, one per line, stopping at the first failure.
+fn ip(global: &[&str], commands: &[String]) -> io::Result<()> {
+    let mut child = Command::new("ip")
+        .args(global)
+        .args(["-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| io::Error::new(e.kind(), format!("spawn ip: {e}")))?;
+    let script = commands.join("\n") + "\n";
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "ip {} failed: {} (commands: {})",
+            global.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            commands.join("; ")
+        )))
+    }
+}
+
+fn ip_output(args: &[&str]) -> io::Result<String> {
+    let out = Command::new("ip")
+        .args(args)
+        .stderr(Stdio::piped())
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidr_parsing_and_addresses() {
+        let c: Ipv4Cidr = "100.100.7.9/16".parse().unwrap();
+        assert_eq!(c.to_string(), "100.100.0.0/16");
+        assert_eq!(c.gateway(), Ipv4Addr::new(100, 100, 0, 1));
+        assert!(c.contains(Ipv4Addr::new(100, 100, 255, 1)));
+        assert!(!c.contains(Ipv4Addr::new(100, 101, 0, 1)));
+        let small: Ipv4Cidr = "100.64.0.0/30".parse().unwrap();
+        assert_eq!(
+            small.sandbox_addresses().collect::<Vec<_>>(),
+            vec![Ipv4Addr::new(100, 64, 0, 2)]
+        );
+        assert!(
+            "10.0.0.0/8"
+                .parse::<Ipv4Cidr>()
+                .unwrap()
+                .overlaps(&"10.1.0.0/16".parse().unwrap())
+        );
+        assert!("1.2.3.4".parse::<Ipv4Cidr>().is_err());
+        assert!("1.2.3.4/33".parse::<Ipv4Cidr>().is_err());
+    }
+
+    #[test]
+    fn names_fit_interface_limits() {
+        let n = NetNames::for_sandbox("2c9f8a8e-2b7d-4d3e-9a51-0f3b5c2f7e11");
+        assert_eq!(n.veth.len(), 14);
+        assert!(n.veth.len() <= 15);
+        assert_ne!(
+            n.veth,
+            NetNames::for_sandbox("2c9f8a8e-2b7d-4d3e-9a51-0f3b5c2f7e12").veth
+        );
+    }
+}

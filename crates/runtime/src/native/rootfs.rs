@@ -1,0 +1,286 @@
+//! The sandbox's root filesystem, assembled by its PID 1 inside its own mount namespace: an
+//! overlay (shared read-only image + per-sandbox upper dir), `/proc`, a minimal `/dev`,
+//! read-only `/sys`, the daemon binary, then `pivot_root`.
+//!
+//! Nothing is mounted in the host's namespace, so nothing can leak there. Files inside the
+//! sandbox (`/etc/hosts`, mount targets) are written only after `pivot_root`: the upper dir is
+//! controlled by the sandbox, and a symlink planted there must resolve inside the sandbox, not on
+//! the host.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, symlink};
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::unistd::{chdir, pivot_root};
+
+/// Where the daemon binary appears inside every sandbox.
+pub const DAEMON_PATH: &str = "/usr/local/bin/daytona-daemon";
+
+/// Device nodes bind-mounted from the host into the sandbox's `/dev`.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Error from one setup step, carrying which step failed.
+pub type StepResult<T = ()> = Result<T, String>;
+
+fn step<T, E: std::fmt::Display>(what: impl FnOnce() -> String, r: Result<T, E>) -> StepResult<T> {
+    r.map_err(|e| format!("{}: {e}", what()))
+}
+
+fn mount_fs(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> StepResult {
+    step(
+        || format!("mount {fstype} on {target}"),
+        mount(Some(source), target, Some(fstype), flags, data),
+    )
+}
+
+/// Remounts the bind mount at `target` with `flags` (bind mounts take them only on a remount).
+fn restrict(target: &str, flags: MsFlags) -> StepResult {
+    step(
+        || format!("remount {target}"),
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags,
+            None::<&str>,
+        ),
+    )
+}
+
+fn mkdir_p(path: &str) -> StepResult {
+    step(
+        || format!("mkdir {path}"),
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(path),
+    )
+}
+
+/// Creates an empty regular file to bind a file onto (kept if it already exists).
+fn touch(path: &str) -> StepResult {
+    step(
+        || format!("create {path}"),
+        OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map(drop),
+    )
+}
+
+/// Host files the sandbox needs, captured before `pivot_root` hides the host's filesystem:
+/// detached bind mounts (`open_tree(OPEN_TREE_CLONE)`), attached inside the sandbox later.
+/// A classic bind mount cannot take its source from a tree that is no longer attached.
+pub struct HostFiles {
+    daemon: OwnedFd,
+    devices: Vec<(&'static str, OwnedFd)>,
+}
+
+impl HostFiles {
+    pub fn open(daemon_bin: &Path) -> StepResult<Self> {
+        let daemon = open_tree(daemon_bin)?;
+        let devices = DEVICES
+            .iter()
+            .map(|d| open_tree(Path::new(&format!("/dev/{d}"))).map(|fd| (*d, fd)))
+            .collect::<StepResult<_>>()?;
+        Ok(HostFiles { daemon, devices })
+    }
+}
+
+fn cpath(path: &Path) -> StepResult<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| format!("path {} contains NUL", path.display()))
+}
+
+/// A detached bind mount of `path`.
+fn open_tree(path: &Path) -> StepResult<OwnedFd> {
+    let c = cpath(path)?;
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC;
+    // SAFETY: valid NUL-terminated path; the returned descriptor is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, c.as_ptr(), flags) };
+    if fd < 0 {
+        return Err(format!(
+            "open_tree {}: {}",
+            path.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// Attaches a detached mount from [`open_tree`] at `target`.
+fn attach(tree: &OwnedFd, target: &str) -> StepResult {
+    let c = cpath(Path::new(target))?;
+    // SAFETY: valid descriptor and NUL-terminated strings.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            c.as_ptr(),
+            libc::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if ret < 0 {
+        return Err(format!(
+            "attach mount on {target}: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
+/// Mounts the overlay on `rootfs` and makes it the root. Must run in a fresh mount namespace.
+pub fn enter_overlay(lower: &Path, upper: &Path, work: &Path, rootfs: &Path) -> StepResult {
+    // Nothing we mount may propagate back to the host's namespace.
+    step(
+        || "make mounts private".to_owned(),
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+    )?;
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    step(
+        || format!("mount overlay on {}", rootfs.display()),
+        mount(
+            Some("overlay"),
+            rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        ),
+    )?;
+    step(|| format!("chdir {}", rootfs.display()), chdir(rootfs))?;
+    // pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then drops
+    // the whole host tree without needing a directory for it inside the sandbox.
+    step(|| "pivot_root".to_owned(), pivot_root(".", "."))?;
+    step(
+        || "detach old root".to_owned(),
+        umount2(".", MntFlags::MNT_DETACH),
+    )?;
+    step(|| "chdir /".to_owned(), chdir("/"))
+}
+
+/// Mounts `/proc`, `/dev` and `/sys` and the daemon binary. Runs after `pivot_root`, as PID 1
+/// of the sandbox's pid namespace.
+pub fn mount_system(host: &HostFiles) -> StepResult {
+    let nosuid_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mkdir_p("/proc")?;
+    mount_fs(
+        "proc",
+        "/proc",
+        "proc",
+        nosuid_nodev | MsFlags::MS_NOEXEC,
+        None,
+    )?;
+
+    mkdir_p("/dev")?;
+    mount_fs(
+        "tmpfs",
+        "/dev",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        Some("mode=755,size=65536k"),
+    )?;
+    for (name, fd) in &host.devices {
+        let target = format!("/dev/{name}");
+        touch(&target)?;
+        attach(fd, &target)?;
+    }
+    mkdir_p("/dev/pts")?;
+    mount_fs(
+        "devpts",
+        "/dev/pts",
+        "devpts",
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    mkdir_p("/dev/shm")?;
+    mount_fs(
+        "shm",
+        "/dev/shm",
+        "tmpfs",
+        nosuid_nodev | MsFlags::MS_NOEXEC,
+        Some("mode=1777,size=65536k"),
+    )?;
+    for (link, target) in [
+        ("/dev/ptmx", "pts/ptmx"),
+        ("/dev/fd", "/proc/self/fd"),
+        ("/dev/stdin", "/proc/self/fd/0"),
+        ("/dev/stdout", "/proc/self/fd/1"),
+        ("/dev/stderr", "/proc/self/fd/2"),
+    ] {
+        step(|| format!("symlink {link}"), symlink(target, link))?;
+    }
+
+    mkdir_p("/sys")?;
+    mount_fs(
+        "sysfs",
+        "/sys",
+        "sysfs",
+        nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
+        None,
+    )?;
+
+    mkdir_p("/usr/local/bin")?;
+    touch(DAEMON_PATH)?;
+    attach(&host.daemon, DAEMON_PATH)?;
+    restrict(
+        DAEMON_PATH,
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+    )
+}
+
+/// Name resolution that never leaves the machine on its own: the sandbox's name resolves
+/// locally, and the only resolver is the gateway (refused at once while nothing serves DNS there).
+pub fn write_etc(hostname: &str, ip: Ipv4Addr, gateway: Ipv4Addr) -> StepResult {
+    mkdir_p("/etc")?;
+    let hosts = format!(
+        "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{ip}\t{hostname}\n"
+    );
+    for (path, text) in [
+        ("/etc/hosts", hosts),
+        (
+            "/etc/resolv.conf",
+            format!("nameserver {gateway}\noptions timeout:1 attempts:1\n"),
+        ),
+        ("/etc/hostname", format!("{hostname}\n")),
+    ] {
+        // A symlink here (e.g. resolv.conf -> ../run/...) is replaced, not followed.
+        if fs::symlink_metadata(path).is_ok_and(|m| !m.is_file()) {
+            step(|| format!("remove {path}"), fs::remove_file(path))?;
+        }
+        step(|| format!("write {path}"), fs::write(path, text))?;
+    }
+    Ok(())
+}
+
+/// `/dev/null` of the sandbox, for the daemon's stdin.
+pub fn dev_null() -> io::Result<File> {
+    OpenOptions::new().read(true).write(true).open("/dev/null")
+}
