@@ -42,6 +42,16 @@ pub fn find_shell() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("sh"))
 }
 
+/// The shell sessions run in: bash, else `sh`. Not zsh: its `command` builtin only runs
+/// external programs, which the session wrapper's `command .` relies on not doing.
+pub fn find_session_shell() -> PathBuf {
+    ["/usr/bin/bash", "/bin/bash"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from("sh"))
+}
+
 /// Environment variable names the daemon accepts from clients.
 pub fn validate_env(envs: &HashMap<String, String>) -> Result<(), ApiError> {
     for key in envs.keys() {

@@ -3,8 +3,9 @@
 //! Each command is written to `<session dir>/<command id>/command.sh` and the shell is told,
 //! on its stdin, to source it with stdout/stderr on FIFOs read by the daemon, then to print
 //! `<token> <command id> <status>` on its own stdout, which the daemon watches. Sourcing keeps
-//! the command in the shell process (so state persists), keeps heredocs and quoting intact, and
-//! confines syntax errors to the command.
+//! the command in the shell process (so state persists) and heredocs and quoting intact;
+//! `{ command . file; } <redirections>` makes syntax and redirection errors fail the command
+//! instead of exiting the shell (a POSIX shell exits on errors of a bare special built-in).
 
 mod command;
 pub mod routes;
@@ -159,7 +160,7 @@ pub struct Session {
 impl Session {
     fn start(id: &str, dir: PathBuf, work_dir: &Path) -> io::Result<Arc<Self>> {
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        let mut child = Command::new(shell::find_shell())
+        let mut child = Command::new(shell::find_session_shell())
             .current_dir(work_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -232,7 +233,7 @@ impl Session {
 
         let dir = command.dir();
         let line = format!(
-            ". {script} < {stdin} > {stdout} 2> {stderr}; printf '%s %s %d\\n' {token} {id} \"$?\"\n",
+            "{{ command . {script}; }} < {stdin} > {stdout} 2> {stderr}; printf '%s %s %d\\n' {token} {id} \"$?\"\n",
             script = quote_path(&dir.join(SCRIPT_FILE)),
             stdin = quote_path(&stdin_path),
             stdout = quote_path(&dir.join(STDOUT_FIFO)),
