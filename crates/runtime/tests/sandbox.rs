@@ -25,6 +25,9 @@ const REAL_DAEMON: &str = "/work/target/x86_64-unknown-linux-gnu/release/daytona
 /// A bridge and subnet of the tests' own, so they never collide with a runner on this host.
 const TEST_BRIDGE: &str = "dtrtest0";
 const TEST_SUBNET: &str = "100.99.0.0/24";
+/// Set for a child run of this binary that creates one sandbox and exits.
+const DETACHED_CREATE_VAR: &str = "DAYTONA_TEST_DETACHED_CREATE";
+const STATE_DIR_VAR: &str = "DAYTONA_TEST_STATE_DIR";
 
 fn main() {
     native::run_if_requested();
@@ -67,10 +70,15 @@ fn main() {
         if fake { " (stand-in)" } else { "" }
     );
 
-    let state_dir = PathBuf::from(format!(
-        "/var/tmp/daytona-runtime-test-{}",
-        std::process::id()
-    ));
+    let state_dir = std::env::var_os(STATE_DIR_VAR).map_or_else(
+        || {
+            PathBuf::from(format!(
+                "/var/tmp/daytona-runtime-test-{}",
+                std::process::id()
+            ))
+        },
+        PathBuf::from,
+    );
     let env = Env {
         rootfs,
         daemon,
@@ -81,16 +89,27 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio");
+    if let Ok(id) = std::env::var(DETACHED_CREATE_VAR) {
+        // A runner that creates a sandbox and exits (see `sandbox_outlives_its_runner`).
+        let status = runtime
+            .block_on(env.runtime(|_| {}).create(&env.spec(&id)))
+            .expect("create");
+        println!("{}", status.pid.expect("pid"));
+        return;
+    }
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, TestFn); 4] = [
+    let tests: [(&str, TestFn); 5] = [
         ("lifecycle_leaves_no_trace", |e| {
             Box::pin(lifecycle_leaves_no_trace(e))
         }),
         ("sandboxes_are_isolated_from_each_other", |e| {
             Box::pin(sandboxes_are_isolated_from_each_other(e))
+        }),
+        ("sandbox_outlives_its_runner", |e| {
+            Box::pin(sandbox_outlives_its_runner(e))
         }),
         ("failed_creates_clean_up", |e| {
             Box::pin(failed_creates_clean_up(e))
@@ -148,7 +167,8 @@ impl Env {
         SandboxSpec {
             id: id.to_owned(),
             image_rootfs: self.rootfs.clone(),
-            user: "daytona".to_owned(),
+            // The real daemon requires the user to exist in the image; Debian has only root.
+            user: "root".to_owned(),
             env: BTreeMap::from([("FOO".to_owned(), "bar".to_owned())]),
             workdir: Some("/root".to_owned()),
             cpu: 1,
@@ -166,13 +186,14 @@ fn new_id() -> String {
     format!("t{:x}-{}", nanos, std::process::id())
 }
 
-/// Connects to the daemon and returns what it sends first (the stand-in sends its identity).
+/// Connects to the daemon and returns its first answer: the stand-in sends its identity and
+/// closes; the real daemon answers an HTTP/1.0 request (any response proves it is serving).
 fn probe_daemon(ip: Ipv4Addr) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(
-        &SocketAddr::from((ip, DAEMON_PORT)),
-        Duration::from_millis(500),
-    )?;
+    let addr = SocketAddr::from((ip, DAEMON_PORT));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(3)))?;
+    // The stand-in may already have closed; its answer is still readable.
+    let _ = stream.write_all(b"GET /version HTTP/1.0\r\nHost: daemon\r\n\r\n");
     let mut text = String::new();
     let _ = stream.read_to_string(&mut text);
     Ok(text)
@@ -203,7 +224,15 @@ fn assert_no_trace(rt: &NativeRuntime, id: &str, pids: &[i32], expect_dir: bool)
         if !name.bytes().all(|b| b.is_ascii_digit()) && name != "self" {
             continue;
         }
-        // Processes come and go during the scan; unreadable files are fine.
+        // Processes come and go during the scan; unreadable files are fine. Zombies are exit
+        // statuses, not processes: this machine's PID 1 never reaps the orphans it adopts.
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z'))
+        {
+            continue;
+        }
         if let Ok(cgroups) = std::fs::read_to_string(entry.path().join("cgroup")) {
             assert!(
                 !cgroups.contains(id),
@@ -242,10 +271,12 @@ async fn lifecycle_leaves_no_trace(env: &Env) {
     ));
 
     let hello = probe_daemon(ip).expect("daemon answers");
-    if env.fake {
+    if !env.fake {
+        assert!(hello.starts_with("HTTP/1."), "{hello}");
+    } else {
         assert!(hello.contains(&format!("id={id} ")), "{hello}");
         assert!(hello.contains(&format!("hostname={id} ")), "{hello}");
-        assert!(hello.contains("user=daytona "), "{hello}");
+        assert!(hello.contains("user=root "), "{hello}");
         assert!(hello.contains("workdir=/root "), "{hello}");
         assert!(hello.contains("foo=bar "), "{hello}");
         assert!(hello.contains("pid=1 "), "{hello}");
@@ -374,6 +405,50 @@ async fn sandboxes_are_isolated_from_each_other(env: &Env) {
         assert_no_trace(&rt, id, &[], false);
     }
     assert!(probe_daemon(ip_a).is_err());
+}
+
+/// The sandbox keeps running when the process that created it exits, and a new runtime adopts it.
+async fn sandbox_outlives_its_runner(env: &Env) {
+    let id = new_id();
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .env(DETACHED_CREATE_VAR, &id)
+        .env(STATE_DIR_VAR, &env.state_dir)
+        .env(
+            "DAYTONA_DAEMON_PATH",
+            if env.fake {
+                "fake".into()
+            } else {
+                env.daemon.clone()
+            },
+        )
+        .env("DAYTONA_BENCH_N", "0")
+        .output()
+        .expect("run a detached runner");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let pid: i32 = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .last()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let rt = env.runtime(|_| {});
+    let status = rt.status(&id).await.unwrap().expect("adopted");
+    assert_eq!(status.state, RuntimeState::Running);
+    assert_eq!(status.pid, Some(pid));
+    probe_daemon(status.ip.unwrap()).expect("daemon answers after its runner exited");
+    rt.stop(&id).await.expect("stop an adopted sandbox");
+    assert_eq!(
+        rt.status(&id).await.unwrap().unwrap().state,
+        RuntimeState::Stopped
+    );
+    let restarted = rt.start(&id).await.expect("start");
+    rt.destroy(&id).await.expect("destroy");
+    assert_no_trace(&rt, &id, &[restarted.pid.unwrap()], false);
 }
 
 async fn failed_creates_clean_up(env: &Env) {
