@@ -75,6 +75,20 @@ pub fn run_if_requested() {
 }
 
 fn run(config_path: PathBuf) -> StepResult {
+    // Descriptors the runtime's process leaked to us (opened without O_CLOEXEC) must not reach
+    // the sandbox: mark all of them close-on-exec.
+    // SAFETY: plain syscall on descriptor numbers; nothing in this process relies on them.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } != 0
+    {
+        return Err(format!("close_range: {}", std::io::Error::last_os_error()));
+    }
     let step = |what: &str, e: &dyn std::fmt::Display| format!("{what}: {e}");
     let bytes = std::fs::read(&config_path)
         .map_err(|e| step(&format!("read {}", config_path.display()), &e))?;
