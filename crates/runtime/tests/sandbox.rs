@@ -101,7 +101,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, TestFn); 6] = [
+    let tests: [(&str, TestFn); 7] = [
         ("lifecycle_leaves_no_trace", |e| {
             Box::pin(lifecycle_leaves_no_trace(e))
         }),
@@ -113,6 +113,9 @@ fn main() {
         }),
         ("recovers_from_interrupted_runs", |e| {
             Box::pin(recovers_from_interrupted_runs(e))
+        }),
+        ("concurrent_sandboxes", |e| {
+            Box::pin(concurrent_sandboxes(e))
         }),
         ("failed_creates_clean_up", |e| {
             Box::pin(failed_creates_clean_up(e))
@@ -507,6 +510,38 @@ async fn recovers_from_interrupted_runs(env: &Env) {
     // them): their identities went with the deleted state files, and the runtime reaps only PIDs
     // it can prove belong to the sandbox.
     assert_no_trace(&rt, &id, &[first.pid.unwrap()], false);
+}
+
+/// Parallel creates get distinct addresses and all come up; parallel destroys leave nothing.
+async fn concurrent_sandboxes(env: &Env) {
+    let rt = std::sync::Arc::new(env.runtime(|_| {}));
+    let ids: Vec<String> = (0..5).map(|_| new_id()).collect();
+    let creates: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (rt, spec) = (rt.clone(), env.spec(id));
+            tokio::spawn(async move { rt.create(&spec).await })
+        })
+        .collect();
+    let mut ips = std::collections::HashSet::new();
+    for create in creates {
+        let status = create.await.unwrap().expect("create");
+        probe_daemon(status.ip.unwrap()).expect("daemon answers");
+        assert!(ips.insert(status.ip.unwrap()), "address handed out twice");
+    }
+    let destroys: Vec<_> = ids
+        .iter()
+        .map(|id| {
+            let (rt, id) = (rt.clone(), id.clone());
+            tokio::spawn(async move { rt.destroy(&id).await })
+        })
+        .collect();
+    for destroy in destroys {
+        destroy.await.unwrap().expect("destroy");
+    }
+    for id in &ids {
+        assert_no_trace(&rt, id, &[], false);
+    }
 }
 
 async fn failed_creates_clean_up(env: &Env) {

@@ -11,6 +11,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -123,6 +124,9 @@ impl NativeRuntime {
         let sandboxes_dir = config.state_dir.join("sandboxes");
         std::fs::create_dir_all(&sandboxes_dir)
             .map_err(|e| RuntimeError::io(format!("create {}", sandboxes_dir.display()), e))?;
+        // Sandbox files and init configs (which carry the sandbox's environment) are root's only.
+        std::fs::set_permissions(&sandboxes_dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| RuntimeError::io(format!("chmod {}", sandboxes_dir.display()), e))?;
         let cgroups = cgroup::detect(Path::new(CGROUP_ROOT), CGROUP_PARENT);
         debug!(?cgroups, "native runtime cgroups");
         Ok(NativeRuntime {

@@ -83,10 +83,15 @@ fn kill_until_empty(procs: &Path, timeout: Duration) -> io::Result<()> {
                 format!("{} still lists {pids:?}", procs.display()),
             ));
         }
-        for pid in pids {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
+        sigkill(&pids);
         std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn sigkill(pids: &[i32]) {
+    for pid in pids {
+        // ESRCH: it exited meanwhile.
+        let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
     }
 }
 

@@ -4,7 +4,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{CPU_PERIOD_US, Cgroups, Limits, kill_until_empty, remove_dir, write_file};
+use super::{
+    CPU_PERIOD_US, Cgroups, Limits, kill_until_empty, read_pids, remove_dir, sigkill, write_file,
+};
 
 /// Controllers a sandbox joins: the three we limit, plus the freezer so a kill cannot race
 /// with forks.
@@ -118,12 +120,7 @@ impl Cgroups for CgroupV1 {
         }
         // Frozen tasks cannot fork; SIGKILL is queued and acts when they thaw.
         let procs = freezer.as_ref().unwrap_or(&any).join("cgroup.procs");
-        for pid in super::read_pids(&procs)? {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        sigkill(&read_pids(&procs)?);
         if let Some(dir) = &freezer {
             Self::freeze(dir, "THAWED")?;
         }
