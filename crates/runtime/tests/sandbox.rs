@@ -557,6 +557,22 @@ async fn failed_creates_clean_up(env: &Env) {
         rt.create(&bad).await,
         Err(RuntimeError::InvalidSpec(_))
     ));
+
+    // Setup inside the sandbox fails (an image whose /etc is a file): reported, cleaned up.
+    let broken_image = env.state_dir.join("broken-image");
+    std::fs::create_dir_all(&broken_image).unwrap();
+    std::fs::write(broken_image.join("etc"), "not a directory").unwrap();
+    let id = new_id();
+    let mut spec = env.spec(&id);
+    spec.image_rootfs = broken_image;
+    match rt.create(&spec).await {
+        Err(RuntimeError::StartFailed { reason, .. }) => {
+            assert!(reason.contains("/etc"), "{reason}")
+        }
+        other => panic!("expected StartFailed, got {other:?}"),
+    }
+    assert_no_trace(&rt, &id, &[], false);
+
     if !env.fake {
         return; // Making the real daemon fail on purpose is not possible.
     }

@@ -268,9 +268,9 @@ impl NativeRuntime {
             reason,
         };
         if !output.status.success() {
-            if let Some(p) = &process {
+            if let Some(p) = process {
                 // Setup failed in PID 1, which is exiting: collect it.
-                p.wait_exit(KILL_TIMEOUT);
+                let _ = tokio::task::spawn_blocking(move || p.wait_exit(KILL_TIMEOUT)).await;
             }
             return Err(failure(format!(
                 "sandbox init ({}) failed: {}",
