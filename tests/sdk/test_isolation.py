@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,11 @@ def test_sandbox_does_not_see_host_processes(server, pair):
     marker = unique("host-proc")
     host_process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)", marker])
     try:
-        assert Path(f"/proc/{host_process.pid}/cmdline").read_bytes().count(marker.encode()) == 1
+        cmdline = Path(f"/proc/{host_process.pid}/cmdline")
+        deadline = time.monotonic() + 10
+        while marker.encode() not in cmdline.read_bytes():  # until the child has exec'd
+            assert time.monotonic() < deadline, "host marker process did not start"
+            time.sleep(0.05)
         for sandbox in pair:
             seen = processes(sandbox)
             assert seen, "positive control: the sandbox sees at least its own processes"
