@@ -114,6 +114,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .context("cannot initialise the sandbox runtime")?;
     let images = ImageStore::new(data_dir.join("images"));
+    prepare_default_snapshot(&images, &config.api.default_snapshot);
     let runner = Arc::new(Runner::new("local", images, Arc::new(runtime)));
 
     let settings = SandboxSettings {
@@ -158,6 +159,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("server task failed")?
         .context("server failed")?;
     Ok(())
+}
+
+/// Unpacks the default image in the background so the first sandbox does not wait for it.
+fn prepare_default_snapshot(images: &ImageStore, reference: &str) {
+    let images = images.clone();
+    let reference = reference.to_string();
+    tokio::spawn(async move {
+        match images.resolve(&reference).await {
+            Ok(image) => tracing::info!(snapshot = %reference, digest = %image.digest, "default snapshot ready"),
+            Err(e) => tracing::warn!(snapshot = %reference, error = %e, "default snapshot is not usable"),
+        }
+    });
 }
 
 async fn wait(mut rx: tokio::sync::watch::Receiver<()>) {
