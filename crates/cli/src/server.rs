@@ -11,7 +11,6 @@ use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
 use daytona_config::Config;
 use daytona_runner::Runner;
 use daytona_runner::image::ImageStore;
-use daytona_runtime::native::network::Ipv4Cidr;
 use daytona_runtime::native::{NativeConfig, NativeRuntime};
 use tokio::net::TcpListener;
 
@@ -105,10 +104,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     }
 
     let daemon_bin = find_daemon(config.runner.daemon_path.as_deref())?;
-    let subnet = &config.runner.sandbox_subnet;
     let runtime = NativeRuntime::new(NativeConfig {
         bridge_name: config.runner.bridge_name.clone(),
-        subnet: Ipv4Cidr::new(subnet.network(), subnet.prefix_len()).map_err(anyhow::Error::msg)?,
+        subnet: config.runner.sandbox_subnet,
         daemon_start_timeout: config.runner.daemon_start_timeout,
         ..NativeConfig::new(data_dir.join("runtime"), daemon_bin)
     })
@@ -167,8 +165,12 @@ fn prepare_default_snapshot(images: &ImageStore, reference: &str) {
     let reference = reference.to_string();
     tokio::spawn(async move {
         match images.resolve(&reference).await {
-            Ok(image) => tracing::info!(snapshot = %reference, digest = %image.digest, "default snapshot ready"),
-            Err(e) => tracing::warn!(snapshot = %reference, error = %e, "default snapshot is not usable"),
+            Ok(image) => {
+                tracing::info!(snapshot = %reference, digest = %image.digest, "default snapshot ready")
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %reference, error = %e, "default snapshot is not usable")
+            }
         }
     });
 }

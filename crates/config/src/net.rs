@@ -57,6 +57,18 @@ impl Ipv4Cidr {
         Ipv4Addr::from(u32::from(self.network) + 1)
     }
 
+    /// Whether the two networks share any address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other.network) || other.contains(self.network)
+    }
+
+    /// Addresses a sandbox may get: every host address after the gateway, before broadcast.
+    pub fn sandbox_addresses(&self) -> impl Iterator<Item = Ipv4Addr> + use<> {
+        let first = u32::from(self.network) + 2;
+        let broadcast = u32::from(self.network) | !self.mask();
+        (first..broadcast).map(Ipv4Addr::from)
+    }
+
     /// The last address before broadcast.
     pub fn last_host(&self) -> Ipv4Addr {
         Ipv4Addr::from((u32::from(self.network) | !self.mask()) - 1)
@@ -157,6 +169,20 @@ impl FromStr for Roles {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_address_range_and_overlap() {
+        let small: Ipv4Cidr = "100.64.0.0/30".parse().unwrap();
+        assert_eq!(small.gateway(), Ipv4Addr::new(100, 64, 0, 1));
+        assert_eq!(
+            small.sandbox_addresses().collect::<Vec<_>>(),
+            [Ipv4Addr::new(100, 64, 0, 2)]
+        );
+        let ten: Ipv4Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(ten.overlaps(&"10.1.0.0/16".parse().unwrap()));
+        assert!(!ten.overlaps(&small));
+    }
     use super::*;
 
     #[test]

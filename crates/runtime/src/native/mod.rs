@@ -108,7 +108,7 @@ impl NativeRuntime {
                 config.subnet
             )));
         }
-        if config.subnet.prefix() > 30 {
+        if config.subnet.prefix_len() > 30 {
             return Err(RuntimeError::InvalidSpec(format!(
                 "sandbox subnet {} is too small",
                 config.subnet

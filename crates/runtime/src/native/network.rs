@@ -5,92 +5,15 @@
 //! netlink-specific stays in this module so rtnetlink can replace it later. No NAT and no
 //! forwarding are set up: sandboxes reach the host's bridge address and nothing else.
 
-use std::fmt;
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::str::FromStr;
+
+pub use daytona_config::Ipv4Cidr;
 
 /// Where iproute2 keeps named network namespaces (bind mounts of `/proc/<pid>/ns/net`).
 const NETNS_DIR: &str = "/run/netns";
-
-/// An IPv4 network in CIDR notation, e.g. `100.100.0.0/16`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ipv4Cidr {
-    network: Ipv4Addr,
-    prefix: u8,
-}
-
-impl Ipv4Cidr {
-    /// The network containing `addr` (host bits are cleared).
-    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, String> {
-        if prefix > 32 {
-            return Err(format!("prefix /{prefix} is longer than 32"));
-        }
-        let mask = Self::mask_of(prefix);
-        Ok(Ipv4Cidr {
-            network: Ipv4Addr::from(u32::from(addr) & mask),
-            prefix,
-        })
-    }
-
-    fn mask_of(prefix: u8) -> u32 {
-        if prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - prefix)
-        }
-    }
-
-    pub fn network(&self) -> Ipv4Addr {
-        self.network
-    }
-
-    pub fn prefix(&self) -> u8 {
-        self.prefix
-    }
-
-    pub fn contains(&self, addr: Ipv4Addr) -> bool {
-        u32::from(addr) & Self::mask_of(self.prefix) == u32::from(self.network)
-    }
-
-    /// Whether the two networks share any address.
-    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
-        self.contains(other.network) || other.contains(self.network)
-    }
-
-    /// The first host address; it goes on the bridge.
-    pub fn gateway(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.network) + 1)
-    }
-
-    /// Addresses a sandbox may get: every host address after the gateway, before broadcast.
-    pub fn sandbox_addresses(&self) -> impl Iterator<Item = Ipv4Addr> {
-        let first = u32::from(self.network) + 2;
-        let broadcast = u32::from(self.network) | !Self::mask_of(self.prefix);
-        (first..broadcast).map(Ipv4Addr::from)
-    }
-}
-
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.network, self.prefix)
-    }
-}
-
-impl FromStr for Ipv4Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let (addr, prefix) = s
-            .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a CIDR (a.b.c.d/n)"))?;
-        let addr = addr.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        let prefix = prefix.parse().map_err(|e| format!("{s:?}: {e}"))?;
-        Ipv4Cidr::new(addr, prefix)
-    }
-}
 
 /// Kernel names of one sandbox's network objects, derived from its id so that a cleanup
 /// finds them even when the state file was never written.
@@ -138,7 +61,7 @@ pub struct Network {
 impl Network {
     /// Creates the bridge with the gateway address if it is missing; idempotent.
     pub fn ensure_bridge(&self) -> io::Result<()> {
-        let gateway = format!("{}/{}", self.subnet.gateway(), self.subnet.prefix());
+        let gateway = format!("{}/{}", self.subnet.gateway(), self.subnet.prefix_len());
         if !link_exists(&self.bridge) {
             // Another process may win the race to create it; only a missing bridge afterwards is fatal.
             let _ = ip(&[], &[format!("link add {} type bridge", self.bridge)]);
@@ -188,7 +111,7 @@ impl Network {
             &["-n", netns],
             &[
                 "link set lo up".to_owned(),
-                format!("addr add {addr}/{} dev eth0", self.subnet.prefix()),
+                format!("addr add {addr}/{} dev eth0", self.subnet.prefix_len()),
                 "link set eth0 up".to_owned(),
                 format!("route add default via {}", self.subnet.gateway()),
             ],
@@ -254,28 +177,6 @@ fn ip_output(args: &[&str]) -> io::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cidr_parsing_and_addresses() {
-        let c: Ipv4Cidr = "100.100.7.9/16".parse().unwrap();
-        assert_eq!(c.to_string(), "100.100.0.0/16");
-        assert_eq!(c.gateway(), Ipv4Addr::new(100, 100, 0, 1));
-        assert!(c.contains(Ipv4Addr::new(100, 100, 255, 1)));
-        assert!(!c.contains(Ipv4Addr::new(100, 101, 0, 1)));
-        let small: Ipv4Cidr = "100.64.0.0/30".parse().unwrap();
-        assert_eq!(
-            small.sandbox_addresses().collect::<Vec<_>>(),
-            vec![Ipv4Addr::new(100, 64, 0, 2)]
-        );
-        assert!(
-            "10.0.0.0/8"
-                .parse::<Ipv4Cidr>()
-                .unwrap()
-                .overlaps(&"10.1.0.0/16".parse().unwrap())
-        );
-        assert!("1.2.3.4".parse::<Ipv4Cidr>().is_err());
-        assert!("1.2.3.4/33".parse::<Ipv4Cidr>().is_err());
-    }
 
     #[test]
     fn names_fit_interface_limits() {
