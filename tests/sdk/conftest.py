@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 from daytona import Daytona, Sandbox
 
-from support import SandboxFactory, make_client
+from support import SandboxFactory, make_client, sandbox_processes_on_host
 
 HEALTH_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 30
@@ -232,21 +232,24 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     _RUNNING.clear()
 
     problem = _stop(process)
-    failed = request.session.testsfailed
     leftover_mounts = _mounts_under(data_dir)
-    if leftover_mounts:
+    leftover_processes = sandbox_processes_on_host(data_dir)
+    if leftover_mounts or leftover_processes:
         # Never rmtree across a mount: a bind mount could lead back into host files.
-        print(f"[sdk-tests] keeping {run_dir}: still mounted after shutdown: {leftover_mounts}")
-    elif failed or problem:
+        print(f"[sdk-tests] keeping {run_dir}: still in use after shutdown")
+    elif request.session.testsfailed or problem:
         print(f"[sdk-tests] keeping {run_dir} for inspection")
     else:
-        shutil.rmtree(data_dir, ignore_errors=True)
-    if problem or leftover_mounts:
-        pytest.fail(
-            f"{problem or ''} {'mounts left behind: ' + str(leftover_mounts) if leftover_mounts else ''}"
-            f"\nserver log tail:\n{srv.log_since(0, 60)}",
-            pytrace=False,
+        shutil.rmtree(run_dir, ignore_errors=True)
+    problems = [p for p in (problem,) if p]
+    if leftover_mounts:
+        problems.append(f"mounts left under the data dir: {leftover_mounts}")
+    if leftover_processes:
+        problems.append(
+            f"sandbox processes left after every sandbox was deleted and the server stopped: {leftover_processes}"
         )
+    if problems:
+        pytest.fail("; ".join(problems) + f"\nserver log tail:\n{srv.log_since(0, 60)}", pytrace=False)
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, Sandbox
@@ -28,6 +30,24 @@ for pid in os.listdir('/proc'):
             pass
 print(json.dumps(procs))
 PYEOF"""
+
+
+def sandbox_processes_on_host(data_dir: Path) -> dict[int, str]:
+    """Host view of the processes running in the sandboxes of the server that uses `data_dir`: those in
+    another mount namespace whose mounts come from that directory."""
+    own_ns = os.readlink("/proc/self/ns/mnt")
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "ns/mnt") == own_ns:
+                continue
+            if str(data_dir) in (entry / "mountinfo").read_text(errors="replace"):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            pass
+    return found
 
 
 def make_client(server, api_key: str | None = None) -> Daytona:

@@ -1,9 +1,11 @@
 """Sandbox lifecycle through the control plane: create, get, list, stop/start, delete."""
 
+import time
+
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, DaytonaNotFoundError, ListSandboxesQuery, SandboxState
 
-from support import unique
+from support import sandbox_processes_on_host, sleeper, unique
 
 
 def test_create_with_env_vars_and_labels(sandbox_factory):
@@ -84,3 +86,24 @@ def test_delete_then_get_raises_not_found(daytona, sandbox_factory):
     with pytest.raises(DaytonaNotFoundError):
         daytona.get(name)
     assert sandbox.id not in {s.id for s in daytona.list()}
+
+
+def test_delete_ends_every_process_of_the_sandbox(server, daytona, sandbox_factory):
+    before = set(sandbox_processes_on_host(server.data_dir))
+    sandbox = sandbox_factory()
+    marker = unique("dtn-delete")
+    assert sandbox.process.exec(f"{sleeper(marker)} >/dev/null 2>&1 &").exit_code == 0
+    deadline = time.monotonic() + 5
+    while True:  # positive control: the host-side scan finds the sandbox's processes
+        ours = {pid: cmd for pid, cmd in sandbox_processes_on_host(server.data_dir).items() if pid not in before}
+        if any(marker in cmd for cmd in ours.values()) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert any(marker in cmd for cmd in ours.values()), f"host does not see the sandbox's processes: {ours}"
+
+    daytona.delete(sandbox, timeout=60, wait=True)
+    sandbox_factory.forget(sandbox)
+    deadline = time.monotonic() + 10
+    while (left := set(ours) & set(sandbox_processes_on_host(server.data_dir))) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left, f"processes of the deleted sandbox still run: { {p: ours[p] for p in left} }"
