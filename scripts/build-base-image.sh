@@ -138,8 +138,9 @@ layout=$work/layout
 mkdir -p "$layout/blobs/sha256"
 layer_tar=$work/layer.tar
 # Entries are named without a "./" prefix, sorted for stable output.
+mapfile -t top_level < <(find "$rootfs" -mindepth 1 -maxdepth 1 -printf '%P\n' | sort)
 (cd "$rootfs" && tar --numeric-owner --xattrs --xattrs-include='*' --sort=name \
-    -cf "$layer_tar" -- $(ls -A))
+    -cf "$layer_tar" -- "${top_level[@]}")
 diff_id=$(sha256_of "$layer_tar")
 gzip -n -6 "$layer_tar"
 layer_hex=$(sha256_of "$layer_tar.gz")

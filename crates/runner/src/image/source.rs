@@ -358,10 +358,12 @@ pub(crate) fn plan(located: &Located) -> Result<Plan, ImageError> {
     if located.transport == Transport::DockerArchive {
         return plan_docker_archive(&container, located.tag.as_deref());
     }
-    Err(ImageError::malformed(
-        container.describe(),
-        "no index.json: not an OCI image layout",
-    ))
+    let reason = if container.locate("manifest.json")?.is_some() {
+        "no index.json, but a manifest.json: use docker-archive:PATH for `docker save` output"
+    } else {
+        "no index.json: not an OCI image layout"
+    };
+    Err(ImageError::malformed(container.describe(), reason))
 }
 
 fn plan_oci(container: &Container, tag: Option<&str>) -> Result<Plan, ImageError> {

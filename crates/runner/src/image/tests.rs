@@ -457,6 +457,14 @@ async fn legacy_docker_archive_resolves() {
         .await
         .unwrap();
     assert_eq!(image.digest, format!("sha256:{config_hex}"));
+    let as_oci = store
+        .resolve(&format!("oci-archive:{}", tar_path.display()))
+        .await
+        .unwrap_err();
+    assert!(
+        as_oci.to_string().contains("docker-archive:PATH"),
+        "{as_oci}"
+    );
     assert_eq!(read(&image.rootfs, "hello"), "docker");
     assert_eq!(image.cmd, ["sh"]);
 }
@@ -544,4 +552,21 @@ async fn base_image_resolves() {
     assert_eq!((home.uid(), home.gid()), (1000, 1000));
     assert_eq!(image.workdir.as_deref(), Some("/home/daytona"));
     assert!(image.env.iter().any(|(k, _)| k == "PATH"));
+
+    // Passwordless sudo works for the image's user (setuid bit and sudoers survived the unpack).
+    let out = std::process::Command::new("chroot")
+        .arg(root)
+        .args([
+            "/usr/sbin/runuser",
+            "-u",
+            "daytona",
+            "--",
+            "sudo",
+            "-n",
+            "id",
+            "-u",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{out:?}");
 }
