@@ -1,1 +1,7 @@
-//! placeholder
+//! The runner: runs sandboxes on one host through a [`daytona_runtime::Runtime`] backend, with
+//! images from its local content-addressed [`image::ImageStore`].
+
+pub mod image;
+mod sandbox;
+
+pub use sandbox::{Runner, RunnerError, SandboxRequest, SandboxRunner};

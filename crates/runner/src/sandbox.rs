@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use daytona_runtime::{DAEMON_PORT, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus};
+use daytona_runtime::{
+    DAEMON_PORT, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::image::{ImageError, ImageStore};
@@ -55,13 +57,19 @@ pub struct Runner {
 }
 
 fn daemon_address_of(status: &SandboxStatus) -> Result<SocketAddr, RunnerError> {
-    let ip = status.ip.ok_or_else(|| RunnerError::NoAddress(status.id.clone()))?;
+    let ip = status
+        .ip
+        .ok_or_else(|| RunnerError::NoAddress(status.id.clone()))?;
     Ok(SocketAddr::from((ip, DAEMON_PORT)))
 }
 
 impl Runner {
     pub fn new(id: impl Into<String>, images: ImageStore, runtime: Arc<dyn Runtime>) -> Self {
-        Runner { id: id.into(), images, runtime }
+        Runner {
+            id: id.into(),
+            images,
+            runtime,
+        }
     }
 }
 
@@ -79,7 +87,12 @@ impl SandboxRunner for Runner {
         let user = req
             .user
             .clone()
-            .or_else(|| image.user.clone().filter(|u| !u.is_empty() && u != "root" && u != "0"))
+            .or_else(|| {
+                image
+                    .user
+                    .clone()
+                    .filter(|u| !u.is_empty() && u != "root" && u != "0")
+            })
             .unwrap_or_else(|| "daytona".to_string());
         let spec = SandboxSpec {
             id: req.id.clone(),
@@ -110,7 +123,9 @@ impl SandboxRunner for Runner {
 
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError> {
         match self.runtime.status(id).await? {
-            Some(status) if status.state == RuntimeState::Running => daemon_address_of(&status).map(Some),
+            Some(status) if status.state == RuntimeState::Running => {
+                daemon_address_of(&status).map(Some)
+            }
             _ => Ok(None),
         }
     }
