@@ -57,11 +57,33 @@ if [[ ! -f $base_image ]]; then
 fi
 echo "base image: $base_image" >&2
 
+# The runtime's tests start real sandboxes: give them the base image's root filesystem, unpacked once
+# per image (single gzip layer; numeric owners and setuid bits kept).
+test_rootfs=$DAYTONA_CACHE_DIR/test-rootfs/$(stat -c '%s-%Y' "$base_image")
+if [[ ! -d $test_rootfs ]]; then
+    step "unpacking the base image for the runtime tests"
+    rm -rf "$DAYTONA_CACHE_DIR/test-rootfs"
+    mkdir -p "$test_rootfs.tmp"
+    python3 - "$base_image" "$test_rootfs.tmp" <<'PY'
+import json, sys, tarfile
+archive, dest = sys.argv[1], sys.argv[2]
+with tarfile.open(archive) as oci:
+    blob = lambda d: oci.extractfile("blobs/" + d.replace(":", "/"))
+    index = json.load(oci.extractfile("index.json"))
+    manifest = json.load(blob(index["manifests"][0]["digest"]))
+    for layer in manifest["layers"]:
+        with tarfile.open(fileobj=blob(layer["digest"]), mode="r|*") as t:
+            t.extractall(dest, numeric_owner=True, filter="fully_trusted")
+PY
+    mv "$test_rootfs.tmp" "$test_rootfs"
+fi
+export DAYTONA_TEST_ROOTFS=$test_rootfs
+
 # --- Rust tests ------------------------------------------------------------------------------------
 # Plain `cargo test` rather than nextest: it also runs doctests and custom-harness tests as they are.
 if [[ ${DAYTONA_TEST_SKIP_CARGO:-} != 1 ]]; then
     step "cargo test --workspace"
-    cargo test --workspace --no-fail-fast || failures+=("cargo test")
+    DAYTONA_DAEMON_PATH=$daemon_bin cargo test --workspace --no-fail-fast || failures+=("cargo test")
 fi
 
 # --- SDK suite -------------------------------------------------------------------------------------
