@@ -30,6 +30,7 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/health", get(health))
         .merge(sandbox::routes::router())
+        .merge(sandbox::settings::router())
         .fallback(not_found);
     Router::new()
         .nest("/api", api)

@@ -122,6 +122,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_cpu_per_sandbox: config.org_quotas.max_cpu_per_sandbox,
         max_memory_per_sandbox: config.org_quotas.max_memory_per_sandbox,
         max_disk_per_sandbox: config.org_quotas.max_disk_per_sandbox,
+        max_auto_archive_minutes: config.api.max_auto_archive_interval.into(),
     };
     let sandboxes = Arc::new(SandboxService::new(store.clone(), runner, settings));
     sandboxes

@@ -86,6 +86,7 @@ pub struct Sandbox {
     pub auto_pause_interval: i64,
     pub auto_archive_interval: i64,
     pub auto_delete_interval: i64,
+    pub auto_destroy_at: Option<String>,
     pub volumes: Vec<VolumeMount>,
     pub created_at: String,
     pub updated_at: String,
@@ -120,7 +121,7 @@ impl Sandbox {
             public: row.public,
             network_block_all: row.network_block_all,
             network_allow_list: row.network_allow_list,
-            domain_allow_list: None,
+            domain_allow_list: row.domain_allow_list,
             kvm: false,
             target: row.target,
             cpu: row.cpu,
@@ -137,6 +138,7 @@ impl Sandbox {
             auto_pause_interval: row.auto_pause_interval,
             auto_archive_interval: row.auto_archive_interval,
             auto_delete_interval: row.auto_delete_interval,
+            auto_destroy_at: row.auto_destroy_at,
             volumes: Vec::new(),
             created_at: row.created_at,
             updated_at: row.updated_at,
@@ -159,10 +161,10 @@ impl Sandbox {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn row() -> SandboxRow {
+    pub(crate) fn row() -> SandboxRow {
         SandboxRow {
             id: "id-1".into(),
             organization_id: "org".into(),
@@ -175,6 +177,7 @@ mod tests {
             public: false,
             network_block_all: false,
             network_allow_list: None,
+            domain_allow_list: None,
             target: "us".into(),
             cpu: 1,
             gpu: 0,
@@ -192,6 +195,7 @@ mod tests {
             created_at: "2026-01-01T00:00:00.000Z".into(),
             updated_at: "2026-01-01T00:00:00.000Z".into(),
             last_activity_at: "2026-01-01T00:00:00.000Z".into(),
+            auto_destroy_at: None,
         }
     }
 

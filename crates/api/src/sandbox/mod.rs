@@ -1,7 +1,9 @@
 //! Sandboxes: DTOs, the state machine service and the HTTP routes.
 
 pub mod dto;
+pub mod lifecycle;
 pub mod routes;
 pub mod service;
+pub mod settings;
 
 pub use service::{SandboxService, SandboxSettings};

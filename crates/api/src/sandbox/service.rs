@@ -40,6 +40,8 @@ pub struct SandboxSettings {
     pub max_cpu_per_sandbox: u64,
     pub max_memory_per_sandbox: u64,
     pub max_disk_per_sandbox: u64,
+    /// `MAX_AUTO_ARCHIVE_INTERVAL`, in minutes.
+    pub max_auto_archive_minutes: i64,
 }
 
 pub struct SandboxService {
@@ -71,6 +73,14 @@ impl SandboxService {
             settings,
             locks: Mutex::new(HashMap::new()),
         }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn max_auto_archive_minutes(&self) -> i64 {
+        self.settings.max_auto_archive_minutes
     }
 
     pub fn runner(&self) -> &Arc<dyn SandboxRunner> {
@@ -130,6 +140,9 @@ impl SandboxService {
             return Err(ApiError::BadRequest(format!(
                 "env: '{key}' is not a valid environment variable name"
             )));
+        }
+        if let Some(list) = &body.network_allow_list {
+            super::settings::validate_allow_list(list)?;
         }
         if body.build_info.is_some() {
             return Err(ApiError::BadRequest(
@@ -199,6 +212,7 @@ impl SandboxService {
             public: body.public.unwrap_or(false),
             network_block_all: body.network_block_all.unwrap_or(false),
             network_allow_list: body.network_allow_list.clone(),
+            domain_allow_list: body.domain_allow_list.clone(),
             target: body
                 .target
                 .clone()
@@ -221,6 +235,10 @@ impl SandboxService {
             created_at: ts.clone(),
             updated_at: ts.clone(),
             last_activity_at: ts,
+            auto_destroy_at: body.ttl_minutes.filter(|m| *m > 0).map(|m| {
+                (chrono::Utc::now() + chrono::Duration::minutes(m))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            }),
         };
         self.store.insert_sandbox(&row).await.map_err(|e| match e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
@@ -299,6 +317,10 @@ impl SandboxService {
         id_or_name: &str,
     ) -> ApiResult<Sandbox> {
         let row = self.find(ctx, id_or_name).await?;
+        self.start_sandbox(row).await
+    }
+
+    pub(crate) async fn start_sandbox(self: &Arc<Self>, row: SandboxRow) -> ApiResult<Sandbox> {
         match row.state.as_str() {
             "started" | "starting" | "creating" => return Ok(self.to_dto(row)),
             "stopped" | "error" => {}
@@ -329,6 +351,11 @@ impl SandboxService {
 
     pub async fn stop(self: &Arc<Self>, ctx: &AuthContext, id_or_name: &str) -> ApiResult<Sandbox> {
         let row = self.find(ctx, id_or_name).await?;
+        self.stop_sandbox(row).await
+    }
+
+    /// Stops a sandbox; an ephemeral one (`autoDeleteInterval` 0) is deleted once stopped.
+    pub(crate) async fn stop_sandbox(self: &Arc<Self>, row: SandboxRow) -> ApiResult<Sandbox> {
         match row.state.as_str() {
             "stopped" | "stopping" => return Ok(self.to_dto(row)),
             "started" | "error" => {}
@@ -344,13 +371,21 @@ impl SandboxService {
         self.store.set_sandbox_state(&id, "stopping", None).await?;
         let this = self.clone();
         let sid = id.clone();
-        self.run_transition(&id, async move {
-            match this.runner.stop_sandbox(&sid).await {
-                Ok(()) => this.store.set_sandbox_state(&sid, "stopped", None).await,
-                Err(e) => this.fail(&sid, "stop", e).await,
+        let sandbox = self
+            .run_transition(&id, async move {
+                match this.runner.stop_sandbox(&sid).await {
+                    Ok(()) => this.store.set_sandbox_state(&sid, "stopped", None).await,
+                    Err(e) => this.fail(&sid, "stop", e).await,
+                }
+            })
+            .await?;
+        if sandbox.state == "stopped" && sandbox.auto_delete_interval == 0 {
+            let row = self.store.sandbox_by_id(&id).await?;
+            if let Some(row) = row {
+                return self.delete_sandbox(row).await;
             }
-        })
-        .await
+        }
+        Ok(sandbox)
     }
 
     pub async fn delete(
@@ -359,6 +394,10 @@ impl SandboxService {
         id_or_name: &str,
     ) -> ApiResult<Sandbox> {
         let row = self.find(ctx, id_or_name).await?;
+        self.delete_sandbox(row).await
+    }
+
+    pub(crate) async fn delete_sandbox(self: &Arc<Self>, row: SandboxRow) -> ApiResult<Sandbox> {
         let id = row.id.clone();
         self.store
             .set_sandbox_desired_state(&id, "destroyed")

@@ -13,7 +13,7 @@ mod accounts;
 mod sandboxes;
 
 pub use accounts::{ApiKeyRow, NewApiKey};
-pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSort};
+pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};
 
 #[derive(Clone)]
 pub struct Store {

@@ -19,6 +19,7 @@ pub struct SandboxRow {
     pub public: bool,
     pub network_block_all: bool,
     pub network_allow_list: Option<String>,
+    pub domain_allow_list: Option<String>,
     pub target: String,
     pub cpu: i64,
     pub gpu: i64,
@@ -36,6 +37,8 @@ pub struct SandboxRow {
     pub created_at: String,
     pub updated_at: String,
     pub last_activity_at: String,
+    /// RFC 3339 time after which the sandbox is deleted (`ttl`), if set.
+    pub auto_destroy_at: Option<String>,
 }
 
 /// Column used to order a sandbox listing (the SDK's `sort` values).
@@ -87,9 +90,9 @@ pub struct SandboxFilter {
 }
 
 const COLUMNS: &str = "id, organization_id, name, snapshot, image_ref, os_user, env, labels, public,
-    network_block_all, network_allow_list, target, cpu, gpu, memory, disk, state, desired_state,
+    network_block_all, network_allow_list, domain_allow_list, target, cpu, gpu, memory, disk, state, desired_state,
     error_reason, auto_stop_interval, auto_archive_interval, auto_delete_interval, auto_pause_interval,
-    runner_id, daemon_version, created_at, updated_at, last_activity_at";
+    runner_id, daemon_version, created_at, updated_at, last_activity_at, auto_destroy_at";
 
 /// JSON path selecting one label key, quoted so any key text is safe.
 fn label_path(key: &str) -> String {
@@ -99,7 +102,7 @@ fn label_path(key: &str) -> String {
 impl Store {
     pub async fn insert_sandbox(&self, row: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO sandboxes ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO sandboxes ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         )))
         .bind(&row.id)
         .bind(&row.organization_id)
@@ -112,6 +115,7 @@ impl Store {
         .bind(row.public)
         .bind(row.network_block_all)
         .bind(&row.network_allow_list)
+        .bind(&row.domain_allow_list)
         .bind(&row.target)
         .bind(row.cpu)
         .bind(row.gpu)
@@ -129,6 +133,7 @@ impl Store {
         .bind(&row.created_at)
         .bind(&row.updated_at)
         .bind(&row.last_activity_at)
+        .bind(&row.auto_destroy_at)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -266,6 +271,73 @@ impl Store {
         .bind(daemon_version)
         .bind(&ts)
         .bind(&ts)
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}
+
+/// A setting of a sandbox that the SDK can change after create.
+#[derive(Debug, Clone)]
+pub enum SandboxSetting {
+    Labels(String),
+    Public(bool),
+    AutoStop(i64),
+    AutoArchive(i64),
+    AutoDelete(i64),
+    AutoPause(i64),
+    AutoDestroyAt(Option<String>),
+    Network {
+        block_all: bool,
+        allow_list: Option<String>,
+        domain_allow_list: Option<String>,
+    },
+}
+
+impl Store {
+    pub async fn update_sandbox_setting(
+        &self,
+        id: &str,
+        setting: &SandboxSetting,
+    ) -> Result<(), sqlx::Error> {
+        let ts = now();
+        let q = match setting {
+            SandboxSetting::Labels(json) => sqlx::query("UPDATE sandboxes SET labels = ?, updated_at = ? WHERE id = ?").bind(json.clone()),
+            SandboxSetting::Public(v) => sqlx::query("UPDATE sandboxes SET public = ?, updated_at = ? WHERE id = ?").bind(*v),
+            SandboxSetting::AutoStop(v) => {
+                sqlx::query("UPDATE sandboxes SET auto_stop_interval = ?, updated_at = ? WHERE id = ?").bind(*v)
+            }
+            SandboxSetting::AutoArchive(v) => {
+                sqlx::query("UPDATE sandboxes SET auto_archive_interval = ?, updated_at = ? WHERE id = ?").bind(*v)
+            }
+            SandboxSetting::AutoDelete(v) => {
+                sqlx::query("UPDATE sandboxes SET auto_delete_interval = ?, updated_at = ? WHERE id = ?").bind(*v)
+            }
+            SandboxSetting::AutoPause(v) => {
+                sqlx::query("UPDATE sandboxes SET auto_pause_interval = ?, updated_at = ? WHERE id = ?").bind(*v)
+            }
+            SandboxSetting::AutoDestroyAt(at) => {
+                sqlx::query("UPDATE sandboxes SET auto_destroy_at = ?, updated_at = ? WHERE id = ?").bind(at.clone())
+            }
+            SandboxSetting::Network { block_all, allow_list, domain_allow_list } => sqlx::query(
+                "UPDATE sandboxes SET network_block_all = ?, network_allow_list = ?, domain_allow_list = ?,
+                 updated_at = ? WHERE id = ?",
+            )
+            .bind(*block_all)
+            .bind(allow_list.clone())
+            .bind(domain_allow_list.clone()),
+        };
+        q.bind(ts).bind(id).execute(self.pool()).await?;
+        Ok(())
+    }
+
+    /// Records activity (toolbox use, SDK `refresh_activity`) that postpones auto-stop.
+    pub async fn touch_sandbox(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE sandboxes SET last_activity_at = ? WHERE id = ? AND state <> 'destroyed'",
+        )
+        .bind(now())
         .bind(id)
         .execute(self.pool())
         .await?;

@@ -1,0 +1,131 @@
+//! Background enforcement of the auto intervals: auto-stop after inactivity, auto-delete after a
+//! sandbox has been stopped for its interval, and the TTL (`autoDestroyAt`).
+//!
+//! Auto-archive waits for archiving (object storage) to exist; auto-pause for pause support.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use super::service::SandboxService;
+use crate::store::SandboxRow;
+
+/// What the worker should do with a sandbox now, if anything.
+#[derive(Debug, PartialEq, Eq)]
+enum Due {
+    Stop,
+    Delete,
+}
+
+fn parse(ts: &str) -> Option<DateTime<Utc>> {
+    DateTime::parse_from_rfc3339(ts)
+        .ok()
+        .map(|t| t.with_timezone(&Utc))
+}
+
+fn minutes_since(ts: &str, now: DateTime<Utc>) -> Option<i64> {
+    parse(ts).map(|t| (now - t).num_minutes())
+}
+
+fn due(row: &SandboxRow, now: DateTime<Utc>) -> Option<Due> {
+    if row
+        .auto_destroy_at
+        .as_deref()
+        .and_then(parse)
+        .is_some_and(|at| at <= now)
+    {
+        return Some(Due::Delete);
+    }
+    match row.state.as_str() {
+        "started" if row.auto_stop_interval > 0 => minutes_since(&row.last_activity_at, now)
+            .filter(|idle| *idle >= row.auto_stop_interval)
+            .map(|_| Due::Stop),
+        "stopped" if row.auto_delete_interval >= 0 => minutes_since(&row.updated_at, now)
+            .filter(|stopped| *stopped >= row.auto_delete_interval)
+            .map(|_| Due::Delete),
+        _ => None,
+    }
+}
+
+/// Checks every sandbox once per `period` until the process ends.
+pub fn spawn(service: Arc<SandboxService>, period: Duration) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let rows = match service.store().live_sandboxes().await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "lifecycle check could not list sandboxes");
+                    continue;
+                }
+            };
+            let now = Utc::now();
+            for row in rows {
+                let id = row.id.clone();
+                let result = match due(&row, now) {
+                    Some(Due::Stop) => {
+                        tracing::info!(sandbox = %id, "auto-stopping idle sandbox");
+                        service.stop_sandbox(row).await.map(|_| ())
+                    }
+                    Some(Due::Delete) => {
+                        tracing::info!(sandbox = %id, "auto-deleting sandbox");
+                        service.delete_sandbox(row).await.map(|_| ())
+                    }
+                    None => Ok(()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(sandbox = %id, error = %e, "lifecycle action failed");
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sandbox::dto::tests::row;
+
+    fn at(minutes_ago: i64) -> String {
+        (Utc::now() - chrono::Duration::minutes(minutes_ago)).to_rfc3339()
+    }
+
+    #[test]
+    fn idle_started_sandboxes_stop_after_their_interval() {
+        let mut r = row();
+        r.auto_stop_interval = 15;
+        r.last_activity_at = at(14);
+        assert_eq!(due(&r, Utc::now()), None);
+        r.last_activity_at = at(16);
+        assert_eq!(due(&r, Utc::now()), Some(Due::Stop));
+        r.auto_stop_interval = 0;
+        assert_eq!(due(&r, Utc::now()), None, "0 disables auto-stop");
+    }
+
+    #[test]
+    fn stopped_sandboxes_are_deleted_after_their_interval() {
+        let mut r = row();
+        r.state = "stopped".into();
+        r.auto_delete_interval = -1;
+        r.updated_at = at(10_000);
+        assert_eq!(due(&r, Utc::now()), None, "-1 disables auto-delete");
+        r.auto_delete_interval = 60;
+        r.updated_at = at(30);
+        assert_eq!(due(&r, Utc::now()), None);
+        r.updated_at = at(61);
+        assert_eq!(due(&r, Utc::now()), Some(Due::Delete));
+    }
+
+    #[test]
+    fn ttl_deletes_in_any_state() {
+        let mut r = row();
+        r.auto_stop_interval = 0;
+        r.auto_destroy_at = Some(at(1));
+        assert_eq!(due(&r, Utc::now()), Some(Due::Delete));
+        r.auto_destroy_at = Some(at(-5));
+        assert_eq!(due(&r, Utc::now()), None);
+    }
+}

@@ -1,0 +1,249 @@
+//! Routes that change a sandbox's settings after create: labels, public flag, auto intervals,
+//! TTL, network settings, and activity.
+
+use std::collections::BTreeMap;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+
+use super::dto::Sandbox;
+use crate::AppState;
+use crate::auth::AuthContext;
+use crate::error::{ApiError, ApiResult};
+use crate::json::JsonBody;
+use crate::store::SandboxSetting;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/sandbox/{id}/labels", put(labels))
+        .route("/sandbox/{id}/public/{value}", post(public))
+        .route("/sandbox/{id}/autostop/{minutes}", post(auto_stop))
+        .route("/sandbox/{id}/autoarchive/{minutes}", post(auto_archive))
+        .route("/sandbox/{id}/autodelete/{minutes}", post(auto_delete))
+        .route("/sandbox/{id}/autopause/{minutes}", post(auto_pause))
+        .route("/sandbox/{id}/ttl/{minutes}", post(ttl))
+        .route("/sandbox/{id}/network-settings", post(network_settings))
+        .route("/sandbox/{id}/last-activity", post(last_activity))
+}
+
+/// Parses an integer path segment, naming it in the error.
+fn int_param(name: &str, raw: &str, min: i64) -> ApiResult<i64> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|v| *v >= min)
+        .ok_or_else(|| ApiError::BadRequest(format!("{name}: '{raw}' is not an integer >= {min}")))
+}
+
+/// Applies one setting to the caller's sandbox and returns the updated DTO.
+async fn apply(
+    state: &AppState,
+    ctx: &AuthContext,
+    id: &str,
+    setting: SandboxSetting,
+) -> ApiResult<Sandbox> {
+    let row = state.sandboxes.find(ctx, id).await?;
+    state
+        .store
+        .update_sandbox_setting(&row.id, &setting)
+        .await?;
+    let row = state.sandboxes.find(ctx, &row.id).await?;
+    Ok(state.sandboxes.to_dto(row))
+}
+
+#[derive(Deserialize)]
+struct LabelsBody {
+    labels: BTreeMap<String, String>,
+}
+
+async fn labels(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<LabelsBody>,
+) -> ApiResult<Json<Sandbox>> {
+    let json = serde_json::to_string(&body.labels).expect("string map serializes");
+    Ok(Json(
+        apply(&state, &ctx, &id, SandboxSetting::Labels(json)).await?,
+    ))
+}
+
+async fn public(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path((id, value)): Path<(String, String)>,
+) -> ApiResult<Json<Sandbox>> {
+    let value = match value.as_str() {
+        "true" => true,
+        "false" => false,
+        _ => {
+            return Err(ApiError::BadRequest(format!(
+                "isPublic: '{value}' is not true or false"
+            )));
+        }
+    };
+    Ok(Json(
+        apply(&state, &ctx, &id, SandboxSetting::Public(value)).await?,
+    ))
+}
+
+async fn auto_stop(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path((id, minutes)): Path<(String, String)>,
+) -> ApiResult<Json<Sandbox>> {
+    let minutes = int_param("interval", &minutes, 0)?;
+    Ok(Json(
+        apply(&state, &ctx, &id, SandboxSetting::AutoStop(minutes)).await?,
+    ))
+}
+
+async fn auto_archive(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path((id, minutes)): Path<(String, String)>,
+) -> ApiResult<Json<Sandbox>> {
+    let minutes = int_param("interval", &minutes, 0)?;
+    // 0 means "the maximum", as upstream.
+    let minutes = if minutes == 0 {
+        state.sandboxes.max_auto_archive_minutes()
+    } else {
+        minutes
+    };
+    if minutes > state.sandboxes.max_auto_archive_minutes() {
+        return Err(ApiError::BadRequest(format!(
+            "interval: {minutes} exceeds the maximum auto-archive interval of {} minutes",
+            state.sandboxes.max_auto_archive_minutes()
+        )));
+    }
+    Ok(Json(
+        apply(&state, &ctx, &id, SandboxSetting::AutoArchive(minutes)).await?,
+    ))
+}
+
+async fn auto_delete(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path((id, minutes)): Path<(String, String)>,
+) -> ApiResult<Json<Sandbox>> {
+    let minutes = int_param("interval", &minutes, -1)?;
+    Ok(Json(
+        apply(&state, &ctx, &id, SandboxSetting::AutoDelete(minutes)).await?,
+    ))
+}
+
+async fn auto_pause(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path((id, minutes)): Path<(String, String)>,
+) -> ApiResult<Json<Sandbox>> {
+    let minutes = int_param("interval", &minutes, 0)?;
+    Ok(Json(
+        apply(&state, &ctx, &id, SandboxSetting::AutoPause(minutes)).await?,
+    ))
+}
+
+async fn ttl(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path((id, minutes)): Path<(String, String)>,
+) -> ApiResult<Json<Sandbox>> {
+    let minutes = int_param("ttlMinutes", &minutes, 0)?;
+    let at = (minutes > 0).then(|| {
+        (chrono::Utc::now() + chrono::Duration::minutes(minutes))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    });
+    Ok(Json(
+        apply(&state, &ctx, &id, SandboxSetting::AutoDestroyAt(at)).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct NetworkSettingsBody {
+    network_block_all: Option<bool>,
+    network_allow_list: Option<String>,
+    domain_allow_list: Option<String>,
+}
+
+/// Validates a comma-separated list of IPv4 CIDRs (`networkAllowList`).
+pub fn validate_allow_list(list: &str) -> ApiResult<()> {
+    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if item.parse::<daytona_config::Ipv4Cidr>().is_err() {
+            return Err(ApiError::BadRequest(format!(
+                "networkAllowList: '{item}' is not an IPv4 CIDR such as 100.64.0.0/10 (host bits must be zero)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn network_settings(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<NetworkSettingsBody>,
+) -> ApiResult<Json<Sandbox>> {
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    if let Some(list) = &body.network_allow_list {
+        validate_allow_list(list)?;
+    }
+    // An allow list implies "not blocking all"; `networkBlockAll: false` alone restores general
+    // access and clears stored allow lists (the SDK documents both).
+    let allows = body.network_allow_list.is_some() || body.domain_allow_list.is_some();
+    let setting = match (body.network_block_all, allows) {
+        (_, true) => SandboxSetting::Network {
+            block_all: false,
+            allow_list: body.network_allow_list.or(row.network_allow_list),
+            domain_allow_list: body.domain_allow_list.or(row.domain_allow_list),
+        },
+        (Some(block_all), false) => SandboxSetting::Network {
+            block_all,
+            allow_list: None,
+            domain_allow_list: None,
+        },
+        (None, false) => {
+            return Err(ApiError::BadRequest(
+                "at least one of networkBlockAll, networkAllowList or domainAllowList must be set"
+                    .into(),
+            ));
+        }
+    };
+    Ok(Json(apply(&state, &ctx, &row.id, setting).await?))
+}
+
+async fn last_activity(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    state.store.touch_sandbox(&row.id).await?;
+    Ok(StatusCode::CREATED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_list_validation_names_the_bad_entry() {
+        assert!(validate_allow_list("100.64.0.0/10, 1.2.3.4/32").is_ok());
+        assert!(validate_allow_list("").is_ok());
+        let err = validate_allow_list("100.64.0.0/10,banana")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("banana"), "{err}");
+        assert!(validate_allow_list("100.64.0.1/10").is_err());
+    }
+
+    #[test]
+    fn integer_params() {
+        assert_eq!(int_param("interval", "15", 0).unwrap(), 15);
+        assert_eq!(int_param("interval", "-1", -1).unwrap(), -1);
+        assert!(int_param("interval", "-2", -1).is_err());
+        assert!(int_param("interval", "x", 0).is_err());
+    }
+}
