@@ -12,6 +12,7 @@ pub mod auth;
 pub mod error;
 mod json;
 pub mod sandbox;
+pub mod snapshot;
 pub mod store;
 
 pub use sandbox::{SandboxService, SandboxSettings};
@@ -23,6 +24,7 @@ use error::ApiError;
 pub struct AppState {
     pub store: Store,
     pub sandboxes: Arc<SandboxService>,
+    pub snapshots: Arc<snapshot::SnapshotService>,
 }
 
 /// The API's router; every route lives under `/api`.
@@ -31,6 +33,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .merge(sandbox::routes::router())
         .merge(sandbox::settings::router())
+        .merge(snapshot::router())
         .fallback(not_found);
     Router::new()
         .nest("/api", api)

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use daytona_api::snapshot::SnapshotService;
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
 use daytona_config::Config;
 use daytona_runner::Runner;
@@ -102,6 +103,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         // Printed once: only its hash is stored.
         println!("Admin API key (shown only once, store it safely): {generated}");
     }
+    let (admin_org, _) = store
+        .admin_organization()
+        .await?
+        .context("admin organization missing after setup")?;
 
     let daemon_bin = find_daemon(config.runner.daemon_path.as_deref())?;
     let runtime = NativeRuntime::new(NativeConfig {
@@ -112,7 +117,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .context("cannot initialise the sandbox runtime")?;
     let images = ImageStore::new(data_dir.join("images"));
-    prepare_default_snapshot(&images, &config.api.default_snapshot);
     let runner = Arc::new(Runner::new("local", images, Arc::new(runtime)));
 
     let settings = SandboxSettings {
@@ -124,12 +128,26 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         max_disk_per_sandbox: config.org_quotas.max_disk_per_sandbox,
         max_auto_archive_minutes: config.api.max_auto_archive_interval.into(),
     };
-    let sandboxes = Arc::new(SandboxService::new(store.clone(), runner, settings));
+    let snapshots = Arc::new(SnapshotService::new(store.clone(), runner.clone()));
+    // The default snapshot is pulled in the background so the first sandbox does not wait for it.
+    snapshots
+        .ensure_default(&admin_org, &config.api.default_snapshot)
+        .await?;
+    let sandboxes = Arc::new(SandboxService::new(
+        store.clone(),
+        runner,
+        snapshots.clone(),
+        settings,
+    ));
     sandboxes
         .reconcile()
         .await
         .context("cannot reconcile sandbox states")?;
-    let state = AppState { store, sandboxes };
+    let state = AppState {
+        store,
+        sandboxes,
+        snapshots,
+    };
 
     let bind = config.server.bind_address;
     let api_addr = SocketAddr::new(bind, config.api.port);
@@ -158,22 +176,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("server task failed")?
         .context("server failed")?;
     Ok(())
-}
-
-/// Unpacks the default image in the background so the first sandbox does not wait for it.
-fn prepare_default_snapshot(images: &ImageStore, reference: &str) {
-    let images = images.clone();
-    let reference = reference.to_string();
-    tokio::spawn(async move {
-        match images.resolve(&reference).await {
-            Ok(image) => {
-                tracing::info!(snapshot = %reference, digest = %image.digest, "default snapshot ready")
-            }
-            Err(e) => {
-                tracing::warn!(snapshot = %reference, error = %e, "default snapshot is not usable")
-            }
-        }
-    });
 }
 
 async fn wait(mut rx: tokio::sync::watch::Receiver<()>) {

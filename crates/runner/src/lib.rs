@@ -4,4 +4,4 @@
 pub mod image;
 mod sandbox;
 
-pub use sandbox::{Runner, RunnerError, SandboxRequest, SandboxRunner};
+pub use sandbox::{PulledImage, Runner, RunnerError, SandboxRequest, SandboxRunner};

@@ -35,11 +35,24 @@ pub enum RunnerError {
     NoAddress(String),
 }
 
+/// An image made ready on a runner (what a snapshot records).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PulledImage {
+    /// `sha256:<hex>` of the image manifest.
+    pub digest: String,
+    /// Bytes of the unpacked root filesystem.
+    pub size_bytes: u64,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
 /// The operations a control plane needs from a runner. The embedded runner implements it
 /// in-process; remote runners implement it over the network.
 #[async_trait::async_trait]
 pub trait SandboxRunner: Send + Sync + 'static {
     fn id(&self) -> &str;
+    /// Makes an image available on this runner (import or pull, then unpack).
+    async fn pull_image(&self, reference: &str) -> Result<PulledImage, RunnerError>;
     /// Creates and starts a sandbox; returns its daemon's address once the daemon is ready.
     async fn create_sandbox(&self, req: &SandboxRequest) -> Result<SocketAddr, RunnerError>;
     async fn start_sandbox(&self, id: &str) -> Result<SocketAddr, RunnerError>;
@@ -77,6 +90,20 @@ impl Runner {
 impl SandboxRunner for Runner {
     fn id(&self) -> &str {
         &self.id
+    }
+
+    async fn pull_image(&self, reference: &str) -> Result<PulledImage, RunnerError> {
+        let image = self.images.resolve(reference).await?;
+        let rootfs = image.rootfs.clone();
+        let size_bytes = tokio::task::spawn_blocking(move || tree_size(&rootfs))
+            .await
+            .unwrap_or(0);
+        Ok(PulledImage {
+            digest: image.digest,
+            size_bytes,
+            entrypoint: image.entrypoint,
+            cmd: image.cmd,
+        })
     }
 
     async fn create_sandbox(&self, req: &SandboxRequest) -> Result<SocketAddr, RunnerError> {
@@ -129,4 +156,23 @@ impl SandboxRunner for Runner {
             _ => Ok(None),
         }
     }
+}
+
+/// Bytes in regular files under `dir` (symlinks not followed; unreadable entries skipped).
+fn tree_size(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(t) if t.is_file() => total += entry.metadata().map(|m| m.len()).unwrap_or(0),
+                _ => {}
+            }
+        }
+    }
+    total
 }

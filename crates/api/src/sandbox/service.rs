@@ -16,6 +16,7 @@ use daytona_runner::{SandboxRequest, SandboxRunner};
 use super::dto::{CreateSandbox, Sandbox};
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
+use crate::snapshot::SnapshotService;
 use crate::store::{SandboxFilter, SandboxRow, Store, now};
 
 /// How long a request waits for the runner before answering with the transitional state.
@@ -47,6 +48,7 @@ pub struct SandboxSettings {
 pub struct SandboxService {
     store: Store,
     runner: Arc<dyn SandboxRunner>,
+    snapshots: Arc<SnapshotService>,
     settings: SandboxSettings,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
@@ -66,10 +68,16 @@ fn is_valid_name(name: &str) -> bool {
 }
 
 impl SandboxService {
-    pub fn new(store: Store, runner: Arc<dyn SandboxRunner>, settings: SandboxSettings) -> Self {
+    pub fn new(
+        store: Store,
+        runner: Arc<dyn SandboxRunner>,
+        snapshots: Arc<SnapshotService>,
+        settings: SandboxSettings,
+    ) -> Self {
         SandboxService {
             store,
             runner,
+            snapshots,
             settings,
             locks: Mutex::new(HashMap::new()),
         }
@@ -111,21 +119,6 @@ impl SandboxService {
             .ok_or_else(|| {
                 ApiError::NotFound(format!("Sandbox with ID or name {id_or_name} not found"))
             })
-    }
-
-    /// Resolves the `snapshot` of a create request to an image reference.
-    fn image_for(&self, snapshot: Option<&str>) -> ApiResult<(Option<String>, String)> {
-        let name = snapshot.unwrap_or(&self.settings.default_snapshot);
-        let is_local = ["oci-archive:", "oci:", "docker-archive:"]
-            .iter()
-            .any(|p| name.starts_with(p));
-        if name == self.settings.default_snapshot || is_local {
-            Ok((Some(name.to_string()), name.to_string()))
-        } else {
-            Err(ApiError::NotFound(format!(
-                "Snapshot {name} not found. Use the default snapshot or an image archive reference (oci-archive:PATH)"
-            )))
-        }
     }
 
     fn validate(&self, body: &CreateSandbox) -> ApiResult<()> {
@@ -186,7 +179,19 @@ impl SandboxService {
         body: CreateSandbox,
     ) -> ApiResult<Sandbox> {
         self.validate(&body)?;
-        let (snapshot, image_ref) = self.image_for(body.snapshot.as_deref())?;
+        let snapshot_name = body
+            .snapshot
+            .as_deref()
+            .unwrap_or(&self.settings.default_snapshot);
+        let choice = self
+            .snapshots
+            .resolve_for_sandbox(&ctx.organization_id, snapshot_name)
+            .await?;
+        let (cpu, memory, disk) =
+            choice
+                .resources
+                .unwrap_or((DEFAULT_CPU, DEFAULT_MEMORY_GIB, DEFAULT_DISK_GIB));
+        let image_ref = choice.image;
         let id = uuid::Uuid::new_v4().to_string();
         let name = body.name.clone().unwrap_or_else(|| id.clone());
         if self
@@ -204,7 +209,7 @@ impl SandboxService {
             id: id.clone(),
             organization_id: ctx.organization_id.clone(),
             name,
-            snapshot,
+            snapshot: Some(choice.name),
             image_ref: image_ref.clone(),
             os_user: body.user.clone().unwrap_or_else(|| "daytona".into()),
             env: serde_json::to_string(&body.env).expect("string map serializes"),
@@ -217,10 +222,10 @@ impl SandboxService {
                 .target
                 .clone()
                 .unwrap_or_else(|| self.settings.default_region.clone()),
-            cpu: body.cpu.unwrap_or(DEFAULT_CPU).into(),
+            cpu: body.cpu.unwrap_or(cpu).into(),
             gpu: 0,
-            memory: body.memory.unwrap_or(DEFAULT_MEMORY_GIB).into(),
-            disk: body.disk.unwrap_or(DEFAULT_DISK_GIB).into(),
+            memory: body.memory.unwrap_or(memory).into(),
+            disk: body.disk.unwrap_or(disk).into(),
             state: "creating".into(),
             desired_state: "started".into(),
             error_reason: None,

@@ -11,9 +11,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 mod accounts;
 mod sandboxes;
+mod snapshots;
 
 pub use accounts::{ApiKeyRow, NewApiKey};
 pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};
+pub use snapshots::SnapshotRow;
 
 #[derive(Clone)]
 pub struct Store {

@@ -1,0 +1,497 @@
+//! Snapshots: named images that sandboxes are created from (`/api/snapshots`).
+//!
+//! Creating one makes the runner import/pull and unpack the image (`pending` → `pulling` →
+//! `active`, or `error` with the reason). The default snapshot (`DEFAULT_SNAPSHOT`) is a
+//! `general` snapshot of the admin organization, visible to every organization.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use daytona_runner::SandboxRunner;
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::AuthContext;
+use crate::error::{ApiError, ApiResult};
+use crate::json::JsonBody;
+use crate::store::{SnapshotRow, Store, now};
+
+/// How long `POST /snapshots` waits for the pull before answering with the pending state.
+const WAIT_FOR_PULL: Duration = Duration::from_secs(50);
+const DEFAULT_PAGE: i64 = 100;
+const MAX_PAGE: i64 = 200;
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateSnapshot {
+    pub name: String,
+    pub image_name: Option<String>,
+    pub entrypoint: Option<Vec<String>>,
+    pub build_info: Option<serde_json::Value>,
+    pub cpu: Option<u32>,
+    pub gpu: Option<u32>,
+    pub memory: Option<u32>,
+    pub disk: Option<u32>,
+    pub region_id: Option<String>,
+    pub sandbox_class: Option<String>,
+}
+
+/// `SnapshotDto` as SDK 0.226.1 reads it (`size` in GB, nullable fields present as null).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotDto {
+    pub id: String,
+    pub organization_id: String,
+    pub general: bool,
+    pub name: String,
+    pub image_name: String,
+    pub state: String,
+    pub size: Option<f64>,
+    pub entrypoint: Option<Vec<String>>,
+    pub cpu: i64,
+    pub gpu: i64,
+    pub mem: i64,
+    pub disk: i64,
+    pub error_reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_used_at: Option<String>,
+    pub source_sandbox_id: Option<String>,
+}
+
+impl From<SnapshotRow> for SnapshotDto {
+    fn from(r: SnapshotRow) -> Self {
+        SnapshotDto {
+            entrypoint: r
+                .entrypoint
+                .as_deref()
+                .and_then(|e| serde_json::from_str(e).ok()),
+            size: r
+                .size_bytes
+                .map(|b| (b as f64 / 1e9 * 1000.0).round() / 1000.0),
+            id: r.id,
+            organization_id: r.organization_id,
+            general: r.general,
+            name: r.name,
+            image_name: r.image_name,
+            state: r.state,
+            cpu: r.cpu,
+            gpu: r.gpu,
+            mem: r.mem,
+            disk: r.disk,
+            error_reason: r.error_reason,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            last_used_at: r.last_used_at,
+            source_sandbox_id: None,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SnapshotPage {
+    pub items: Vec<SnapshotDto>,
+    pub total: i64,
+    pub page: i64,
+    pub total_pages: i64,
+}
+
+pub struct SnapshotService {
+    store: Store,
+    runner: Arc<dyn SandboxRunner>,
+}
+
+fn is_valid_snapshot_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 255
+        && !name.chars().any(|c| c.is_whitespace() || c.is_control())
+}
+
+impl SnapshotService {
+    pub fn new(store: Store, runner: Arc<dyn SandboxRunner>) -> Self {
+        SnapshotService { store, runner }
+    }
+
+    /// Registers `DEFAULT_SNAPSHOT` as a general snapshot of `org` (once) and makes sure the
+    /// runner has it, in the background.
+    pub async fn ensure_default(self: &Arc<Self>, org: &str, image: &str) -> ApiResult<()> {
+        let row = match self.store.general_snapshot_by_name(image).await? {
+            Some(row) => row,
+            None => {
+                let row = new_row(org, true, image, image, None, (1, 1, 3));
+                self.store.insert_snapshot(&row).await?;
+                row
+            }
+        };
+        let this = self.clone();
+        tokio::spawn(async move { this.pull(row).await });
+        Ok(())
+    }
+
+    /// Imports/pulls the snapshot's image on the runner and records the outcome.
+    async fn pull(&self, row: SnapshotRow) {
+        let _ = self
+            .store
+            .set_snapshot_state(&row.id, "pulling", None)
+            .await;
+        let outcome = match self.runner.pull_image(&row.image_name).await {
+            Ok(image) => {
+                tracing::info!(snapshot = %row.name, digest = %image.digest, "snapshot active");
+                // The snapshot's own entrypoint wins over the image's.
+                let entrypoint = row.entrypoint.clone().unwrap_or_else(|| {
+                    let ep: Vec<String> = image.entrypoint.into_iter().chain(image.cmd).collect();
+                    serde_json::to_string(&ep).expect("strings serialize")
+                });
+                self.store
+                    .set_snapshot_active(
+                        &row.id,
+                        &image.digest,
+                        image.size_bytes as i64,
+                        &entrypoint,
+                    )
+                    .await
+            }
+            Err(e) => {
+                tracing::warn!(snapshot = %row.name, error = %e, "snapshot pull failed");
+                self.store
+                    .set_snapshot_state(&row.id, "error", Some(&e.to_string()))
+                    .await
+            }
+        };
+        if let Err(e) = outcome {
+            tracing::error!(snapshot = %row.id, error = %e, "could not record snapshot state");
+        }
+    }
+
+    pub async fn create(
+        self: &Arc<Self>,
+        ctx: &AuthContext,
+        body: CreateSnapshot,
+    ) -> ApiResult<SnapshotDto> {
+        if !is_valid_snapshot_name(&body.name) {
+            return Err(ApiError::BadRequest(format!(
+                "name: '{}' is not a valid snapshot name",
+                body.name
+            )));
+        }
+        if body.build_info.is_some() {
+            return Err(ApiError::BadRequest(
+                "buildInfo: building snapshots from an image definition is not supported by this server yet; \
+                 create it from an image reference (imageName)"
+                    .into(),
+            ));
+        }
+        if body.gpu.unwrap_or(0) > 0 {
+            return Err(ApiError::BadRequest("gpu: this server has no GPUs".into()));
+        }
+        let image = body
+            .image_name
+            .clone()
+            .filter(|i| !i.trim().is_empty())
+            .ok_or_else(|| {
+                ApiError::BadRequest("imageName: required (an image reference)".into())
+            })?;
+        if self
+            .store
+            .find_snapshot(&ctx.organization_id, &body.name)
+            .await?
+            .is_some()
+        {
+            return Err(ApiError::Conflict(format!(
+                "Snapshot with name {} already exists",
+                body.name
+            )));
+        }
+        for (field, value) in [
+            ("cpu", body.cpu),
+            ("memory", body.memory),
+            ("disk", body.disk),
+        ] {
+            if value == Some(0) {
+                return Err(ApiError::BadRequest(format!("{field}: must be at least 1")));
+            }
+        }
+        let entrypoint = body
+            .entrypoint
+            .as_ref()
+            .map(|e| serde_json::to_string(e).expect("strings serialize"));
+        let resources = (
+            body.cpu.unwrap_or(1),
+            body.memory.unwrap_or(1),
+            body.disk.unwrap_or(3),
+        );
+        let row = new_row(
+            &ctx.organization_id,
+            false,
+            &body.name,
+            &image,
+            entrypoint,
+            resources,
+        );
+        self.store
+            .insert_snapshot(&row)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    ApiError::Conflict(format!("Snapshot with name {} already exists", row.name))
+                }
+                e => e.into(),
+            })?;
+        let id = row.id.clone();
+        let this = self.clone();
+        let task = tokio::spawn(async move { this.pull(row).await });
+        let _ = tokio::time::timeout(WAIT_FOR_PULL, task).await;
+        self.get(ctx, &id).await
+    }
+
+    pub async fn find(&self, ctx: &AuthContext, id_or_name: &str) -> ApiResult<SnapshotRow> {
+        self.store
+            .find_snapshot(&ctx.organization_id, id_or_name)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("Snapshot {id_or_name} not found")))
+    }
+
+    pub async fn get(&self, ctx: &AuthContext, id_or_name: &str) -> ApiResult<SnapshotDto> {
+        Ok(self.find(ctx, id_or_name).await?.into())
+    }
+
+    /// A snapshot the caller may change: general ones belong to the admin organization.
+    async fn find_owned(&self, ctx: &AuthContext, id_or_name: &str) -> ApiResult<SnapshotRow> {
+        let row = self.find(ctx, id_or_name).await?;
+        if row.organization_id != ctx.organization_id {
+            return Err(ApiError::Forbidden(format!(
+                "Snapshot {} is a general snapshot and can only be changed by its owner",
+                row.name
+            )));
+        }
+        Ok(row)
+    }
+
+    pub async fn delete(&self, ctx: &AuthContext, id_or_name: &str) -> ApiResult<()> {
+        let row = self.find_owned(ctx, id_or_name).await?;
+        self.store.delete_snapshot(&row.id).await?;
+        Ok(())
+    }
+
+    pub async fn set_active(
+        &self,
+        ctx: &AuthContext,
+        id_or_name: &str,
+        active: bool,
+    ) -> ApiResult<SnapshotDto> {
+        let row = self.find_owned(ctx, id_or_name).await?;
+        let next = match (row.state.as_str(), active) {
+            ("active" | "inactive", true) => "active",
+            ("active" | "inactive", false) => "inactive",
+            (state, _) => {
+                return Err(ApiError::BadRequest(format!(
+                    "Snapshot {} cannot be {} while {state}",
+                    row.name,
+                    if active { "activated" } else { "deactivated" }
+                )));
+            }
+        };
+        self.store.set_snapshot_state(&row.id, next, None).await?;
+        self.get(ctx, &row.id).await
+    }
+
+    /// The image reference and default resources for a sandbox created from `name`.
+    /// Image archive references (`oci-archive:` …) may be used directly as well.
+    pub async fn resolve_for_sandbox(&self, org: &str, name: &str) -> ApiResult<SnapshotChoice> {
+        match self.store.find_snapshot(org, name).await? {
+            // A snapshot still being pulled is usable: the runner waits for the same pull.
+            Some(row) if matches!(row.state.as_str(), "active" | "pending" | "pulling") => {
+                self.store.mark_snapshot_used(&row.id).await?;
+                Ok(SnapshotChoice {
+                    name: row.name,
+                    image: row.image_name,
+                    resources: Some((row.cpu as u32, row.mem as u32, row.disk as u32)),
+                })
+            }
+            Some(row) => Err(ApiError::BadRequest(format!(
+                "Snapshot {} is not active (state: {}{})",
+                row.name,
+                row.state,
+                row.error_reason
+                    .map(|r| format!(", reason: {r}"))
+                    .unwrap_or_default()
+            ))),
+            None if ["oci-archive:", "oci:", "docker-archive:"]
+                .iter()
+                .any(|p| name.starts_with(p)) =>
+            {
+                Ok(SnapshotChoice {
+                    name: name.to_string(),
+                    image: name.to_string(),
+                    resources: None,
+                })
+            }
+            None => Err(ApiError::NotFound(format!("Snapshot {name} not found"))),
+        }
+    }
+}
+
+/// What a sandbox is created from.
+pub struct SnapshotChoice {
+    pub name: String,
+    pub image: String,
+    /// (cpu, memory GiB, disk GiB) defaults of the snapshot.
+    pub resources: Option<(u32, u32, u32)>,
+}
+
+fn new_row(
+    org: &str,
+    general: bool,
+    name: &str,
+    image: &str,
+    entrypoint: Option<String>,
+    (cpu, mem, disk): (u32, u32, u32),
+) -> SnapshotRow {
+    let ts = now();
+    SnapshotRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        organization_id: org.to_string(),
+        general,
+        name: name.to_string(),
+        image_name: image.to_string(),
+        state: "pending".into(),
+        error_reason: None,
+        digest: None,
+        size_bytes: None,
+        entrypoint,
+        cpu: cpu.into(),
+        gpu: 0,
+        mem: mem.into(),
+        disk: disk.into(),
+        created_at: ts.clone(),
+        updated_at: ts,
+        last_used_at: None,
+    }
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/snapshots", post(create).get(list))
+        .route("/snapshots/{id}", get(get_one).delete(delete))
+        .route("/snapshots/{id}/activate", post(activate))
+        .route("/snapshots/{id}/deactivate", post(deactivate))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    JsonBody(body): JsonBody<CreateSnapshot>,
+) -> ApiResult<Json<SnapshotDto>> {
+    Ok(Json(state.snapshots.create(&ctx, body).await?))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SnapshotDto>> {
+    Ok(Json(state.snapshots.get(&ctx, &id).await?))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.snapshots.delete(&ctx, &id).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn activate(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<SnapshotDto>> {
+    Ok(Json(state.snapshots.set_active(&ctx, &id, true).await?))
+}
+
+async fn deactivate(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.snapshots.set_active(&ctx, &id, false).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn list(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Json<SnapshotPage>> {
+    let (mut page, mut limit, mut name, mut order_by, mut descending) =
+        (1i64, DEFAULT_PAGE, None, "created_at", true);
+    for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match key.as_ref() {
+            "page" => {
+                page = value.parse().ok().filter(|p| *p >= 1).ok_or_else(|| {
+                    ApiError::BadRequest(format!("page: '{value}' is not an integer >= 1"))
+                })?
+            }
+            "limit" => {
+                limit = value
+                    .parse()
+                    .ok()
+                    .filter(|l| (1..=MAX_PAGE).contains(l))
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(format!(
+                            "limit: expected an integer from 1 to {MAX_PAGE}"
+                        ))
+                    })?
+            }
+            "name" => name = Some(value.into_owned()),
+            "sort" => {
+                order_by = match value.as_ref() {
+                    "name" => "name",
+                    "state" => "state",
+                    "lastUsedAt" => "last_used_at",
+                    "createdAt" => "created_at",
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "sort: '{value}' is not one of name, state, lastUsedAt, createdAt"
+                        )));
+                    }
+                }
+            }
+            "order" => {
+                descending = match value.as_ref() {
+                    "asc" => false,
+                    "desc" => true,
+                    _ => {
+                        return Err(ApiError::BadRequest(format!(
+                            "order: '{value}' is not asc or desc"
+                        )));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let (rows, total) = state
+        .store
+        .list_snapshots(
+            &ctx.organization_id,
+            name.as_deref(),
+            order_by,
+            descending,
+            (page - 1) * limit,
+            limit,
+        )
+        .await?;
+    Ok(Json(SnapshotPage {
+        items: rows.into_iter().map(SnapshotDto::from).collect(),
+        total,
+        page,
+        total_pages: (total + limit - 1) / limit,
+    }))
+}

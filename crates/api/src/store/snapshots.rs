@@ -1,0 +1,173 @@
+//! Snapshot rows.
+
+use super::{Store, now};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub organization_id: String,
+    pub general: bool,
+    pub name: String,
+    pub image_name: String,
+    pub state: String,
+    pub error_reason: Option<String>,
+    pub digest: Option<String>,
+    pub size_bytes: Option<i64>,
+    /// JSON array of strings.
+    pub entrypoint: Option<String>,
+    pub cpu: i64,
+    pub gpu: i64,
+    pub mem: i64,
+    pub disk: i64,
+    pub created_at: String,
+    pub updated_at: String,
+    pub last_used_at: Option<String>,
+}
+
+impl Store {
+    pub async fn insert_snapshot(&self, row: &SnapshotRow) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "INSERT INTO snapshots (id, organization_id, general, name, image_name, state, error_reason, digest,
+             size_bytes, entrypoint, cpu, gpu, mem, disk, created_at, updated_at, last_used_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.id)
+        .bind(&row.organization_id)
+        .bind(row.general)
+        .bind(&row.name)
+        .bind(&row.image_name)
+        .bind(&row.state)
+        .bind(&row.error_reason)
+        .bind(&row.digest)
+        .bind(row.size_bytes)
+        .bind(&row.entrypoint)
+        .bind(row.cpu)
+        .bind(row.gpu)
+        .bind(row.mem)
+        .bind(row.disk)
+        .bind(&row.created_at)
+        .bind(&row.updated_at)
+        .bind(&row.last_used_at)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// A snapshot `org` can use, by id or name: its own first, then general ones.
+    pub async fn find_snapshot(
+        &self,
+        org: &str,
+        id_or_name: &str,
+    ) -> Result<Option<SnapshotRow>, sqlx::Error> {
+        sqlx::query_as::<_, SnapshotRow>(
+            "SELECT * FROM snapshots WHERE (organization_id = ? OR general = 1) AND (id = ? OR name = ?)
+             ORDER BY (id = ?) DESC, (organization_id = ?) DESC LIMIT 1",
+        )
+        .bind(org)
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .bind(id_or_name)
+        .bind(org)
+        .fetch_optional(self.pool())
+        .await
+    }
+
+    pub async fn general_snapshot_by_name(
+        &self,
+        name: &str,
+    ) -> Result<Option<SnapshotRow>, sqlx::Error> {
+        sqlx::query_as::<_, SnapshotRow>("SELECT * FROM snapshots WHERE general = 1 AND name = ?")
+            .bind(name)
+            .fetch_optional(self.pool())
+            .await
+    }
+
+    /// One page of the snapshots `org` can see, and the total count.
+    pub async fn list_snapshots(
+        &self,
+        org: &str,
+        name: Option<&str>,
+        order_by: &str,
+        descending: bool,
+        offset: i64,
+        limit: i64,
+    ) -> Result<(Vec<SnapshotRow>, i64), sqlx::Error> {
+        let pattern = format!("%{}%", name.unwrap_or(""));
+        let dir = if descending { "DESC" } else { "ASC" };
+        // `order_by` comes from a fixed set of column names chosen by the caller.
+        let sql = format!(
+            "SELECT * FROM snapshots WHERE (organization_id = ? OR general = 1) AND name LIKE ?
+             ORDER BY {order_by} {dir}, id {dir} LIMIT ? OFFSET ?"
+        );
+        let rows = sqlx::query_as::<_, SnapshotRow>(sqlx::AssertSqlSafe(sql))
+            .bind(org)
+            .bind(&pattern)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(self.pool())
+            .await?;
+        let total: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM snapshots WHERE (organization_id = ? OR general = 1) AND name LIKE ?")
+                .bind(org)
+                .bind(&pattern)
+                .fetch_one(self.pool())
+                .await?;
+        Ok((rows, total))
+    }
+
+    pub async fn set_snapshot_state(
+        &self,
+        id: &str,
+        state: &str,
+        error_reason: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE snapshots SET state = ?, error_reason = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(state)
+        .bind(error_reason)
+        .bind(now())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_snapshot_active(
+        &self,
+        id: &str,
+        digest: &str,
+        size_bytes: i64,
+        entrypoint: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE snapshots SET state = 'active', error_reason = NULL, digest = ?, size_bytes = ?, entrypoint = ?,
+             updated_at = ? WHERE id = ?",
+        )
+        .bind(digest)
+        .bind(size_bytes)
+        .bind(entrypoint)
+        .bind(now())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
+    pub async fn mark_snapshot_used(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE snapshots SET last_used_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    pub async fn delete_snapshot(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM snapshots WHERE id = ?")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+}
