@@ -11,6 +11,7 @@ Optional:
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -24,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,8 +156,11 @@ def _stop(process: subprocess.Popen) -> str | None:
         return f"server did not exit within {SHUTDOWN_TIMEOUT_S}s of SIGTERM and was killed"
 
 
-@pytest.fixture(scope="session")
-def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+@contextlib.contextmanager
+def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = None) -> Iterator[Server]:
+    """Starts a `daytona server` of our own, yields it, stops it and checks nothing is left.
+
+    `failed()` says whether tests failed (the run directory is then kept for inspection)."""
     binary = _required_path("DAYTONA_BIN")
     daemon = _required_path("DAYTONA_DAEMON_PATH")
     base_image = _required_path("DAYTONA_BASE_IMAGE")
@@ -185,6 +189,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
         DAYTONA_SANDBOX_SUBNET=_sandbox_subnet(),
         DAYTONA_LOG=os.environ.get("DAYTONA_LOG", "info"),
     )
+    env.update(extra_env or {})
     print(f"\n[sdk-tests] run dir {run_dir}; server log {log_path}")
     print(
         f"[sdk-tests] API :{port} proxy :{proxy_port} bridge {env['DAYTONA_BRIDGE_NAME']} "
@@ -227,9 +232,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
             )
         time.sleep(0.2)
 
-    _RUNNING["server"] = srv
     yield srv
-    _RUNNING.clear()
 
     problem = _stop(process)
     leftover_mounts = _mounts_under(data_dir)
@@ -237,7 +240,7 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
     if leftover_mounts or leftover_processes:
         # Never rmtree across a mount: a bind mount could lead back into host files.
         print(f"[sdk-tests] keeping {run_dir}: still in use after shutdown")
-    elif request.session.testsfailed or problem:
+    elif failed() or problem:
         print(f"[sdk-tests] keeping {run_dir} for inspection")
     else:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -250,6 +253,14 @@ def server(request: pytest.FixtureRequest) -> Iterator[Server]:
         )
     if problems:
         pytest.fail("; ".join(problems) + f"\nserver log tail:\n{srv.log_since(0, 60)}", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def server(request: pytest.FixtureRequest) -> Iterator[Server]:
+    with run_server(lambda: bool(request.session.testsfailed)) as srv:
+        _RUNNING["server"] = srv
+        yield srv
+        _RUNNING.clear()
 
 
 @pytest.fixture(scope="session")

@@ -84,6 +84,7 @@ impl FromRequestParts<AppState> for AuthContext {
 pub async fn ensure_admin(
     store: &Store,
     configured_key: Option<&str>,
+    quotas: &daytona_config::Quotas,
 ) -> Result<Option<String>, ApiError> {
     let (org_id, user_id, generated) = match store.admin_organization().await? {
         Some((org, user)) => (org, user, None),
@@ -92,6 +93,8 @@ pub async fn ensure_admin(
             let org = store
                 .create_user_with_personal_org(&user_id, "Daytona Admin", "admin")
                 .await?;
+            // Quotas are set once, at initial setup (`ADMIN_*` as upstream).
+            store.set_organization_quotas(&org, &quotas.into()).await?;
             let generated = configured_key.is_none().then(generate_key);
             (org, user_id, generated)
         }
@@ -146,21 +149,28 @@ mod tests {
     async fn admin_setup_is_idempotent_and_honours_configured_key() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).await.unwrap();
-        let generated = ensure_admin(&store, None)
+        let generated = ensure_admin(&store, None, &daytona_config::Quotas::ADMIN)
             .await
             .unwrap()
             .expect("a key is generated at first start");
         let ctx = authenticate(&store, &generated).await.unwrap();
         assert_eq!(ctx.user_id, "daytona-admin");
         assert!(
-            ensure_admin(&store, None).await.unwrap().is_none(),
+            ensure_admin(&store, None, &daytona_config::Quotas::ADMIN)
+                .await
+                .unwrap()
+                .is_none(),
             "printed only once"
         );
         assert!(
-            ensure_admin(&store, Some("dtn_configured"))
-                .await
-                .unwrap()
-                .is_none()
+            ensure_admin(
+                &store,
+                Some("dtn_configured"),
+                &daytona_config::Quotas::ADMIN
+            )
+            .await
+            .unwrap()
+            .is_none()
         );
         let ctx2 = authenticate(&store, "dtn_configured").await.unwrap();
         assert_eq!(ctx.organization_id, ctx2.organization_id);

@@ -11,6 +11,7 @@ use axum::{Json, Router};
 pub mod auth;
 pub mod error;
 mod json;
+pub mod quota;
 pub mod sandbox;
 pub mod snapshot;
 pub mod store;

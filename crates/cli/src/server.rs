@@ -99,7 +99,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .api_key
         .as_ref()
         .map(|s| s.expose().to_string());
-    if let Some(generated) = daytona_api::auth::ensure_admin(&store, admin_key.as_deref()).await? {
+    if let Some(generated) =
+        daytona_api::auth::ensure_admin(&store, admin_key.as_deref(), &config.admin.quotas).await?
+    {
         // Printed once: only its hash is stored.
         println!("Admin API key (shown only once, store it safely): {generated}");
     }
@@ -123,9 +125,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         toolbox_proxy_url: config.toolbox_proxy_url(),
         default_snapshot: config.api.default_snapshot.clone(),
         default_region: config.region.id.clone(),
-        max_cpu_per_sandbox: config.org_quotas.max_cpu_per_sandbox,
-        max_memory_per_sandbox: config.org_quotas.max_memory_per_sandbox,
-        max_disk_per_sandbox: config.org_quotas.max_disk_per_sandbox,
         max_auto_archive_minutes: config.api.max_auto_archive_interval.into(),
     };
     let snapshots = Arc::new(SnapshotService::new(store.clone(), runner.clone()));

@@ -16,6 +16,7 @@ use daytona_runner::{SandboxRequest, SandboxRunner};
 use super::dto::{CreateSandbox, Sandbox};
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
+use crate::quota;
 use crate::snapshot::SnapshotService;
 use crate::store::{SandboxFilter, SandboxRow, Store, now};
 
@@ -38,9 +39,6 @@ pub struct SandboxSettings {
     pub default_snapshot: String,
     /// Region reported as `target` (`DEFAULT_REGION_ID`).
     pub default_region: String,
-    pub max_cpu_per_sandbox: u64,
-    pub max_memory_per_sandbox: u64,
-    pub max_disk_per_sandbox: u64,
     /// `MAX_AUTO_ARCHIVE_INTERVAL`, in minutes.
     pub max_auto_archive_minutes: i64,
 }
@@ -51,6 +49,7 @@ pub struct SandboxService {
     snapshots: Arc<SnapshotService>,
     settings: SandboxSettings,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    quota_lock: tokio::sync::Mutex<()>,
 }
 
 fn is_valid_env_key(key: &str) -> bool {
@@ -80,6 +79,7 @@ impl SandboxService {
             snapshots,
             settings,
             locks: Mutex::new(HashMap::new()),
+            quota_lock: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -152,22 +152,13 @@ impl SandboxService {
         if body.gpu.unwrap_or(0) > 0 {
             return Err(ApiError::BadRequest("gpu: this server has no GPUs".into()));
         }
-        let s = &self.settings;
-        for (field, value, max) in [
-            ("cpu", body.cpu, s.max_cpu_per_sandbox),
-            ("memory", body.memory, s.max_memory_per_sandbox),
-            ("disk", body.disk, s.max_disk_per_sandbox),
+        for (field, value) in [
+            ("cpu", body.cpu),
+            ("memory", body.memory),
+            ("disk", body.disk),
         ] {
-            match value {
-                Some(0) => {
-                    return Err(ApiError::BadRequest(format!("{field}: must be at least 1")));
-                }
-                Some(v) if u64::from(v) > max => {
-                    return Err(ApiError::Forbidden(format!(
-                        "{field}: requested {v} exceeds the maximum of {max} per sandbox for this organization"
-                    )));
-                }
-                _ => {}
+            if value == Some(0) {
+                return Err(ApiError::BadRequest(format!("{field}: must be at least 1")));
             }
         }
         Ok(())
@@ -245,12 +236,27 @@ impl SandboxService {
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             }),
         };
+        // Check and insert under one lock so concurrent creates cannot overrun a quota together.
+        let quota_guard = self.quota_lock.lock().await;
+        let quotas = self.store.organization_quotas(&ctx.organization_id).await?;
+        let used = self.store.resource_use(&ctx.organization_id, None).await?;
+        quota::check(
+            &quotas,
+            used,
+            quota::Request {
+                cpu: row.cpu,
+                memory: row.memory,
+                disk: row.disk,
+            },
+            true,
+        )?;
         self.store.insert_sandbox(&row).await.map_err(|e| match e {
             sqlx::Error::Database(d) if d.is_unique_violation() => {
                 ApiError::Conflict(format!("Sandbox with name {} already exists", row.name))
             }
             e => e.into(),
         })?;
+        drop(quota_guard);
         tracing::info!(sandbox = %id, image = %image_ref, "creating sandbox");
 
         let request = SandboxRequest {
@@ -336,6 +342,17 @@ impl SandboxService {
                 )));
             }
         }
+        let quotas = self.store.organization_quotas(&row.organization_id).await?;
+        let used = self
+            .store
+            .resource_use(&row.organization_id, Some(&row.id))
+            .await?;
+        let request = quota::Request {
+            cpu: row.cpu,
+            memory: row.memory,
+            disk: row.disk,
+        };
+        quota::check(&quotas, used, request, true)?;
         let id = row.id.clone();
         self.store.set_sandbox_desired_state(&id, "started").await?;
         self.store.set_sandbox_state(&id, "starting", None).await?;

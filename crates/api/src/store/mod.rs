@@ -10,10 +10,12 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 mod accounts;
+mod quotas;
 mod sandboxes;
 mod snapshots;
 
 pub use accounts::{ApiKeyRow, NewApiKey};
+pub use quotas::{OrgQuotas, ResourceUse};
 pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};
 pub use snapshots::SnapshotRow;
 
