@@ -115,12 +115,13 @@ def _sandbox_subnet() -> str:
     if subnet := os.environ.get("DAYTONA_TEST_SUBNET"):
         return subnet
     used = _used_networks()
-    candidates = [ipaddress.ip_network(f"100.{octet}.0.0/16") for octet in range(96, 128)]
+    # Anywhere in 100.64.0.0/10 except 100.100.0.0/16, the server's default.
+    candidates = [ipaddress.ip_network(f"100.{octet}.0.0/16") for octet in range(64, 128) if octet != 100]
     random.shuffle(candidates)
     for net in candidates:
         if not any(net.overlaps(u) for u in used):
             return str(net)
-    pytest.exit("no free /16 in 100.96.0.0/11 for the sandbox subnet; set DAYTONA_TEST_SUBNET", returncode=2)
+    pytest.exit("no free /16 in 100.64.0.0/10 for the sandbox subnet; set DAYTONA_TEST_SUBNET", returncode=2)
 
 
 def _health_ok(api_url: str) -> bool:
@@ -237,6 +238,10 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
     problem = _stop(process)
     leftover_mounts = _mounts_under(data_dir)
     leftover_processes = sandbox_processes_on_host(data_dir)
+    if not leftover_processes:
+        # The server keeps its bridge for sandboxes that outlive it; this run's sandboxes are
+        # gone, so remove the bridge this run created.
+        subprocess.run(["ip", "link", "del", env["DAYTONA_BRIDGE_NAME"]], capture_output=True)
     if leftover_mounts or leftover_processes:
         # Never rmtree across a mount: a bind mount could lead back into host files.
         print(f"[sdk-tests] keeping {run_dir}: still in use after shutdown")

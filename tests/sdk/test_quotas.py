@@ -43,3 +43,32 @@ def test_total_cpu_quota_refuses_with_limit_and_use(limited):
     assert b.process.exec("echo ok").result.strip() == "ok"
     limited.delete(a)
     limited.delete(b)
+
+
+@pytest.fixture(scope="module")
+def throttled(request):
+    failed = lambda: bool(request.session.testsfailed)  # noqa: E731
+    env = {"RATE_LIMIT_FAILED_AUTH_TTL": "60", "RATE_LIMIT_FAILED_AUTH_LIMIT": "3"}
+    with run_server(failed, env) as srv:
+        yield srv
+
+
+def test_failed_auth_is_rate_limited_with_retry_after(throttled):
+    import urllib.error
+    import urllib.request
+
+    def get_with(key):
+        req = urllib.request.Request(f"{throttled.api_url}/sandbox", headers={"Authorization": f"Bearer {key}"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                return resp.status, resp.headers
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers
+
+    statuses = [get_with("dtn_wrong")[0] for _ in range(3)]
+    assert statuses == [401, 401, 401]
+    status, headers = get_with("dtn_wrong")
+    assert status == 429
+    assert 1 <= int(headers.get("Retry-After")) <= 60
+    # A valid key is not a failed authentication.
+    assert get_with(throttled.api_key)[0] == 200

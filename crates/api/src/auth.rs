@@ -67,12 +67,31 @@ impl FromRequestParts<AppState> for AuthContext {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token = bearer(&parts.headers).ok_or_else(|| {
-            ApiError::Unauthorized(
+        use crate::rate_limit::Kind;
+        let client = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip().to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let Some(token) = bearer(&parts.headers) else {
+            state.rate_limits.check(Kind::Anonymous, &client)?;
+            return Err(ApiError::Unauthorized(
                 "Missing credentials: send 'Authorization: Bearer <API key>'".into(),
-            )
-        })?;
-        authenticate(&state.store, token).await
+            ));
+        };
+        match authenticate(&state.store, token).await {
+            Ok(ctx) => {
+                state
+                    .rate_limits
+                    .check(Kind::Authenticated, &ctx.organization_id)?;
+                Ok(ctx)
+            }
+            Err(e @ ApiError::Unauthorized(_)) => {
+                state.rate_limits.check(Kind::FailedAuth, &client)?;
+                Err(e)
+            }
+            Err(e) => Err(e),
+        }
     }
 }
 

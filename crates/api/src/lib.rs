@@ -12,6 +12,7 @@ pub mod auth;
 pub mod error;
 mod json;
 pub mod quota;
+pub mod rate_limit;
 pub mod sandbox;
 pub mod snapshot;
 pub mod store;
@@ -26,6 +27,7 @@ pub struct AppState {
     pub store: Store,
     pub sandboxes: Arc<SandboxService>,
     pub snapshots: Arc<snapshot::SnapshotService>,
+    pub rate_limits: Arc<rate_limit::RateLimitPolicy>,
 }
 
 /// The API's router; every route lives under `/api`.

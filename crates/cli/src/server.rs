@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
 use daytona_api::snapshot::SnapshotService;
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
 use daytona_config::Config;
@@ -142,10 +143,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .reconcile()
         .await
         .context("cannot reconcile sandbox states")?;
+    daytona_api::sandbox::lifecycle::spawn(sandboxes.clone(), std::time::Duration::from_secs(30));
+    let rate_limits = Arc::new(RateLimitPolicy::new(
+        config.rate_limits.clone(),
+        Box::new(InProcessLimiter::default()),
+    ));
     let state = AppState {
         store,
         sandboxes,
         snapshots,
+        rate_limits,
     };
 
     let bind = config.server.bind_address;
@@ -161,8 +168,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
     let shutdown = shutdown_signal();
     let (tx, rx) = tokio::sync::watch::channel(());
-    let api = axum::serve(api_listener, daytona_api::router(state.clone()))
-        .with_graceful_shutdown(wait(rx.clone()));
+    // Client addresses key the anonymous and failed-auth rate limits.
+    let api = axum::serve(
+        api_listener,
+        daytona_api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(wait(rx.clone()));
     let proxy = axum::serve(proxy_listener, daytona_proxy::router(Arc::new(state)))
         .with_graceful_shutdown(wait(rx));
     let servers =

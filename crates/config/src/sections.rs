@@ -879,7 +879,7 @@ pub struct RateLimit {
 
 /// `RATE_LIMIT_*_TTL` (seconds) and `RATE_LIMIT_*_LIMIT` pairs; a limit is on only when both halves
 /// are set, and setting one half alone is an error.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RateLimits {
     pub anonymous: Option<RateLimit>,
     pub authenticated: Option<RateLimit>,

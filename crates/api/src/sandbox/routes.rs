@@ -12,6 +12,7 @@ use crate::AppState;
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
+use crate::rate_limit::Kind;
 use crate::store::{SandboxFilter, SandboxSort};
 
 const DEFAULT_PAGE: i64 = 100;
@@ -23,6 +24,7 @@ pub fn router() -> Router<AppState> {
         .route("/sandbox/{id}", get(get_one).delete(delete))
         .route("/sandbox/{id}/start", post(start))
         .route("/sandbox/{id}/stop", post(stop))
+        .route("/sandbox/{id}/recover", post(recover))
         .route("/sandbox/{id}/toolbox-proxy-url", get(toolbox_proxy_url))
 }
 
@@ -31,6 +33,9 @@ async fn create(
     ctx: AuthContext,
     JsonBody(body): JsonBody<CreateSandbox>,
 ) -> ApiResult<Json<Sandbox>> {
+    state
+        .rate_limits
+        .check(Kind::SandboxCreate, &ctx.organization_id)?;
     Ok(Json(state.sandboxes.create(&ctx, body).await?))
 }
 
@@ -48,6 +53,9 @@ async fn start(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
+    state
+        .rate_limits
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
     Ok(Json(state.sandboxes.start(&ctx, &id).await?))
 }
 
@@ -56,7 +64,29 @@ async fn stop(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
+    state
+        .rate_limits
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
     Ok(Json(state.sandboxes.stop(&ctx, &id).await?))
+}
+
+/// Recovers a sandbox in `error` by starting it again (its files are kept).
+async fn recover(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    state
+        .rate_limits
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    if row.state != "error" {
+        return Err(ApiError::BadRequest(format!(
+            "Sandbox {} is not in an error state (state: {})",
+            row.id, row.state
+        )));
+    }
+    Ok(Json(state.sandboxes.start_sandbox(row).await?))
 }
 
 async fn delete(
@@ -64,6 +94,9 @@ async fn delete(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
+    state
+        .rate_limits
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
     Ok(Json(state.sandboxes.delete(&ctx, &id).await?))
 }
 
