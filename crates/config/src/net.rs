@@ -183,7 +183,6 @@ mod tests {
         assert!(ten.overlaps(&"10.1.0.0/16".parse().unwrap()));
         assert!(!ten.overlaps(&small));
     }
-    use super::*;
 
     #[test]
     fn cidr_arithmetic() {
