@@ -19,6 +19,22 @@ pub const KEY_PREFIX: &str = "dtn_";
 pub struct AuthContext {
     pub organization_id: String,
     pub user_id: String,
+    pub api_key_id: String,
+    /// Granted permissions; `*` grants all.
+    pub permissions: Vec<String>,
+}
+
+impl AuthContext {
+    /// Refuses with 403 naming the permission the caller's key lacks.
+    pub fn require(&self, permission: &str) -> Result<(), ApiError> {
+        if self.permissions.iter().any(|p| p == "*" || p == permission) {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(format!(
+                "This API key lacks the '{permission}' permission"
+            )))
+        }
+    }
 }
 
 pub fn hash_key(key: &str) -> String {
@@ -54,9 +70,21 @@ pub async fn authenticate(store: &Store, token: &str) -> Result<AuthContext, Api
     {
         return Err(ApiError::Unauthorized("API key has expired".into()));
     }
+    // Record use at most once a minute: a write per request would cost more than the request.
+    let stale = key
+        .last_used_at
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+    if stale.is_none_or(|t| {
+        chrono::Utc::now() - t.with_timezone(&chrono::Utc) > chrono::Duration::minutes(1)
+    }) {
+        let _ = store.touch_api_key(&key.id).await;
+    }
     Ok(AuthContext {
         organization_id: key.organization_id,
         user_id: key.user_id,
+        api_key_id: key.id,
+        permissions: key.permissions.split(',').map(str::to_string).collect(),
     })
 }
 
@@ -95,6 +123,19 @@ impl FromRequestParts<AppState> for AuthContext {
     }
 }
 
+/// `admin` for the first admin key, `admin-<digest prefix>` for keys added later.
+async fn admin_key_name(
+    store: &Store,
+    org: &str,
+    user: &str,
+    hash: &str,
+) -> Result<String, ApiError> {
+    Ok(match store.api_key_by_name(org, user, "admin").await? {
+        None => "admin".to_string(),
+        Some(_) => format!("admin-{}", &hash[..8]),
+    })
+}
+
 /// First-start setup: the admin user, its personal organization and its API key.
 ///
 /// `ADMIN_API_KEY` is used when set; otherwise a key is generated and returned so the caller can
@@ -131,10 +172,11 @@ pub async fn ensure_admin(
             .insert_api_key(NewApiKey {
                 organization_id: &org_id,
                 user_id: &user_id,
-                name: "admin",
+                name: &admin_key_name(store, &org_id, &user_id, &hash).await?,
                 key_hash: &hash,
                 key_prefix: &prefix,
                 permissions: "*",
+                expires_at: None,
             })
             .await?;
     }

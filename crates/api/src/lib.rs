@@ -8,6 +8,7 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::{Json, Router};
 
+pub mod api_keys;
 pub mod auth;
 pub mod error;
 mod json;
@@ -37,6 +38,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sandbox::routes::router())
         .merge(sandbox::settings::router())
         .merge(snapshot::router())
+        .merge(api_keys::router())
         .fallback(not_found);
     Router::new()
         .nest("/api", api)

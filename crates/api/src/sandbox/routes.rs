@@ -33,6 +33,7 @@ async fn create(
     ctx: AuthContext,
     JsonBody(body): JsonBody<CreateSandbox>,
 ) -> ApiResult<Json<Sandbox>> {
+    ctx.require("write:sandboxes")?;
     state
         .rate_limits
         .check(Kind::SandboxCreate, &ctx.organization_id)?;
@@ -53,6 +54,7 @@ async fn start(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
+    ctx.require("write:sandboxes")?;
     state
         .rate_limits
         .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
@@ -64,6 +66,7 @@ async fn stop(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
+    ctx.require("write:sandboxes")?;
     state
         .rate_limits
         .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
@@ -76,6 +79,7 @@ async fn recover(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
+    ctx.require("write:sandboxes")?;
     state
         .rate_limits
         .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
@@ -94,6 +98,7 @@ async fn delete(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
+    ctx.require("delete:sandboxes")?;
     state
         .rate_limits
         .check(Kind::SandboxLifecycle, &ctx.organization_id)?;

@@ -44,6 +44,7 @@ async fn apply(
     id: &str,
     setting: SandboxSetting,
 ) -> ApiResult<Sandbox> {
+    ctx.require("write:sandboxes")?;
     let row = state.sandboxes.find(ctx, id).await?;
     state
         .store
@@ -186,6 +187,7 @@ async fn network_settings(
     Path(id): Path<String>,
     JsonBody(body): JsonBody<NetworkSettingsBody>,
 ) -> ApiResult<Json<Sandbox>> {
+    ctx.require("write:sandboxes")?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     if let Some(list) = &body.network_allow_list {
         validate_allow_list(list)?;
@@ -219,6 +221,7 @@ async fn last_activity(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    ctx.require("write:sandboxes")?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     state.store.touch_sandbox(&row.id).await?;
     Ok(StatusCode::CREATED)

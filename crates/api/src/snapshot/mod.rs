@@ -284,6 +284,7 @@ impl SnapshotService {
         id_or_name: &str,
         active: bool,
     ) -> ApiResult<SnapshotDto> {
+        ctx.require("write:snapshots")?;
         let row = self.find_owned(ctx, id_or_name).await?;
         let next = match (row.state.as_str(), active) {
             ("active" | "inactive", true) => "active",
@@ -387,6 +388,7 @@ async fn create(
     ctx: AuthContext,
     JsonBody(body): JsonBody<CreateSnapshot>,
 ) -> ApiResult<Json<SnapshotDto>> {
+    ctx.require("write:snapshots")?;
     Ok(Json(state.snapshots.create(&ctx, body).await?))
 }
 
@@ -403,6 +405,7 @@ async fn delete(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
+    ctx.require("delete:snapshots")?;
     state.snapshots.delete(&ctx, &id).await?;
     Ok(StatusCode::OK)
 }

@@ -8,9 +8,15 @@ pub struct ApiKeyRow {
     pub organization_id: String,
     pub user_id: String,
     pub name: String,
+    /// Comma-separated permissions; `*` grants all.
     pub permissions: String,
+    pub key_prefix: String,
+    pub created_at: String,
     pub expires_at: Option<String>,
+    pub last_used_at: Option<String>,
 }
+
+const KEY_COLUMNS: &str = "id, organization_id, user_id, name, permissions, key_prefix, created_at, expires_at, last_used_at";
 
 pub struct NewApiKey<'a> {
     pub organization_id: &'a str,
@@ -19,6 +25,7 @@ pub struct NewApiKey<'a> {
     pub key_hash: &'a str,
     pub key_prefix: &'a str,
     pub permissions: &'a str,
+    pub expires_at: Option<&'a str>,
 }
 
 impl Store {
@@ -70,8 +77,8 @@ impl Store {
 
     pub async fn insert_api_key(&self, key: NewApiKey<'_>) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "INSERT INTO api_keys (id, organization_id, user_id, name, key_hash, key_prefix, permissions, created_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO api_keys (id, organization_id, user_id, name, key_hash, key_prefix, permissions, created_at,
+             expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(uuid::Uuid::new_v4().to_string())
         .bind(key.organization_id)
@@ -81,17 +88,61 @@ impl Store {
         .bind(key.key_prefix)
         .bind(key.permissions)
         .bind(now())
+        .bind(key.expires_at)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
     pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, sqlx::Error> {
-        sqlx::query_as::<_, ApiKeyRow>(
-            "SELECT id, organization_id, user_id, name, permissions, expires_at FROM api_keys WHERE key_hash = ?",
-        )
+        sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
+        )))
         .bind(key_hash)
         .fetch_optional(&self.pool)
         .await
+    }
+
+    pub async fn api_keys_of(&self, org: &str, user: &str) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
+        sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND user_id = ? ORDER BY created_at"
+        )))
+        .bind(org)
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    pub async fn api_key_by_name(
+        &self,
+        org: &str,
+        user: &str,
+        name: &str,
+    ) -> Result<Option<ApiKeyRow>, sqlx::Error> {
+        sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(format!(
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND user_id = ? AND name = ?"
+        )))
+        .bind(org)
+        .bind(user)
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await
+    }
+
+    pub async fn delete_api_key(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM api_keys WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn touch_api_key(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
     }
 }
