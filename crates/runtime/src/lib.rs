@@ -33,8 +33,17 @@ pub struct SandboxSpec {
     pub cpu: u32,
     /// Memory in GiB.
     pub memory_gib: u32,
-    /// Disk in GiB (enforced from issue 3 on; recorded now).
+    /// Disk in GiB: the size of the sandbox's writable filesystem (0 = unlimited).
     pub disk_gib: u32,
+}
+
+/// A change of a sandbox's resources; `None` keeps the current value. CPU and memory change
+/// live; disk only while the sandbox is stopped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resize {
+    pub cpu: Option<u32>,
+    pub memory_gib: Option<u32>,
+    pub disk_gib: Option<u32>,
 }
 
 /// What the runtime knows about a sandbox it manages.
@@ -44,14 +53,21 @@ pub struct SandboxStatus {
     pub state: RuntimeState,
     /// Address of the sandbox on the runner's bridge; the daemon is at `ip:DAEMON_PORT`.
     pub ip: Option<Ipv4Addr>,
-    /// Host PID of the sandbox's PID 1 while running.
+    /// Host PID of the sandbox's PID 1 while running (or paused).
     pub pid: Option<i32>,
+    /// Processes the kernel's out-of-memory killer has killed in the sandbox since it last
+    /// started. A command killed this way exits with 137 (SIGKILL); a rising count is how
+    /// callers tell an OOM kill from any other SIGKILL.
+    #[serde(default)]
+    pub oom_kills: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeState {
     Running,
+    /// Every process is frozen (memory kept); `resume` continues them.
+    Paused,
     Stopped,
 }
 
@@ -63,6 +79,16 @@ pub enum RuntimeError {
     AlreadyExists(String),
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
+    /// The operation does not apply to the sandbox in its current state (e.g. pausing a stopped
+    /// sandbox, or resizing the disk of a running one).
+    #[error("sandbox {id}: {reason}")]
+    InvalidState { id: String, reason: String },
+    /// The backend does not implement this operation.
+    #[error("{operation} is not supported by the {backend} runtime")]
+    Unsupported {
+        operation: &'static str,
+        backend: &'static str,
+    },
     #[error("daemon in sandbox {id} did not become ready within {secs}s: {reason}")]
     DaemonTimeout {
         id: String,
@@ -108,4 +134,29 @@ pub trait Runtime: Send + Sync + 'static {
     async fn destroy(&self, id: &str) -> Result<()>;
     /// Current status, or `None` if the runtime has no such sandbox.
     async fn status(&self, id: &str) -> Result<Option<SandboxStatus>>;
+    /// Freezes every process of a running sandbox; memory and state are kept.
+    async fn pause(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(self.unsupported("pause"))
+    }
+    /// Continues a paused sandbox.
+    async fn resume(&self, id: &str) -> Result<()> {
+        let _ = id;
+        Err(self.unsupported("resume"))
+    }
+    /// Changes a sandbox's resources (see [`Resize`]); the new values persist across restarts.
+    async fn resize(&self, id: &str, resize: &Resize) -> Result<()> {
+        let _ = (id, resize);
+        Err(self.unsupported("resize"))
+    }
+    /// Short name of the backend, for messages.
+    fn backend(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
+    fn unsupported(&self, operation: &'static str) -> RuntimeError {
+        RuntimeError::Unsupported {
+            operation,
+            backend: self.backend(),
+        }
+    }
 }

@@ -17,8 +17,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use daytona_runtime::native::{self, Ipv4Cidr, NativeConfig, NativeRuntime, NetNames};
-use daytona_runtime::{DAEMON_PORT, Runtime, RuntimeError, RuntimeState, SandboxSpec};
+use daytona_runtime::native::{self, Ipv4Cidr, NativeConfig, NativeRuntime, NetNames, security};
+use daytona_runtime::{DAEMON_PORT, Resize, Runtime, RuntimeError, RuntimeState, SandboxSpec};
 
 const DEFAULT_ROOTFS: &str = "/var/cache/daytona-test/bookworm-minbase";
 const REAL_DAEMON: &str = "/work/target/x86_64-unknown-linux-gnu/release/daytona-daemon";
@@ -90,18 +90,22 @@ fn main() {
         .build()
         .expect("tokio");
     if let Ok(id) = std::env::var(DETACHED_CREATE_VAR) {
-        // A runner that creates a sandbox and exits (see `sandbox_outlives_its_runner`).
+        // A runner that creates a sandbox and waits to be SIGKILLed (see
+        // `sandbox_outlives_its_runner`).
         let status = runtime
             .block_on(env.runtime(|_| {}).create(&env.spec(&id)))
             .expect("create");
         println!("{}", status.pid.expect("pid"));
-        return;
+        std::io::stdout().flush().expect("flush");
+        loop {
+            std::thread::sleep(Duration::from_secs(60));
+        }
     }
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, TestFn); 7] = [
+    let tests: [(&str, TestFn); 14] = [
         ("lifecycle_leaves_no_trace", |e| {
             Box::pin(lifecycle_leaves_no_trace(e))
         }),
@@ -119,6 +123,27 @@ fn main() {
         }),
         ("failed_creates_clean_up", |e| {
             Box::pin(failed_creates_clean_up(e))
+        }),
+        ("isolation_matches_docker_defaults", |e| {
+            Box::pin(isolation_matches_docker_defaults(e))
+        }),
+        ("no_new_privs_is_an_option", |e| {
+            Box::pin(no_new_privs_is_an_option(e))
+        }),
+        ("disk_limit_is_enforced_and_resizable", |e| {
+            Box::pin(disk_limit_is_enforced_and_resizable(e))
+        }),
+        ("oom_kills_are_reported", |e| {
+            Box::pin(oom_kills_are_reported(e))
+        }),
+        ("pause_freezes_and_resume_continues", |e| {
+            Box::pin(pause_freezes_and_resume_continues(e))
+        }),
+        ("cpu_and_memory_resize_live", |e| {
+            Box::pin(cpu_and_memory_resize_live(e))
+        }),
+        ("sandbox_without_disk_limit", |e| {
+            Box::pin(sandbox_without_disk_limit(e))
         }),
         ("timings", |e| Box::pin(timings(e))),
     ];
@@ -258,6 +283,88 @@ fn assert_no_trace(rt: &NativeRuntime, id: &str, pids: &[i32], expect_dir: bool)
         expect_dir,
         "sandbox dir of {id}"
     );
+    assert_no_loop_device(id);
+}
+
+/// Loop devices whose backing file belongs to sandbox `id`.
+fn loop_devices_of(id: &str) -> Vec<String> {
+    std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            std::fs::read_to_string(e.path().join("loop/backing_file"))
+                .is_ok_and(|b| b.contains(&format!("/{id}/")))
+        })
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// The kernel detaches a sandbox's auto-clearing loop device shortly after its last process.
+fn assert_no_loop_device(id: &str) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let loops = loop_devices_of(id);
+        if loops.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "loop devices of {id} left: {loops:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Runs `command` (bash) in the sandbox through the daemon's toolbox API, as the SDK does;
+/// returns the exit code and the combined output.
+fn exec(ip: Ipv4Addr, command: &str) -> (i32, String) {
+    let body = serde_json::json!({ "command": command, "timeout": 120 }).to_string();
+    let addr = SocketAddr::from((ip, DAEMON_PORT));
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(150)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /process/execute HTTP/1.0\r\nHost: daemon\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response.split_once("\r\n\r\n").expect("HTTP response");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{response}"
+    );
+    let json: serde_json::Value = serde_json::from_str(body).expect("JSON body");
+    (
+        json["exitCode"].as_i64().expect("exitCode") as i32,
+        json["result"].as_str().expect("result").to_owned(),
+    )
+}
+
+/// `exec` that must succeed; returns the output.
+fn run_ok(ip: Ipv4Addr, command: &str) -> String {
+    let (code, out) = exec(ip, command);
+    assert_eq!(code, 0, "{command}: {out}");
+    out
+}
+
+fn needs_real_daemon(env: &Env) -> bool {
+    if env.fake {
+        println!("  skipped: needs the real daemon (DAYTONA_DAEMON_PATH)");
+    }
+    !env.fake
+}
+
+/// A line `Key:\tvalue` of `/proc/<pid>/status`-style text.
+fn status_field<'a>(text: &'a str, key: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .trim()
 }
 
 async fn lifecycle_leaves_no_trace(env: &Env) {
@@ -341,10 +448,7 @@ async fn lifecycle_leaves_no_trace(env: &Env) {
     let stopped = rt.status(&id).await.unwrap().expect("status after stop");
     assert_eq!(stopped.state, RuntimeState::Stopped);
     assert_eq!(stopped.pid, None);
-    assert_eq!(
-        read_to_string(rt.upper_dir(&id).join("root/marker.txt")),
-        "kept"
-    );
+    assert!(rt.disk_image(&id).is_file(), "stop keeps the disk image");
     assert_no_trace(&rt, &id, &[pid], true);
     rt.stop(&id).await.expect("stop is idempotent");
 
@@ -431,7 +535,7 @@ async fn sandboxes_are_isolated_from_each_other(env: &Env) {
 /// The sandbox keeps running when the process that created it exits, and a new runtime adopts it.
 async fn sandbox_outlives_its_runner(env: &Env) {
     let id = new_id();
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
+    let mut runner = std::process::Command::new(std::env::current_exe().unwrap())
         .env(DETACHED_CREATE_VAR, &id)
         .env(STATE_DIR_VAR, &env.state_dir)
         .env(
@@ -443,19 +547,20 @@ async fn sandbox_outlives_its_runner(env: &Env) {
             },
         )
         .env("DAYTONA_BENCH_N", "0")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .expect("run a detached runner");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let pid: i32 = String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .last()
-        .unwrap()
-        .parse()
-        .unwrap();
+    // Its last line is the sandbox's PID.
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(runner.stdout.take().unwrap()));
+    let pid: i32 = loop {
+        let line = lines.next().expect("runner output ends").unwrap();
+        if let Ok(pid) = line.trim().parse() {
+            break pid;
+        }
+    };
+    // The runner dies without any chance to clean up.
+    runner.kill().expect("SIGKILL the runner");
+    runner.wait().unwrap();
 
     let rt = env.runtime(|_| {});
     let status = rt.status(&id).await.unwrap().expect("adopted");
@@ -492,6 +597,8 @@ async fn recovers_from_interrupted_runs(env: &Env) {
         NetNames::for_sandbox(&id).netns_path().exists(),
         "the crash left the netns"
     );
+    // ... but not the disk's loop device, which the kernel releases with the sandbox.
+    assert_no_loop_device(&id);
     let second = rt.start(&id).await.expect("start after a crash");
     assert_eq!(second.ip, first.ip);
     probe_daemon(second.ip.unwrap()).expect("daemon answers");
@@ -506,6 +613,21 @@ async fn recovers_from_interrupted_runs(env: &Env) {
     assert_ne!(third.pid, second.pid);
     std::fs::remove_file(rt.sandbox_dir(&id).join("state.json")).unwrap();
     rt.destroy(&id).await.expect("destroy without state");
+    assert_no_trace(&rt, &id, &[], false);
+
+    // A create that crashed after making the disk image (or half of it) but before saving its
+    // state: the next create starts over.
+    let dir = rt.sandbox_dir(&id);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("disk.img.tmp"), "half-made").unwrap();
+    std::fs::write(dir.join("disk.img"), "not a filesystem").unwrap();
+    let fourth = rt
+        .create(&env.spec(&id))
+        .await
+        .expect("create over a half-made disk");
+    probe_daemon(fourth.ip.unwrap()).expect("daemon answers");
+    assert!(!dir.join("disk.img.tmp").exists());
+    rt.destroy(&id).await.expect("destroy");
     // The later PIDs 1 stay unreaped zombies of this process (not processes: the scan skips
     // them): their identities went with the deleted state files, and the runtime reaps only PIDs
     // it can prove belong to the sandbox.
@@ -636,6 +758,462 @@ async fn stop_with_mode(rt: &NativeRuntime, env: &Env, mode: &str) -> (Duration,
     rt.destroy(&id).await.expect("destroy");
     assert_no_trace(rt, &id, &[], false);
     (took, id)
+}
+
+/// Escape routes Docker closes by default are closed: capabilities, seccomp, kernel files,
+/// devices.
+async fn isolation_matches_docker_defaults(env: &Env) {
+    if !needs_real_daemon(env) {
+        return;
+    }
+    let rt = env.runtime(|_| {});
+    let id = new_id();
+    let status = rt.create(&env.spec(&id)).await.expect("create");
+    let ip = status.ip.unwrap();
+
+    // Root in the sandbox holds exactly Docker's default capabilities.
+    let proc_status = run_ok(ip, "cat /proc/self/status");
+    let docker = format!("{:016x}", security::default_capability_mask());
+    assert_eq!(docker, "00000000a80425fb");
+    for set in ["CapBnd", "CapEff", "CapPrm"] {
+        assert_eq!(status_field(&proc_status, set), docker, "{set}");
+    }
+    assert_eq!(status_field(&proc_status, "CapInh"), "0000000000000000");
+    assert_eq!(status_field(&proc_status, "CapAmb"), "0000000000000000");
+    assert_eq!(
+        status_field(&proc_status, "Seccomp"),
+        "2",
+        "seccomp filter mode"
+    );
+    assert_eq!(
+        status_field(&proc_status, "NoNewPrivs"),
+        "0",
+        "off by default"
+    );
+    // The daemon (PID 1) itself is as restricted as the commands it runs.
+    let pid1 = read_to_string(format!("/proc/{}/status", status.pid.unwrap()));
+    assert_eq!(status_field(&pid1, "CapEff"), docker);
+    assert_eq!(status_field(&pid1, "Seccomp"), "2");
+
+    // Blocked syscalls fail with EPERM, whatever the capabilities would allow.
+    let (code, out) = exec(ip, "unshare -U true");
+    assert_ne!(code, 0, "user namespace created: {out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+    let errno_of = |call: &str| {
+        let script = format!(
+            "import ctypes; libc = ctypes.CDLL(None, use_errno=True); \
+             r = libc.{call}; print(r, ctypes.get_errno())"
+        );
+        run_ok(ip, &format!("python3 -c '{script}'"))
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(
+        errno_of(r#"mount(b"none", b"/mnt", b"tmpfs", 0, None)"#),
+        "-1 1"
+    );
+    assert_eq!(errno_of("unshare(0x10000000)"), "-1 1", "CLONE_NEWUSER");
+    assert_eq!(errno_of("unshare(0x40000000)"), "-1 1", "CLONE_NEWNET");
+    assert_eq!(errno_of("syscall(250, 0, 0, 0, 0, 0)"), "-1 1", "keyctl");
+    assert_eq!(errno_of("syscall(321, 0, 0, 0)"), "-1 1", "bpf");
+    assert_eq!(errno_of("syscall(313, 0, 0, 0)"), "-1 1", "finit_module");
+    // Forks and threads still work (clone without namespace flags).
+    assert_eq!(
+        run_ok(
+            ip,
+            "python3 -c 'import threading, os; t = threading.Thread(target=print, args=(os.fork() and 1 or 0,)); t.start(); t.join()' | sort | tr -d '\\n'"
+        ),
+        "01"
+    );
+
+    // Host information is masked; kernel knobs are read-only.
+    // (Which of these exist depends on the host kernel; DMI only on machines that have it.)
+    let mounts = read_to_string(format!("/proc/{}/mountinfo", status.pid.unwrap()));
+    let mount_points: Vec<&str> = mounts.lines().filter_map(|l| l.split(' ').nth(4)).collect();
+    for file in [
+        "/proc/kcore",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/sched_debug",
+    ] {
+        if let Ok(on_host) = std::fs::read(file) {
+            println!("  {file}: {} bytes on the host", on_host.len());
+            assert!(mount_points.contains(&file), "{file} not masked");
+            assert_eq!(run_ok(ip, &format!("wc -c < {file}")).trim(), "0");
+        }
+    }
+    for dir in [
+        "/proc/acpi",
+        "/sys/firmware",
+        "/sys/class/dmi",
+        "/sys/devices/virtual/dmi",
+    ] {
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            println!("  {dir}: {} entries on the host", entries.count());
+            assert!(mount_points.contains(&dir), "{dir} not masked");
+            assert_eq!(
+                run_ok(ip, &format!("ls -A {dir} | wc -l")).trim(),
+                "0",
+                "{dir} is empty"
+            );
+        }
+    }
+    for file in [
+        "/proc/sys/kernel/hostname",
+        "/proc/sysrq-trigger",
+        "/proc/sys/vm/drop_caches",
+    ] {
+        if !Path::new(file).exists() {
+            continue;
+        }
+        let (code, out) = exec(ip, &format!("echo 1 > {file}"));
+        assert_ne!(code, 0, "{file} writable");
+        assert!(out.contains("Read-only file system"), "{file}: {out}");
+    }
+    // Readable still.
+    assert_eq!(run_ok(ip, "cat /proc/sys/kernel/hostname").trim(), id);
+
+    // Devices: nodes can be made (CAP_MKNOD) but only the allow-listed ones opened.
+    run_ok(
+        ip,
+        "mknod /tmp/mem c 1 1 && mknod /dev/mem2 c 1 1 && mknod /tmp/null c 1 3",
+    );
+    for node in ["/tmp/mem", "/dev/mem2", "/tmp/null"] {
+        let (code, out) = exec(ip, &format!("head -c 1 {node}"));
+        assert_ne!(code, 0, "{node} opened: {out}");
+    }
+    run_ok(
+        ip,
+        "head -c 1 /dev/urandom >/dev/null && echo x > /dev/null && test -c /dev/pts/ptmx",
+    );
+    // On cgroup v1 the devices controller enforces the same list.
+    if let Some(list) = rt
+        .cgroup_dirs(&id)
+        .iter()
+        .map(|d| d.join("devices.list"))
+        .find(|p| p.exists())
+    {
+        let mut listed: Vec<String> = read_to_string(list).lines().map(str::to_owned).collect();
+        let mut expected: Vec<String> = native::cgroup::ALLOWED_DEVICES
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
+
+    // Its own hostname, hosts entry, and no host processes in sight.
+    assert_eq!(run_ok(ip, "hostname").trim(), id);
+    assert!(run_ok(ip, "cat /etc/hosts").contains(&format!("{ip}\t{id}")));
+    let pids = run_ok(ip, "ls /proc | grep -c '^[0-9]'");
+    assert!(
+        pids.trim().parse::<u32>().unwrap() < 10,
+        "sees {pids} processes"
+    );
+
+    rt.destroy(&id).await.expect("destroy");
+    assert_no_trace(&rt, &id, &[], false);
+}
+
+/// `no_new_privs` is off by default (sudo works) and, when set, applies to the whole sandbox.
+async fn no_new_privs_is_an_option(env: &Env) {
+    if !needs_real_daemon(env) {
+        return;
+    }
+    let has_sudo_user = std::fs::read_to_string(env.rootfs.join("etc/passwd"))
+        .is_ok_and(|p| p.lines().any(|l| l.starts_with("daytona:")))
+        && env.rootfs.join("usr/bin/sudo").exists();
+    for no_new_privs in [false, true] {
+        let rt = env.runtime(|c| c.no_new_privs = no_new_privs);
+        let id = new_id();
+        let mut spec = env.spec(&id);
+        if has_sudo_user {
+            spec.user = "daytona".to_owned();
+            spec.workdir = Some("/home/daytona".to_owned());
+        }
+        let ip = rt.create(&spec).await.expect("create").ip.unwrap();
+        let proc_status = run_ok(ip, "cat /proc/self/status");
+        assert_eq!(
+            status_field(&proc_status, "NoNewPrivs"),
+            if no_new_privs { "1" } else { "0" }
+        );
+        if has_sudo_user {
+            assert_eq!(run_ok(ip, "id -u").trim(), "1000");
+            let (code, out) = exec(ip, "sudo -n id -u");
+            if no_new_privs {
+                assert_ne!(code, 0, "sudo worked despite no_new_privs: {out}");
+            } else {
+                assert_eq!((code, out.trim()), (0, "0"), "sudo as the image expects");
+            }
+        } else {
+            println!("  (no user daytona with sudo in the rootfs: sudo not checked)");
+        }
+        rt.destroy(&id).await.expect("destroy");
+        assert_no_trace(&rt, &id, &[], false);
+    }
+}
+
+async fn disk_limit_is_enforced_and_resizable(env: &Env) {
+    if !needs_real_daemon(env) {
+        return;
+    }
+    let rt = env.runtime(|_| {});
+    let id = new_id();
+    let mut spec = env.spec(&id);
+    spec.disk_gib = 1;
+    let ip = rt.create(&spec).await.expect("create").ip.unwrap();
+    let image = rt.disk_image(&id);
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 1 << 30);
+    let size_mib = |ip| {
+        run_ok(ip, "df --output=size -BM / | tail -n 1")
+            .trim()
+            .trim_end_matches('M')
+            .parse::<u64>()
+            .unwrap()
+    };
+    let size = size_mib(ip);
+    assert!((900..=1024).contains(&size), "df says {size} MiB");
+
+    // Fill the disk, then a real write fails with ENOSPC.
+    run_ok(ip, "fallocate -l 900M /root/filler");
+    let (code, out) = exec(ip, "dd if=/dev/zero of=/root/more bs=1M count=200");
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("No space left on device"), "{out}");
+    run_ok(ip, "rm /root/more && echo kept > /root/marker");
+
+    // The disk changes size only while stopped.
+    let bigger = Resize {
+        disk_gib: Some(2),
+        ..Resize::default()
+    };
+    assert!(matches!(
+        rt.resize(&id, &bigger).await,
+        Err(RuntimeError::InvalidState { .. })
+    ));
+    rt.stop(&id).await.expect("stop");
+    rt.resize(&id, &bigger).await.expect("grow the disk");
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 2 << 30);
+    let ip = rt.start(&id).await.expect("start").ip.unwrap();
+    assert_eq!(run_ok(ip, "cat /root/marker").trim(), "kept");
+    let size = size_mib(ip);
+    assert!(
+        (1900..=2048).contains(&size),
+        "df says {size} MiB after growing"
+    );
+    run_ok(ip, "dd if=/dev/zero of=/root/more bs=1M count=200 2>&1");
+
+    // Shrinking below what is stored fails and changes nothing.
+    rt.stop(&id).await.expect("stop");
+    let smaller = Resize {
+        disk_gib: Some(1),
+        ..Resize::default()
+    };
+    assert!(
+        rt.resize(&id, &smaller).await.is_err(),
+        "1.1 GB do not fit in 1 GiB"
+    );
+    assert_eq!(std::fs::metadata(&image).unwrap().len(), 2 << 30);
+    let ip = rt.start(&id).await.expect("start").ip.unwrap();
+    run_ok(ip, "rm /root/filler /root/more");
+    rt.stop(&id).await.expect("stop");
+    rt.resize(&id, &smaller)
+        .await
+        .expect("shrink an emptied disk");
+    let ip = rt.start(&id).await.expect("start").ip.unwrap();
+    assert_eq!(run_ok(ip, "cat /root/marker").trim(), "kept");
+
+    rt.destroy(&id).await.expect("destroy");
+    assert_no_trace(&rt, &id, &[], false);
+}
+
+async fn oom_kills_are_reported(env: &Env) {
+    if !needs_real_daemon(env) {
+        return;
+    }
+    let rt = env.runtime(|_| {});
+    let id = new_id();
+    let ip = rt.create(&env.spec(&id)).await.expect("create").ip.unwrap();
+    assert_eq!(rt.status(&id).await.unwrap().unwrap().oom_kills, 0);
+    // 1.5 GiB written in a 1 GiB sandbox (no swap): the kernel kills it.
+    let (code, out) = exec(ip, "python3 -c 'x = b\"a\" * (1536 << 20); print(len(x))'");
+    assert_eq!(code, 137, "killed by SIGKILL: {out}");
+    let status = rt.status(&id).await.unwrap().unwrap();
+    assert!(status.oom_kills >= 1, "{status:?}");
+    assert_eq!(status.state, RuntimeState::Running, "the daemon survives");
+    // An ordinary SIGKILL is not counted as an OOM kill.
+    let (code, _) = exec(ip, "kill -9 $$");
+    assert_eq!(code, 137);
+    assert_eq!(
+        rt.status(&id).await.unwrap().unwrap().oom_kills,
+        status.oom_kills
+    );
+    rt.destroy(&id).await.expect("destroy");
+    assert_no_trace(&rt, &id, &[], false);
+}
+
+async fn pause_freezes_and_resume_continues(env: &Env) {
+    if !needs_real_daemon(env) {
+        return;
+    }
+    let rt = env.runtime(|_| {});
+    let id = new_id();
+    let status = rt.create(&env.spec(&id)).await.expect("create");
+    let (ip, pid) = (status.ip.unwrap(), status.pid.unwrap());
+    run_ok(
+        ip,
+        "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.02; done' \
+         </dev/null >/dev/null 2>&1 &",
+    );
+    // Read through the sandbox's root from the host: the daemon cannot answer while frozen.
+    let counter = || -> u64 {
+        let path = format!("/proc/{pid}/root/tmp/counter");
+        loop {
+            if let Ok(Ok(v)) = std::fs::read_to_string(&path).map(|t| t.trim().parse()) {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+    let advancing = |from: u64| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while counter() <= from {
+            assert!(Instant::now() < deadline, "counter stuck at {from}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    advancing(0);
+
+    rt.pause(&id).await.expect("pause");
+    assert_eq!(
+        rt.status(&id).await.unwrap().unwrap().state,
+        RuntimeState::Paused
+    );
+    rt.pause(&id).await.expect("pause is idempotent");
+    let frozen_at = counter();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(counter(), frozen_at, "the counter advanced while paused");
+    assert_eq!(rt.status(&id).await.unwrap().unwrap().pid, Some(pid));
+
+    rt.resume(&id).await.expect("resume");
+    assert_eq!(
+        rt.status(&id).await.unwrap().unwrap().state,
+        RuntimeState::Running
+    );
+    advancing(frozen_at);
+    run_ok(ip, "true");
+
+    // start resumes a paused sandbox; stop of a paused sandbox works (gracefully).
+    rt.pause(&id).await.expect("pause");
+    let started = rt.start(&id).await.expect("start a paused sandbox");
+    assert_eq!(
+        (started.state, started.pid),
+        (RuntimeState::Running, Some(pid))
+    );
+    rt.pause(&id).await.expect("pause");
+    let t = Instant::now();
+    rt.stop(&id).await.expect("stop a paused sandbox");
+    println!("  stop of a paused sandbox took {:.1?}", t.elapsed());
+    assert!(matches!(
+        rt.pause(&id).await,
+        Err(RuntimeError::InvalidState { .. })
+    ));
+    assert!(matches!(
+        rt.resume(&id).await,
+        Err(RuntimeError::InvalidState { .. })
+    ));
+    rt.destroy(&id).await.expect("destroy");
+    assert_no_trace(&rt, &id, &[pid], false);
+}
+
+async fn cpu_and_memory_resize_live(env: &Env) {
+    let rt = env.runtime(|_| {});
+    let id = new_id();
+    let before = rt.create(&env.spec(&id)).await.expect("create");
+    let file = |name: &str| {
+        rt.cgroup_dirs(&id)
+            .iter()
+            .map(|d| d.join(name))
+            .find(|p| p.exists())
+            .map(|p| read_to_string(p).trim().to_owned())
+    };
+    let limits = || match file("cpu.cfs_quota_us") {
+        Some(quota) => (quota, file("memory.limit_in_bytes").unwrap()),
+        None => {
+            let max = file("cpu.max").unwrap();
+            (
+                max.split(' ').next().unwrap().to_owned(),
+                file("memory.max").unwrap(),
+            )
+        }
+    };
+    assert_eq!(limits(), ("100000".to_owned(), (1u64 << 30).to_string()));
+    let resize = Resize {
+        cpu: Some(2),
+        memory_gib: Some(2),
+        disk_gib: None,
+    };
+    rt.resize(&id, &resize).await.expect("resize live");
+    assert_eq!(limits(), ("200000".to_owned(), (2u64 << 30).to_string()));
+    assert_eq!(
+        rt.status(&id).await.unwrap(),
+        Some(before.clone()),
+        "still the same run"
+    );
+    rt.resize(
+        &id,
+        &Resize {
+            memory_gib: Some(1),
+            ..Resize::default()
+        },
+    )
+    .await
+    .expect("shrink memory");
+    assert_eq!(limits(), ("200000".to_owned(), (1u64 << 30).to_string()));
+    // The new values survive a restart.
+    rt.stop(&id).await.expect("stop");
+    rt.start(&id).await.expect("start");
+    assert_eq!(limits(), ("200000".to_owned(), (1u64 << 30).to_string()));
+    assert!(matches!(
+        rt.resize("no-such-sandbox", &resize).await,
+        Err(RuntimeError::NotFound(_))
+    ));
+    rt.destroy(&id).await.expect("destroy");
+    assert_no_trace(&rt, &id, &[], false);
+}
+
+/// `disk_gib: 0` means no disk limit: the writable layer is a host directory, as before disk
+/// limits existed (sandboxes from then are adopted this way).
+async fn sandbox_without_disk_limit(env: &Env) {
+    let rt = env.runtime(|_| {});
+    let id = new_id();
+    let mut spec = env.spec(&id);
+    spec.disk_gib = 0;
+    let status = rt.create(&spec).await.expect("create");
+    assert!(!rt.disk_image(&id).exists());
+    std::fs::write(
+        format!("/proc/{}/root/root/marker.txt", status.pid.unwrap()),
+        "kept",
+    )
+    .unwrap();
+    rt.stop(&id).await.expect("stop");
+    assert_eq!(
+        read_to_string(rt.sandbox_dir(&id).join("upper/root/marker.txt")),
+        "kept"
+    );
+    assert!(matches!(
+        rt.resize(
+            &id,
+            &Resize {
+                disk_gib: Some(2),
+                ..Resize::default()
+            }
+        )
+        .await,
+        Err(RuntimeError::InvalidState { .. })
+    ));
+    rt.destroy(&id).await.expect("destroy");
+    assert_no_trace(&rt, &id, &[], false);
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

@@ -4,10 +4,10 @@
 //! runtime executes `<init_exe> __sandbox-init <init.json>` instead; every binary that hosts the
 //! runtime calls [`run_if_requested`] first thing in `main`.
 //!
-//! The init joins the sandbox's cgroups and network namespace, unshares the other namespaces and
-//! clones the sandbox's PID 1 with `CLONE_PARENT`, so PID 1 is a child of the runtime (which
-//! reaps it) rather than of this short-lived process. PID 1 builds the root filesystem and execs
-//! the daemon. This process prints `pid=<host pid>` on stdout, waits until PID 1 has exec'd the
+//! The init mounts the sandbox's disk image (detached), joins the sandbox's cgroups and network
+//! namespace, unshares the other namespaces and clones the sandbox's PID 1 with `CLONE_PARENT`,
+//! so PID 1 is a child of the runtime (which reaps it) rather than of this short-lived process.
+//! PID 1 builds the root filesystem, drops privileges (see `security`) and execs the daemon. This process prints `pid=<host pid>` on stdout, waits until PID 1 has exec'd the
 //! daemon (or reports its setup error on stderr) and exits; the sandbox does not depend on the
 //! runtime's process staying alive.
 
@@ -27,7 +27,11 @@ use nix::unistd::{
 };
 use serde::{Deserialize, Serialize};
 
+use std::os::fd::OwnedFd;
+
+use super::disk;
 use super::rootfs::{self, DAEMON_PATH, HostFiles, StepResult};
+use super::security;
 
 /// `argv[1]` that selects the init entry point.
 pub const INIT_ARG: &str = "__sandbox-init";
@@ -49,6 +53,20 @@ pub struct InitConfig {
     pub workdir: Option<String>,
     /// Complete environment of the daemon.
     pub env: BTreeMap<String, String>,
+    /// The sandbox's disk image, holding `upper` and `work`; `None` without a disk limit.
+    #[serde(default)]
+    pub disk: Option<DiskConfig>,
+    /// Set `no_new_privs` on PID 1 (setuid programs such as `sudo` stop working).
+    #[serde(default)]
+    pub no_new_privs: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DiskConfig {
+    /// ext4 image file.
+    pub image: PathBuf,
+    /// Where PID 1 mounts it (inside its own mount namespace only).
+    pub mountpoint: PathBuf,
 }
 
 /// If this process was started as a sandbox init, performs it and exits; otherwise returns.
@@ -101,7 +119,16 @@ fn run(config_path: PathBuf) -> StepResult {
         .open(&cfg.log)
         .map_err(|e| step(&format!("open {}", cfg.log.display()), &e))?;
 
-    // Cgroups first: the cgroup namespace created below is rooted at the current cgroup.
+    // Before joining the cgroups: their device allow-list has no loop devices.
+    let disk = cfg
+        .disk
+        .as_ref()
+        .map(|d| disk::mount_image(&d.image))
+        .transpose()
+        .map_err(|e| step("mount the disk image", &e))?;
+    let seccomp = security::seccomp_program()?;
+
+    // Cgroups before the cgroup namespace, which is rooted at the current cgroup.
     let me = std::process::id().to_string();
     for procs in &cfg.cgroup_procs {
         std::fs::write(procs, &me).map_err(|e| step(&format!("join {}", procs.display()), &e))?;
@@ -124,12 +151,14 @@ fn run(config_path: PathBuf) -> StepResult {
     let pid = clone_parent().map_err(|e| step("clone", &e))?;
     if pid == 0 {
         drop(errors_r);
-        let Err(e) = sandbox_pid1(&cfg, log);
+        let Err(e) = sandbox_pid1(&cfg, log, disk.as_ref(), &seccomp);
         let _ = File::from(errors_w).write_all(e.as_bytes());
         // SAFETY: _exit in the child ends it without running the parent's exit handlers.
         unsafe { libc::_exit(1) };
     }
     drop(errors_w);
+    // PID 1 has its own copy; ours must not keep the image mounted if PID 1 fails.
+    drop(disk);
     let mut out = std::io::stdout().lock();
     writeln!(out, "pid={pid}")
         .and_then(|()| out.flush())
@@ -152,13 +181,19 @@ fn clone_parent() -> nix::Result<libc::pid_t> {
     }
 }
 
-/// PID 1 of the sandbox: builds the root filesystem and becomes the daemon.
-fn sandbox_pid1(cfg: &InitConfig, log: File) -> StepResult<Infallible> {
+/// PID 1 of the sandbox: builds the root filesystem, gives up privileges and becomes the daemon.
+fn sandbox_pid1(
+    cfg: &InitConfig,
+    log: File,
+    disk: Option<&OwnedFd>,
+    seccomp: &seccompiler::BpfProgram,
+) -> StepResult<Infallible> {
     // Its own session: signals aimed at the runtime's process group must not reach the sandbox.
     setsid().map_err(|e| format!("setsid: {e}"))?;
     umask(Mode::from_bits_truncate(0o022));
     let host = HostFiles::open(&cfg.daemon_bin)?;
-    rootfs::enter_overlay(&cfg.lower, &cfg.upper, &cfg.work, &cfg.rootfs)?;
+    let disk = disk.zip(cfg.disk.as_ref().map(|d| d.mountpoint.as_path()));
+    rootfs::enter_overlay(&cfg.lower, &cfg.upper, &cfg.work, &cfg.rootfs, disk)?;
     rootfs::mount_system(&host)?;
     drop(host);
     rootfs::write_etc(&cfg.hostname, cfg.ip, cfg.gateway)?;
@@ -181,6 +216,13 @@ fn sandbox_pid1(cfg: &InitConfig, log: File) -> StepResult<Infallible> {
     dup2_stdin(&null).map_err(|e| format!("dup2 stdin: {e}"))?;
     dup2_stdout(&log).map_err(|e| format!("dup2 stdout: {e}"))?;
     dup2_stderr(&log).map_err(|e| format!("dup2 stderr: {e}"))?;
+    // Last, in this order: dropping capabilities needs CAP_SETPCAP, and installing a filter
+    // without no_new_privs needs CAP_SYS_ADMIN, which stays effective until the execve.
+    security::drop_capabilities()?;
+    if cfg.no_new_privs {
+        security::set_no_new_privs()?;
+    }
+    security::install_seccomp(seccomp)?;
     let e = execve(&argv[0], &argv, &envp).unwrap_err();
     Err(format!("exec {DAEMON_PATH}: {e}"))
 }

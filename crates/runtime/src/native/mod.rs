@@ -5,8 +5,10 @@
 //! process tree whose PID 1 is the toolbox daemon. Sandboxes outlive the runtime's process;
 //! everything needed to find them again is in the state file or derived from the id.
 //!
-//! Stop keeps the upper dir and the IP allocation (the address is released only by destroy) but
-//! removes the netns, veth and cgroups, so a stopped sandbox costs nothing but disk.
+//! Stop keeps the writable layer (the disk image) and the IP allocation (the address is released
+//! only by destroy) but removes the netns, veth and cgroups, so a stopped sandbox costs nothing
+//! but disk. Isolation (capabilities, seccomp, masked kernel files, devices) is described in
+//! `security` and `rootfs`; the disk limit in `disk`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
@@ -21,18 +23,22 @@ use nix::sys::signal::Signal;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
-use crate::{DAEMON_PORT, Result, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus};
+use crate::{
+    DAEMON_PORT, Resize, Result, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus,
+};
 
 pub mod cgroup;
+mod disk;
 pub mod init;
 pub mod network;
 mod process;
 mod rootfs;
+pub mod security;
 mod state;
 
 use cgroup::{Cgroups, Limits};
 pub use init::run_if_requested;
-use init::{INIT_ARG, InitConfig};
+use init::{DiskConfig, INIT_ARG, InitConfig};
 use network::Network;
 pub use network::{Ipv4Cidr, NetNames};
 use process::ProcessIdentity;
@@ -63,11 +69,14 @@ pub struct NativeConfig {
     pub stop_timeout: Duration,
     /// Per-sandbox process limit (`pids.max`); 0 means unlimited.
     pub pids_max: u64,
+    /// Set `no_new_privs` on every sandbox: setuid programs and file capabilities no longer
+    /// grant privileges. Off by default, as in Docker: images (ours included) use `sudo`.
+    pub no_new_privs: bool,
 }
 
 impl NativeConfig {
     /// Defaults: init = this executable, bridge `daytona0`, subnet 100.100.0.0/16, daemon timeout
-    /// 60 s, stop grace 10 s, 4096 processes.
+    /// 60 s, stop grace 10 s, 4096 processes, `no_new_privs` off.
     pub fn new(state_dir: impl Into<PathBuf>, daemon_bin: impl Into<PathBuf>) -> Self {
         NativeConfig {
             state_dir: state_dir.into(),
@@ -78,6 +87,7 @@ impl NativeConfig {
             daemon_start_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(10),
             pids_max: 4096,
+            no_new_privs: false,
         }
     }
 }
@@ -159,9 +169,9 @@ impl NativeRuntime {
         self.inner.cgroups.dirs(id)
     }
 
-    /// The sandbox's writable layer, kept across stop/start.
-    pub fn upper_dir(&self, id: &str) -> PathBuf {
-        self.inner.paths(id).upper
+    /// The sandbox's disk image (exists for sandboxes with a disk limit until destroy).
+    pub fn disk_image(&self, id: &str) -> PathBuf {
+        self.inner.paths(id).disk_image
     }
 
     /// The sandbox's directory under the state dir.
@@ -224,6 +234,7 @@ impl NativeRuntime {
             state: RuntimeState::Running,
             ip: Some(ip),
             pid: Some(process.pid),
+            oom_kills: 0,
         })
     }
 
@@ -361,13 +372,15 @@ impl Runtime for NativeRuntime {
             .inner
             .load(id)?
             .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
-        if let Some(p) = state.process.as_ref().filter(|p| p.is_alive()) {
-            return Ok(SandboxStatus {
-                id: id.to_owned(),
-                state: RuntimeState::Running,
-                ip: Some(state.ip),
-                pid: Some(p.pid),
-            });
+        if state.process.as_ref().is_some_and(|p| p.is_alive()) {
+            // Already up; a paused sandbox is resumed (start means "make it run").
+            let owned = id.to_owned();
+            return self
+                .blocking(move |inner| {
+                    inner.thaw(&owned)?;
+                    inner.status(&owned)?.ok_or(RuntimeError::NotFound(owned))
+                })
+                .await;
         }
         match self.launch(state).await {
             Ok(status) => Ok(status),
@@ -408,26 +421,43 @@ impl Runtime for NativeRuntime {
 
     async fn status(&self, id: &str) -> Result<Option<SandboxStatus>> {
         validate_id(id)?;
-        let Some(state) = self.inner.load(id)? else {
-            return Ok(None);
-        };
-        let running = state.process.as_ref().filter(|p| {
-            let alive = p.is_alive();
-            if !alive {
-                p.reap();
-            }
-            alive
-        });
-        Ok(Some(SandboxStatus {
-            id: id.to_owned(),
-            state: if running.is_some() {
-                RuntimeState::Running
-            } else {
-                RuntimeState::Stopped
-            },
-            ip: Some(state.ip),
-            pid: running.map(|p| p.pid),
-        }))
+        self.inner.status(id)
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let _guard = self.lock(id).await;
+        let id = id.to_owned();
+        self.blocking(move |inner| {
+            inner.running_state(&id, "pause")?;
+            inner
+                .cgroups
+                .freeze(&id)
+                .map_err(|e| RuntimeError::io(format!("freeze sandbox {id}"), e))
+        })
+        .await
+    }
+
+    async fn resume(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let _guard = self.lock(id).await;
+        let id = id.to_owned();
+        self.blocking(move |inner| {
+            inner.running_state(&id, "resume")?;
+            inner.thaw(&id)
+        })
+        .await
+    }
+
+    async fn resize(&self, id: &str, resize: &Resize) -> Result<()> {
+        validate_id(id)?;
+        let _guard = self.lock(id).await;
+        let (id, resize) = (id.to_owned(), *resize);
+        self.blocking(move |inner| inner.resize(&id, &resize)).await
+    }
+
+    fn backend(&self) -> &'static str {
+        "native"
     }
 }
 
@@ -451,7 +481,108 @@ impl Inner {
             .collect())
     }
 
-    /// Creates the sandbox directory and state with a fresh address.
+    fn status(&self, id: &str) -> Result<Option<SandboxStatus>> {
+        let Some(state) = self.load(id)? else {
+            return Ok(None);
+        };
+        let running = state.process.as_ref().filter(|p| {
+            let alive = p.is_alive();
+            if !alive {
+                p.reap();
+            }
+            alive
+        });
+        let frozen = running.is_some()
+            && self
+                .cgroups
+                .is_frozen(id)
+                .map_err(|e| RuntimeError::io("read freezer state", e))?;
+        // The counter outlives a sandbox that died on its own: its cgroups stay until the
+        // next stop, start or destroy.
+        let oom_kills = self
+            .cgroups
+            .oom_kills(id)
+            .map_err(|e| RuntimeError::io("read OOM kill count", e))?
+            .unwrap_or(0);
+        Ok(Some(SandboxStatus {
+            id: id.to_owned(),
+            state: match (running, frozen) {
+                (None, _) => RuntimeState::Stopped,
+                (Some(_), true) => RuntimeState::Paused,
+                (Some(_), false) => RuntimeState::Running,
+            },
+            ip: Some(state.ip),
+            pid: running.map(|p| p.pid),
+            oom_kills,
+        }))
+    }
+
+    /// The state of a sandbox whose PID 1 is alive, or why `operation` cannot proceed.
+    fn running_state(&self, id: &str, operation: &str) -> Result<SandboxState> {
+        let state = self
+            .load(id)?
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        if !state.process.as_ref().is_some_and(|p| p.is_alive()) {
+            return Err(RuntimeError::InvalidState {
+                id: id.to_owned(),
+                reason: format!("cannot {operation}: the sandbox is not running"),
+            });
+        }
+        Ok(state)
+    }
+
+    fn thaw(&self, id: &str) -> Result<()> {
+        self.cgroups
+            .thaw(id)
+            .map_err(|e| RuntimeError::io(format!("thaw sandbox {id}"), e))
+    }
+
+    fn resize(&self, id: &str, resize: &Resize) -> Result<()> {
+        let paths = self.paths(id);
+        let mut state = self
+            .load(id)?
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        let running = state.process.as_ref().is_some_and(|p| p.is_alive());
+        let invalid = |reason: String| RuntimeError::InvalidState {
+            id: id.to_owned(),
+            reason,
+        };
+        if let Some(gib) = resize.disk_gib.filter(|g| *g != state.spec.disk_gib) {
+            if running {
+                return Err(invalid(
+                    "the disk can only be resized while the sandbox is stopped".to_owned(),
+                ));
+            }
+            if !state.disk_image || gib == 0 {
+                return Err(invalid(format!(
+                    "cannot change the disk from {} GiB to {gib} GiB: only a sandbox created \
+                     with a disk size can be resized, and not to unlimited (0)",
+                    state.spec.disk_gib
+                )));
+            }
+            disk::wait_detached(&paths.disk_image, KILL_TIMEOUT)
+                .and_then(|()| disk::resize_image(&paths.disk_image, gib))
+                .map_err(|e| RuntimeError::io(format!("resize the disk to {gib} GiB"), e))?;
+            state.spec.disk_gib = gib;
+        }
+        let cpu = resize.cpu.unwrap_or(state.spec.cpu);
+        let memory_gib = resize.memory_gib.unwrap_or(state.spec.memory_gib);
+        if running && (cpu, memory_gib) != (state.spec.cpu, state.spec.memory_gib) {
+            let limits = Limits::new(cpu, memory_gib, self.config.pids_max);
+            self.cgroups
+                .set_limits(id, &limits)
+                .map_err(|e| RuntimeError::io("change cgroup limits", e))?;
+        }
+        state.spec.cpu = cpu;
+        state.spec.memory_gib = memory_gib;
+        paths
+            .save(&state)
+            .map_err(|e| RuntimeError::io("save sandbox state", e))?;
+        info!(sandbox = %id, cpu, memory_gib, disk_gib = state.spec.disk_gib, "sandbox resized");
+        Ok(())
+    }
+
+    /// Creates the sandbox directory, its disk image and its state with a fresh address.
     fn prepare_create(&self, spec: SandboxSpec) -> Result<SandboxState> {
         let paths = self.paths(&spec.id);
         if paths.state.exists() {
@@ -461,9 +592,21 @@ impl Inner {
             // A create that crashed before writing its state: start from scratch.
             self.destroy(&spec.id)?;
         }
-        for dir in [&paths.dir, &paths.upper, &paths.work, &paths.rootfs] {
+        let disk_image = spec.disk_gib > 0;
+        let (upper, work) = paths.layer(disk_image);
+        let dirs = if disk_image {
+            vec![&paths.dir, &paths.disk_mount, &paths.rootfs]
+        } else {
+            vec![&paths.dir, &upper, &work, &paths.rootfs]
+        };
+        for dir in dirs {
             std::fs::create_dir_all(dir)
                 .map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
+        }
+        if disk_image {
+            disk::create_image(&paths.disk_image, spec.disk_gib).map_err(|e| {
+                RuntimeError::io(format!("create a {} GiB disk image", spec.disk_gib), e)
+            })?;
         }
         let _allocation = self.allocation.lock().expect("allocation lock poisoned");
         let used: HashSet<Ipv4Addr> = self
@@ -484,6 +627,7 @@ impl Inner {
             spec,
             ip,
             process: None,
+            disk_image,
         };
         paths
             .save(&state)
@@ -497,10 +641,33 @@ impl Inner {
         let id = &state.spec.id;
         let paths = self.paths(id);
         self.terminate(id, state.process.as_ref(), None)?;
-        for dir in [&paths.upper, &paths.work, &paths.rootfs] {
+        let (upper, work) = paths.layer(state.disk_image);
+        let dirs = if state.disk_image {
+            vec![&paths.disk_mount, &paths.rootfs]
+        } else {
+            vec![&upper, &work, &paths.rootfs]
+        };
+        for dir in dirs {
             std::fs::create_dir_all(dir)
                 .map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
         }
+        let disk = if state.disk_image {
+            if !paths.disk_image.is_file() {
+                return Err(RuntimeError::StartFailed {
+                    id: id.clone(),
+                    reason: format!("disk image {} is missing", paths.disk_image.display()),
+                });
+            }
+            // The previous run's filesystem must be gone before the image is mounted again.
+            disk::wait_detached(&paths.disk_image, KILL_TIMEOUT)
+                .map_err(|e| RuntimeError::io("wait for the previous run's disk", e))?;
+            Some(DiskConfig {
+                image: paths.disk_image.clone(),
+                mountpoint: paths.disk_mount.clone(),
+            })
+        } else {
+            None
+        };
         if !self.config.daemon_bin.is_file() {
             return Err(RuntimeError::Other(format!(
                 "daemon binary {} not found",
@@ -538,8 +705,8 @@ impl Inner {
         let init = InitConfig {
             hostname: id.chars().take(63).collect(),
             lower: spec.image_rootfs.clone(),
-            upper: paths.upper.clone(),
-            work: paths.work.clone(),
+            upper,
+            work,
             rootfs: paths.rootfs.clone(),
             daemon_bin: self.config.daemon_bin.clone(),
             log: paths.log.clone(),
@@ -549,6 +716,8 @@ impl Inner {
             gateway: self.config.subnet.gateway(),
             workdir: spec.workdir.clone(),
             env,
+            disk,
+            no_new_privs: self.config.no_new_privs,
         };
         let json = serde_json::to_vec_pretty(&init)
             .map_err(|e| RuntimeError::Other(format!("encode init config: {e}")))?;
@@ -569,6 +738,8 @@ impl Inner {
             && p.is_alive()
             && p.catches(Signal::SIGTERM)
         {
+            // A paused sandbox must run to shut down gracefully.
+            self.thaw(id)?;
             p.signal(Signal::SIGTERM);
             if p.wait_exit(grace) {
                 debug!(sandbox = %id, "PID 1 exited after SIGTERM");

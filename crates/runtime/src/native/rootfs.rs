@@ -1,6 +1,7 @@
 //! The sandbox's root filesystem, assembled by its PID 1 inside its own mount namespace: an
-//! overlay (shared read-only image + per-sandbox upper dir), `/proc`, a minimal `/dev`,
-//! read-only `/sys`, the daemon binary, then `pivot_root`.
+//! overlay (shared read-only image + per-sandbox upper dir, on the sandbox's disk image when it
+//! has one), `/proc` and `/sys` with host-revealing files masked and kernel knobs read-only, a
+//! minimal `/dev`, the daemon binary, then `pivot_root`.
 //!
 //! Nothing is mounted in the host's namespace, so nothing can leak there. Files inside the
 //! sandbox (`/etc/hosts`, mount targets) are written only after `pivot_root`: the upper dir is
@@ -24,6 +25,34 @@ pub const DAEMON_PATH: &str = "/usr/local/bin/daytona-daemon";
 
 /// Device nodes bind-mounted from the host into the sandbox's `/dev`.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Kernel files that leak host information or accept dangerous writes, hidden as Docker hides
+/// them (files behind `/dev/null`, directories behind an empty read-only tmpfs), plus the
+/// host's DMI data (serial numbers, product UUID). Missing paths are skipped.
+const MASKED_PATHS: [&str; 13] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+    "/sys/class/dmi",
+    "/sys/devices/virtual/dmi",
+];
+
+/// Kernel interfaces the sandbox may read but not write (`/sys` as a whole is read-only).
+const READ_ONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Error from one setup step, carrying which step failed.
 pub type StepResult<T = ()> = Result<T, String>;
@@ -147,7 +176,15 @@ fn attach(tree: &OwnedFd, target: &str) -> StepResult {
 }
 
 /// Mounts the overlay on `rootfs` and makes it the root. Must run in a fresh mount namespace.
-pub fn enter_overlay(lower: &Path, upper: &Path, work: &Path, rootfs: &Path) -> StepResult {
+/// With `disk` (a detached mount of the sandbox's disk image and where to attach it), `upper`
+/// and `work` live on that filesystem and are created there on first use.
+pub fn enter_overlay(
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    rootfs: &Path,
+    disk: Option<(&OwnedFd, &Path)>,
+) -> StepResult {
     // Nothing we mount may propagate back to the host's namespace.
     step(
         || "make mounts private".to_owned(),
@@ -159,19 +196,36 @@ pub fn enter_overlay(lower: &Path, upper: &Path, work: &Path, rootfs: &Path) -> 
             None::<&str>,
         ),
     )?;
+    if let Some((tree, mountpoint)) = disk {
+        let mountpoint = mountpoint
+            .to_str()
+            .ok_or_else(|| format!("non-UTF-8 path {}", mountpoint.display()))?;
+        attach(tree, mountpoint)?;
+        for dir in [upper, work] {
+            step(
+                || format!("mkdir {}", dir.display()),
+                fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(dir),
+            )?;
+        }
+    }
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
         lower.display(),
         upper.display(),
         work.display()
     );
+    // nodev: device nodes the sandbox creates (it keeps CAP_MKNOD, as in Docker) cannot be
+    // opened; the usable ones are bind-mounted into /dev.
     step(
         || format!("mount overlay on {}", rootfs.display()),
         mount(
             Some("overlay"),
             rootfs,
             Some("overlay"),
-            MsFlags::empty(),
+            MsFlags::MS_NODEV,
             Some(options.as_str()),
         ),
     )?;
@@ -204,7 +258,7 @@ pub fn mount_system(host: &HostFiles) -> StepResult {
         "tmpfs",
         "/dev",
         "tmpfs",
-        MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_STRICTATIME,
         Some("mode=755,size=65536k"),
     )?;
     for (name, fd) in &host.devices {
@@ -246,6 +300,7 @@ pub fn mount_system(host: &HostFiles) -> StepResult {
         nosuid_nodev | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY,
         None,
     )?;
+    hide_kernel_files()?;
 
     mkdir_p("/usr/local/bin")?;
     touch(DAEMON_PATH)?;
@@ -254,6 +309,49 @@ pub fn mount_system(host: &HostFiles) -> StepResult {
         DAEMON_PATH,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
     )
+}
+
+/// Masks [`MASKED_PATHS`] and makes [`READ_ONLY_PATHS`] read-only. Needs `/proc`, `/sys` and
+/// `/dev/null` mounted. The sandbox cannot undo any of it: it has no `CAP_SYS_ADMIN` and
+/// seccomp refuses every mount syscall.
+fn hide_kernel_files() -> StepResult {
+    let locked = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    for path in MASKED_PATHS {
+        let Ok(meta) = fs::metadata(path) else {
+            continue;
+        };
+        if meta.is_dir() {
+            mount_fs("tmpfs", path, "tmpfs", locked | MsFlags::MS_RDONLY, None)?;
+        } else {
+            step(
+                || format!("mask {path}"),
+                mount(
+                    Some("/dev/null"),
+                    path,
+                    None::<&str>,
+                    MsFlags::MS_BIND,
+                    None::<&str>,
+                ),
+            )?;
+        }
+    }
+    for path in READ_ONLY_PATHS {
+        if fs::symlink_metadata(path).is_err() {
+            continue;
+        }
+        step(
+            || format!("bind {path}"),
+            mount(
+                Some(path),
+                path,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REC,
+                None::<&str>,
+            ),
+        )?;
+        restrict(path, locked | MsFlags::MS_RDONLY)?;
+    }
+    Ok(())
 }
 
 /// Name resolution that never leaves the machine on its own: the sandbox's name resolves

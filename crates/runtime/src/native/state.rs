@@ -1,8 +1,10 @@
 //! Per-sandbox directory layout and the persisted state file.
 //!
-//! `<state_dir>/sandboxes/<id>/`: `state.json`, `upper/` and `work/` (overlay), `rootfs/` (the
-//! overlay mount point, mounted only inside the sandbox's mount namespace), `init.json` (what
-//! the init process is told) and `daemon.log` (the daemon's stdout/stderr).
+//! `<state_dir>/sandboxes/<id>/`: `state.json`; the writable layer, either `disk.img` (an ext4
+//! image holding `upper/` and `work/`, mounted on `disk/` inside the sandbox's mount namespace
+//! only) or, without a disk limit, `upper/` and `work/` directly; `rootfs/` (the overlay mount
+//! point, mounted only inside the sandbox's mount namespace); `init.json` (what the init
+//! process is told) and `daemon.log` (the daemon's stdout/stderr).
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -20,6 +22,10 @@ pub struct SandboxState {
     pub ip: Ipv4Addr,
     /// The sandbox's PID 1 while it runs.
     pub process: Option<ProcessIdentity>,
+    /// The writable layer lives on `disk.img`. Sandboxes without a disk limit, and those
+    /// created before disk limits existed, keep it in `upper/` on the host's filesystem.
+    #[serde(default)]
+    pub disk_image: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -31,6 +37,10 @@ pub struct SandboxPaths {
     pub rootfs: PathBuf,
     pub init_config: PathBuf,
     pub log: PathBuf,
+    /// ext4 image with the writable layer (sandboxes with a disk limit).
+    pub disk_image: PathBuf,
+    /// Where the sandbox's PID 1 mounts the image, inside its own mount namespace.
+    pub disk_mount: PathBuf,
 }
 
 impl SandboxPaths {
@@ -43,7 +53,19 @@ impl SandboxPaths {
             rootfs: dir.join("rootfs"),
             init_config: dir.join("init.json"),
             log: dir.join("daemon.log"),
+            disk_image: dir.join("disk.img"),
+            disk_mount: dir.join("disk"),
             dir,
+        }
+    }
+
+    /// Overlay upper and work dirs: on the disk image's filesystem (paths valid only inside the
+    /// sandbox's mount namespace), or on the host's.
+    pub fn layer(&self, on_disk_image: bool) -> (PathBuf, PathBuf) {
+        if on_disk_image {
+            (self.disk_mount.join("upper"), self.disk_mount.join("work"))
+        } else {
+            (self.upper.clone(), self.work.clone())
         }
     }
 

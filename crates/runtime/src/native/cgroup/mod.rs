@@ -36,9 +36,41 @@ impl Limits {
     }
 }
 
+/// Devices a sandbox may open (cgroup v1 `devices.allow` syntax), as in Docker's default minus
+/// `/dev/console` (sandboxes have none): creating any node is allowed (`m`), opening only null,
+/// zero, full, random, urandom, tty, ptmx and the pty slaves.
+///
+/// On cgroup v2 the same list would need a BPF device program; there the sandbox relies on its
+/// mounts alone: every filesystem it can write to is mounted `nodev`, so a node it creates
+/// cannot be opened, and the only usable nodes are the ones bind-mounted into its `/dev`.
+pub const ALLOWED_DEVICES: [&str; 10] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
+
 pub trait Cgroups: Send + Sync + std::fmt::Debug {
     /// Creates the sandbox's cgroup(s) if missing and (re)applies `limits`.
     fn create(&self, id: &str, limits: &Limits) -> io::Result<()>;
+    /// Changes the limits of existing cgroups (live resize). Lowering memory below what the
+    /// sandbox uses fails with `EBUSY` on v1 after the kernel tried to reclaim.
+    fn set_limits(&self, id: &str, limits: &Limits) -> io::Result<()>;
+    /// How many processes the kernel's OOM killer has killed in the sandbox since its cgroups
+    /// were created (i.e. since it last started); `None` if it has no cgroups.
+    fn oom_kills(&self, id: &str) -> io::Result<Option<u64>>;
+    /// Stops every process of the sandbox (the freezer); returns once all are frozen.
+    fn freeze(&self, id: &str) -> io::Result<()>;
+    /// Undoes [`Cgroups::freeze`]; a no-op for a sandbox that is not frozen or has no cgroups.
+    fn thaw(&self, id: &str) -> io::Result<()>;
+    /// Whether the sandbox's processes are frozen.
+    fn is_frozen(&self, id: &str) -> io::Result<bool>;
     /// `cgroup.procs` files a process writes its PID into to join every hierarchy.
     fn procs_files(&self, id: &str) -> Vec<PathBuf>;
     /// Directories that exist for the sandbox while it has cgroups (used by leak checks too).
@@ -116,6 +148,52 @@ fn remove_dir(dir: &Path) -> io::Result<()> {
     }
 }
 
+/// Reads the counter `key` from a flat-keyed control file (`memory.events`,
+/// `memory.oom_control`); a missing file means no cgroup.
+fn read_counter(path: &Path, key: &str) -> io::Result<Option<u64>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(
+        text.lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.trim().parse().ok())
+            .unwrap_or(0),
+    ))
+}
+
+/// Polls `done` every 2 ms until it holds or `timeout` passes.
+fn wait_until(
+    what: &str,
+    timeout: Duration,
+    mut done: impl FnMut() -> io::Result<bool>,
+) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while !done()? {
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{what} did not happen within {timeout:?}"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}
+
+fn no_cgroup(id: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("sandbox {id} has no cgroup (not running)"),
+    )
+}
+
+/// How long the freezer may take to stop every task.
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Writes a control file, naming it in the error.
 fn write_file(path: &Path, value: &str) -> io::Result<()> {
     std::fs::write(path, value).map_err(|e| {
@@ -129,6 +207,21 @@ fn write_file(path: &Path, value: &str) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counters_are_read_by_key() {
+        let dir = std::env::temp_dir().join(format!("dt-counter-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("memory.events");
+        std::fs::write(&file, "low 0\nhigh 0\nmax 4\noom 2\noom_kill 2\n").unwrap();
+        assert_eq!(read_counter(&file, "oom_kill").unwrap(), Some(2));
+        assert_eq!(read_counter(&file, "oom_group_kill").unwrap(), Some(0));
+        assert_eq!(
+            read_counter(&dir.join("missing"), "oom_kill").unwrap(),
+            None
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn limits_from_api_units() {

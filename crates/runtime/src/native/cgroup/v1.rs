@@ -2,15 +2,16 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::{
-    CPU_PERIOD_US, Cgroups, Limits, kill_until_empty, read_pids, remove_dir, sigkill, write_file,
+    ALLOWED_DEVICES, CPU_PERIOD_US, Cgroups, FREEZE_TIMEOUT, Limits, kill_until_empty, no_cgroup,
+    read_counter, read_pids, remove_dir, sigkill, wait_until, write_file,
 };
 
-/// Controllers a sandbox joins: the three we limit, plus the freezer so a kill cannot race
-/// with forks.
-const CONTROLLERS: [&str; 4] = ["cpu", "memory", "pids", "freezer"];
+/// Controllers a sandbox joins: the three we limit, the freezer (pause, and kills that cannot
+/// race with forks) and the device allow-list.
+const CONTROLLERS: [&str; 5] = ["cpu", "memory", "pids", "freezer", "devices"];
 
 #[derive(Debug)]
 pub struct CgroupV1 {
@@ -57,16 +58,27 @@ impl CgroupV1 {
         Ok(())
     }
 
-    fn freeze(dir: &Path, state: &str) -> io::Result<()> {
+    fn set_freezer(dir: &Path, state: &str) -> io::Result<()> {
         write_file(&dir.join("freezer.state"), state)?;
         if state == "FROZEN" {
             // Freezing is asynchronous: FREEZING until every task has stopped.
-            let deadline = Instant::now() + Duration::from_secs(1);
-            while std::fs::read_to_string(dir.join("freezer.state"))?.trim() != "FROZEN"
-                && Instant::now() < deadline
-            {
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            wait_until("freezing", FREEZE_TIMEOUT, || {
+                Ok(std::fs::read_to_string(dir.join("freezer.state"))?.trim() == "FROZEN")
+            })?;
+        }
+        Ok(())
+    }
+
+    /// The sandbox's freezer cgroup, if the host has the controller and the sandbox runs.
+    fn freezer(&self, id: &str) -> Option<PathBuf> {
+        self.dir("freezer", id).filter(|d| d.exists())
+    }
+
+    /// Deny every device, then allow the list (a fresh cgroup inherits "allow all").
+    fn restrict_devices(dir: &Path) -> io::Result<()> {
+        write_file(&dir.join("devices.deny"), "a")?;
+        for rule in ALLOWED_DEVICES {
+            write_file(&dir.join("devices.allow"), rule)?;
         }
         Ok(())
     }
@@ -78,6 +90,19 @@ impl Cgroups for CgroupV1 {
             let dir = parent.join(id);
             std::fs::create_dir_all(&dir)
                 .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
+            if *controller == "devices" {
+                Self::restrict_devices(&dir)?;
+            }
+        }
+        self.set_limits(id, limits)
+    }
+
+    fn set_limits(&self, id: &str, limits: &Limits) -> io::Result<()> {
+        for (controller, parent) in &self.hierarchies {
+            let dir = parent.join(id);
+            if !dir.exists() {
+                return Err(no_cgroup(id));
+            }
             match *controller {
                 "cpu" => {
                     write_file(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
@@ -114,17 +139,54 @@ impl Cgroups for CgroupV1 {
         let Some(any) = self.hierarchies.first().map(|(_, p)| p.join(id)) else {
             return Ok(());
         };
-        let freezer = self.dir("freezer", id).filter(|d| d.exists());
+        let freezer = self.freezer(id);
         if let Some(dir) = &freezer {
-            Self::freeze(dir, "FROZEN")?;
+            Self::set_freezer(dir, "FROZEN")?;
         }
         // Frozen tasks cannot fork; SIGKILL is queued and acts when they thaw.
         let procs = freezer.as_ref().unwrap_or(&any).join("cgroup.procs");
         sigkill(&read_pids(&procs)?);
         if let Some(dir) = &freezer {
-            Self::freeze(dir, "THAWED")?;
+            Self::set_freezer(dir, "THAWED")?;
         }
         kill_until_empty(&procs, timeout)
+    }
+
+    fn oom_kills(&self, id: &str) -> io::Result<Option<u64>> {
+        match self.dir("memory", id) {
+            // `oom_kill` in memory.oom_control exists since Linux 4.13.
+            Some(dir) => read_counter(&dir.join("memory.oom_control"), "oom_kill"),
+            None => Ok(None),
+        }
+    }
+
+    fn freeze(&self, id: &str) -> io::Result<()> {
+        if self.dir("freezer", id).is_none() {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "the host has no cgroup v1 freezer controller",
+            ));
+        }
+        let dir = self.freezer(id).ok_or_else(|| no_cgroup(id))?;
+        Self::set_freezer(&dir, "FROZEN")
+    }
+
+    fn thaw(&self, id: &str) -> io::Result<()> {
+        match self.freezer(id) {
+            Some(dir) => Self::set_freezer(&dir, "THAWED"),
+            None => Ok(()),
+        }
+    }
+
+    fn is_frozen(&self, id: &str) -> io::Result<bool> {
+        let Some(dir) = self.freezer(id) else {
+            return Ok(false);
+        };
+        match std::fs::read_to_string(dir.join("freezer.state")) {
+            Ok(state) => Ok(state.trim() != "THAWED"),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     fn remove(&self, id: &str) -> io::Result<()> {

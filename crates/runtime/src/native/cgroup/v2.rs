@@ -4,7 +4,10 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::{CPU_PERIOD_US, Cgroups, Limits, kill_until_empty, remove_dir, write_file};
+use super::{
+    CPU_PERIOD_US, Cgroups, FREEZE_TIMEOUT, Limits, kill_until_empty, no_cgroup, read_counter,
+    remove_dir, wait_until, write_file,
+};
 
 const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
 
@@ -32,6 +35,15 @@ impl CgroupV2 {
         Ok(())
     }
 
+    fn existing(&self, id: &str) -> io::Result<PathBuf> {
+        let dir = self.parent.join(id);
+        if dir.exists() {
+            Ok(dir)
+        } else {
+            Err(no_cgroup(id))
+        }
+    }
+
     fn write_if_present(path: &Path, value: &str) -> io::Result<()> {
         if path.exists() {
             write_file(path, value)
@@ -51,6 +63,11 @@ impl Cgroups for CgroupV2 {
         let dir = self.parent.join(id);
         std::fs::create_dir_all(&dir)
             .map_err(|e| io::Error::new(e.kind(), format!("mkdir {}: {e}", dir.display())))?;
+        self.set_limits(id, limits)
+    }
+
+    fn set_limits(&self, id: &str, limits: &Limits) -> io::Result<()> {
+        let dir = self.existing(id)?;
         let quota = limits
             .cpu_quota_us
             .map_or_else(|| "max".to_owned(), |q| q.to_string());
@@ -90,5 +107,27 @@ impl Cgroups for CgroupV2 {
 
     fn remove(&self, id: &str) -> io::Result<()> {
         remove_dir(&self.parent.join(id))
+    }
+
+    fn oom_kills(&self, id: &str) -> io::Result<Option<u64>> {
+        read_counter(&self.parent.join(id).join("memory.events"), "oom_kill")
+    }
+
+    fn freeze(&self, id: &str) -> io::Result<()> {
+        let dir = self.existing(id)?;
+        write_file(&dir.join("cgroup.freeze"), "1")?;
+        // `frozen 1` appears in cgroup.events once every task has stopped.
+        wait_until("freezing", FREEZE_TIMEOUT, || self.is_frozen(id))
+    }
+
+    fn thaw(&self, id: &str) -> io::Result<()> {
+        match self.existing(id) {
+            Ok(dir) => write_file(&dir.join("cgroup.freeze"), "0"),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn is_frozen(&self, id: &str) -> io::Result<bool> {
+        Ok(read_counter(&self.parent.join(id).join("cgroup.events"), "frozen")? == Some(1))
     }
 }
