@@ -164,6 +164,13 @@ fn main() {
             }
         }
     }
+    // Sandboxes a failed test left behind (its assertions stopped it before destroy).
+    let rt = env.runtime(|_| {});
+    for id in rt.list().unwrap_or_default() {
+        if let Err(e) = runtime.block_on(rt.destroy(&id)) {
+            println!("cleanup of {id} failed: {e}");
+        }
+    }
     let _ = std::fs::remove_dir_all(&state_dir);
     let _ = std::process::Command::new("ip")
         .args(["link", "del", TEST_BRIDGE])

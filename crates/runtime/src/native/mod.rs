@@ -349,9 +349,11 @@ impl Runtime for NativeRuntime {
         let _guard = self.lock(&spec.id).await;
         let spec = spec.clone();
         let id = spec.id.clone();
+        let started = Instant::now();
         let state = self
             .blocking(move |inner| inner.prepare_create(spec))
             .await?;
+        debug!(sandbox = %id, prepare_ms = started.elapsed().as_millis() as u64, "sandbox prepared");
         match self.launch(state).await {
             Ok(status) => Ok(status),
             Err(e) => {
@@ -604,7 +606,8 @@ impl Inner {
                 .map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
         }
         if disk_image {
-            disk::create_image(&paths.disk_image, spec.disk_gib).map_err(|e| {
+            let templates = self.config.state_dir.join("disk-templates");
+            disk::create_image(&paths.disk_image, spec.disk_gib, &templates).map_err(|e| {
                 RuntimeError::io(format!("create a {} GiB disk image", spec.disk_gib), e)
             })?;
         }
@@ -793,9 +796,20 @@ impl Inner {
         let paths = self.paths(id);
         // An unreadable state file must not stop the cleanup: names are derived from the id.
         let process = paths.load().ok().flatten().and_then(|s| s.process);
+        let t = Instant::now();
         self.terminate(id, process.as_ref(), None)?;
+        let terminated = t.elapsed();
         self.release(id)?;
-        match std::fs::remove_dir_all(&paths.dir) {
+        let released = t.elapsed();
+        let removed = std::fs::remove_dir_all(&paths.dir);
+        debug!(
+            sandbox = %id,
+            terminate_ms = terminated.as_millis() as u64,
+            release_ms = (released - terminated).as_millis() as u64,
+            remove_ms = (t.elapsed() - released).as_millis() as u64,
+            "sandbox destroyed"
+        );
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(RuntimeError::io(
