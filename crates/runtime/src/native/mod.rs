@@ -639,11 +639,15 @@ impl Inner {
     }
 
     /// Brings up everything the init needs: cgroups with limits, the network, `init.json`.
-    /// Leftovers of an interrupted run (processes, veth) are removed first.
+    /// Leftovers of an interrupted run (processes, cgroups, veth) are removed first.
     fn provision(&self, state: SandboxState) -> Result<SandboxState> {
         let id = &state.spec.id;
         let paths = self.paths(id);
         self.terminate(id, state.process.as_ref(), None)?;
+        // Fresh cgroups for every run, so counters such as OOM kills start from zero.
+        self.cgroups
+            .remove(id)
+            .map_err(|e| RuntimeError::io("remove the previous run's cgroups", e))?;
         let (upper, work) = paths.layer(state.disk_image);
         let dirs = if state.disk_image {
             vec![&paths.disk_mount, &paths.rootfs]
