@@ -1,0 +1,80 @@
+"""Confinement and limits of the native runtime, seen from inside a sandbox: even root (via sudo)
+holds only Docker's default capabilities, escape routes fail, and the disk and memory sizes hold."""
+
+import pytest
+
+# Docker's default bounding set, as /proc/<pid>/status prints it inside a container.
+DOCKER_DEFAULT_CAPS = "00000000a80425fb"
+
+
+def proc_status(sandbox, as_root: bool) -> dict[str, str]:
+    response = sandbox.process.exec(("sudo -n " if as_root else "") + "cat /proc/self/status")
+    assert response.exit_code == 0, response.result
+    return dict((k, v.strip()) for k, _, v in (line.partition(":") for line in response.result.splitlines()))
+
+
+def test_root_holds_only_dockers_default_capabilities(sandbox):
+    user = proc_status(sandbox, as_root=False)
+    root = proc_status(sandbox, as_root=True)  # sudo works: no_new_privs is off by default
+    assert user["Uid"].split()[0] != "0"
+    assert root["Uid"].split()[0] == "0"
+    for status in (user, root):
+        assert status["CapBnd"] == DOCKER_DEFAULT_CAPS
+        assert status["Seccomp"] == "2"
+        assert status["NoNewPrivs"] == "0"
+    assert root["CapEff"] == DOCKER_DEFAULT_CAPS
+    assert user["CapEff"] == "0000000000000000"
+
+
+def errno_of(sandbox, call: str) -> str:
+    script = f"import ctypes; libc = ctypes.CDLL(None, use_errno=True); print(libc.{call}, ctypes.get_errno())"
+    response = sandbox.process.exec(f"sudo -n python3 -c '{script}'")
+    assert response.exit_code == 0, response.result
+    return response.result.strip()
+
+
+@pytest.mark.parametrize(
+    ("what", "call"),
+    [
+        ("mount", 'mount(b"none", b"/mnt", b"tmpfs", 0, None)'),
+        ("new user namespace", "unshare(0x10000000)"),
+        ("new mount namespace", "unshare(0x00020000)"),
+        ("load a kernel module", 'syscall(313, -1, b"", 0)'),
+        ("kernel keyring", "syscall(250, 0, 0, 0, 0, 0)"),
+        ("set the clock", "syscall(227, 0, 0)"),
+    ],
+)
+def test_escape_syscalls_fail_with_eperm_even_for_root(sandbox, what, call):
+    assert errno_of(sandbox, call) == "-1 1", what
+
+
+def test_kernel_knobs_are_read_only_and_host_files_masked(sandbox):
+    assert sandbox.process.exec("cat /proc/sys/kernel/hostname").exit_code == 0  # positive control
+    response = sandbox.process.exec("echo x | sudo -n tee /proc/sys/kernel/hostname")
+    assert response.exit_code != 0
+    assert "Read-only file system" in response.result
+    for masked in ("/proc/keys", "/proc/timer_list"):
+        assert sandbox.process.exec(f"sudo -n wc -c < {masked}").result.strip() in ("0", ""), masked
+
+
+def test_devices_outside_the_allow_list_cannot_be_opened(sandbox):
+    # CAP_MKNOD is kept (as in Docker): making the node works, opening it must not.
+    assert sandbox.process.exec("sudo -n mknod /tmp/host-mem c 1 1").exit_code == 0
+    assert sandbox.process.exec("sudo -n head -c 1 /tmp/host-mem").exit_code != 0
+    assert sandbox.process.exec("head -c 1 /dev/urandom | wc -c").result.strip() == "1"
+
+
+def test_disk_size_is_enforced(sandbox):
+    size_gib = int(sandbox.process.exec("df --output=size -BG / | tail -n 1").result.strip().rstrip("G"))
+    assert 0 < size_gib <= sandbox.disk, f"df shows {size_gib} GiB for a {sandbox.disk} GiB sandbox"
+    assert sandbox.process.exec("fallocate -l 64M ~/fits && rm ~/fits").exit_code == 0  # positive control
+    response = sandbox.process.exec(f"fallocate -l {sandbox.disk + 1}G ~/too-big")
+    assert response.exit_code != 0
+    assert "No space left on device" in response.result
+
+
+def test_out_of_memory_kill_exits_137(sandbox):
+    over = (int(sandbox.memory) << 30) + (512 << 20)
+    response = sandbox.process.exec(f"python3 -c 'x = b\"a\" * {over}; print(len(x))'", timeout=120)
+    assert response.exit_code == 137, response.result
+    assert sandbox.process.exec("echo alive").result == "alive\n"  # the sandbox survives
