@@ -10,6 +10,7 @@
 //! - `DAYTONA_DAEMON_PATH`: daemon binary; `fake` forces the stand-in. Default: the workspace's
 //!   static release build if present, else the stand-in (needs a glibc rootfs such as Debian's).
 //! - `DAYTONA_BENCH_N`: sandboxes in the timing run (default 10, 0 skips it).
+//! - `DAYTONA_BENCH_DISK_GIB`: their disk size (default 3; 0 = no disk image).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -1233,6 +1234,10 @@ async fn timings(env: &Env) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10);
+    let disk_gib: u32 = std::env::var("DAYTONA_BENCH_DISK_GIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
     if n == 0 {
         return;
     }
@@ -1241,7 +1246,9 @@ async fn timings(env: &Env) {
     let (mut create, mut stop, mut start, mut destroy) = (vec![], vec![], vec![], vec![]);
     for id in &ids {
         let t = Instant::now();
-        rt.create(&env.spec(id)).await.expect("create");
+        let mut spec = env.spec(id);
+        spec.disk_gib = disk_gib;
+        rt.create(&spec).await.expect("create");
         create.push(t.elapsed());
         let t = Instant::now();
         rt.stop(id).await.expect("stop");
@@ -1257,7 +1264,7 @@ async fn timings(env: &Env) {
         assert_no_trace(&rt, id, &[], false);
     }
     println!(
-        "timings over {n} sandboxes (median / max): create-to-ready {:.1?} / {:.1?}, stop {:.1?} / {:.1?}, \
+        "timings over {n} sandboxes with {disk_gib} GiB disks (median / max): create-to-ready {:.1?} / {:.1?}, stop {:.1?} / {:.1?}, \
          start {:.1?} / {:.1?}, destroy (running) {:.1?} / {:.1?}",
         median(create.clone()),
         create.iter().max().unwrap(),
