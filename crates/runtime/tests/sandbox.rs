@@ -1030,6 +1030,32 @@ async fn disk_limit_is_enforced_and_resizable(env: &Env) {
         .expect("shrink an emptied disk");
     let ip = rt.start(&id).await.expect("start").ip.unwrap();
     assert_eq!(run_ok(ip, "cat /root/marker").trim(), "kept");
+    assert!((900..=1024).contains(&size_mib(ip)));
+
+    // A resize interrupted by a crash after growing the file, before resize2fs: the next start
+    // finishes it.
+    rt.stop(&id).await.expect("stop");
+    let marker = rt.sandbox_dir(&id).join("disk.resize");
+    std::fs::write(&marker, "2").unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let ip = rt
+        .start(&id)
+        .await
+        .expect("start finishes the resize")
+        .ip
+        .unwrap();
+    assert!(!marker.exists());
+    let size = size_mib(ip);
+    assert!(
+        (1900..=2048).contains(&size),
+        "df says {size} MiB after recovery"
+    );
+    assert_eq!(run_ok(ip, "cat /root/marker").trim(), "kept");
 
     rt.destroy(&id).await.expect("destroy");
     assert_no_trace(&rt, &id, &[], false);

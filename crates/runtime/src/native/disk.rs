@@ -152,13 +152,10 @@ fn sparse_copy(from: &Path, to: &Path) -> io::Result<()> {
 }
 
 /// Changes the size of an unmounted image to `gib` GiB. Shrinking fails (and changes nothing)
-/// if the files do not fit.
+/// if the files do not fit. Repeating it after an interruption completes the change.
 pub fn resize_image(image: &Path, gib: u32) -> io::Result<()> {
     let new_len = u64::from(gib) * GIB;
     let old_len = std::fs::metadata(image)?.len();
-    if new_len == old_len {
-        return Ok(());
-    }
     // resize2fs insists on a freshly checked filesystem; 1 = errors fixed.
     run(
         "e2fsck",

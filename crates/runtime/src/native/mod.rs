@@ -545,6 +545,9 @@ impl Inner {
             .load(id)?
             .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
         let running = state.process.as_ref().is_some_and(|p| p.is_alive());
+        if !running {
+            self.finish_interrupted_resize(&mut state)?;
+        }
         let invalid = |reason: String| RuntimeError::InvalidState {
             id: id.to_owned(),
             reason,
@@ -562,10 +565,7 @@ impl Inner {
                     state.spec.disk_gib
                 )));
             }
-            disk::wait_detached(&paths.disk_image, KILL_TIMEOUT)
-                .and_then(|()| disk::resize_image(&paths.disk_image, gib))
-                .map_err(|e| RuntimeError::io(format!("resize the disk to {gib} GiB"), e))?;
-            state.spec.disk_gib = gib;
+            self.resize_disk(&mut state, gib)?;
         }
         let cpu = resize.cpu.unwrap_or(state.spec.cpu);
         let memory_gib = resize.memory_gib.unwrap_or(state.spec.memory_gib);
@@ -582,6 +582,44 @@ impl Inner {
             .map_err(|e| RuntimeError::io("save sandbox state", e))?;
         info!(sandbox = %id, cpu, memory_gib, disk_gib = state.spec.disk_gib, "sandbox resized");
         Ok(())
+    }
+
+    /// Resizes the stopped sandbox's disk image to `gib` and records it in the state. A marker
+    /// file holds the target until the state does, so a resize a crash interrupted is finished
+    /// (or reported) before the image is used again.
+    fn resize_disk(&self, state: &mut SandboxState, gib: u32) -> Result<()> {
+        let paths = self.paths(&state.spec.id);
+        std::fs::write(&paths.disk_resize, gib.to_string())
+            .map_err(|e| RuntimeError::io("write the disk resize marker", e))?;
+        let resized = disk::wait_detached(&paths.disk_image, KILL_TIMEOUT)
+            .and_then(|()| disk::resize_image(&paths.disk_image, gib));
+        if let Err(e) = resized {
+            // resize2fs refuses cleanly (e.g. the files do not fit): the image is as it was.
+            let _ = std::fs::remove_file(&paths.disk_resize);
+            return Err(RuntimeError::io(format!("resize the disk to {gib} GiB"), e));
+        }
+        state.spec.disk_gib = gib;
+        paths
+            .save(state)
+            .map_err(|e| RuntimeError::io("save sandbox state", e))?;
+        std::fs::remove_file(&paths.disk_resize)
+            .map_err(|e| RuntimeError::io("remove the disk resize marker", e))
+    }
+
+    /// Completes a disk resize that a crash interrupted (resize2fs to the same size again is
+    /// harmless; e2fsck repairs what it can first).
+    fn finish_interrupted_resize(&self, state: &mut SandboxState) -> Result<()> {
+        let marker = self.paths(&state.spec.id).disk_resize;
+        let Ok(text) = std::fs::read_to_string(&marker) else {
+            return Ok(());
+        };
+        let Ok(gib) = text.trim().parse::<u32>() else {
+            // Torn write of the marker: the resize itself never started.
+            let _ = std::fs::remove_file(&marker);
+            return Ok(());
+        };
+        warn!(sandbox = %state.spec.id, gib, "finishing an interrupted disk resize");
+        self.resize_disk(state, gib)
     }
 
     /// Creates the sandbox directory, its disk image and its state with a fresh address.
@@ -640,10 +678,13 @@ impl Inner {
 
     /// Brings up everything the init needs: cgroups with limits, the network, `init.json`.
     /// Leftovers of an interrupted run (processes, cgroups, veth) are removed first.
-    fn provision(&self, state: SandboxState) -> Result<SandboxState> {
+    fn provision(&self, mut state: SandboxState) -> Result<SandboxState> {
+        self.terminate(&state.spec.id, state.process.as_ref(), None)?;
+        if state.disk_image {
+            self.finish_interrupted_resize(&mut state)?;
+        }
         let id = &state.spec.id;
         let paths = self.paths(id);
-        self.terminate(id, state.process.as_ref(), None)?;
         // Fresh cgroups for every run, so counters such as OOM kills start from zero.
         self.cgroups
             .remove(id)

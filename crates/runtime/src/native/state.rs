@@ -41,6 +41,8 @@ pub struct SandboxPaths {
     pub disk_image: PathBuf,
     /// Where the sandbox's PID 1 mounts the image, inside its own mount namespace.
     pub disk_mount: PathBuf,
+    /// Present while a disk resize is under way; holds the target size in GiB.
+    pub disk_resize: PathBuf,
 }
 
 impl SandboxPaths {
@@ -55,6 +57,7 @@ impl SandboxPaths {
             log: dir.join("daemon.log"),
             disk_image: dir.join("disk.img"),
             disk_mount: dir.join("disk"),
+            disk_resize: dir.join("disk.resize"),
             dir,
         }
     }
