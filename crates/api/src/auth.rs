@@ -88,6 +88,37 @@ pub async fn authenticate(store: &Store, token: &str) -> Result<AuthContext, Api
     })
 }
 
+/// The caller's address for per-client rate limits (`ConnectInfo` of the connection).
+pub fn client_address(extensions: &axum::http::Extensions) -> String {
+    extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// [`authenticate`], counted against the rate limits: per organization when the token is
+/// valid, per client address when it is not.
+pub async fn authenticate_limited(
+    state: &AppState,
+    token: &str,
+    client: &str,
+) -> Result<AuthContext, ApiError> {
+    use crate::rate_limit::Kind;
+    match authenticate(&state.store, token).await {
+        Ok(ctx) => {
+            state
+                .rate_limits
+                .check(Kind::Authenticated, &ctx.organization_id)?;
+            Ok(ctx)
+        }
+        Err(e @ ApiError::Unauthorized(_)) => {
+            state.rate_limits.check(Kind::FailedAuth, client)?;
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
 impl FromRequestParts<AppState> for AuthContext {
     type Rejection = ApiError;
 
@@ -96,30 +127,14 @@ impl FromRequestParts<AppState> for AuthContext {
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
         use crate::rate_limit::Kind;
-        let client = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip().to_string())
-            .unwrap_or_else(|| "unknown".into());
+        let client = client_address(&parts.extensions);
         let Some(token) = bearer(&parts.headers) else {
             state.rate_limits.check(Kind::Anonymous, &client)?;
             return Err(ApiError::Unauthorized(
                 "Missing credentials: send 'Authorization: Bearer <API key>'".into(),
             ));
         };
-        match authenticate(&state.store, token).await {
-            Ok(ctx) => {
-                state
-                    .rate_limits
-                    .check(Kind::Authenticated, &ctx.organization_id)?;
-                Ok(ctx)
-            }
-            Err(e @ ApiError::Unauthorized(_)) => {
-                state.rate_limits.check(Kind::FailedAuth, &client)?;
-                Err(e)
-            }
-            Err(e) => Err(e),
-        }
+        authenticate_limited(state, token, &client).await
     }
 }
 

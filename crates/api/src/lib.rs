@@ -11,6 +11,7 @@ use axum::{Json, Router};
 pub mod api_keys;
 pub mod auth;
 pub mod error;
+pub mod events;
 mod json;
 pub mod quota;
 pub mod rate_limit;
@@ -31,8 +32,10 @@ pub struct AppState {
     pub rate_limits: Arc<rate_limit::RateLimitPolicy>,
 }
 
-/// The API's router; every route lives under `/api`.
+/// The API's router; every route lives under `/api`, including the Socket.IO event gateway.
+/// Must be called inside a Tokio runtime (the gateway spawns its event forwarder).
 pub fn router(state: AppState) -> Router {
+    let events = events::socketio::layer(&state);
     let api = Router::new()
         .route("/health", get(health))
         .merge(sandbox::routes::router())
@@ -43,6 +46,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/api", api)
         .fallback(not_found)
+        .layer(events)
         .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(state)
 }

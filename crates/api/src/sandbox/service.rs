@@ -16,6 +16,7 @@ use daytona_runner::{SandboxRequest, SandboxRunner};
 use super::dto::{CreateSandbox, Sandbox};
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
+use crate::events::{Event, EventBus, InProcessEventBus};
 use crate::quota;
 use crate::snapshot::SnapshotService;
 use crate::store::{SandboxFilter, SandboxRow, Store, now};
@@ -50,6 +51,7 @@ pub struct SandboxService {
     settings: SandboxSettings,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     quota_lock: tokio::sync::Mutex<()>,
+    events: Arc<dyn EventBus>,
 }
 
 fn is_valid_env_key(key: &str) -> bool {
@@ -80,6 +82,34 @@ impl SandboxService {
             settings,
             locks: Mutex::new(HashMap::new()),
             quota_lock: tokio::sync::Mutex::new(()),
+            events: Arc::new(InProcessEventBus::default()),
+        }
+    }
+
+    /// Publishes sandbox events to `bus` instead of this process's own bus.
+    pub fn with_event_bus(mut self, bus: Arc<dyn EventBus>) -> Self {
+        self.events = bus;
+        self
+    }
+
+    pub fn events(&self) -> &Arc<dyn EventBus> {
+        &self.events
+    }
+
+    /// Publishes what changed in the stored sandbox since `before` (state, desired state).
+    /// Called after every state write; events are hints, so failures are only logged.
+    async fn announce(&self, before: &SandboxRow) {
+        match self.store.sandbox_record(&before.id).await {
+            Ok(Some(row)) => {
+                let dto = self.to_dto(row);
+                for event in Event::sandbox_changes(&before.state, &before.desired_state, &dto) {
+                    self.events.publish(event);
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(sandbox = %before.id, error = %e, "could not read sandbox to publish its state")
+            }
         }
     }
 
@@ -258,6 +288,8 @@ impl SandboxService {
         })?;
         drop(quota_guard);
         tracing::info!(sandbox = %id, image = %image_ref, "creating sandbox");
+        self.events
+            .publish(Event::sandbox_created(&self.to_dto(row.clone())));
 
         let request = SandboxRequest {
             id: id.clone(),
@@ -299,10 +331,15 @@ impl SandboxService {
     ) -> ApiResult<Sandbox> {
         let lock = self.lock_for(id);
         let sandbox_id = id.to_string();
+        let this = self.clone();
         let task = tokio::spawn(async move {
             let _guard = lock.lock().await;
+            let before = this.store.sandbox_record(&sandbox_id).await.ok().flatten();
             if let Err(e) = work.await {
                 tracing::error!(sandbox = %sandbox_id, error = %e, "could not record sandbox state");
+            }
+            if let Some(before) = before {
+                this.announce(&before).await;
             }
         });
         let _ = tokio::time::timeout(WAIT_FOR_RUNNER, task).await;
@@ -356,6 +393,7 @@ impl SandboxService {
         let id = row.id.clone();
         self.store.set_sandbox_desired_state(&id, "started").await?;
         self.store.set_sandbox_state(&id, "starting", None).await?;
+        self.announce(&row).await;
         let this = self.clone();
         let sid = id.clone();
         self.run_transition(&id, async move {
@@ -391,6 +429,7 @@ impl SandboxService {
         let id = row.id.clone();
         self.store.set_sandbox_desired_state(&id, "stopped").await?;
         self.store.set_sandbox_state(&id, "stopping", None).await?;
+        self.announce(&row).await;
         let this = self.clone();
         let sid = id.clone();
         let sandbox = self
@@ -427,6 +466,7 @@ impl SandboxService {
         self.store
             .set_sandbox_state(&id, "destroying", None)
             .await?;
+        self.announce(&row).await;
         let this = self.clone();
         let sid = id.clone();
         self.run_transition(&id, async move {
@@ -476,6 +516,7 @@ impl SandboxService {
             };
             tracing::info!(sandbox = %row.id, from = %row.state, to = state, "reconciled sandbox state");
             self.store.set_sandbox_state(&row.id, state, None).await?;
+            self.announce(&row).await;
         }
         Ok(())
     }

@@ -167,6 +167,16 @@ impl Store {
         .await
     }
 
+    /// The sandbox in any state, `destroyed` included (it is then only a record).
+    pub async fn sandbox_record(&self, id: &str) -> Result<Option<SandboxRow>, sqlx::Error> {
+        sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE id = ?"
+        )))
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+    }
+
     pub async fn live_sandboxes(&self) -> Result<Vec<SandboxRow>, sqlx::Error> {
         sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM sandboxes WHERE state <> 'destroyed'"
