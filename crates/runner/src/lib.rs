@@ -4,4 +4,4 @@
 pub mod image;
 mod sandbox;
 
-pub use sandbox::{PulledImage, Runner, RunnerError, SandboxRequest, SandboxRunner};
+pub use sandbox::{PulledImage, Resize, Runner, RunnerError, SandboxRequest, SandboxRunner};

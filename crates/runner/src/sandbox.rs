@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+pub use daytona_runtime::Resize;
 use daytona_runtime::{
     DAEMON_PORT, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus,
 };
@@ -60,6 +61,12 @@ pub trait SandboxRunner: Send + Sync + 'static {
     async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError>;
     /// The daemon address of a running sandbox, `None` when it is not running.
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError>;
+    /// Freezes a running sandbox (processes and memory kept).
+    async fn pause_sandbox(&self, id: &str) -> Result<(), RunnerError>;
+    /// Thaws a paused sandbox.
+    async fn resume_sandbox(&self, id: &str) -> Result<(), RunnerError>;
+    /// Changes resources: cpu and memory live, disk only while stopped.
+    async fn resize_sandbox(&self, id: &str, resize: &Resize) -> Result<(), RunnerError>;
 }
 
 /// A runner on this host: an image store plus a runtime backend.
@@ -146,6 +153,18 @@ impl SandboxRunner for Runner {
 
     async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError> {
         Ok(self.runtime.destroy(id).await?)
+    }
+
+    async fn pause_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        Ok(self.runtime.pause(id).await?)
+    }
+
+    async fn resume_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        Ok(self.runtime.resume(id).await?)
+    }
+
+    async fn resize_sandbox(&self, id: &str, resize: &Resize) -> Result<(), RunnerError> {
+        Ok(self.runtime.resize(id, resize).await?)
     }
 
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError> {

@@ -25,6 +25,8 @@ pub fn router() -> Router<AppState> {
         .route("/sandbox/{id}/start", post(start))
         .route("/sandbox/{id}/stop", post(stop))
         .route("/sandbox/{id}/recover", post(recover))
+        .route("/sandbox/{id}/pause", post(pause))
+        .route("/sandbox/{id}/resize", post(resize))
         .route("/sandbox/{id}/toolbox-proxy-url", get(toolbox_proxy_url))
 }
 
@@ -71,6 +73,51 @@ async fn stop(
         .rate_limits
         .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
     Ok(Json(state.sandboxes.stop(&ctx, &id).await?))
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    ctx.require("write:sandboxes")?;
+    state
+        .rate_limits
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(state.sandboxes.pause_sandbox(row).await?))
+}
+
+#[derive(serde::Deserialize)]
+struct ResizeBody {
+    cpu: Option<u32>,
+    memory: Option<u32>,
+    disk: Option<u32>,
+    gpu: Option<u32>,
+}
+
+async fn resize(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ResizeBody>,
+) -> ApiResult<Json<Sandbox>> {
+    ctx.require("write:sandboxes")?;
+    if body.gpu.unwrap_or(0) > 0 {
+        return Err(ApiError::BadRequest("gpu: this server has no GPUs".into()));
+    }
+    if body.cpu.is_none() && body.memory.is_none() && body.disk.is_none() {
+        return Err(ApiError::BadRequest(
+            "at least one of cpu, memory or disk must be set".into(),
+        ));
+    }
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(
+        state
+            .sandboxes
+            .resize_sandbox(row, body.cpu, body.memory, body.disk)
+            .await?,
+    ))
 }
 
 /// Recovers a sandbox in `error` by starting it again (its files are kept).

@@ -370,7 +370,8 @@ impl SandboxService {
 
     pub(crate) async fn start_sandbox(self: &Arc<Self>, row: SandboxRow) -> ApiResult<Sandbox> {
         match row.state.as_str() {
-            "started" | "starting" | "creating" => return Ok(self.to_dto(row)),
+            "started" | "starting" | "creating" | "resuming" => return Ok(self.to_dto(row)),
+            "paused" => return self.resume_sandbox(row).await,
             "stopped" | "error" => {}
             other => {
                 return Err(ApiError::Conflict(format!(
@@ -418,7 +419,7 @@ impl SandboxService {
     pub(crate) async fn stop_sandbox(self: &Arc<Self>, row: SandboxRow) -> ApiResult<Sandbox> {
         match row.state.as_str() {
             "stopped" | "stopping" => return Ok(self.to_dto(row)),
-            "started" | "error" => {}
+            "started" | "error" | "paused" => {}
             other => {
                 return Err(ApiError::Conflict(format!(
                     "Sandbox {} cannot be stopped while {other}",
@@ -476,6 +477,126 @@ impl SandboxService {
             };
             this.forget_lock(&sid);
             result
+        })
+        .await
+    }
+
+    /// Freezes a started sandbox: processes and memory are kept, cpu is not used.
+    pub(crate) async fn pause_sandbox(self: &Arc<Self>, row: SandboxRow) -> ApiResult<Sandbox> {
+        match row.state.as_str() {
+            "paused" | "pausing" => return Ok(self.to_dto(row)),
+            "started" => {}
+            other => {
+                return Err(ApiError::Conflict(format!(
+                    "Sandbox {} cannot be paused while {other}; only started sandboxes can",
+                    row.id
+                )));
+            }
+        }
+        let id = row.id.clone();
+        self.store.set_sandbox_desired_state(&id, "paused").await?;
+        self.store.set_sandbox_state(&id, "pausing", None).await?;
+        self.announce(&row).await;
+        let this = self.clone();
+        let sid = id.clone();
+        self.run_transition(&id, async move {
+            match this.runner.pause_sandbox(&sid).await {
+                Ok(()) => this.store.set_sandbox_state(&sid, "paused", None).await,
+                Err(e) => this.fail(&sid, "pause", e).await,
+            }
+        })
+        .await
+    }
+
+    async fn resume_sandbox(self: &Arc<Self>, row: SandboxRow) -> ApiResult<Sandbox> {
+        let id = row.id.clone();
+        self.store.set_sandbox_desired_state(&id, "started").await?;
+        self.store.set_sandbox_state(&id, "resuming", None).await?;
+        self.announce(&row).await;
+        let this = self.clone();
+        let sid = id.clone();
+        self.run_transition(&id, async move {
+            match this.runner.resume_sandbox(&sid).await {
+                Ok(()) => {
+                    this.store
+                        .set_sandbox_started(&sid, this.runner.id(), None)
+                        .await
+                }
+                Err(e) => this.fail(&sid, "resume", e).await,
+            }
+        })
+        .await
+    }
+
+    /// Changes cpu and memory (live when started) and disk (only while stopped).
+    pub(crate) async fn resize_sandbox(
+        self: &Arc<Self>,
+        row: SandboxRow,
+        cpu: Option<u32>,
+        memory: Option<u32>,
+        disk: Option<u32>,
+    ) -> ApiResult<Sandbox> {
+        for (field, value) in [("cpu", cpu), ("memory", memory), ("disk", disk)] {
+            if value == Some(0) {
+                return Err(ApiError::BadRequest(format!("{field}: must be at least 1")));
+            }
+        }
+        let running = match row.state.as_str() {
+            "started" => true,
+            "stopped" => false,
+            other => {
+                return Err(ApiError::Conflict(format!(
+                    "Sandbox {} cannot be resized while {other}; stop or start it first",
+                    row.id
+                )));
+            }
+        };
+        let new = quota::Request {
+            cpu: cpu.map_or(row.cpu, i64::from),
+            memory: memory.map_or(row.memory, i64::from),
+            disk: disk.map_or(row.disk, i64::from),
+        };
+        if running && new.disk != row.disk {
+            return Err(ApiError::BadRequest(
+                "disk: can only be changed while the sandbox is stopped".into(),
+            ));
+        }
+        {
+            let _quota_guard = self.quota_lock.lock().await;
+            let quotas = self.store.organization_quotas(&row.organization_id).await?;
+            let used = self
+                .store
+                .resource_use(&row.organization_id, Some(&row.id))
+                .await?;
+            quota::check(&quotas, used, new, running)?;
+        }
+        let id = row.id.clone();
+        let previous = row.state.clone();
+        self.store.set_sandbox_state(&id, "resizing", None).await?;
+        self.announce(&row).await;
+        let this = self.clone();
+        let sid = id.clone();
+        let resize = daytona_runner::Resize {
+            cpu: cpu.filter(|c| i64::from(*c) != row.cpu),
+            memory_gib: memory.filter(|m| i64::from(*m) != row.memory),
+            disk_gib: disk.filter(|d| i64::from(*d) != row.disk),
+        };
+        self.run_transition(&id, async move {
+            match this.runner.resize_sandbox(&sid, &resize).await {
+                Ok(()) => {
+                    this.store
+                        .set_sandbox_resources(&sid, new.cpu, new.memory, new.disk)
+                        .await?;
+                    this.store.set_sandbox_state(&sid, &previous, None).await
+                }
+                // A refused resize (e.g. shrinking below the data on disk) changes nothing.
+                Err(e) => {
+                    tracing::warn!(sandbox = %sid, error = %e, "resize failed");
+                    this.store
+                        .set_sandbox_state(&sid, &previous, Some(&format!("resize failed: {e}")))
+                        .await
+                }
+            }
         })
         .await
     }

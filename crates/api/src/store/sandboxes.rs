@@ -342,6 +342,26 @@ impl Store {
         Ok(())
     }
 
+    pub async fn set_sandbox_resources(
+        &self,
+        id: &str,
+        cpu: i64,
+        memory: i64,
+        disk: i64,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE sandboxes SET cpu = ?, memory = ?, disk = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(cpu)
+        .bind(memory)
+        .bind(disk)
+        .bind(now())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+
     /// Records activity (toolbox use, SDK `refresh_activity`) that postpones auto-stop.
     pub async fn touch_sandbox(&self, id: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
