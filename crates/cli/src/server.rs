@@ -116,6 +116,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         bridge_name: config.runner.bridge_name.clone(),
         subnet: config.runner.sandbox_subnet,
         daemon_start_timeout: config.runner.daemon_start_timeout,
+        inter_sandbox_network: config.runner.inter_sandbox_network_enabled,
         ..NativeConfig::new(data_dir.join("runtime"), daemon_bin)
     })
     .context("cannot initialise the sandbox runtime")?;

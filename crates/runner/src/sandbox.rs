@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use daytona_runtime::{
-    DAEMON_PORT, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus,
+    DAEMON_PORT, NetworkPolicy, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -60,6 +60,8 @@ pub trait SandboxRunner: Send + Sync + 'static {
     async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError>;
     /// The daemon address of a running sandbox, `None` when it is not running.
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError>;
+    /// Replaces the sandbox's egress policy: at once if it runs, else from its next start.
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RunnerError>;
 }
 
 /// A runner on this host: an image store plus a runtime backend.
@@ -130,6 +132,7 @@ impl SandboxRunner for Runner {
             cpu: req.cpu,
             memory_gib: req.memory_gib,
             disk_gib: req.disk_gib,
+            network: Default::default(),
         };
         let status = self.runtime.create(&spec).await?;
         daemon_address_of(&status)
@@ -146,6 +149,10 @@ impl SandboxRunner for Runner {
 
     async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError> {
         Ok(self.runtime.destroy(id).await?)
+    }
+
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RunnerError> {
+        Ok(self.runtime.update_network(id, policy).await?)
     }
 
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError> {
