@@ -189,6 +189,8 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
         DAYTONA_BRIDGE_NAME=f"dtnt{secrets.token_hex(2)}",
         DAYTONA_SANDBOX_SUBNET=_sandbox_subnet(),
         DAYTONA_LOG=os.environ.get("DAYTONA_LOG", "info"),
+        # Sandbox traffic never leaves the machine in tests: no DNS forwarding to the host's resolver.
+        DAYTONA_SANDBOX_DNS="none",
     )
     env.update(extra_env or {})
     print(f"\n[sdk-tests] run dir {run_dir}; server log {log_path}")

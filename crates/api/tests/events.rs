@@ -51,6 +51,22 @@ impl SandboxRunner for NullRunner {
     async fn daemon_address(&self, _: &str) -> Result<Option<SocketAddr>, RunnerError> {
         Ok(None)
     }
+    async fn pause_sandbox(&self, _: &str) -> Result<(), RunnerError> {
+        Ok(())
+    }
+    async fn resume_sandbox(&self, _: &str) -> Result<(), RunnerError> {
+        Ok(())
+    }
+    async fn resize_sandbox(&self, _: &str, _: &daytona_runner::Resize) -> Result<(), RunnerError> {
+        Ok(())
+    }
+    async fn update_network(
+        &self,
+        _: &str,
+        _: &daytona_runner::NetworkPolicy,
+    ) -> Result<(), RunnerError> {
+        Ok(())
+    }
 }
 
 /// Failed authentications allowed per client address (HTTP and Socket.IO together).

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
 use daytona_api::snapshot::SnapshotService;
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
-use daytona_config::Config;
+use daytona_config::{Config, SandboxDns};
 use daytona_runner::Runner;
 use daytona_runner::image::ImageStore;
 use daytona_runtime::native::{NativeConfig, NativeRuntime};
@@ -112,11 +112,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("admin organization missing after setup")?;
 
     let daemon_bin = find_daemon(config.runner.daemon_path.as_deref())?;
+    let base = NativeConfig::new(data_dir.join("runtime"), daemon_bin);
     let runtime = NativeRuntime::new(NativeConfig {
         bridge_name: config.runner.bridge_name.clone(),
         subnet: config.runner.sandbox_subnet,
         daemon_start_timeout: config.runner.daemon_start_timeout,
-        ..NativeConfig::new(data_dir.join("runtime"), daemon_bin)
+        inter_sandbox_network: config.runner.inter_sandbox_network_enabled,
+        dns_upstream: match config.runner.sandbox_dns {
+            SandboxDns::HostResolver => base.dns_upstream,
+            SandboxDns::None => None,
+            SandboxDns::Server(ip) => Some(ip),
+        },
+        ..base.clone()
     })
     .context("cannot initialise the sandbox runtime")?;
     let images = ImageStore::new(data_dir.join("images"));

@@ -640,6 +640,17 @@ pub struct RunnerConfig {
     pub bridge_name: String,
     /// `DAYTONA_SANDBOX_SUBNET` (100.100.0.0/16, inside 100.64.0.0/10)
     pub sandbox_subnet: Ipv4Cidr,
+    /// `DAYTONA_SANDBOX_DNS`: where sandboxes' DNS queries to their gateway go. Unset: the
+    /// host's first non-loopback resolver; `none`: refused; an IPv4 address: that resolver.
+    pub sandbox_dns: SandboxDns,
+}
+
+/// Upstream resolver for sandbox DNS (`DAYTONA_SANDBOX_DNS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SandboxDns {
+    HostResolver,
+    None,
+    Server(std::net::Ipv4Addr),
 }
 
 impl RunnerConfig {
@@ -698,6 +709,15 @@ impl RunnerConfig {
                 |v| is_interface_name(v).then(|| v.to_owned()),
             ),
             sandbox_subnet: sandbox_subnet(r),
+            sandbox_dns: r.parse(
+                "DAYTONA_SANDBOX_DNS",
+                SandboxDns::HostResolver,
+                "an IPv4 address or `none`",
+                |v| match v {
+                    v if v.eq_ignore_ascii_case("none") => Some(SandboxDns::None),
+                    v => v.parse().ok().map(SandboxDns::Server),
+                },
+            ),
         }
     }
 }

@@ -4,4 +4,5 @@
 pub mod image;
 mod sandbox;
 
+pub use daytona_runtime::NetworkPolicy;
 pub use sandbox::{PulledImage, Resize, Runner, RunnerError, SandboxRequest, SandboxRunner};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 pub use daytona_runtime::Resize;
 use daytona_runtime::{
-    DAEMON_PORT, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus,
+    DAEMON_PORT, NetworkPolicy, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus,
 };
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +24,9 @@ pub struct SandboxRequest {
     pub cpu: u32,
     pub memory_gib: u32,
     pub disk_gib: u32,
+    /// Egress policy (`networkBlockAll`, `networkAllowList`).
+    #[serde(default)]
+    pub network: NetworkPolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,8 @@ pub trait SandboxRunner: Send + Sync + 'static {
     async fn resume_sandbox(&self, id: &str) -> Result<(), RunnerError>;
     /// Changes resources: cpu and memory live, disk only while stopped.
     async fn resize_sandbox(&self, id: &str, resize: &Resize) -> Result<(), RunnerError>;
+    /// Replaces the sandbox's egress policy: at once if it runs, else from its next start.
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RunnerError>;
 }
 
 /// A runner on this host: an image store plus a runtime backend.
@@ -137,6 +142,7 @@ impl SandboxRunner for Runner {
             cpu: req.cpu,
             memory_gib: req.memory_gib,
             disk_gib: req.disk_gib,
+            network: req.network.clone(),
         };
         let status = self.runtime.create(&spec).await?;
         daemon_address_of(&status)
@@ -165,6 +171,10 @@ impl SandboxRunner for Runner {
 
     async fn resize_sandbox(&self, id: &str, resize: &Resize) -> Result<(), RunnerError> {
         Ok(self.runtime.resize(id, resize).await?)
+    }
+
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RunnerError> {
+        Ok(self.runtime.update_network(id, policy).await?)
     }
 
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError> {

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
+pub use daytona_config::Ipv4Cidr;
 use serde::{Deserialize, Serialize};
 
 pub mod native;
@@ -35,6 +36,86 @@ pub struct SandboxSpec {
     pub memory_gib: u32,
     /// Disk in GiB: the size of the sandbox's writable filesystem (0 = unlimited).
     pub disk_gib: u32,
+    /// Egress policy; absent in state files written before it existed (= unrestricted).
+    #[serde(default)]
+    pub network: NetworkPolicy,
+}
+
+/// Most CIDRs an allow list may hold (upstream's limit).
+pub const MAX_ALLOW_LIST: usize = 10;
+
+/// What a sandbox may open connections to. Replies to connections opened *towards* the sandbox
+/// (the host talking to its daemon) always pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkPolicy {
+    /// No new connections out of the sandbox at all; wins over `allow_list`.
+    #[serde(default)]
+    pub block_all: bool,
+    /// When non-empty, only these destinations (DNS through the gateway included).
+    #[serde(default, with = "cidr_strings")]
+    pub allow_list: Vec<Ipv4Cidr>,
+}
+
+impl NetworkPolicy {
+    /// Parses upstream's `networkAllowList`: comma-separated IPv4 CIDRs with a prefix, at most
+    /// [`MAX_ALLOW_LIST`]; blanks are ignored, so an empty string is an empty list.
+    pub fn parse_allow_list(list: &str) -> Result<Vec<Ipv4Cidr>> {
+        let cidrs = list
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse().map_err(|()| {
+                    RuntimeError::InvalidSpec(format!(
+                        "network allow list entry {s:?} is not an IPv4 CIDR with its prefix and \
+                         no host bits set (such as 203.0.113.0/24)"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<Ipv4Cidr>>>()?;
+        if cidrs.len() > MAX_ALLOW_LIST {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "network allow list has {} entries; at most {MAX_ALLOW_LIST} are allowed",
+                cidrs.len()
+            )));
+        }
+        Ok(cidrs)
+    }
+
+    /// Whether any rule restricts the sandbox.
+    pub fn is_restricted(&self) -> bool {
+        self.block_all || !self.allow_list.is_empty()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.allow_list.len() > MAX_ALLOW_LIST {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "network allow list has {} entries; at most {MAX_ALLOW_LIST} are allowed",
+                self.allow_list.len()
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// `Ipv4Cidr` has no serde support of its own: stored as its text form.
+mod cidr_strings {
+    use super::Ipv4Cidr;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(cidrs: &[Ipv4Cidr], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(cidrs.iter().map(ToString::to_string))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Ipv4Cidr>, D::Error> {
+        Vec::<String>::deserialize(d)?
+            .iter()
+            .map(|s| {
+                s.parse()
+                    .map_err(|()| D::Error::custom(format!("bad CIDR {s:?}")))
+            })
+            .collect()
+    }
 }
 
 /// A change of a sandbox's resources; `None` keeps the current value. CPU and memory change
@@ -158,5 +239,63 @@ pub trait Runtime: Send + Sync + 'static {
             operation,
             backend: self.backend(),
         }
+    }
+    /// Replaces the sandbox's network policy; a running sandbox gets it at once (new
+    /// connections), a stopped one when it starts.
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<()> {
+        let _ = (id, policy);
+        Err(self.unsupported("network policies"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_lists_are_validated() {
+        let list = NetworkPolicy::parse_allow_list(" 203.0.113.0/24, ,198.51.100.7/32").unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[1].to_string(), "198.51.100.7/32");
+        assert!(NetworkPolicy::parse_allow_list("").unwrap().is_empty());
+        for bad in [
+            "8.8.8.8",
+            "8.8.8.8/24",
+            "8.8.8.0/33",
+            "example.com/32",
+            "::1/128",
+        ] {
+            let err = NetworkPolicy::parse_allow_list(bad)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+        let eleven = ["203.0.113.0/32"; 11].join(",");
+        let err = NetworkPolicy::parse_allow_list(&eleven).unwrap_err();
+        assert!(err.to_string().contains("at most 10"), "{err}");
+    }
+
+    #[test]
+    fn specs_without_a_network_policy_still_load() {
+        let old = r#"{"id":"x","image_rootfs":"/r","user":"root","env":{},"workdir":null,
+            "cpu":1,"memory_gib":1,"disk_gib":3}"#;
+        let spec: SandboxSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.network, NetworkPolicy::default());
+        assert!(!spec.network.is_restricted());
+
+        let policy = NetworkPolicy {
+            block_all: false,
+            allow_list: NetworkPolicy::parse_allow_list("203.0.113.0/24").unwrap(),
+        };
+        let json = serde_json::to_string(&policy).unwrap();
+        assert_eq!(
+            json,
+            r#"{"block_all":false,"allow_list":["203.0.113.0/24"]}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<NetworkPolicy>(&json).unwrap(),
+            policy
+        );
+        assert!(serde_json::from_str::<NetworkPolicy>(r#"{"allow_list":["1.2.3.4"]}"#).is_err());
     }
 }

@@ -164,9 +164,10 @@ impl SandboxService {
                 "env: '{key}' is not a valid environment variable name"
             )));
         }
-        if let Some(list) = &body.network_allow_list {
-            super::settings::validate_allow_list(list)?;
-        }
+        super::settings::network_policy(
+            body.network_block_all.unwrap_or(false),
+            body.network_allow_list.as_deref(),
+        )?;
         if body.build_info.is_some() {
             return Err(ApiError::BadRequest(
                 "buildInfo: building sandboxes from an image definition is not supported by this server yet; \
@@ -299,6 +300,10 @@ impl SandboxService {
             cpu: row.cpu as u32,
             memory_gib: row.memory as u32,
             disk_gib: row.disk as u32,
+            network: super::settings::network_policy(
+                row.network_block_all,
+                row.network_allow_list.as_deref(),
+            )?,
         };
         let this = self.clone();
         self.run_transition(&id, async move {

@@ -15,6 +15,8 @@ use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::store::SandboxSetting;
+use daytona_runner::{NetworkPolicy, RunnerError};
+use daytona_runtime::RuntimeError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -169,16 +171,14 @@ struct NetworkSettingsBody {
     domain_allow_list: Option<String>,
 }
 
-/// Validates a comma-separated list of IPv4 CIDRs (`networkAllowList`).
-pub fn validate_allow_list(list: &str) -> ApiResult<()> {
-    for item in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        if item.parse::<daytona_config::Ipv4Cidr>().is_err() {
-            return Err(ApiError::BadRequest(format!(
-                "networkAllowList: '{item}' is not an IPv4 CIDR such as 100.64.0.0/10 (host bits must be zero)"
-            )));
-        }
-    }
-    Ok(())
+/// The egress policy for these settings; a bad allow list is a 400 naming the entry.
+pub fn network_policy(block_all: bool, allow_list: Option<&str>) -> ApiResult<NetworkPolicy> {
+    let allow_list = NetworkPolicy::parse_allow_list(allow_list.unwrap_or(""))
+        .map_err(|e| ApiError::BadRequest(format!("networkAllowList: {e}")))?;
+    Ok(NetworkPolicy {
+        block_all,
+        allow_list,
+    })
 }
 
 async fn network_settings(
@@ -189,9 +189,6 @@ async fn network_settings(
 ) -> ApiResult<Json<Sandbox>> {
     ctx.require("write:sandboxes")?;
     let row = state.sandboxes.find(&ctx, &id).await?;
-    if let Some(list) = &body.network_allow_list {
-        validate_allow_list(list)?;
-    }
     // An allow list implies "not blocking all"; `networkBlockAll: false` alone restores general
     // access and clears stored allow lists (the SDK documents both).
     let allows = body.network_allow_list.is_some() || body.domain_allow_list.is_some();
@@ -213,6 +210,30 @@ async fn network_settings(
             ));
         }
     };
+    if let SandboxSetting::Network {
+        block_all,
+        allow_list,
+        ..
+    } = &setting
+    {
+        let policy = network_policy(*block_all, allow_list.as_deref())?;
+        // The runner applies it first (live when running); only then is it recorded.
+        if row.state != "destroyed" {
+            state
+                .sandboxes
+                .runner()
+                .update_network(&row.id, &policy)
+                .await
+                .or_else(|e| match e {
+                    // Not on the runner yet (still being created, or failed before): the stored
+                    // policy is what create uses.
+                    RunnerError::Runtime(RuntimeError::NotFound(_)) => Ok(()),
+                    e => Err(ApiError::Internal(format!(
+                        "could not apply the network policy: {e}"
+                    ))),
+                })?;
+        }
+    }
     Ok(Json(apply(&state, &ctx, &row.id, setting).await?))
 }
 
@@ -233,13 +254,19 @@ mod tests {
 
     #[test]
     fn allow_list_validation_names_the_bad_entry() {
-        assert!(validate_allow_list("100.64.0.0/10, 1.2.3.4/32").is_ok());
-        assert!(validate_allow_list("").is_ok());
-        let err = validate_allow_list("100.64.0.0/10,banana")
+        assert_eq!(
+            network_policy(false, Some("100.64.0.0/10, 1.2.3.4/32"))
+                .unwrap()
+                .allow_list
+                .len(),
+            2
+        );
+        assert!(network_policy(true, None).unwrap().block_all);
+        let err = network_policy(false, Some("100.64.0.0/10,banana"))
             .unwrap_err()
             .to_string();
         assert!(err.contains("banana"), "{err}");
-        assert!(validate_allow_list("100.64.0.1/10").is_err());
+        assert!(network_policy(false, Some("100.64.0.1/10")).is_err());
     }
 
     #[test]

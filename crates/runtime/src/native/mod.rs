@@ -24,11 +24,13 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::{
-    DAEMON_PORT, Resize, Result, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus,
+    DAEMON_PORT, NetworkPolicy, Resize, Result, Runtime, RuntimeError, RuntimeState, SandboxSpec,
+    SandboxStatus,
 };
 
 pub mod cgroup;
 mod disk;
+mod firewall;
 pub mod init;
 pub mod network;
 mod process;
@@ -37,6 +39,7 @@ pub mod security;
 mod state;
 
 use cgroup::{Cgroups, Limits};
+use firewall::Firewall;
 pub use init::run_if_requested;
 use init::{DiskConfig, INIT_ARG, InitConfig};
 use network::Network;
@@ -72,11 +75,17 @@ pub struct NativeConfig {
     /// Set `no_new_privs` on every sandbox: setuid programs and file capabilities no longer
     /// grant privileges. Off by default, as in Docker: images (ours included) use `sudo`.
     pub no_new_privs: bool,
+    /// `INTER_SANDBOX_NETWORK_ENABLED`: whether sandboxes may open connections to each other.
+    pub inter_sandbox_network: bool,
+    /// Resolver that sandboxes' DNS (sent to the gateway) is forwarded to; `None` refuses DNS at
+    /// the gateway at once, so lookups of unknown names fail fast.
+    pub dns_upstream: Option<Ipv4Addr>,
 }
 
 impl NativeConfig {
     /// Defaults: init = this executable, bridge `daytona0`, subnet 100.100.0.0/16, daemon timeout
-    /// 60 s, stop grace 10 s, 4096 processes, `no_new_privs` off.
+    /// 60 s, stop grace 10 s, 4096 processes, `no_new_privs` off, no inter-sandbox traffic, DNS
+    /// forwarded to the host's first non-loopback resolver.
     pub fn new(state_dir: impl Into<PathBuf>, daemon_bin: impl Into<PathBuf>) -> Self {
         NativeConfig {
             state_dir: state_dir.into(),
@@ -88,6 +97,8 @@ impl NativeConfig {
             stop_timeout: Duration::from_secs(10),
             pids_max: 4096,
             no_new_privs: false,
+            inter_sandbox_network: false,
+            dns_upstream: firewall::host_resolver(),
         }
     }
 }
@@ -100,6 +111,7 @@ struct Inner {
     config: NativeConfig,
     sandboxes_dir: PathBuf,
     network: Network,
+    firewall: Firewall,
     cgroups: Box<dyn Cgroups>,
     /// One lock per sandbox id: lifecycle operations on a sandbox never interleave.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -144,6 +156,13 @@ impl NativeRuntime {
                 network: Network {
                     bridge: config.bridge_name.clone(),
                     subnet: config.subnet,
+                    inter_sandbox: config.inter_sandbox_network,
+                },
+                firewall: Firewall {
+                    bridge: config.bridge_name.clone(),
+                    subnet: config.subnet,
+                    inter_sandbox: config.inter_sandbox_network,
+                    dns_upstream: config.dns_upstream,
                 },
                 config,
                 sandboxes_dir,
@@ -172,6 +191,21 @@ impl NativeRuntime {
     /// The sandbox's disk image (exists for sandboxes with a disk limit until destroy).
     pub fn disk_image(&self, id: &str) -> PathBuf {
         self.inner.paths(id).disk_image
+    }
+
+    /// Removes the bridge with its firewall rules and NAT (uninstall, tests); destroy the
+    /// sandboxes first. Idempotent.
+    pub fn remove_network(&self) -> Result<()> {
+        self.inner
+            .firewall
+            .remove()
+            .map_err(|e| RuntimeError::io("remove firewall rules", e))?;
+        self.inner
+            .network
+            .remove_bridge()
+            .map_err(|e| RuntimeError::io("remove bridge", e))?;
+        self.inner.bridge_ready.store(false, Ordering::Release);
+        Ok(())
     }
 
     /// The sandbox's directory under the state dir.
@@ -419,6 +453,15 @@ impl Runtime for NativeRuntime {
             locks.remove(id);
         }
         Ok(())
+    }
+
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<()> {
+        validate_id(id)?;
+        policy.validate()?;
+        let _guard = self.lock(id).await;
+        let (id, policy) = (id.to_owned(), policy.clone());
+        self.blocking(move |inner| inner.update_network(&id, policy))
+            .await
     }
 
     async fn status(&self, id: &str) -> Result<Option<SandboxStatus>> {
@@ -726,20 +769,15 @@ impl Inner {
         self.cgroups
             .create(id, &limits)
             .map_err(|e| RuntimeError::io("create cgroups", e))?;
-        // The bridge is checked once per process unless it disappears.
-        let bridge_present = Path::new("/sys/class/net")
-            .join(&self.network.bridge)
-            .exists();
-        if !(bridge_present && self.bridge_ready.load(Ordering::Acquire)) {
-            self.network
-                .ensure_bridge()
-                .map_err(|e| RuntimeError::io("set up bridge", e))?;
-            self.bridge_ready.store(true, Ordering::Release);
-        }
+        self.ensure_network()?;
         let names = NetNames::for_sandbox(id);
         self.network
             .setup(&names, state.ip)
             .map_err(|e| RuntimeError::io("set up sandbox network", e))?;
+        // Before the init runs: the sandbox never sends a packet outside its policy.
+        self.firewall
+            .apply(&names, id, state.ip, &state.spec.network)
+            .map_err(|e| RuntimeError::io("apply network policy", e))?;
 
         let spec = &state.spec;
         let mut env: BTreeMap<String, String> = spec.env.clone();
@@ -772,6 +810,40 @@ impl Inner {
         std::fs::write(&paths.init_config, json)
             .map_err(|e| RuntimeError::io("write init config", e))?;
         Ok(state)
+    }
+
+    /// The bridge and its firewall, checked once per process unless the bridge disappears.
+    fn ensure_network(&self) -> Result<()> {
+        let bridge_present = Path::new("/sys/class/net")
+            .join(&self.network.bridge)
+            .exists();
+        if !(bridge_present && self.bridge_ready.load(Ordering::Acquire)) {
+            self.network
+                .ensure_bridge()
+                .map_err(|e| RuntimeError::io("set up bridge", e))?;
+            self.firewall
+                .ensure()
+                .map_err(|e| RuntimeError::io("set up firewall", e))?;
+            self.bridge_ready.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Persists the policy and, if the sandbox runs, applies it at once.
+    fn update_network(&self, id: &str, policy: NetworkPolicy) -> Result<()> {
+        let mut state = self
+            .load(id)?
+            .ok_or_else(|| RuntimeError::NotFound(id.to_owned()))?;
+        if state.process.as_ref().is_some_and(|p| p.is_alive()) {
+            self.ensure_network()?;
+            self.firewall
+                .apply(&NetNames::for_sandbox(id), id, state.ip, &policy)
+                .map_err(|e| RuntimeError::io("apply network policy", e))?;
+        }
+        state.spec.network = policy;
+        self.paths(id)
+            .save(&state)
+            .map_err(|e| RuntimeError::io("save sandbox state", e))
     }
 
     /// Ends every process of the sandbox: SIGTERM to PID 1 and up to `grace` to exit (if
@@ -813,8 +885,12 @@ impl Inner {
 
     /// Removes what only a running sandbox needs: network and cgroups.
     fn release(&self, id: &str) -> Result<()> {
+        let names = NetNames::for_sandbox(id);
+        self.firewall
+            .clear(&names)
+            .map_err(|e| RuntimeError::io("remove network policy", e))?;
         self.network
-            .teardown(&NetNames::for_sandbox(id))
+            .teardown(&names)
             .map_err(|e| RuntimeError::io("remove sandbox network", e))?;
         self.cgroups
             .remove(id)
@@ -895,6 +971,7 @@ fn check_overlay_path(path: &Path) -> Result<()> {
 
 fn validate_spec(spec: &SandboxSpec) -> Result<()> {
     validate_id(&spec.id)?;
+    spec.network.validate()?;
     check_overlay_path(&spec.image_rootfs)?;
     if !spec.image_rootfs.is_dir() {
         return Err(RuntimeError::InvalidSpec(format!(

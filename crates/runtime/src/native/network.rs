@@ -2,8 +2,8 @@
 //! network namespace with a veth pair (host end on the bridge, peer `eth0` inside).
 //!
 //! Driven by the `ip` command (iproute2) in batch mode, a few forks per sandbox; everything
-//! netlink-specific stays in this module so rtnetlink can replace it later. No NAT and no
-//! forwarding are set up: sandboxes reach the host's bridge address and nothing else.
+//! netlink-specific stays in this module so rtnetlink can replace it later. Filtering and NAT
+//! are the firewall module's.
 
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -23,6 +23,8 @@ pub struct NetNames {
     pub netns: String,
     /// Host end of the veth pair, `dtn` + 11 hex digits of a hash of the id (15-byte IFNAMSIZ limit).
     pub veth: String,
+    /// The sandbox's iptables chain (policy), `DTS-` + the same hash.
+    pub chain: String,
 }
 
 impl NetNames {
@@ -31,9 +33,11 @@ impl NetNames {
         let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
             (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
         });
+        let short = format!("{:011x}", hash >> 20);
         NetNames {
             netns: format!("dtn-{id}"),
-            veth: format!("dtn{:011x}", hash >> 20),
+            veth: format!("dtn{short}"),
+            chain: format!("DTS-{short}"),
         }
     }
 
@@ -47,6 +51,12 @@ impl NetNames {
     }
 }
 
+/// A locally administered MAC derived from an address of the subnet.
+fn mac_for(addr: Ipv4Addr) -> String {
+    let [a, b, c, d] = addr.octets();
+    format!("02:64:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+}
+
 fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
 }
@@ -56,6 +66,8 @@ fn link_exists(name: &str) -> bool {
 pub struct Network {
     pub bridge: String,
     pub subnet: Ipv4Cidr,
+    /// Whether sandboxes' bridge ports may talk to each other (`INTER_SANDBOX_NETWORK_ENABLED`).
+    pub inter_sandbox: bool,
 }
 
 impl Network {
@@ -77,6 +89,14 @@ impl Network {
         if !addrs.split_whitespace().any(|w| w == gateway) {
             batch.push(format!("addr add {gateway} dev {}", self.bridge));
         }
+        // A bridge without an address of its own takes the lowest MAC of its ports, so it
+        // changes as sandboxes come and go, and every sandbox's cached gateway MAC goes stale
+        // (seconds without network). A fixed one stays.
+        batch.push(format!(
+            "link set {} address {}",
+            self.bridge,
+            mac_for(self.subnet.gateway())
+        ));
         batch.push(format!("link set {} up", self.bridge));
         ip(&[], &batch)
     }
@@ -91,19 +111,19 @@ impl Network {
             ip(&[], &[format!("netns add {}", names.netns)])?;
         }
         let (veth, netns, bridge) = (&names.veth, &names.netns, &self.bridge);
+        let isolated = if self.inter_sandbox { "off" } else { "on" };
         // The MAC is derived from the address, so the host's neighbour cache stays right when an
         // address is reused by a later sandbox (a random MAC leaves a stale entry that black-holes
         // traffic for seconds).
-        let [a, b, c, d] = addr.octets();
-        let mac = format!("02:64:{a:02x}:{b:02x}:{c:02x}:{d:02x}");
+        let mac = mac_for(addr);
         ip(
             &[],
             &[
                 format!("link add {veth} type veth peer name eth0 address {mac} netns {netns}"),
                 format!("link set {veth} master {bridge}"),
-                // Ports of an isolated bridge only talk to non-isolated ports (the host side),
-                // so sandboxes cannot reach each other.
-                format!("link set dev {veth} type bridge_slave isolated on"),
+                // Isolated ports only talk to non-isolated ports (the host side), so sandboxes
+                // cannot reach each other at layer 2; the firewall covers the gateway detour.
+                format!("link set dev {veth} type bridge_slave isolated {isolated}"),
                 format!("link set {veth} up"),
             ],
         )?;
@@ -116,6 +136,14 @@ impl Network {
                 format!("route add default via {}", self.subnet.gateway()),
             ],
         )
+    }
+
+    /// Deletes the bridge if it exists (its sandboxes' veths go with it).
+    pub fn remove_bridge(&self) -> io::Result<()> {
+        if link_exists(&self.bridge) {
+            ip(&[], &[format!("link del {}", self.bridge)])?;
+        }
+        Ok(())
     }
 
     /// Deletes the veth pair and the netns if they exist; idempotent.
