@@ -8,12 +8,14 @@
 //! statically linked binary works in any image.
 
 pub mod config;
+pub mod environment;
 pub mod error;
 pub mod fs;
 mod ids;
 pub mod init;
 pub mod process;
 pub mod server;
+pub mod system;
 pub mod users;
 
 pub use config::DaemonConfig;

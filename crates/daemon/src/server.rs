@@ -14,9 +14,11 @@ use tokio::net::TcpListener;
 
 use crate::{
     config::DaemonConfig,
+    environment::ProcessEnv,
     error::{ApiError, render_errors},
-    fs::{self, transfer},
+    fs::{self, search, transfer},
     process::{execute, session, session::SessionManager},
+    system,
 };
 
 /// Largest JSON request body (commands and code can be long; files go through multipart).
@@ -29,19 +31,33 @@ pub struct AppState(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     config: DaemonConfig,
+    env: Arc<ProcessEnv>,
     sessions: SessionManager,
 }
 
 impl AppState {
     /// Prepares the daemon's state directory (emptied: leftovers are from a previous run).
     pub fn new(config: DaemonConfig) -> io::Result<Self> {
-        let sessions =
-            SessionManager::new(config.state_dir.join("sessions"), config.work_dir.clone())?;
-        Ok(Self(Arc::new(Inner { config, sessions })))
+        let env = Arc::new(ProcessEnv::from_process());
+        let sessions = SessionManager::new(
+            config.state_dir.join("sessions"),
+            config.work_dir.clone(),
+            env.clone(),
+        )?;
+        Ok(Self(Arc::new(Inner {
+            config,
+            env,
+            sessions,
+        })))
     }
 
     pub fn config(&self) -> &DaemonConfig {
         &self.0.config
+    }
+
+    /// The environment spawned processes start with.
+    pub fn env(&self) -> &ProcessEnv {
+        &self.0.env
     }
 
     pub fn sessions(&self) -> &SessionManager {
@@ -52,6 +68,15 @@ impl AppState {
 /// The toolbox API.
 pub fn router(state: AppState) -> Router {
     let sessions = Router::new()
+        // Literal routes win over `{session_id}`: the entrypoint is not an ordinary session.
+        .route(
+            "/process/session/entrypoint",
+            get(session::routes::entrypoint),
+        )
+        .route(
+            "/process/session/entrypoint/logs",
+            get(session::routes::entrypoint),
+        )
         .route(
             "/process/session",
             get(session::routes::list_sessions).post(session::routes::create_session),
@@ -83,6 +108,10 @@ pub fn router(state: AppState) -> Router {
         .route("/files", get(fs::list_files).delete(fs::delete_file))
         .route("/files/", get(fs::list_files))
         .route("/files/info", get(fs::file_info))
+        .route("/files/find", get(search::find_in_files))
+        .route("/files/search", get(search::search_files))
+        .route("/files/replace", post(search::replace_in_files))
+        .route("/files/permissions", post(search::set_permissions))
         .route("/files/folder", post(fs::create_folder))
         .route("/files/move", post(fs::move_file))
         .route(
@@ -92,6 +121,11 @@ pub fn router(state: AppState) -> Router {
         .route("/files/bulk-download", post(transfer::bulk_download))
         .route("/process/execute", post(execute::execute))
         .route("/process/code-run", post(execute::code_run))
+        .route("/port", get(system::ports))
+        .route("/port/{port}/in-use", get(system::port_in_use))
+        .route("/init", post(system::initialize))
+        .route("/env", post(system::update_env))
+        .route("/system/metrics", get(system::metrics))
         .merge(sessions)
         .fallback(unrouted)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
@@ -111,26 +145,21 @@ async fn user_home_dir(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "dir": state.config().home_dir }))
 }
 
-/// Toolbox areas of the upstream API this daemon does not serve yet.
-const NOT_IMPLEMENTED_PREFIXES: [&str; 12] = [
-    "/files/",
-    "/git/",
-    "/lsp/",
-    "/computeruse/",
-    "/process/pty",
-    "/process/interpreter",
-    "/process/session/entrypoint",
-    "/port",
-    "/env",
-    "/system/",
-    "/init",
-    "/proxy/",
-];
-
+/// Toolbox areas of the upstream API this daemon does not serve: signed transfers (the API
+/// signs them; the SDK's signed URLs are answered by the proxy) and the desktop features.
 async fn unrouted(uri: Uri) -> ApiError {
     let path = uri.path();
-    if NOT_IMPLEMENTED_PREFIXES.iter().any(|p| path.starts_with(p)) {
-        ApiError::not_implemented(format!("{path} is not implemented by this daemon"))
+    if let Some(feature) = system::unsupported_feature(path) {
+        ApiError::not_implemented(format!(
+            "{feature} is not supported by this image/server (no desktop environment): {path}"
+        ))
+    } else if matches!(
+        path,
+        "/files/download" | "/files/upload" | "/files/upload-v2"
+    ) {
+        ApiError::not_implemented(format!(
+            "{path} is not implemented by this daemon; use /files/bulk-download and /files/bulk-upload"
+        ))
     } else {
         ApiError::not_found(format!("no such endpoint: {path}"))
     }

@@ -1,6 +1,7 @@
 //! `/files...` endpoints: listing, info, delete, mkdir, move, and bulk transfer.
 
 pub mod info;
+pub mod search;
 pub mod transfer;
 
 use std::{

@@ -108,8 +108,10 @@ fn job(
     envs: Option<HashMap<String, String>>,
     timeout: Option<i64>,
 ) -> Result<ShellJob, ApiError> {
-    let envs = envs.unwrap_or_default();
-    shell::validate_env(&envs)?;
+    let extra = envs.unwrap_or_default();
+    shell::validate_env(extra.keys())?;
+    let mut envs = state.env().snapshot();
+    envs.extend(extra);
     let timeout = match timeout {
         None | Some(0) => None,
         Some(secs) if secs > 0 => Some(Duration::from_secs(secs as u64)),

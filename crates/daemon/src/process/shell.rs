@@ -1,7 +1,7 @@
 //! Running a script in the sandbox shell with interleaved output and a group-wide timeout.
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     env,
     path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
@@ -53,19 +53,25 @@ pub fn find_session_shell() -> PathBuf {
 }
 
 /// Environment variable names the daemon accepts from clients.
-pub fn validate_env(envs: &HashMap<String, String>) -> Result<(), ApiError> {
-    for key in envs.keys() {
-        let mut chars = key.chars();
-        let valid_start = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
-        if !valid_start || !chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(ApiError::bad_request(format!(
-                "envs: invalid environment variable name {key:?} (must match ^[A-Za-z_][A-Za-z0-9_]*$)"
-            )));
-        }
+pub fn validate_env<'a>(names: impl IntoIterator<Item = &'a String>) -> Result<(), ApiError> {
+    names
+        .into_iter()
+        .try_for_each(|name| validate_env_name(name))
+}
+
+/// A name must match `^[A-Za-z_][A-Za-z0-9_]*$`.
+pub fn validate_env_name(name: &str) -> Result<(), ApiError> {
+    let mut chars = name.chars();
+    let valid_start = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_');
+    if valid_start && chars.all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "envs: invalid environment variable name {name:?} (must match ^[A-Za-z_][A-Za-z0-9_]*$)"
+        )))
     }
-    Ok(())
 }
 
 /// Quotes `s` as one POSIX shell word.
@@ -87,7 +93,8 @@ pub fn exit_code(status: ExitStatus) -> i32 {
 pub struct ShellJob {
     pub script: String,
     pub cwd: PathBuf,
-    pub envs: HashMap<String, String>,
+    /// The complete environment of the shell.
+    pub envs: BTreeMap<String, String>,
     pub timeout: Option<Duration>,
 }
 
@@ -111,6 +118,7 @@ pub async fn run(job: ShellJob) -> std::io::Result<JobOutcome> {
     let mut command = Command::new(find_shell());
     command
         .current_dir(&job.cwd)
+        .env_clear()
         .envs(&job.envs)
         .stdin(Stdio::piped())
         .stdout(writer.try_clone()?)
@@ -193,14 +201,15 @@ pub fn resolve_cwd(work_dir: &Path, cwd: Option<&str>) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     #[test]
     fn env_names_are_validated() {
         let ok: HashMap<_, _> = [("A_1".to_string(), "x".to_string())].into();
-        assert!(validate_env(&ok).is_ok());
+        assert!(validate_env(ok.keys()).is_ok());
         for bad in ["1A", "A-B", "", "A B"] {
             let envs: HashMap<_, _> = [(bad.to_string(), "x".to_string())].into();
-            assert!(validate_env(&envs).is_err(), "{bad:?} accepted");
+            assert!(validate_env(envs.keys()).is_err(), "{bad:?} accepted");
         }
     }
 

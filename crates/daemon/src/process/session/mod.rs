@@ -34,7 +34,7 @@ pub use command::{InputError, STDERR_MARKER, STDOUT_MARKER, SessionCommand, demu
 use command::{OutputPipes, SCRIPT_FILE, STDERR_FIFO, STDIN_FIFO, STDOUT_FIFO};
 
 use super::shell::{self, quote};
-use crate::{error::ApiError, ids::random_id};
+use crate::{environment::ProcessEnv, error::ApiError, ids::random_id};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -73,12 +73,13 @@ impl From<SessionError> for ApiError {
 pub struct SessionManager {
     root: PathBuf,
     work_dir: PathBuf,
+    env: Arc<ProcessEnv>,
     sessions: Mutex<HashMap<String, Arc<Session>>>,
 }
 
 impl SessionManager {
     /// Uses `root` (created 0700, emptied first: leftovers belong to a previous daemon).
-    pub fn new(root: PathBuf, work_dir: PathBuf) -> io::Result<Self> {
+    pub fn new(root: PathBuf, work_dir: PathBuf, env: Arc<ProcessEnv>) -> io::Result<Self> {
         match std::fs::remove_dir_all(&root) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
@@ -90,6 +91,7 @@ impl SessionManager {
         Ok(Self {
             root,
             work_dir,
+            env,
             sessions: Mutex::new(HashMap::new()),
         })
     }
@@ -106,7 +108,7 @@ impl SessionManager {
         if sessions.contains_key(id) {
             return Err(SessionError::Exists(id.to_owned()));
         }
-        let session = Session::start(id, self.root.join(random_id()), &self.work_dir)?;
+        let session = Session::start(id, self.root.join(random_id()), &self.work_dir, &self.env)?;
         sessions.insert(id.to_owned(), session);
         Ok(())
     }
@@ -158,9 +160,11 @@ pub struct Session {
 }
 
 impl Session {
-    fn start(id: &str, dir: PathBuf, work_dir: &Path) -> io::Result<Arc<Self>> {
+    fn start(id: &str, dir: PathBuf, work_dir: &Path, env: &ProcessEnv) -> io::Result<Arc<Self>> {
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
-        let mut child = Command::new(shell::find_session_shell())
+        let mut shell = Command::new(shell::find_session_shell());
+        env.apply(&mut shell);
+        let mut child = shell
             .current_dir(work_dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

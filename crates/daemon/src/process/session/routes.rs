@@ -325,3 +325,10 @@ fn close(code: u16, reason: &str) -> Message {
         reason: reason.into(),
     }))
 }
+
+/// `GET /process/session/entrypoint[/logs]`. Sandboxes here start the daemon itself as PID 1,
+/// with no image entrypoint running beside it, so there is never an entrypoint session; all
+/// three entrypoint calls (session, logs, followed logs) answer the same 404 before any upgrade.
+pub async fn entrypoint() -> ApiError {
+    ApiError::not_found("session not found: entrypoint (this sandbox runs no entrypoint command)")
+}
