@@ -17,7 +17,12 @@ use crate::{
     environment::ProcessEnv,
     error::{ApiError, render_errors},
     fs::{self, search, transfer},
-    process::{execute, session, session::SessionManager},
+    process::{
+        execute,
+        pty::{self, PtyManager},
+        session,
+        session::SessionManager,
+    },
     system,
 };
 
@@ -33,6 +38,7 @@ struct Inner {
     config: DaemonConfig,
     env: Arc<ProcessEnv>,
     sessions: SessionManager,
+    ptys: PtyManager,
 }
 
 impl AppState {
@@ -46,6 +52,7 @@ impl AppState {
         )?;
         Ok(Self(Arc::new(Inner {
             config,
+            ptys: PtyManager::new(env.clone()),
             env,
             sessions,
         })))
@@ -62,6 +69,10 @@ impl AppState {
 
     pub fn sessions(&self) -> &SessionManager {
         &self.0.sessions
+    }
+
+    pub fn ptys(&self) -> &PtyManager {
+        &self.0.ptys
     }
 }
 
@@ -101,6 +112,21 @@ pub fn router(state: AppState) -> Router {
             "/process/session/{session_id}/command/{command_id}/input",
             post(session::routes::send_input),
         );
+    let ptys = Router::new()
+        .route(
+            "/process/pty",
+            get(pty::routes::list).post(pty::routes::create),
+        )
+        .route(
+            "/process/pty/create-connect",
+            get(pty::routes::create_connect),
+        )
+        .route(
+            "/process/pty/{id}",
+            get(pty::routes::info).delete(pty::routes::kill),
+        )
+        .route("/process/pty/{id}/connect", get(pty::routes::connect))
+        .route("/process/pty/{id}/resize", post(pty::routes::resize));
     Router::new()
         .route("/version", get(version))
         .route("/work-dir", get(work_dir))
@@ -127,6 +153,7 @@ pub fn router(state: AppState) -> Router {
         .route("/env", post(system::update_env))
         .route("/system/metrics", get(system::metrics))
         .merge(sessions)
+        .merge(ptys)
         .fallback(unrouted)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(middleware::from_fn(render_errors))
@@ -196,6 +223,7 @@ impl Server {
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 state.sessions().shutdown();
+                state.ptys().shutdown();
             })
             .await
     }

@@ -1,5 +1,6 @@
 //! `/process/...`: one-shot commands, code runs and sessions.
 
 pub mod execute;
+pub mod pty;
 pub mod session;
 pub mod shell;
