@@ -19,6 +19,7 @@ use crate::{
     fs::{self, search, transfer},
     process::{
         execute,
+        interpreter::{self, InterpreterManager},
         pty::{self, PtyManager},
         session,
         session::SessionManager,
@@ -39,6 +40,7 @@ struct Inner {
     env: Arc<ProcessEnv>,
     sessions: SessionManager,
     ptys: PtyManager,
+    interpreters: InterpreterManager,
 }
 
 impl AppState {
@@ -51,8 +53,9 @@ impl AppState {
             env.clone(),
         )?;
         Ok(Self(Arc::new(Inner {
-            config,
             ptys: PtyManager::new(env.clone()),
+            interpreters: InterpreterManager::new(config.work_dir.clone(), env.clone()),
+            config,
             env,
             sessions,
         })))
@@ -73,6 +76,10 @@ impl AppState {
 
     pub fn ptys(&self) -> &PtyManager {
         &self.0.ptys
+    }
+
+    pub fn interpreters(&self) -> &InterpreterManager {
+        &self.0.interpreters
     }
 }
 
@@ -154,6 +161,18 @@ pub fn router(state: AppState) -> Router {
         .route("/system/metrics", get(system::metrics))
         .merge(sessions)
         .merge(ptys)
+        .route(
+            "/process/interpreter/context",
+            get(interpreter::routes::list_contexts).post(interpreter::routes::create_context),
+        )
+        .route(
+            "/process/interpreter/context/{id}",
+            axum::routing::delete(interpreter::routes::delete_context),
+        )
+        .route(
+            "/process/interpreter/execute",
+            get(interpreter::routes::execute),
+        )
         .fallback(unrouted)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .layer(middleware::from_fn(render_errors))
@@ -224,6 +243,7 @@ impl Server {
                 shutdown.await;
                 state.sessions().shutdown();
                 state.ptys().shutdown();
+                state.interpreters().shutdown();
             })
             .await
     }
