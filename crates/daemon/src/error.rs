@@ -42,6 +42,18 @@ pub enum ErrorCode {
     ProcessExecutionTimeout,
     SessionEnded,
     CommandAlreadyCompleted,
+    Unauthorized,
+    BadGateway,
+    GitAuthFailed,
+    GitRepoNotFound,
+    GitBranchNotFound,
+    GitBranchExists,
+    GitPushRejected,
+    GitDirtyWorktree,
+    GitMergeConflict,
+    GitTransportFailed,
+    GitRemoteRejected,
+    LspServerNotInitialized,
 }
 
 impl ErrorCode {
@@ -49,6 +61,8 @@ impl ErrorCode {
     pub fn for_status(status: StatusCode) -> Self {
         match status {
             StatusCode::BAD_REQUEST => Self::BadRequest,
+            StatusCode::UNAUTHORIZED => Self::Unauthorized,
+            StatusCode::BAD_GATEWAY => Self::BadGateway,
             StatusCode::FORBIDDEN => Self::Forbidden,
             StatusCode::NOT_FOUND => Self::NotFound,
             StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed,

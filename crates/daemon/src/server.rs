@@ -17,6 +17,8 @@ use crate::{
     environment::ProcessEnv,
     error::{ApiError, render_errors},
     fs::{self, search, transfer},
+    git,
+    lsp::{self, LspManager},
     process::{
         execute,
         interpreter::{self, InterpreterManager},
@@ -41,6 +43,7 @@ struct Inner {
     sessions: SessionManager,
     ptys: PtyManager,
     interpreters: InterpreterManager,
+    lsp: LspManager,
 }
 
 impl AppState {
@@ -55,6 +58,7 @@ impl AppState {
         Ok(Self(Arc::new(Inner {
             ptys: PtyManager::new(env.clone()),
             interpreters: InterpreterManager::new(config.work_dir.clone(), env.clone()),
+            lsp: LspManager::new(config.work_dir.clone(), env.clone()),
             config,
             env,
             sessions,
@@ -80,6 +84,10 @@ impl AppState {
 
     pub fn interpreters(&self) -> &InterpreterManager {
         &self.0.interpreters
+    }
+
+    pub fn lsp(&self) -> &LspManager {
+        &self.0.lsp
     }
 }
 
@@ -134,6 +142,34 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/process/pty/{id}/connect", get(pty::routes::connect))
         .route("/process/pty/{id}/resize", post(pty::routes::resize));
+    let git = Router::new()
+        .route("/git/clone", post(git::routes::clone))
+        .route("/git/status", get(git::routes::status))
+        .route("/git/add", post(git::routes::add))
+        .route("/git/commit", post(git::routes::commit))
+        .route(
+            "/git/branches",
+            get(git::routes::branches)
+                .post(git::routes::create_branch)
+                .delete(git::routes::delete_branch),
+        )
+        .route("/git/checkout", post(git::routes::checkout))
+        .route("/git/pull", post(git::routes::pull))
+        .route("/git/push", post(git::routes::push))
+        .route("/git/history", get(git::routes::history))
+        .route("/git/init", post(git::routes::init))
+        .route("/git/reset", post(git::routes::reset))
+        .route("/git/restore", post(git::routes::restore))
+        .route(
+            "/git/remotes",
+            get(git::routes::list_remotes).post(git::routes::add_remote),
+        )
+        .route(
+            "/git/config",
+            get(git::routes::get_config).post(git::routes::set_config),
+        )
+        .route("/git/config/user", post(git::routes::configure_user))
+        .route("/git/credentials", post(git::routes::authenticate));
     Router::new()
         .route("/version", get(version))
         .route("/work-dir", get(work_dir))
@@ -161,6 +197,14 @@ pub fn router(state: AppState) -> Router {
         .route("/system/metrics", get(system::metrics))
         .merge(sessions)
         .merge(ptys)
+        .merge(git)
+        .route("/lsp/start", post(lsp::routes::start))
+        .route("/lsp/stop", post(lsp::routes::stop))
+        .route("/lsp/did-open", post(lsp::routes::did_open))
+        .route("/lsp/did-close", post(lsp::routes::did_close))
+        .route("/lsp/completions", post(lsp::routes::completions))
+        .route("/lsp/document-symbols", get(lsp::routes::document_symbols))
+        .route("/lsp/workspacesymbols", get(lsp::routes::workspace_symbols))
         .route(
             "/process/interpreter/context",
             get(interpreter::routes::list_contexts).post(interpreter::routes::create_context),
