@@ -1,82 +1,14 @@
 //! Drives a daemon started in-process over real HTTP on 127.0.0.1.
 
-use std::{path::Path, time::Duration};
+mod common;
 
-use daytona_daemon::{DaemonConfig, Server};
+use std::time::Duration;
+
+use common::TestDaemon;
 use futures::StreamExt;
-use reqwest::{
-    Client, StatusCode,
-    multipart::{Form, Part},
-};
+use reqwest::multipart::{Form, Part};
 use serde_json::{Value, json};
-use tempfile::TempDir;
-use tokio::sync::oneshot;
 use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
-
-struct TestDaemon {
-    base: String,
-    client: Client,
-    work: TempDir,
-    _state: TempDir,
-    _stop: oneshot::Sender<()>,
-}
-
-impl TestDaemon {
-    async fn start() -> Self {
-        let work = tempfile::tempdir().unwrap();
-        let state = tempfile::tempdir().unwrap();
-        let config = DaemonConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            work_dir: work.path().to_path_buf(),
-            home_dir: work.path().to_path_buf(),
-            state_dir: state.path().to_path_buf(),
-        };
-        let server = Server::bind(config).await.unwrap();
-        let address = server.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        tokio::spawn(server.serve(async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            base: format!("http://{address}"),
-            client: Client::new(),
-            work,
-            _state: state,
-            _stop: stop,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn work(&self) -> &Path {
-        self.work.path()
-    }
-
-    async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
-        let response = self
-            .client
-            .post(self.url(path))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-    }
-
-    async fn get_json(&self, path: &str) -> (StatusCode, Value) {
-        let response = self.client.get(self.url(path)).send().await.unwrap();
-        let status = response.status();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    async fn exec(&self, body: Value) -> (StatusCode, Value) {
-        self.post_json("/process/execute", body).await
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn info_endpoints() {
@@ -89,8 +21,15 @@ async fn info_endpoints() {
     let (_, body) = daemon.get_json("/user-home-dir").await;
     assert_eq!(body["dir"], daemon.work().to_str().unwrap());
 
-    let (status, body) = daemon.get_json("/git/status?path=x").await;
+    let (status, body) = daemon.get_json("/computeruse/status").await;
     assert_eq!(status, 501);
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("computer use is not supported"),
+        "{body}"
+    );
     assert_eq!(body["code"], "NOT_IMPLEMENTED");
     assert_eq!(body["source"], "DAYTONA_DAEMON");
     let (status, body) = daemon.get_json("/nowhere").await;

@@ -152,13 +152,12 @@ impl RpcClient {
         .await;
         let _ = self.notify("exit", Value::Null);
         let child = self.child.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(mut child) = child {
-            if tokio::time::timeout(Duration::from_secs(2), child.wait())
+        if let Some(mut child) = child
+            && tokio::time::timeout(Duration::from_secs(2), child.wait())
                 .await
                 .is_err()
-            {
-                let _ = child.kill().await;
-            }
+        {
+            let _ = child.kill().await;
         }
     }
 }

@@ -312,7 +312,7 @@ mod tests {
             selected_protocol(&browser).as_deref(),
             Some("X-Daytona-SDK-Version~0.218.0")
         );
-        assert_eq!(selected_protocol(&[envs.clone()]), None);
+        assert_eq!(selected_protocol(std::slice::from_ref(&envs)), None);
         let decoded = envs_from_protocols(&offered).unwrap();
         assert_eq!(decoded.get("A").map(String::as_str), Some("1"));
     }
