@@ -265,3 +265,34 @@ pub struct ApiJson<T>(pub T);
 #[derive(Debug, axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]
 pub struct ApiQuery<T>(pub T);
+
+/// A JSON body whatever its `Content-Type` (the SDK's `/env` and `/init` calls send none);
+/// an empty body reads as `{}`.
+#[derive(Debug)]
+pub struct AnyJson<T>(pub T);
+
+impl<S, T> axum::extract::FromRequest<S> for AnyJson<T>
+where
+    S: Send + Sync,
+    T: serde::de::DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|e| ApiError::bad_request(e.body_text()))?;
+        let body: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        serde_json::from_slice(body).map(AnyJson).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                ErrorCode::InvalidRequestBody,
+                format!("invalid JSON body: {e}"),
+            )
+        })
+    }
+}

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::{
     environment::{EnvChanges, EnvUpdate},
-    error::{ApiError, ApiJson},
+    error::{AnyJson, ApiError},
     server::AppState,
 };
 
@@ -62,7 +62,7 @@ pub struct InitializeRequest {
 
 /// The runner's hello. The token is for upstream's telemetry, which this daemon does not
 /// send, so only its shape is checked.
-pub async fn initialize(ApiJson(request): ApiJson<InitializeRequest>) -> Json<Value> {
+pub async fn initialize(AnyJson(request): AnyJson<InitializeRequest>) -> Json<Value> {
     let message = if request.token.is_some_and(|t| !t.is_empty()) {
         "initialized (telemetry token ignored: this daemon sends no telemetry)"
     } else {
@@ -73,7 +73,7 @@ pub async fn initialize(ApiJson(request): ApiJson<InitializeRequest>) -> Json<Va
 
 pub async fn update_env(
     State(state): State<AppState>,
-    ApiJson(update): ApiJson<EnvUpdate>,
+    AnyJson(update): AnyJson<EnvUpdate>,
 ) -> Result<Json<EnvChanges>, ApiError> {
     let changes = state.env().update(update)?;
     tracing::info!(set = ?changes.set, unset = ?changes.unset, "process environment updated");

@@ -118,6 +118,8 @@ pub struct LspServer {
     language: String,
     root: PathBuf,
     rpc: RpcClient,
+    /// Documents opened through did-open (absolute URIs), for servers without workspace symbols.
+    open_documents: Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// Turns the SDK's `file://<path>` (path possibly relative to the project) into an absolute
@@ -176,6 +178,7 @@ impl LspServer {
             language: language.to_owned(),
             root,
             rpc,
+            open_documents: Mutex::default(),
         })
     }
 
@@ -188,6 +191,7 @@ impl LspServer {
             "textDocument/didOpen",
             json!({ "textDocument": { "uri": uri, "languageId": self.language, "version": 1, "text": text } }),
         )?;
+        self.documents().insert(uri);
         Ok(())
     }
 
@@ -227,14 +231,42 @@ impl LspServer {
         Ok(symbols_from_lsp(&result, &uri))
     }
 
+    fn documents(&self) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<String>> {
+        self.open_documents
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `workspace/symbol`; servers without it (pylsp) get the matching symbols of the open
+    /// documents instead, found through `textDocument/documentSymbol`.
     pub async fn workspace_symbols(&self, query: &str) -> Result<Vec<Symbol>, LspError> {
-        let result = self
+        match self
             .rpc
             .request("workspace/symbol", json!({ "query": query }))
-            .await?;
-        Ok(symbols_from_lsp(&result, ""))
+            .await
+        {
+            Ok(result) => Ok(symbols_from_lsp(&result, "")),
+            Err(RpcError::Server { code, .. }) if code == METHOD_NOT_FOUND => {
+                let documents: Vec<String> = self.documents().iter().cloned().collect();
+                let needle = query.to_lowercase();
+                let mut symbols = Vec::new();
+                for uri in documents {
+                    symbols.extend(
+                        self.document_symbols(&uri)
+                            .await?
+                            .into_iter()
+                            .filter(|s| s.name.to_lowercase().contains(&needle)),
+                    );
+                }
+                Ok(symbols)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
+
+/// JSON-RPC "method not found".
+const METHOD_NOT_FOUND: i64 = -32601;
 
 #[derive(Debug, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]

@@ -22,6 +22,11 @@ impl From<LspError> for ApiError {
             LspError::UnsupportedLanguage(_) | LspError::Invalid(_) => {
                 ApiError::bad_request(message)
             }
+            LspError::Rpc(super::client::RpcError::Server { code, .. })
+                if code == super::METHOD_NOT_FOUND =>
+            {
+                ApiError::not_implemented(message)
+            }
             LspError::Spawn(_) | LspError::Rpc(_) => ApiError::internal(message),
         }
     }

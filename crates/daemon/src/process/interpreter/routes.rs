@@ -16,7 +16,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::{ContextInfo, Frame, InterpreterError, Outcome};
-use crate::{error::ApiError, server::AppState};
+use crate::{
+    error::{AnyJson, ApiError},
+    server::AppState,
+};
 
 /// Server-side limit when the client sends no timeout.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -42,20 +45,8 @@ pub struct CreateContextRequest {
 
 pub async fn create_context(
     State(state): State<AppState>,
-    body: axum::body::Bytes,
+    AnyJson(request): AnyJson<CreateContextRequest>,
 ) -> Result<Json<ContextInfo>, ApiError> {
-    // The SDK may send no body at all for a context with defaults.
-    let request: CreateContextRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        CreateContextRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                axum::http::StatusCode::BAD_REQUEST,
-                crate::error::ErrorCode::InvalidRequestBody,
-                format!("invalid request body: {e}"),
-            )
-        })?
-    };
     Ok(Json(
         state
             .interpreters()
