@@ -200,7 +200,11 @@ pub fn classify(stderr: &str) -> (StatusCode, ErrorCode) {
     ]) {
         (StatusCode::UNAUTHORIZED, ErrorCode::GitAuthFailed)
     } else if has(&["[remote rejected]", "pre-receive hook declined"]) {
-        (StatusCode::CONFLICT, ErrorCode::GitRemoteRejected)
+        // The SDK's GitRemoteRejected error is a 422.
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::GitRemoteRejected,
+        )
     } else if has(&[
         "[rejected]",
         "non-fast-forward",

@@ -532,8 +532,9 @@ mod tests {
             .find(|f| f.kind == "error")
             .expect("error frame");
         assert_eq!(error.name, "ZeroDivisionError");
-        assert!(error.traceback.contains("<cell>"), "{}", error.traceback);
-        assert!(!error.traceback.contains("worker"), "{}", error.traceback);
+        assert!(error.traceback.contains("<cell "), "{}", error.traceback);
+        assert!(error.traceback.contains("1/0"), "{}", error.traceback);
+        assert!(!error.traceback.contains("in _run"), "{}", error.traceback);
         // Output printed before the error arrives before it.
         let out_at = frames.iter().position(|f| f.kind == "stdout").unwrap();
         let err_at = frames.iter().position(|f| f.kind == "error").unwrap();

@@ -5,7 +5,9 @@
 # Every control message is sent after flushing stdout/stderr, so output printed before an
 # error reaches the daemon first. SIGINT interrupts only the running code.
 import ast
+import itertools
 import json
+import linecache
 import os
 import signal
 import sys
@@ -42,23 +44,29 @@ def _send(kind, text="", name="", value="", tb=""):
 def _report(error):
     # Drop the worker's own frame so the traceback starts in the user's code.
     tb = error.__traceback__
-    if tb is not None and tb.tb_frame.f_globals is globals():
+    while tb is not None and tb.tb_frame.f_globals is globals():
         tb = tb.tb_next
     text = "".join(traceback.format_exception(type(error), error, tb))
     _send("error", name=type(error).__name__, value=str(error), tb=text)
 
 
+_cells = itertools.count(1)
+
+
 def _run(code, namespace):
     global _running
-    tree = ast.parse(code, "<cell>", "exec")
+    # A distinct name per execution, registered with linecache, so tracebacks show the code.
+    name = f"<cell {next(_cells)}>"
+    linecache.cache[name] = (len(code), None, code.splitlines(True), name)
+    tree = ast.parse(code, name, "exec")
     last = None
     if tree.body and isinstance(tree.body[-1], ast.Expr):
         last = ast.Expression(tree.body.pop().value)
     _running = True
     try:
-        exec(compile(tree, "<cell>", "exec"), namespace)
+        exec(compile(tree, name, "exec"), namespace)
         if last is not None:
-            value = eval(compile(last, "<cell>", "eval"), namespace)
+            value = eval(compile(last, name, "eval"), namespace)
             if value is not None:
                 print(repr(value))
     finally:
