@@ -29,6 +29,10 @@ def timed(fn, rounds: int) -> list[float]:
     return samples
 
 
+def p90(samples: list[float]) -> float:
+    return sorted(samples)[int(0.9 * (len(samples) - 1))]
+
+
 def write_random(path: Path, size: int) -> None:
     chunk = os.urandom(min(size, 4 * MB))
     with open(path, "wb") as f:
@@ -50,7 +54,10 @@ def transfer_rows(sandbox, size: int, rounds: int) -> list[tuple[str, float, str
         local = timed(lambda: shutil.copyfile(source, copy), rounds)
         assert back.stat().st_size == size
     sandbox.fs.delete_file(remote)
-    mbps = lambda samples: size / MB / statistics.median(samples)
+
+    def mbps(samples: list[float]) -> float:
+        return size / MB / statistics.median(samples)
+
     return [
         (f"upload {label} (proxy)", statistics.median(up), f"{mbps(up):.0f} MB/s"),
         (f"download {label} (proxy)", statistics.median(down), f"{mbps(down):.0f} MB/s"),
@@ -71,8 +78,8 @@ def test_toolbox_round_trips_and_1mb_transfers(sandbox, capsys):
     exec_rt = timed(lambda: sandbox.process.exec("true"), ROUNDS)
     code_rt = timed(lambda: sandbox.process.code_run("print(1)"), max(5, ROUNDS // 2))
     rows = [
-        ("exec `true`", statistics.median(exec_rt), f"p90 {sorted(exec_rt)[int(0.9 * (len(exec_rt) - 1))] * 1000:.1f}ms"),
-        ("code_run print(1)", statistics.median(code_rt), f"p90 {sorted(code_rt)[int(0.9 * (len(code_rt) - 1))] * 1000:.1f}ms"),
+        ("exec `true`", statistics.median(exec_rt), f"p90 {p90(exec_rt) * 1000:.1f}ms"),
+        ("code_run print(1)", statistics.median(code_rt), f"p90 {p90(code_rt) * 1000:.1f}ms"),
     ]
     rows += transfer_rows(sandbox, MB, 5)
     print_table(f"toolbox through the proxy ({ROUNDS} exec rounds):", rows, capsys)

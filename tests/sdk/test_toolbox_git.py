@@ -89,7 +89,10 @@ def remote(sandbox, tmp_path_factory) -> Iterator[dict]:
     root = tmp_path_factory.mktemp("git-remote")
     seed = root / "seed"
     env = {"GIT_CONFIG_NOSYSTEM": "1", "HOME": str(root), "PATH": "/usr/local/bin:/usr/bin:/bin"}
-    run = lambda *args, cwd=root: subprocess.run([GIT, *args], cwd=cwd, env=env, check=True, capture_output=True)
+
+    def run(*args: str, cwd: Path = root) -> None:
+        subprocess.run([GIT, *args], cwd=cwd, env=env, check=True, capture_output=True)
+
     run("init", "-q", "-b", "main", str(seed))
     (seed / "README.md").write_text("seeded on the host\n")
     run("add", ".", cwd=seed)

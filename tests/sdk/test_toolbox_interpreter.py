@@ -44,7 +44,9 @@ def test_contexts_are_isolated(sandbox):
         result = ci.run_code("import os\nprint('shared' in globals(), os.getcwd())", context=context)
         assert result.stdout == "False /tmp\n"
         assert context.id in {c.id for c in ci.list_contexts()}
-        env_result = ci.run_code("import os\nprint(os.environ['ONLY_HERE'])", context=context, envs={"ONLY_HERE": "yes"})
+        env_result = ci.run_code(
+            "import os\nprint(os.environ['ONLY_HERE'])", context=context, envs={"ONLY_HERE": "yes"}
+        )
         assert env_result.stdout == "yes\n"
     finally:
         ci.delete_context(context)

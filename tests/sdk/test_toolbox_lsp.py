@@ -23,7 +23,7 @@ PIP_TARGET = [
     "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
 ]  # fmt: skip
 
-SOURCE = '''import os
+SOURCE = """import os
 
 
 def greet(name):
@@ -36,7 +36,7 @@ class Greeter:
 
 
 os.pa
-'''
+"""
 
 
 def lsp_wheels() -> list[Path]:
