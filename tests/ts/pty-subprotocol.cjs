@@ -40,7 +40,9 @@ async function main() {
   console.error('step: input sent');
   const result = await handle.wait();
   console.log(JSON.stringify({ exitCode: result.exitCode, output, protocol: selected[0] ?? null }));
-  // The client keeps connections (event stream, keep-alive) open; the check is done.
+  await handle.disconnect();
+  await daytona[Symbol.asyncDispose]();
+  // Keep-alive sockets of the HTTP client would hold the event loop open for a while.
   process.exit(0);
 }
 
