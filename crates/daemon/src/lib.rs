@@ -1,7 +1,10 @@
 //! The toolbox daemon that runs inside every sandbox.
 //!
-//! It serves the toolbox HTTP API the Daytona SDKs call through the proxy (files, one-shot
-//! commands, code runs, sessions) on port 2280. The binary (`src/main.rs`) is thin: as PID 1
+//! It serves the toolbox HTTP API the Daytona SDKs call through the proxy on port 2280: files
+//! (transfer, search, edit, permissions), one-shot commands and code runs, sessions, PTYs and
+//! interpreter contexts over WebSockets, git (through the git CLI), LSP (proxied to a language
+//! server installed in the image), ports, environment and metrics. Computer use is answered
+//! with a clear 501: images here have no desktop. The binary (`src/main.rs`) is thin: as PID 1
 //! it forks a supervisor ([`init`]), drops to the sandbox user and runs [`Server`].
 //!
 //! Architecture invariant: no NSS, no dynamic loading, no network besides the listener, so the
