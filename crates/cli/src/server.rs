@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
+use daytona_api::sandbox::access::{AccessService, AccessSettings};
 use daytona_api::snapshot::SnapshotService;
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
 use daytona_config::{Config, SandboxDns};
@@ -155,12 +156,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.rate_limits.clone(),
         Box::new(InProcessLimiter::default()),
     ));
+    let access = Arc::new(AccessService::new(AccessSettings {
+        preview_url_template: config.proxy.template_url.clone(),
+        ssh_command_template: config.ssh_gateway.command.clone(),
+    }));
     let state = AppState {
         store,
         sandboxes,
         snapshots,
         rate_limits,
+        access,
     };
+    let proxy_settings = proxy_settings(&config)?;
 
     let bind = config.server.bind_address;
     let api_addr = SocketAddr::new(bind, config.api.port);
@@ -181,8 +188,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         daytona_api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(wait(rx.clone()));
-    let proxy = axum::serve(proxy_listener, daytona_proxy::router(Arc::new(state)))
-        .with_graceful_shutdown(wait(rx));
+    let proxy = axum::serve(
+        proxy_listener,
+        daytona_proxy::router(Arc::new(state), proxy_settings),
+    )
+    .with_graceful_shutdown(wait(rx));
     let servers =
         tokio::spawn(async move { tokio::try_join!(api.into_future(), proxy.into_future()) });
     shutdown.await;
@@ -193,6 +203,23 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("server task failed")?
         .context("server failed")?;
     Ok(())
+}
+
+/// Preview hosts of `PROXY_DOMAIN` and of `PROXY_TEMPLATE_URL` (usually the same shape).
+fn proxy_settings(config: &Config) -> anyhow::Result<daytona_proxy::ProxySettings> {
+    use daytona_proxy::HostPattern;
+    let mut preview_hosts = vec![HostPattern::for_domain(&config.proxy.domain)];
+    let template =
+        HostPattern::from_template(&config.proxy.template_url).context("PROXY_TEMPLATE_URL")?;
+    if !preview_hosts.contains(&template) {
+        preview_hosts.push(template);
+    }
+    Ok(daytona_proxy::ProxySettings {
+        preview_hosts,
+        toolbox_only: config.proxy.toolbox_only_mode,
+        preview_warning: config.proxy.preview_warning_enabled,
+        cookie_domain: Some(config.proxy.cookie_domain.clone()),
+    })
 }
 
 async fn wait(mut rx: tokio::sync::watch::Receiver<()>) {
