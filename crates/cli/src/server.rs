@@ -178,7 +178,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let proxy_listener = TcpListener::bind(proxy_addr)
         .await
         .with_context(|| format!("cannot listen on {proxy_addr} (PROXY_PORT)"))?;
-    tracing::info!(%api_addr, %proxy_addr, data_dir = %data_dir.display(), "daytona server ready");
+    let ssh_addr = SocketAddr::new(bind, config.ssh_gateway.port);
+    let ssh_listener = TcpListener::bind(ssh_addr)
+        .await
+        .with_context(|| format!("cannot listen on {ssh_addr} (SSH_GATEWAY_PORT)"))?;
+    let host_key = daytona_ssh_gateway::host_key(
+        config.ssh_gateway.host_key.as_ref().map(|k| k.expose()),
+        &data_dir,
+    )?;
+    tracing::info!(%api_addr, %proxy_addr, %ssh_addr, data_dir = %data_dir.display(), "daytona server ready");
 
     let shutdown = shutdown_signal();
     let (tx, rx) = tokio::sync::watch::channel(());
@@ -190,11 +198,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     .with_graceful_shutdown(wait(rx.clone()));
     let proxy = axum::serve(
         proxy_listener,
-        daytona_proxy::router(Arc::new(state), proxy_settings),
+        daytona_proxy::router(Arc::new(state.clone()), proxy_settings),
     )
-    .with_graceful_shutdown(wait(rx));
+    .with_graceful_shutdown(wait(rx.clone()));
+    let ssh =
+        daytona_ssh_gateway::serve(ssh_listener, Arc::new(SshAccess(state)), host_key, wait(rx));
     let servers =
-        tokio::spawn(async move { tokio::try_join!(api.into_future(), proxy.into_future()) });
+        tokio::spawn(async move { tokio::try_join!(api.into_future(), proxy.into_future(), ssh) });
     shutdown.await;
     tracing::info!("shutting down; running sandboxes keep running");
     drop(tx);
@@ -203,6 +213,37 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("server task failed")?
         .context("server failed")?;
     Ok(())
+}
+
+/// The SSH gateway's view of the API state: tokens and sandbox addresses.
+struct SshAccess(AppState);
+
+#[async_trait::async_trait]
+impl daytona_ssh_gateway::SshDirectory for SshAccess {
+    async fn resolve(
+        &self,
+        token: &str,
+    ) -> Result<daytona_ssh_gateway::SshTarget, daytona_ssh_gateway::SshAccessError> {
+        use daytona_proxy::{ProxyError, SandboxDirectory};
+        use daytona_ssh_gateway::SshAccessError;
+        let state = &self.0;
+        let sandbox_id = state
+            .access
+            .ssh_sandbox(&state.store, token)
+            .await
+            .map_err(|e| SshAccessError::Unavailable(e.to_string()))?
+            .ok_or(SshAccessError::InvalidToken)?;
+        let ip = state.sandbox_ip(&sandbox_id).await.map_err(|e| match e {
+            ProxyError::NotRunning(_) => SshAccessError::NotRunning(sandbox_id.clone()),
+            other => SshAccessError::Unavailable(other.to_string()),
+        })?;
+        Ok(daytona_ssh_gateway::SshTarget { sandbox_id, ip })
+    }
+
+    async fn touch(&self, sandbox_id: &str) {
+        use daytona_proxy::SandboxDirectory;
+        self.0.touch(sandbox_id).await
+    }
 }
 
 /// Preview hosts of `PROXY_DOMAIN` and of `PROXY_TEMPLATE_URL` (usually the same shape).

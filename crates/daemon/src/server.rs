@@ -92,6 +92,7 @@ pub fn router(state: AppState) -> Router {
         .route("/files/bulk-download", post(transfer::bulk_download))
         .route("/process/execute", post(execute::execute))
         .route("/process/code-run", post(execute::code_run))
+        .route("/process/stream", get(crate::process::stream::stream))
         .merge(sessions)
         .fallback(unrouted)
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))

@@ -3,3 +3,4 @@
 pub mod execute;
 pub mod session;
 pub mod shell;
+pub mod stream;
