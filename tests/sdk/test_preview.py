@@ -64,16 +64,19 @@ def start_servers(sandbox) -> None:
     sandbox.fs.create_folder("/tmp/www", "755")
     sandbox.fs.upload_file(b"hello from the sandbox\n", "/tmp/www/index.txt")
     sandbox.fs.upload_file(WS_ECHO.encode(), "/tmp/ws_echo.py")
-    sandbox.process.create_session("servers")
-    for cmd in (
-        f"cd /tmp/www && python3 -m http.server {HTTP_PORT} --bind 0.0.0.0 > /tmp/http.log 2>&1",
-        "python3 /tmp/ws_echo.py > /tmp/ws.log 2>&1",
+    # One session per server: a session runs its commands one after another.
+    for name, cmd in (
+        ("http", f"cd /tmp/www && python3 -m http.server {HTTP_PORT} --bind 0.0.0.0 > /tmp/http.log 2>&1"),
+        ("ws", "python3 /tmp/ws_echo.py > /tmp/ws.log 2>&1"),
     ):
-        sandbox.process.execute_session_command("servers", SessionExecuteRequest(command=cmd, run_async=True))
+        sandbox.process.create_session(name)
+        sandbox.process.execute_session_command(name, SessionExecuteRequest(command=cmd, run_async=True))
     deadline = time.monotonic() + 20
     probe = f"python3 -c 'import socket; [socket.create_connection((\"127.0.0.1\", p), 1) for p in ({HTTP_PORT}, {WS_PORT})]'"
-    while sandbox.process.exec(probe).exit_code != 0:
-        assert time.monotonic() < deadline, "servers inside the sandbox did not start"
+    while (result := sandbox.process.exec(probe)).exit_code != 0:
+        if time.monotonic() > deadline:
+            logs = sandbox.process.exec("cat /tmp/http.log /tmp/ws.log").result
+            pytest.fail(f"servers inside the sandbox did not start: {result.result}\n{logs}")
         time.sleep(0.3)
 
 

@@ -156,13 +156,14 @@ async fn run(state: AppState, socket: WebSocket) -> std::io::Result<()> {
     let mut client_open = true;
     let grace = tokio::time::sleep(Duration::MAX);
     tokio::pin!(grace);
-    while output_open && (exit.is_none() || !grace.is_elapsed()) {
+    // Until the process has exited and its output is drained (or the grace period is over).
+    while exit.is_none() || output_open {
         tokio::select! {
             status = child.wait(), if exit.is_none() => {
                 exit = Some(status.map(shell::exit_code).unwrap_or(-1));
                 grace.as_mut().reset(tokio::time::Instant::now() + OUTPUT_GRACE);
             }
-            chunk = out_rx.recv() => match chunk {
+            chunk = out_rx.recv(), if output_open => match chunk {
                 Some((stream, mut data)) => {
                     data.insert(0, stream);
                     if tx.send(Message::Binary(data.into())).await.is_err() {
