@@ -8,7 +8,9 @@ import http.client
 import os
 import socket
 import struct
+import subprocess
 import time
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -200,3 +202,15 @@ def test_public_sandbox_and_stopped(server, daytona):
         assert status == 502 and b"not started" in body, body
     finally:
         factory.cleanup()
+
+
+def test_dns_setup_script_is_idempotent(tmp_path):
+    script = Path(__file__).resolve().parents[2] / "scripts" / "setup-proxy-dns.sh"
+    first = subprocess.run([script, "--root", tmp_path, "--domain", "proxy.localhost:4000"], capture_output=True, text=True)
+    assert first.returncode == 0 and "wrote" in first.stdout, first
+    conf = (tmp_path / "etc/dnsmasq.d/daytona-proxy.conf").read_text()
+    assert "address=/proxy.localhost/127.0.0.1" in conf.splitlines(), conf
+    second = subprocess.run([script, "--root", tmp_path], capture_output=True, text=True)
+    assert second.returncode == 0 and "wrote" not in second.stdout and "unchanged" in second.stdout, second
+    bad = subprocess.run([script, "--root", tmp_path, "--domain", "a b"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "not a domain name" in bad.stderr

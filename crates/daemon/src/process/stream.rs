@@ -132,7 +132,7 @@ async fn run(state: AppState, socket: WebSocket) -> std::io::Result<()> {
         let writer = tokio::fs::File::from_std(std::fs::File::from(pty.master.try_clone()?));
         master_for_resize = Some(pty.master);
         tokio::spawn(pump_output(reader, STDOUT, out_tx));
-        tokio::spawn(pump_input(writer, in_rx));
+        tokio::spawn(pump_input(writer, in_rx, Some(EOT)));
         child
     } else {
         cmd.stdin(Stdio::piped())
@@ -145,7 +145,7 @@ async fn run(state: AppState, socket: WebSocket) -> std::io::Result<()> {
         if let (Some(stdin), Some(stdout), Some(stderr)) = (stdin, stdout, stderr) {
             tokio::spawn(pump_output(stdout, STDOUT, out_tx.clone()));
             tokio::spawn(pump_output(stderr, STDERR, out_tx));
-            tokio::spawn(pump_input(stdin, in_rx));
+            tokio::spawn(pump_input(stdin, in_rx, None));
         }
         child
     };
@@ -229,16 +229,26 @@ async fn pump_output(
     }
 }
 
-async fn pump_input(mut to: impl tokio::io::AsyncWrite + Unpin, mut from: mpsc::Receiver<Input>) {
+/// ^D: end of input for a terminal in canonical mode.
+const EOT: u8 = 0x04;
+
+/// Writes stdin. At EOF a pipe is closed; a terminal (`eof_byte`) gets ^D instead, since closing
+/// the master would hang up the whole session.
+async fn pump_input(
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    mut from: mpsc::Receiver<Input>,
+    eof_byte: Option<u8>,
+) {
     while let Some(input) = from.recv().await {
-        match input {
-            Input::Data(data) => {
-                if to.write_all(&data).await.is_err() || to.flush().await.is_err() {
-                    return;
-                }
-            }
-            // Dropping the pipe is EOF for the process; a terminal gets ^D.
-            Input::Eof => return,
+        let data = match input {
+            Input::Data(data) => data,
+            Input::Eof => match eof_byte {
+                Some(b) => vec![b],
+                None => return,
+            },
+        };
+        if to.write_all(&data).await.is_err() || to.flush().await.is_err() {
+            return;
         }
     }
 }
