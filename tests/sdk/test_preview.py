@@ -190,13 +190,27 @@ def test_errors_are_clear(server, web):
     assert request(server, "1234-nosuchsandbox.proxy.localhost")[0] == 404
 
 
+def test_public_toggle(server, web):
+    host = f"{HTTP_PORT}-{web.id}.proxy.localhost"
+    assert request(server, host)[0] == 401
+    web.set_public(True)
+    try:
+        assert request(server, host)[::2] == (200, b"hello from the sandbox\n"), "public: no credentials needed"
+        assert request(server, f"2280-{web.id}.proxy.localhost")[0] == 404, "never the toolbox port"
+    finally:
+        web.set_public(False)
+    assert request(server, host)[0] == 401
+
+
 def test_public_sandbox_and_stopped(server, daytona):
     factory = SandboxFactory(daytona)
     try:
         public = factory(CreateSandboxFromSnapshotParams(public=True))
+        created = public.created_at
         start_servers(public)
         host = f"{HTTP_PORT}-{public.id}.proxy.localhost"
         assert request(server, host)[::2] == (200, b"hello from the sandbox\n"), "public: no credentials needed"
+        assert daytona.get(public.id).last_activity_at > created, "proxied traffic counts as activity"
         public.stop()
         status, _, body = request(server, host)
         assert status == 502 and b"not started" in body, body

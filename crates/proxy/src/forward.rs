@@ -2,7 +2,7 @@
 //! Bodies stream both ways; an `Upgrade` (WebSocket) is spliced byte for byte once both sides
 //! switched protocols.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
 use axum::response::Response;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::SandboxDirectory;
@@ -19,10 +20,62 @@ use crate::SandboxDirectory;
 /// How often a long-lived (upgraded) connection counts as sandbox activity.
 const UPGRADED_ACTIVITY_INTERVAL: Duration = Duration::from_secs(50);
 
-pub(crate) type HttpClient = Client<HttpConnector, Body>;
+pub(crate) type HttpClient = Client<HttpConnector<SandboxResolver>, Body>;
+
+/// Resolves upstream names of the form `{sandboxId}.{ipv4}` to that address.
+///
+/// Naming upstreams by sandbox *and* address keys the connection pool by both: a deleted
+/// sandbox's address is soon given to a new one, and a kept-alive connection to the old daemon
+/// must never be reused for it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct SandboxResolver;
+
+impl tower::Service<Name> for SandboxResolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        std::future::ready(
+            upstream_ip(name.as_str())
+                .map(|ip| vec![SocketAddr::new(ip, 0)].into_iter())
+                .ok_or_else(|| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("'{}' is not a sandbox upstream", name.as_str()),
+                    )
+                }),
+        )
+    }
+}
+
+/// The URI host for `ip` of `sandbox_id` (see [`SandboxResolver`]).
+pub(crate) fn upstream_host(sandbox_id: &str, ip: IpAddr) -> String {
+    let dns_safe = !sandbox_id.is_empty()
+        && sandbox_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    match ip {
+        IpAddr::V4(v4) if dns_safe => format!("{}.{v4}", sandbox_id.to_ascii_lowercase()),
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+fn upstream_ip(host: &str) -> Option<IpAddr> {
+    let (_, ip) = host.split_once('.')?;
+    ip.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
 
 pub(crate) fn client() -> HttpClient {
-    let mut connector = HttpConnector::new();
+    let mut connector = HttpConnector::new_with_resolver(SandboxResolver);
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(10)));
     Client::builder(TokioExecutor::new())
@@ -32,7 +85,9 @@ pub(crate) fn client() -> HttpClient {
 
 /// Where a request goes and what it may carry along.
 pub(crate) struct Upstream {
-    pub addr: SocketAddr,
+    pub sandbox_id: String,
+    pub ip: IpAddr,
+    pub port: u16,
     /// Path and query sent upstream, starting with `/`.
     pub path_and_query: String,
     /// Keep the caller's `Host` (preview apps often build links from it).
@@ -87,7 +142,8 @@ pub(crate) async fn forward(
     mut req: Request,
 ) -> Result<Response, ForwardError> {
     let upgrade = is_upgrade(req.headers());
-    let uri: Uri = format!("http://{}{}", upstream.addr, upstream.path_and_query)
+    let host = upstream_host(&upstream.sandbox_id, upstream.ip);
+    let uri: Uri = format!("http://{host}:{}{}", upstream.port, upstream.path_and_query)
         .parse()
         .map_err(|e| ForwardError {
             connect: false,
@@ -167,4 +223,19 @@ pub(crate) async fn forward(
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers, false);
     Ok(Response::from_parts(parts, Body::new(body)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_names_carry_sandbox_and_address() {
+        let ip: IpAddr = "100.64.0.7".parse().unwrap();
+        let host = upstream_host("0B9C-11", ip);
+        assert_eq!(host, "0b9c-11.100.64.0.7");
+        assert_eq!(upstream_ip(&host), Some(ip));
+        assert_eq!(upstream_host("bad/id", ip), "100.64.0.7");
+        assert_eq!(upstream_ip("example.com"), None);
+    }
 }

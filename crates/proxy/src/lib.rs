@@ -5,7 +5,7 @@
 //! It knows nothing about stores or runners: a [`SandboxDirectory`] (the API in-process, or a
 //! network client in split deployments) authorizes each request and names the sandbox's address.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
@@ -220,7 +220,9 @@ async fn toolbox_forward(
     }
     let query = credentials::query_without_auth_key(req.uri().query());
     let upstream = Upstream {
-        addr: SocketAddr::new(ip, TOOLBOX_PORT),
+        sandbox_id: sandbox_id.clone(),
+        ip,
+        port: TOOLBOX_PORT,
         path_and_query: format!("/{path}{query}"),
         keep_host: false,
         strip: found.strip,

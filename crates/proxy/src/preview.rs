@@ -4,8 +4,6 @@
 //! token (header, query parameter or cookie) grants access. Errors are pages for browsers and
 //! JSON for everyone else.
 
-use std::net::SocketAddr;
-
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -89,7 +87,9 @@ async fn serve(state: ProxyState, host: PreviewHost, req: Request) -> Result<Res
     let path = req.uri().path().to_string();
     let query = credentials::query_without_auth_key(req.uri().query());
     let upstream = Upstream {
-        addr: SocketAddr::new(ip, host.port),
+        sandbox_id: sandbox_id.clone(),
+        ip,
+        port: host.port,
         path_and_query: format!("{path}{query}"),
         keep_host: true,
         strip,
