@@ -81,6 +81,15 @@ impl AccessService {
         store: &Store,
         sandbox_id: &str,
     ) -> Result<String, sqlx::Error> {
+        // Read first: this runs on every preview request, and a write would take SQLite's lock.
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT token FROM sandbox_preview_tokens WHERE sandbox_id = ?")
+                .bind(sandbox_id)
+                .fetch_optional(store.pool())
+                .await?;
+        if let Some(token) = existing {
+            return Ok(token);
+        }
         sqlx::query("INSERT OR IGNORE INTO sandbox_preview_tokens (sandbox_id, token, created_at) VALUES (?, ?, ?)")
             .bind(sandbox_id)
             .bind(random_token())
