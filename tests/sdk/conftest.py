@@ -48,6 +48,8 @@ class Server:
     api_url: str  # ends in /api
     proxy_url: str
     api_key: str
+    proxy_port: int
+    ssh_port: int
     data_dir: Path
     log_path: Path
     binary: Path
@@ -170,9 +172,9 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
     data_dir = run_dir / "data"
     data_dir.mkdir()
     log_path = run_dir / "server.log"
-    port, proxy_port = _free_port(), _free_port()
-    while proxy_port == port:
-        proxy_port = _free_port()
+    port, proxy_port, ssh_port = _free_port(), _free_port(), _free_port()
+    while len({port, proxy_port, ssh_port}) < 3:
+        proxy_port, ssh_port = _free_port(), _free_port()
     api_key = "dtn_test_" + secrets.token_hex(24)
     proxy_url = f"http://127.0.0.1:{proxy_port}"
 
@@ -184,6 +186,9 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
         DAYTONA_DATA_DIR=str(data_dir),
         DEFAULT_SNAPSHOT=f"oci-archive:{base_image}",
         PROXY_TOOLBOX_BASE_URL=proxy_url,
+        PROXY_DOMAIN=f"proxy.localhost:{proxy_port}",
+        SSH_GATEWAY_PORT=str(ssh_port),
+        SSH_GATEWAY_COMMAND=f"ssh -p {ssh_port} {{{{TOKEN}}}}@127.0.0.1",
         DAYTONA_DAEMON_PATH=str(daemon),
         DAYTONA_BIND_ADDRESS="127.0.0.1",
         DAYTONA_BRIDGE_NAME=f"dtnt{secrets.token_hex(2)}",
@@ -213,6 +218,8 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
         api_url=f"http://127.0.0.1:{port}/api",
         proxy_url=proxy_url,
         api_key=api_key,
+        proxy_port=proxy_port,
+        ssh_port=ssh_port,
         data_dir=data_dir,
         log_path=log_path,
         binary=binary,

@@ -1,8 +1,7 @@
 //! The control plane: REST API under `/api`, authentication, the sandbox state machine and the
 //! store. It drives runners through [`daytona_runner::SandboxRunner`] and answers the proxy's
-//! toolbox lookups through [`daytona_proxy::SandboxDirectory`].
+//! toolbox and preview lookups through [`daytona_proxy::SandboxDirectory`] (`sandbox/access.rs`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::routing::get;
@@ -30,6 +29,7 @@ pub struct AppState {
     pub sandboxes: Arc<SandboxService>,
     pub snapshots: Arc<snapshot::SnapshotService>,
     pub rate_limits: Arc<rate_limit::RateLimitPolicy>,
+    pub access: Arc<sandbox::access::AccessService>,
 }
 
 /// The API's router; every route lives under `/api`, including the Socket.IO event gateway.
@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sandbox::settings::router())
         .merge(snapshot::router())
         .merge(api_keys::router())
+        .merge(sandbox::access::router())
         .fallback(not_found);
     Router::new()
         .nest("/api", api)
@@ -57,40 +58,4 @@ async fn health() -> Json<serde_json::Value> {
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::NotFound(format!("Cannot find route {}", uri.path()))
-}
-
-#[async_trait::async_trait]
-impl daytona_proxy::SandboxDirectory for AppState {
-    async fn toolbox_target(
-        &self,
-        token: &str,
-        sandbox_id: &str,
-    ) -> Result<SocketAddr, daytona_proxy::ProxyError> {
-        use daytona_proxy::ProxyError;
-        let ctx = auth::authenticate(&self.store, token)
-            .await
-            .map_err(|e| match e {
-                ApiError::Unauthorized(m) => ProxyError::Unauthorized(m),
-                other => ProxyError::Unavailable(other.to_string()),
-            })?;
-        let row = self
-            .store
-            .sandbox_by_id(sandbox_id)
-            .await
-            .map_err(|e| ProxyError::Unavailable(e.to_string()))?
-            .filter(|row| row.organization_id == ctx.organization_id)
-            .ok_or_else(|| ProxyError::NotFound(format!("Sandbox {sandbox_id} not found")))?;
-        if row.state != "started" {
-            return Err(ProxyError::NotRunning(format!(
-                "Sandbox {sandbox_id} is not started (state: {})",
-                row.state
-            )));
-        }
-        self.sandboxes
-            .runner()
-            .daemon_address(sandbox_id)
-            .await
-            .map_err(|e| ProxyError::Unavailable(e.to_string()))?
-            .ok_or_else(|| ProxyError::NotRunning(format!("Sandbox {sandbox_id} is not running")))
-    }
 }

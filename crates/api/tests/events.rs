@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use daytona_api::auth::{self, AuthContext};
 use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
+use daytona_api::sandbox::access::{AccessService, AccessSettings};
 use daytona_api::sandbox::dto::CreateSandbox;
 use daytona_api::snapshot::SnapshotService;
 use daytona_api::store::NewApiKey;
@@ -140,6 +141,10 @@ async fn start_server() -> (Server, Org, Org) {
             },
             Box::new(InProcessLimiter::default()),
         )),
+        access: Arc::new(AccessService::new(AccessSettings {
+            preview_url_template: "http://{{PORT}}-{{sandboxId}}.proxy.localhost:4000".into(),
+            ssh_command_template: "ssh -p 2222 {{TOKEN}}@localhost".into(),
+        })),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
+use daytona_api::sandbox::access::{AccessService, AccessSettings};
 use daytona_api::snapshot::SnapshotService;
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
 use daytona_config::{Config, SandboxDns};
@@ -155,12 +156,18 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.rate_limits.clone(),
         Box::new(InProcessLimiter::default()),
     ));
+    let access = Arc::new(AccessService::new(AccessSettings {
+        preview_url_template: config.proxy.template_url.clone(),
+        ssh_command_template: config.ssh_gateway.command.clone(),
+    }));
     let state = AppState {
         store,
         sandboxes,
         snapshots,
         rate_limits,
+        access,
     };
+    let proxy_settings = proxy_settings(&config)?;
 
     let bind = config.server.bind_address;
     let api_addr = SocketAddr::new(bind, config.api.port);
@@ -171,7 +178,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let proxy_listener = TcpListener::bind(proxy_addr)
         .await
         .with_context(|| format!("cannot listen on {proxy_addr} (PROXY_PORT)"))?;
-    tracing::info!(%api_addr, %proxy_addr, data_dir = %data_dir.display(), "daytona server ready");
+    let ssh_addr = SocketAddr::new(bind, config.ssh_gateway.port);
+    let ssh_listener = TcpListener::bind(ssh_addr)
+        .await
+        .with_context(|| format!("cannot listen on {ssh_addr} (SSH_GATEWAY_PORT)"))?;
+    let host_key = daytona_ssh_gateway::host_key(
+        config.ssh_gateway.host_key.as_ref().map(|k| k.expose()),
+        &data_dir,
+    )?;
+    tracing::info!(%api_addr, %proxy_addr, %ssh_addr, data_dir = %data_dir.display(), "daytona server ready");
 
     let shutdown = shutdown_signal();
     let (tx, rx) = tokio::sync::watch::channel(());
@@ -181,10 +196,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         daytona_api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(wait(rx.clone()));
-    let proxy = axum::serve(proxy_listener, daytona_proxy::router(Arc::new(state)))
-        .with_graceful_shutdown(wait(rx));
+    let proxy = axum::serve(
+        proxy_listener,
+        daytona_proxy::router(Arc::new(state.clone()), proxy_settings),
+    )
+    .with_graceful_shutdown(wait(rx.clone()));
+    let ssh =
+        daytona_ssh_gateway::serve(ssh_listener, Arc::new(SshAccess(state)), host_key, wait(rx));
     let servers =
-        tokio::spawn(async move { tokio::try_join!(api.into_future(), proxy.into_future()) });
+        tokio::spawn(async move { tokio::try_join!(api.into_future(), proxy.into_future(), ssh) });
     shutdown.await;
     tracing::info!("shutting down; running sandboxes keep running");
     drop(tx);
@@ -193,6 +213,54 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("server task failed")?
         .context("server failed")?;
     Ok(())
+}
+
+/// The SSH gateway's view of the API state: tokens and sandbox addresses.
+struct SshAccess(AppState);
+
+#[async_trait::async_trait]
+impl daytona_ssh_gateway::SshDirectory for SshAccess {
+    async fn resolve(
+        &self,
+        token: &str,
+    ) -> Result<daytona_ssh_gateway::SshTarget, daytona_ssh_gateway::SshAccessError> {
+        use daytona_proxy::{ProxyError, SandboxDirectory};
+        use daytona_ssh_gateway::SshAccessError;
+        let state = &self.0;
+        let sandbox_id = state
+            .access
+            .ssh_sandbox(&state.store, token)
+            .await
+            .map_err(|e| SshAccessError::Unavailable(e.to_string()))?
+            .ok_or(SshAccessError::InvalidToken)?;
+        let ip = state.sandbox_ip(&sandbox_id).await.map_err(|e| match e {
+            ProxyError::NotRunning(_) => SshAccessError::NotRunning(sandbox_id.clone()),
+            other => SshAccessError::Unavailable(other.to_string()),
+        })?;
+        Ok(daytona_ssh_gateway::SshTarget { sandbox_id, ip })
+    }
+
+    async fn touch(&self, sandbox_id: &str) {
+        use daytona_proxy::SandboxDirectory;
+        self.0.touch(sandbox_id).await
+    }
+}
+
+/// Preview hosts of `PROXY_DOMAIN` and of `PROXY_TEMPLATE_URL` (usually the same shape).
+fn proxy_settings(config: &Config) -> anyhow::Result<daytona_proxy::ProxySettings> {
+    use daytona_proxy::HostPattern;
+    let mut preview_hosts = vec![HostPattern::for_domain(&config.proxy.domain)];
+    let template =
+        HostPattern::from_template(&config.proxy.template_url).context("PROXY_TEMPLATE_URL")?;
+    if !preview_hosts.contains(&template) {
+        preview_hosts.push(template);
+    }
+    Ok(daytona_proxy::ProxySettings {
+        preview_hosts,
+        toolbox_only: config.proxy.toolbox_only_mode,
+        preview_warning: config.proxy.preview_warning_enabled,
+        cookie_domain: Some(config.proxy.cookie_domain.clone()),
+    })
 }
 
 async fn wait(mut rx: tokio::sync::watch::Receiver<()>) {

@@ -195,6 +195,7 @@ pub fn router(state: AppState) -> Router {
         .route("/init", post(system::initialize))
         .route("/env", post(system::update_env))
         .route("/system/metrics", get(system::metrics))
+        .route("/process/stream", get(crate::process::stream::stream))
         .merge(sessions)
         .merge(ptys)
         .merge(git)

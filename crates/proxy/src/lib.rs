@@ -1,26 +1,39 @@
-//! The proxy: routes `/toolbox/{sandboxId}/{path}` to the toolbox daemon inside that sandbox,
-//! streaming bodies both ways and passing WebSocket upgrades through.
+//! The proxy: `/toolbox/{sandboxId}/{path}` goes to the toolbox daemon inside that sandbox, and a
+//! preview host `{port}-{sandboxId}.{PROXY_DOMAIN}` goes to that port inside the sandbox. Bodies
+//! stream both ways and WebSocket upgrades pass through.
 //!
 //! It knows nothing about stores or runners: a [`SandboxDirectory`] (the API in-process, or a
-//! network client in split deployments) authorizes each request and names the daemon's address.
+//! network client in split deployments) authorizes each request and names the sandbox's address.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::http::{HeaderMap, HeaderName, StatusCode, Uri, header};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{any, get};
 use axum::{Json, Router};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+
+mod credentials;
+mod forward;
+pub mod host;
+mod preview;
+
+pub use credentials::Credential;
+pub use host::{HostPattern, PreviewHost};
+
+use forward::{HttpClient, Upstream};
+
+/// The toolbox daemon's port inside every sandbox.
+pub const TOOLBOX_PORT: u16 = 2280;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -31,15 +44,36 @@ pub enum ProxyError {
     BadGateway(String),
 }
 
-impl IntoResponse for ProxyError {
-    fn into_response(self) -> Response {
-        let (status, code) = match &self {
+impl ProxyError {
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
             ProxyError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            ProxyError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             ProxyError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             ProxyError::NotRunning(_) => (StatusCode::CONFLICT, "CONFLICT"),
             ProxyError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE"),
             ProxyError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "BAD_GATEWAY"),
-        };
+        }
+    }
+
+    /// The error as a small HTML page, for browsers.
+    fn into_html(self) -> Response {
+        let (status, _) = self.status();
+        let title = status.canonical_reason().unwrap_or("Error");
+        let page = format!(
+            "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+             <body style=\"font-family:sans-serif;max-width:40em;margin:4em auto\">\
+             <h1>{} {title}</h1><p>{}</p><p><small>Daytona proxy</small></p></body></html>",
+            status.as_u16(),
+            html_escape(&self.to_string()),
+        );
+        (status, Html(page)).into_response()
+    }
+}
+
+impl IntoResponse for ProxyError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status();
         let body = serde_json::json!({
             "statusCode": status.as_u16(),
             "message": self.to_string(),
@@ -52,34 +86,101 @@ impl IntoResponse for ProxyError {
     }
 }
 
-/// Authorizes toolbox requests and locates sandbox daemons.
+pub(crate) fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// Whether the caller is a browser that wants a page rather than JSON.
+pub(crate) fn wants_html(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"))
+}
+
+/// What a preview host resolved to.
+#[derive(Debug, Clone)]
+pub struct PreviewTarget {
+    pub sandbox_id: String,
+    pub public: bool,
+    /// The host named a valid signed preview token for this port: no further credentials needed.
+    pub signed: bool,
+}
+
+/// Authorizes requests and locates sandboxes.
 #[async_trait::async_trait]
 pub trait SandboxDirectory: Send + Sync + 'static {
-    /// The daemon address of `sandbox_id` if `token` may use its toolbox.
-    async fn toolbox_target(&self, token: &str, sandbox_id: &str)
-    -> Result<SocketAddr, ProxyError>;
+    /// Checks that `credential` may reach `sandbox_id` (its toolbox or its previews).
+    async fn authorize(&self, sandbox_id: &str, credential: &Credential) -> Result<(), ProxyError>;
+    /// Resolves the label of a preview host (a sandbox id, or a signed preview token valid for
+    /// `port`).
+    async fn preview_target(&self, label: &str, port: u16) -> Result<PreviewTarget, ProxyError>;
+    /// The address of a started sandbox; [`ProxyError::NotRunning`] otherwise.
+    async fn sandbox_ip(&self, sandbox_id: &str) -> Result<IpAddr, ProxyError>;
+    /// Records traffic to the sandbox (keeps auto-stop honest). Implementations throttle.
+    async fn touch(&self, sandbox_id: &str);
+}
+
+/// How the proxy recognises and treats preview hosts.
+#[derive(Debug, Clone)]
+pub struct ProxySettings {
+    /// Host shapes of previews (`PROXY_DOMAIN`, `PROXY_TEMPLATE_URL`).
+    pub preview_hosts: Vec<HostPattern>,
+    /// `TOOLBOX_ONLY_MODE`: previews are refused.
+    pub toolbox_only: bool,
+    /// `PREVIEW_WARNING_ENABLED`: browsers see an interstitial page first.
+    pub preview_warning: bool,
+    /// `COOKIE_DOMAIN` (any `:port` is ignored).
+    pub cookie_domain: Option<String>,
 }
 
 #[derive(Clone)]
-struct ProxyState {
+pub(crate) struct ProxyState {
     directory: Arc<dyn SandboxDirectory>,
-    client: Client<HttpConnector, Body>,
+    client: HttpClient,
+    settings: Arc<ProxySettings>,
 }
 
-pub fn router(directory: Arc<dyn SandboxDirectory>) -> Router {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(std::time::Duration::from_secs(30))
-        .build(connector);
-    let state = ProxyState { directory, client };
+pub fn router(directory: Arc<dyn SandboxDirectory>, settings: ProxySettings) -> Router {
+    let state = ProxyState {
+        directory,
+        client: forward::client(),
+        settings: Arc::new(settings),
+    };
     Router::new()
+        .route(
+            "/health",
+            get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
+        )
         .route("/toolbox/{sandbox_id}", any(toolbox_root))
         .route("/toolbox/{sandbox_id}/{*path}", any(toolbox))
         .fallback(
             |uri: Uri| async move { ProxyError::NotFound(format!("no route for {}", uri.path())) },
         )
+        // Preview hosts take every path, so they are recognised before routing.
+        .layer(middleware::from_fn_with_state(state.clone(), route_preview))
         .with_state(state)
+}
+
+async fn route_preview(State(state): State<ProxyState>, req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())
+        .unwrap_or("");
+    match state
+        .settings
+        .preview_hosts
+        .iter()
+        .find_map(|p| p.parse(host))
+    {
+        Some(preview) => preview::handle(state, preview, req).await,
+        None => next.run(req).await,
+    }
 }
 
 async fn toolbox_root(
@@ -87,7 +188,7 @@ async fn toolbox_root(
     Path(sandbox_id): Path<String>,
     req: Request,
 ) -> Result<Response, ProxyError> {
-    forward(state, sandbox_id, String::new(), req).await
+    toolbox_forward(state, sandbox_id, String::new(), req).await
 }
 
 async fn toolbox(
@@ -95,115 +196,47 @@ async fn toolbox(
     Path((sandbox_id, path)): Path<(String, String)>,
     req: Request,
 ) -> Result<Response, ProxyError> {
-    forward(state, sandbox_id, path, req).await
+    toolbox_forward(state, sandbox_id, path, req).await
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
-fn is_upgrade(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-        })
-        && headers.contains_key(header::UPGRADE)
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (name == "connection" || name == "upgrade") {
-            continue;
-        }
-        headers.remove(name);
-    }
-}
-
-async fn forward(
+async fn toolbox_forward(
     state: ProxyState,
     sandbox_id: String,
     path: String,
-    mut req: Request,
+    req: Request,
 ) -> Result<Response, ProxyError> {
-    let token = bearer(req.headers())
-        .ok_or_else(|| {
-            ProxyError::Unauthorized(
-                "Missing credentials: send 'Authorization: Bearer <API key>'".into(),
-            )
-        })?
-        .to_string();
-    let addr = state.directory.toolbox_target(&token, &sandbox_id).await?;
-
-    let upgrade = is_upgrade(req.headers());
-    let query = req
-        .uri()
-        .query()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    let uri: Uri = format!("http://{addr}/{path}{query}")
-        .parse()
-        .map_err(|e| ProxyError::BadGateway(format!("bad upstream uri: {e}")))?;
-    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-
-    let (mut parts, body) = req.into_parts();
-    parts.uri = uri;
-    parts.version = axum::http::Version::HTTP_11;
-    strip_hop_by_hop(&mut parts.headers, upgrade);
-    // The sandbox never sees the caller's credentials.
-    parts.headers.remove(header::AUTHORIZATION);
-    parts.headers.insert(
-        HeaderName::from_static("x-forwarded-host"),
-        HeaderValue::from_static("daytona-proxy"),
-    );
-    parts.headers.remove(header::HOST);
-
-    let mut resp = state
-        .client
-        .request(Request::from_parts(parts, body))
+    let found = credentials::find(&req, &sandbox_id).ok_or_else(|| {
+        ProxyError::Unauthorized(
+            "Missing credentials: send 'Authorization: Bearer <API key>'".into(),
+        )
+    })?;
+    state
+        .directory
+        .authorize(&sandbox_id, &found.credential)
+        .await?;
+    let ip = state.directory.sandbox_ip(&sandbox_id).await?;
+    if !credentials::skips_activity(req.headers()) {
+        state.directory.touch(&sandbox_id).await;
+    }
+    let query = credentials::query_without_auth_key(req.uri().query());
+    let upstream = Upstream {
+        sandbox_id: sandbox_id.clone(),
+        ip,
+        port: TOOLBOX_PORT,
+        path_and_query: format!("/{path}{query}"),
+        keep_host: false,
+        strip: found.strip,
+        activity: Some((state.directory.clone(), sandbox_id.clone())),
+    };
+    forward::forward(&state.client, upstream, req)
         .await
         .map_err(|e| {
             ProxyError::BadGateway(format!(
-                "toolbox of sandbox {sandbox_id} is unreachable: {e}"
+                "toolbox of sandbox {sandbox_id} is unreachable: {}",
+                e.message
             ))
-        })?;
-
-    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-        && let Some(client_upgrade) = client_upgrade
-    {
-        let upstream_upgrade = hyper::upgrade::on(&mut resp);
-        tokio::spawn(async move {
-            match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                Ok((client, upstream)) => {
-                    let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
-                    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                    {
-                        tracing::debug!(error = %e, "upgraded toolbox connection ended");
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "toolbox upgrade failed"),
-            }
-        });
-        let (parts, _) = resp.into_parts();
-        return Ok(Response::from_parts(parts, Body::empty()));
-    }
-
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers, false);
-    Ok(Response::from_parts(parts, Body::new(body)))
+        })
 }
+
+/// Name of the header that carries a sandbox's preview token.
+pub const PREVIEW_TOKEN_HEADER: HeaderName = HeaderName::from_static("x-daytona-preview-token");

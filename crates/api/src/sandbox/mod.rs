@@ -1,5 +1,6 @@
 //! Sandboxes: DTOs, the state machine service and the HTTP routes.
 
+pub mod access;
 pub mod dto;
 pub mod lifecycle;
 pub mod routes;

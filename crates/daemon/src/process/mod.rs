@@ -5,3 +5,4 @@ pub mod interpreter;
 pub mod pty;
 pub mod session;
 pub mod shell;
+pub mod stream;

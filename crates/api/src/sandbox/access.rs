@@ -1,0 +1,554 @@
+//! Access to a sandbox from outside the SDK: preview URLs (plain and signed), SSH access tokens,
+//! and the lookups the proxy and the SSH gateway make for them.
+//!
+//! Three kinds of secrets: the per-sandbox preview token (plain text, handed out again on every
+//! preview-url request), signed preview tokens (bound to one port, expiring) and SSH tokens
+//! (expiring; both stored as SHA-256 only).
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use daytona_proxy::{Credential, PreviewTarget, ProxyError, SandboxDirectory};
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+use super::dto::Sandbox;
+use crate::AppState;
+use crate::auth::{self, AuthContext, hash_key};
+use crate::error::{ApiError, ApiResult};
+use crate::store::{SandboxRow, Store, now};
+
+const SIGNED_DEFAULT_S: u64 = 60;
+const SIGNED_MAX_S: u64 = 24 * 60 * 60;
+const SSH_DEFAULT_MIN: u64 = 60;
+/// Upstream accepts up to 24 h of SSH access per token.
+const SSH_MAX_MIN: u64 = 24 * 60;
+/// At most one `last_activity_at` write per sandbox in this interval.
+const TOUCH_INTERVAL: Duration = Duration::from_secs(10);
+const TOKEN_LEN: usize = 32;
+
+/// Values the access endpoints need from configuration.
+#[derive(Debug, Clone)]
+pub struct AccessSettings {
+    /// `PROXY_TEMPLATE_URL` with `{{PORT}}` and `{{sandboxId}}`.
+    pub preview_url_template: String,
+    /// `SSH_GATEWAY_COMMAND` with `{{TOKEN}}`.
+    pub ssh_command_template: String,
+}
+
+pub struct AccessService {
+    settings: AccessSettings,
+    touched: Mutex<HashMap<String, Instant>>,
+}
+
+/// A random token of lowercase letters and digits: usable as a DNS label and an SSH user name.
+fn random_token() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..TOKEN_LEN)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn timestamp_in(d: Duration) -> String {
+    let t = chrono::Utc::now() + chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl AccessService {
+    pub fn new(settings: AccessSettings) -> Self {
+        AccessService {
+            settings,
+            touched: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn preview_url(&self, port: u16, label: &str) -> String {
+        self.settings
+            .preview_url_template
+            .replace("{{PORT}}", &port.to_string())
+            .replace("{{sandboxId}}", label)
+    }
+
+    /// The sandbox's preview token, created on first use.
+    pub async fn preview_token(
+        &self,
+        store: &Store,
+        sandbox_id: &str,
+    ) -> Result<String, sqlx::Error> {
+        // Read first: this runs on every preview request, and a write would take SQLite's lock.
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT token FROM sandbox_preview_tokens WHERE sandbox_id = ?")
+                .bind(sandbox_id)
+                .fetch_optional(store.pool())
+                .await?;
+        if let Some(token) = existing {
+            return Ok(token);
+        }
+        sqlx::query("INSERT OR IGNORE INTO sandbox_preview_tokens (sandbox_id, token, created_at) VALUES (?, ?, ?)")
+            .bind(sandbox_id)
+            .bind(random_token())
+            .bind(now())
+            .execute(store.pool())
+            .await?;
+        sqlx::query_scalar("SELECT token FROM sandbox_preview_tokens WHERE sandbox_id = ?")
+            .bind(sandbox_id)
+            .fetch_one(store.pool())
+            .await
+    }
+
+    /// The sandbox a signed preview token opens for `port`, while it has not expired.
+    async fn signed_sandbox(
+        &self,
+        store: &Store,
+        token: &str,
+        port: u16,
+    ) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT sandbox_id FROM signed_preview_tokens WHERE token_hash = ? AND port = ? AND expires_at > ?",
+        )
+        .bind(hash_key(token))
+        .bind(i64::from(port))
+        .bind(now())
+        .fetch_optional(store.pool())
+        .await
+    }
+
+    /// The sandbox an SSH token opens, while it has not expired.
+    pub async fn ssh_sandbox(
+        &self,
+        store: &Store,
+        token: &str,
+    ) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT a.sandbox_id FROM ssh_access a JOIN sandboxes s ON s.id = a.sandbox_id
+             WHERE a.token_hash = ? AND a.expires_at > ? AND s.state <> 'destroyed'",
+        )
+        .bind(hash_key(token))
+        .bind(now())
+        .fetch_optional(store.pool())
+        .await
+    }
+
+    /// Records activity on the sandbox, at most once per [`TOUCH_INTERVAL`].
+    pub async fn touch(&self, store: &Store, sandbox_id: &str) {
+        {
+            let mut touched = self.touched.lock().expect("touch map poisoned");
+            let now = Instant::now();
+            if touched
+                .get(sandbox_id)
+                .is_some_and(|t| now.duration_since(*t) < TOUCH_INTERVAL)
+            {
+                return;
+            }
+            touched.retain(|_, t| now.duration_since(*t) < TOUCH_INTERVAL);
+            touched.insert(sandbox_id.to_string(), now);
+        }
+        let result = sqlx::query(
+            "UPDATE sandboxes SET last_activity_at = ? WHERE id = ? AND state <> 'destroyed'",
+        )
+        .bind(now())
+        .bind(sandbox_id)
+        .execute(store.pool())
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(sandbox = %sandbox_id, error = %e, "could not record sandbox activity");
+        }
+    }
+}
+
+/// The address of a started sandbox.
+pub async fn sandbox_ip(state: &AppState, sandbox_id: &str) -> Result<IpAddr, ProxyError> {
+    let row = live_sandbox(&state.store, sandbox_id).await?;
+    if row.state != "started" {
+        return Err(ProxyError::NotRunning(format!(
+            "Sandbox {sandbox_id} is not started (state: {})",
+            row.state
+        )));
+    }
+    state
+        .sandboxes
+        .runner()
+        .daemon_address(sandbox_id)
+        .await
+        .map_err(|e| ProxyError::Unavailable(e.to_string()))?
+        .map(|addr| addr.ip())
+        .ok_or_else(|| ProxyError::NotRunning(format!("Sandbox {sandbox_id} is not running")))
+}
+
+async fn live_sandbox(store: &Store, sandbox_id: &str) -> Result<SandboxRow, ProxyError> {
+    store
+        .sandbox_by_id(sandbox_id)
+        .await
+        .map_err(|e| ProxyError::Unavailable(e.to_string()))?
+        .ok_or_else(|| ProxyError::NotFound(format!("Sandbox {sandbox_id} not found")))
+}
+
+#[async_trait::async_trait]
+impl SandboxDirectory for AppState {
+    async fn authorize(&self, sandbox_id: &str, credential: &Credential) -> Result<(), ProxyError> {
+        let row = live_sandbox(&self.store, sandbox_id).await?;
+        match credential {
+            Credential::ApiKey(key) => {
+                let ctx = auth::authenticate(&self.store, key)
+                    .await
+                    .map_err(|e| match e {
+                        ApiError::Unauthorized(m) => ProxyError::Unauthorized(m),
+                        other => ProxyError::Unavailable(other.to_string()),
+                    })?;
+                if ctx.organization_id != row.organization_id {
+                    // Same answer as for a missing sandbox: ids of other organizations stay hidden.
+                    return Err(ProxyError::NotFound(format!(
+                        "Sandbox {sandbox_id} not found"
+                    )));
+                }
+            }
+            Credential::PreviewToken(token) => {
+                let expected = self
+                    .access
+                    .preview_token(&self.store, sandbox_id)
+                    .await
+                    .map_err(|e| ProxyError::Unavailable(e.to_string()))?;
+                if token.as_bytes() != expected.as_bytes() {
+                    return Err(ProxyError::Unauthorized(format!(
+                        "Invalid preview token for sandbox {sandbox_id}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn preview_target(&self, label: &str, port: u16) -> Result<PreviewTarget, ProxyError> {
+        let unavailable = |e: sqlx::Error| ProxyError::Unavailable(e.to_string());
+        if let Some(row) = self.store.sandbox_by_id(label).await.map_err(unavailable)? {
+            return Ok(PreviewTarget {
+                sandbox_id: row.id,
+                public: row.public,
+                signed: false,
+            });
+        }
+        match self
+            .access
+            .signed_sandbox(&self.store, label, port)
+            .await
+            .map_err(unavailable)?
+        {
+            Some(sandbox_id) => Ok(PreviewTarget {
+                sandbox_id,
+                public: false,
+                signed: true,
+            }),
+            None => Err(ProxyError::NotFound(format!(
+                "No sandbox or valid signed preview URL for '{label}' on port {port} (signed URLs expire)"
+            ))),
+        }
+    }
+
+    async fn sandbox_ip(&self, sandbox_id: &str) -> Result<IpAddr, ProxyError> {
+        sandbox_ip(self, sandbox_id).await
+    }
+
+    async fn touch(&self, sandbox_id: &str) {
+        self.access.touch(&self.store, sandbox_id).await
+    }
+}
+
+// --- HTTP -------------------------------------------------------------------------------------
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/sandbox/{id}/ports/{port}/preview-url", get(preview_url))
+        .route(
+            "/sandbox/{id}/ports/{port}/signed-preview-url",
+            get(signed_preview_url),
+        )
+        .route(
+            "/sandbox/{id}/ports/{port}/signed-preview-url/{token}/expire",
+            post(expire_signed_preview_url),
+        )
+        .route(
+            "/sandbox/{id}/ssh-access",
+            post(create_ssh_access).delete(revoke_ssh_access),
+        )
+        .route("/sandbox/ssh-access/validate", get(validate_ssh_access))
+}
+
+fn parse_port(raw: &str) -> ApiResult<u16> {
+    raw.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
+        ApiError::BadRequest(format!("port: '{raw}' is not a port number (1-65535)"))
+    })
+}
+
+/// Parses an optional integer query value within `1..=max`.
+fn bounded(name: &str, raw: Option<&str>, default: u64, max: u64) -> ApiResult<u64> {
+    let Some(raw) = raw else { return Ok(default) };
+    raw.parse::<u64>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name}: expected an integer from 1 to {max}, got '{raw}'"
+            ))
+        })
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct PreviewUrl {
+    sandbox_id: String,
+    url: String,
+    token: String,
+}
+
+async fn preview_url(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path((id, port)): Path<(String, String)>,
+) -> ApiResult<Json<PreviewUrl>> {
+    let port = parse_port(&port)?;
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    let token = state.access.preview_token(&state.store, &row.id).await?;
+    Ok(Json(PreviewUrl {
+        url: state.access.preview_url(port, &row.id),
+        sandbox_id: row.id,
+        token,
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SignedQuery {
+    expires_in_seconds: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SignedPreviewUrl {
+    sandbox_id: String,
+    port: u16,
+    token: String,
+    url: String,
+}
+
+async fn signed_preview_url(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path((id, port)): Path<(String, String)>,
+    Query(q): Query<SignedQuery>,
+) -> ApiResult<Json<SignedPreviewUrl>> {
+    let port = parse_port(&port)?;
+    let seconds = bounded(
+        "expiresInSeconds",
+        q.expires_in_seconds.as_deref(),
+        SIGNED_DEFAULT_S,
+        SIGNED_MAX_S,
+    )?;
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    let token = random_token();
+    sqlx::query(
+        "INSERT INTO signed_preview_tokens (token_hash, sandbox_id, port, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
+    )
+    .bind(hash_key(&token))
+    .bind(&row.id)
+    .bind(i64::from(port))
+    .bind(timestamp_in(Duration::from_secs(seconds)))
+    .bind(now())
+    .execute(state.store.pool())
+    .await?;
+    Ok(Json(SignedPreviewUrl {
+        url: state.access.preview_url(port, &token),
+        sandbox_id: row.id,
+        port,
+        token,
+    }))
+}
+
+async fn expire_signed_preview_url(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path((id, port, token)): Path<(String, String, String)>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let port = parse_port(&port)?;
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    let done = sqlx::query(
+        "DELETE FROM signed_preview_tokens WHERE token_hash = ? AND sandbox_id = ? AND port = ?",
+    )
+    .bind(hash_key(&token))
+    .bind(&row.id)
+    .bind(i64::from(port))
+    .execute(state.store.pool())
+    .await?;
+    if done.rows_affected() == 0 {
+        return Err(ApiError::NotFound(format!(
+            "No signed preview URL with that token for port {port} of sandbox {}",
+            row.id
+        )));
+    }
+    Ok(Json(serde_json::json!({})))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SshQuery {
+    expires_in_minutes: Option<String>,
+    token: Option<String>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SshAccess {
+    id: String,
+    sandbox_id: String,
+    token: String,
+    expires_at: String,
+    created_at: String,
+    updated_at: String,
+    ssh_command: String,
+}
+
+async fn create_ssh_access(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+    Query(q): Query<SshQuery>,
+) -> ApiResult<Json<SshAccess>> {
+    let minutes = bounded(
+        "expiresInMinutes",
+        q.expires_in_minutes.as_deref(),
+        SSH_DEFAULT_MIN,
+        SSH_MAX_MIN,
+    )?;
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    let token = random_token();
+    let ts = now();
+    let access = SshAccess {
+        id: uuid::Uuid::new_v4().to_string(),
+        ssh_command: state
+            .access
+            .settings
+            .ssh_command_template
+            .replace("{{TOKEN}}", &token),
+        sandbox_id: row.id,
+        expires_at: timestamp_in(Duration::from_secs(minutes * 60)),
+        created_at: ts.clone(),
+        updated_at: ts,
+        token,
+    };
+    // As upstream: a new token replaces the sandbox's earlier ones.
+    let mut tx = state.store.pool().begin().await?;
+    sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = ?")
+        .bind(&access.sandbox_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "INSERT INTO ssh_access (id, sandbox_id, token_hash, expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&access.id)
+    .bind(&access.sandbox_id)
+    .bind(hash_key(&access.token))
+    .bind(&access.expires_at)
+    .bind(&access.created_at)
+    .bind(&access.updated_at)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(Json(access))
+}
+
+async fn revoke_ssh_access(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+    Query(q): Query<SshQuery>,
+) -> ApiResult<Json<Sandbox>> {
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    match q.token.as_deref().filter(|t| !t.is_empty()) {
+        Some(token) => {
+            let done =
+                sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = ? AND token_hash = ?")
+                    .bind(&row.id)
+                    .bind(hash_key(token))
+                    .execute(state.store.pool())
+                    .await?;
+            if done.rows_affected() == 0 {
+                return Err(ApiError::NotFound(format!(
+                    "No SSH access with that token for sandbox {}",
+                    row.id
+                )));
+            }
+        }
+        None => {
+            sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = ?")
+                .bind(&row.id)
+                .execute(state.store.pool())
+                .await?;
+        }
+    }
+    Ok(Json(state.sandboxes.to_dto(row)))
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct SshValidation {
+    valid: bool,
+    sandbox_id: String,
+}
+
+async fn validate_ssh_access(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Query(q): Query<SshQuery>,
+) -> ApiResult<Json<SshValidation>> {
+    let token = q
+        .token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::BadRequest("token: required".into()))?;
+    // Only the caller's own sandboxes: a token of another organization is reported invalid.
+    let sandbox = match state.access.ssh_sandbox(&state.store, &token).await? {
+        Some(id) => state.store.find_sandbox(&ctx.organization_id, &id).await?,
+        None => None,
+    };
+    Ok(Json(match sandbox {
+        Some(row) => SshValidation {
+            valid: true,
+            sandbox_id: row.id,
+        },
+        None => SshValidation {
+            valid: false,
+            sandbox_id: String::new(),
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_dns_labels_and_unique() {
+        let a = random_token();
+        assert_eq!(a.len(), TOKEN_LEN);
+        assert!(
+            a.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        );
+        assert_ne!(a, random_token());
+    }
+
+    #[test]
+    fn query_bounds() {
+        assert_eq!(bounded("x", None, 60, 100).unwrap(), 60);
+        assert_eq!(bounded("x", Some("100"), 60, 100).unwrap(), 100);
+        assert!(bounded("x", Some("0"), 60, 100).is_err());
+        assert!(bounded("x", Some("101"), 60, 100).is_err());
+        assert!(bounded("x", Some("abc"), 60, 100).is_err());
+        assert!(parse_port("0").is_err() && parse_port("70000").is_err());
+        assert_eq!(parse_port("8080").unwrap(), 8080);
+    }
+}
