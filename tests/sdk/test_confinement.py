@@ -78,3 +78,27 @@ def test_out_of_memory_kill_exits_137(sandbox):
     response = sandbox.process.exec(f"python3 -c 'x = b\"a\" * {over}; print(len(x))'", timeout=120)
     assert response.exit_code == 137, response.result
     assert sandbox.process.exec("echo alive").result == "alive\n"  # the sandbox survives
+
+
+def test_out_of_memory_kill_is_explained_by_the_api(server, sandbox_factory):
+    import json
+    import urllib.request
+
+    sandbox = sandbox_factory()
+
+    def raw():
+        req = urllib.request.Request(
+            f"{server.api_url}/sandbox/{sandbox.id}", headers={"Authorization": f"Bearer {server.api_key}"}
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    assert raw()["oomKills"] == 0 and "oomReason" not in raw()
+    # A plain SIGKILL is not an out-of-memory kill.
+    assert sandbox.process.exec("sh -c 'kill -9 $$'").exit_code == 137
+    assert raw()["oomKills"] == 0
+    over = (int(sandbox.memory) << 30) + (512 << 20)
+    assert sandbox.process.exec(f"python3 -c 'x = b\"a\" * {over}'", timeout=120).exit_code == 137
+    body = raw()
+    assert body["oomKills"] >= 1
+    assert "out-of-memory" in body["oomReason"] and f"{sandbox.memory} GiB" in body["oomReason"]

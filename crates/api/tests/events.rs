@@ -52,6 +52,9 @@ impl SandboxRunner for NullRunner {
     async fn daemon_address(&self, _: &str) -> Result<Option<SocketAddr>, RunnerError> {
         Ok(None)
     }
+    async fn oom_kills(&self, _: &str) -> Result<u64, RunnerError> {
+        Ok(0)
+    }
     async fn pause_sandbox(&self, _: &str) -> Result<(), RunnerError> {
         Ok(())
     }

@@ -64,6 +64,8 @@ pub trait SandboxRunner: Send + Sync + 'static {
     async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError>;
     /// The daemon address of a running sandbox, `None` when it is not running.
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError>;
+    /// Processes the out-of-memory killer has killed in the sandbox since it last started.
+    async fn oom_kills(&self, id: &str) -> Result<u64, RunnerError>;
     /// Freezes a running sandbox (processes and memory kept).
     async fn pause_sandbox(&self, id: &str) -> Result<(), RunnerError>;
     /// Thaws a paused sandbox.
@@ -159,6 +161,10 @@ impl SandboxRunner for Runner {
 
     async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError> {
         Ok(self.runtime.destroy(id).await?)
+    }
+
+    async fn oom_kills(&self, id: &str) -> Result<u64, RunnerError> {
+        Ok(self.runtime.status(id).await?.map_or(0, |s| s.oom_kills))
     }
 
     async fn pause_sandbox(&self, id: &str) -> Result<(), RunnerError> {

@@ -95,6 +95,13 @@ pub struct Sandbox {
     pub daemon_version: Option<String>,
     pub runner_id: Option<String>,
     pub toolbox_proxy_url: String,
+    /// Processes killed by the out-of-memory killer since the sandbox last started (single
+    /// sandbox reads only; not part of upstream's DTO, ignored by SDKs that don't know it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_kills: Option<u64>,
+    /// Why commands died with exit code 137, when the OOM killer is the reason.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oom_reason: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -147,6 +154,8 @@ impl Sandbox {
             daemon_version: row.daemon_version,
             runner_id: row.runner_id,
             toolbox_proxy_url: toolbox_proxy_url.to_string(),
+            oom_kills: None,
+            oom_reason: None,
         }
     }
 

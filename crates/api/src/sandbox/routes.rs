@@ -48,7 +48,22 @@ async fn get_one(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
     let row = state.sandboxes.find(&ctx, &id).await?;
-    Ok(Json(state.sandboxes.to_dto(row)))
+    let running = matches!(row.state.as_str(), "started" | "paused");
+    let mut dto = state.sandboxes.to_dto(row);
+    if running {
+        // Best effort: a sandbox whose status cannot be read still answers.
+        if let Ok(kills) = state.sandboxes.runner().oom_kills(&dto.id).await {
+            dto.oom_kills = Some(kills);
+            dto.oom_reason = (kills > 0).then(|| {
+                format!(
+                    "{kills} process(es) were killed by the out-of-memory killer (exit code 137): the sandbox \
+                     reached its memory limit of {} GiB",
+                    dto.memory
+                )
+            });
+        }
+    }
+    Ok(Json(dto))
 }
 
 async fn start(
