@@ -29,6 +29,11 @@ def test_auto_intervals_are_stored(daytona, sandbox):
     assert (fresh.auto_stop_interval, fresh.auto_archive_interval, fresh.auto_delete_interval) == (42, 120, 30)
     sandbox.set_auto_delete_interval(-1)
     assert daytona.get(sandbox.id).auto_delete_interval == -1
+    sandbox.set_auto_archive_interval(0)  # 0 means the maximum (MAX_AUTO_ARCHIVE_INTERVAL)
+    assert daytona.get(sandbox.id).auto_archive_interval == 43200
+    with pytest.raises(DaytonaError) as err:
+        sandbox.set_auto_archive_interval(43201)
+    assert "maximum" in str(err.value)
 
 
 def test_ttl_sets_and_clears_the_destroy_time(daytona, sandbox):

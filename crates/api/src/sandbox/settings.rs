@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{post, put};
+use axum::routing::{MethodRouter, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 
@@ -22,11 +22,23 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/sandbox/{id}/labels", put(labels))
         .route("/sandbox/{id}/public/{value}", post(public))
-        .route("/sandbox/{id}/autostop/{minutes}", post(auto_stop))
-        .route("/sandbox/{id}/autoarchive/{minutes}", post(auto_archive))
-        .route("/sandbox/{id}/autodelete/{minutes}", post(auto_delete))
-        .route("/sandbox/{id}/autopause/{minutes}", post(auto_pause))
-        .route("/sandbox/{id}/ttl/{minutes}", post(ttl))
+        .route(
+            "/sandbox/{id}/autostop/{minutes}",
+            interval_route(Interval::AutoStop),
+        )
+        .route(
+            "/sandbox/{id}/autoarchive/{minutes}",
+            interval_route(Interval::AutoArchive),
+        )
+        .route(
+            "/sandbox/{id}/autodelete/{minutes}",
+            interval_route(Interval::AutoDelete),
+        )
+        .route(
+            "/sandbox/{id}/autopause/{minutes}",
+            interval_route(Interval::AutoPause),
+        )
+        .route("/sandbox/{id}/ttl/{minutes}", interval_route(Interval::Ttl))
         .route("/sandbox/{id}/network-settings", post(network_settings))
         .route("/sandbox/{id}/last-activity", post(last_activity))
 }
@@ -92,75 +104,54 @@ async fn public(
     ))
 }
 
-async fn auto_stop(
-    State(state): State<AppState>,
-    ctx: AuthContext,
-    Path((id, minutes)): Path<(String, String)>,
-) -> ApiResult<Json<Sandbox>> {
-    let minutes = int_param("interval", &minutes, 0)?;
-    Ok(Json(
-        apply(&state, &ctx, &id, SandboxSetting::AutoStop(minutes)).await?,
-    ))
+/// The minute-valued settings, one route each.
+#[derive(Debug, Clone, Copy)]
+enum Interval {
+    AutoStop,
+    AutoArchive,
+    AutoDelete,
+    AutoPause,
+    Ttl,
 }
 
-async fn auto_archive(
-    State(state): State<AppState>,
-    ctx: AuthContext,
-    Path((id, minutes)): Path<(String, String)>,
-) -> ApiResult<Json<Sandbox>> {
-    let minutes = int_param("interval", &minutes, 0)?;
-    // 0 means "the maximum", as upstream.
-    let minutes = if minutes == 0 {
-        state.sandboxes.max_auto_archive_minutes()
-    } else {
-        minutes
-    };
-    if minutes > state.sandboxes.max_auto_archive_minutes() {
-        return Err(ApiError::BadRequest(format!(
-            "interval: {minutes} exceeds the maximum auto-archive interval of {} minutes",
-            state.sandboxes.max_auto_archive_minutes()
-        )));
-    }
-    Ok(Json(
-        apply(&state, &ctx, &id, SandboxSetting::AutoArchive(minutes)).await?,
-    ))
+fn interval_route(kind: Interval) -> MethodRouter<AppState> {
+    post(
+        move |State(state): State<AppState>,
+              ctx: AuthContext,
+              Path((id, minutes)): Path<(String, String)>| async move {
+            let setting = interval_setting(&state, kind, &minutes)?;
+            apply(&state, &ctx, &id, setting).await.map(Json)
+        },
+    )
 }
 
-async fn auto_delete(
-    State(state): State<AppState>,
-    ctx: AuthContext,
-    Path((id, minutes)): Path<(String, String)>,
-) -> ApiResult<Json<Sandbox>> {
-    let minutes = int_param("interval", &minutes, -1)?;
-    Ok(Json(
-        apply(&state, &ctx, &id, SandboxSetting::AutoDelete(minutes)).await?,
-    ))
-}
-
-async fn auto_pause(
-    State(state): State<AppState>,
-    ctx: AuthContext,
-    Path((id, minutes)): Path<(String, String)>,
-) -> ApiResult<Json<Sandbox>> {
-    let minutes = int_param("interval", &minutes, 0)?;
-    Ok(Json(
-        apply(&state, &ctx, &id, SandboxSetting::AutoPause(minutes)).await?,
-    ))
-}
-
-async fn ttl(
-    State(state): State<AppState>,
-    ctx: AuthContext,
-    Path((id, minutes)): Path<(String, String)>,
-) -> ApiResult<Json<Sandbox>> {
-    let minutes = int_param("ttlMinutes", &minutes, 0)?;
-    let at = (minutes > 0).then(|| {
-        (chrono::Utc::now() + chrono::Duration::minutes(minutes))
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-    });
-    Ok(Json(
-        apply(&state, &ctx, &id, SandboxSetting::AutoDestroyAt(at)).await?,
-    ))
+/// Validates `raw` minutes for `kind` (0 disables, except: auto-archive 0 = the maximum,
+/// auto-delete -1 disables and 0 = delete on stop) and turns it into the stored setting.
+fn interval_setting(state: &AppState, kind: Interval, raw: &str) -> ApiResult<SandboxSetting> {
+    Ok(match kind {
+        Interval::AutoStop => SandboxSetting::AutoStop(int_param("interval", raw, 0)?),
+        Interval::AutoPause => SandboxSetting::AutoPause(int_param("interval", raw, 0)?),
+        Interval::AutoDelete => SandboxSetting::AutoDelete(int_param("interval", raw, -1)?),
+        Interval::AutoArchive => {
+            let max = state.sandboxes.max_auto_archive_minutes();
+            match int_param("interval", raw, 0)? {
+                0 => SandboxSetting::AutoArchive(max),
+                m if m > max => {
+                    return Err(ApiError::BadRequest(format!(
+                        "interval: {m} exceeds the maximum auto-archive interval of {max} minutes"
+                    )));
+                }
+                m => SandboxSetting::AutoArchive(m),
+            }
+        }
+        Interval::Ttl => {
+            let minutes = int_param("ttlMinutes", raw, 0)?;
+            SandboxSetting::AutoDestroyAt((minutes > 0).then(|| {
+                (chrono::Utc::now() + chrono::Duration::minutes(minutes))
+                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+            }))
+        }
+    })
 }
 
 #[derive(Deserialize)]
