@@ -16,6 +16,7 @@ import ipaddress
 import json
 import os
 import random
+import re
 import secrets
 import shutil
 import signal
@@ -32,7 +33,7 @@ from pathlib import Path
 import pytest
 from daytona import Daytona, Sandbox
 
-from support import SandboxFactory, make_client, sandbox_processes_on_host
+from support import SandboxFactory, make_client, sandbox_processes_on_host, unique
 
 HEALTH_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 30
@@ -304,6 +305,14 @@ _RUNNING: dict[str, Server] = {}
 
 
 @pytest.hookimpl(hookwrapper=True)
+@pytest.fixture
+def workdir(sandbox: Sandbox, request: pytest.FixtureRequest) -> str:
+    """A fresh directory in the module's shared sandbox for one test."""
+    path = f"/tmp/{unique(re.sub(r'[^A-Za-z0-9_-]', '-', request.node.name)[:40])}"
+    assert sandbox.process.exec(f"mkdir -p {path}").exit_code == 0
+    return path
+
+
 def pytest_runtest_setup(item: pytest.Item):
     srv = _started_server(item)
     item.stash[_LOG_OFFSET_KEY] = srv.log_size() if srv else 0

@@ -11,14 +11,6 @@ from support import unique
 BIG_FILE_BYTES = 50 * 1024 * 1024
 
 
-@pytest.fixture
-def workdir(sandbox):
-    """A fresh directory in the shared sandbox for one test."""
-    path = f"/tmp/{unique('files')}"
-    assert sandbox.process.exec(f"mkdir -p {path}").exit_code == 0
-    return path
-
-
 def test_upload_download_text(sandbox, workdir):
     text = "héllo, wörld\nsecond line\n".encode()
     path = f"{workdir}/nested/dirs/hello.txt"  # parents are created by the upload

@@ -188,6 +188,11 @@ pub fn router(state: AppState) -> Router {
             post(transfer::bulk_upload).layer(DefaultBodyLimit::disable()),
         )
         .route("/files/bulk-download", post(transfer::bulk_download))
+        .route("/files/download", get(transfer::download))
+        .route(
+            "/files/upload-v2",
+            post(transfer::upload_v2).layer(DefaultBodyLimit::disable()),
+        )
         .route("/process/execute", post(execute::execute))
         .route("/process/code-run", post(execute::code_run))
         .route("/port", get(system::ports))
@@ -236,20 +241,17 @@ async fn user_home_dir(State(state): State<AppState>) -> Json<Value> {
     Json(json!({ "dir": state.config().home_dir }))
 }
 
-/// Toolbox areas of the upstream API this daemon does not serve: signed transfers (the API
-/// signs them; the SDK's signed URLs are answered by the proxy) and the desktop features.
+/// Toolbox areas of the upstream API this daemon does not serve: the old single-file upload and
+/// the desktop features.
 async fn unrouted(uri: Uri) -> ApiError {
     let path = uri.path();
     if let Some(feature) = system::unsupported_feature(path) {
         ApiError::not_implemented(format!(
             "{feature} is not supported by this image/server (no desktop environment): {path}"
         ))
-    } else if matches!(
-        path,
-        "/files/download" | "/files/upload" | "/files/upload-v2"
-    ) {
+    } else if path == "/files/upload" {
         ApiError::not_implemented(format!(
-            "{path} is not implemented by this daemon; use /files/bulk-download and /files/bulk-upload"
+            "{path} is not implemented by this daemon; use /files/bulk-upload or /files/upload-v2"
         ))
     } else {
         ApiError::not_found(format!("no such endpoint: {path}"))

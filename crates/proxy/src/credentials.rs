@@ -6,6 +6,7 @@ use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderName, header};
 
 use crate::PREVIEW_TOKEN_HEADER;
+use crate::signed_file::{SIGNED_PARAMS, SignedFile};
 
 pub const AUTH_KEY_PARAM: &str = "DAYTONA_SANDBOX_AUTH_KEY";
 const SKIP_ACTIVITY_HEADER: &str = "x-daytona-skip-last-activity-update";
@@ -17,6 +18,8 @@ pub enum Credential {
     ApiKey(String),
     /// The sandbox's own preview token.
     PreviewToken(String),
+    /// A signed file URL; valid only for the file and operation it names.
+    SignedFile(SignedFile),
 }
 
 #[derive(Debug)]
@@ -84,12 +87,34 @@ pub(crate) fn find(req: &Request, sandbox_id: &str) -> Option<Found> {
     if let Some(token) = query_auth_key(req.uri().query()) {
         return Some(found(Credential::PreviewToken(token), true, &[]));
     }
-    cookie(headers, &cookie_name(sandbox_id))
-        .map(|token| found(Credential::PreviewToken(token.to_string()), false, &[]))
+    if let Some(token) = cookie(headers, &cookie_name(sandbox_id)) {
+        return Some(found(
+            Credential::PreviewToken(token.to_string()),
+            false,
+            &[],
+        ));
+    }
+    let operation = req
+        .uri()
+        .path()
+        .strip_prefix("/toolbox/")
+        .and_then(|rest| rest.strip_prefix(sandbox_id))?;
+    SignedFile::from_request(req.method().as_str(), operation, req.uri().query())
+        .map(|signed| found(Credential::SignedFile(signed), false, &[]))
 }
 
-/// The query string (with its `?`) minus `DAYTONA_SANDBOX_AUTH_KEY`, other pairs untouched.
-pub(crate) fn query_without_auth_key(query: Option<&str>) -> String {
+impl Credential {
+    /// Query parameters that carry credentials of this kind and never reach the sandbox.
+    pub(crate) fn query_params(&self) -> &'static [&'static str] {
+        match self {
+            Credential::SignedFile(_) => &SIGNED_PARAMS,
+            _ => &[AUTH_KEY_PARAM],
+        }
+    }
+}
+
+/// The query string (with its `?`) minus the `removed` parameters, other pairs untouched.
+pub(crate) fn query_without(query: Option<&str>, removed: &[&str]) -> String {
     let Some(query) = query.filter(|q| !q.is_empty()) else {
         return String::new();
     };
@@ -97,9 +122,10 @@ pub(crate) fn query_without_auth_key(query: Option<&str>) -> String {
         .split('&')
         .filter(|pair| {
             let key = pair.split('=').next().unwrap_or("");
-            form_urlencoded::parse(key.as_bytes())
+            let key = form_urlencoded::parse(key.as_bytes())
                 .next()
-                .map_or(key != AUTH_KEY_PARAM, |(k, _)| k != AUTH_KEY_PARAM)
+                .map_or_else(|| key.to_string(), |(k, _)| k.into_owned());
+            !removed.contains(&key.as_str())
         })
         .collect();
     if kept.is_empty() {
@@ -172,14 +198,17 @@ mod tests {
     #[test]
     fn auth_key_is_stripped_from_the_query() {
         assert_eq!(
-            query_without_auth_key(Some("a=1&DAYTONA_SANDBOX_AUTH_KEY=x&b=%20")),
+            query_without(
+                Some("a=1&DAYTONA_SANDBOX_AUTH_KEY=x&b=%20"),
+                &[AUTH_KEY_PARAM]
+            ),
             "?a=1&b=%20"
         );
         assert_eq!(
-            query_without_auth_key(Some("DAYTONA_SANDBOX_AUTH_KEY=x")),
+            query_without(Some("DAYTONA_SANDBOX_AUTH_KEY=x"), &[AUTH_KEY_PARAM]),
             ""
         );
-        assert_eq!(query_without_auth_key(None), "");
-        assert_eq!(query_without_auth_key(Some("x")), "?x");
+        assert_eq!(query_without(None, &[AUTH_KEY_PARAM]), "");
+        assert_eq!(query_without(Some("x"), &[AUTH_KEY_PARAM]), "?x");
     }
 }

@@ -19,9 +19,11 @@ mod credentials;
 mod forward;
 pub mod host;
 mod preview;
+mod signed_file;
 
 pub use credentials::Credential;
 pub use host::{HostPattern, PreviewHost};
+pub use signed_file::SignedFile;
 
 use forward::{HttpClient, Upstream};
 
@@ -218,7 +220,7 @@ async fn toolbox_forward(
     if !credentials::skips_activity(req.headers()) {
         state.directory.touch(&sandbox_id).await;
     }
-    let query = credentials::query_without_auth_key(req.uri().query());
+    let query = credentials::query_without(req.uri().query(), found.credential.query_params());
     let upstream = Upstream {
         sandbox_id: sandbox_id.clone(),
         ip,

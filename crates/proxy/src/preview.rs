@@ -85,7 +85,7 @@ async fn serve(state: ProxyState, host: PreviewHost, req: Request) -> Result<Res
         state.directory.touch(&sandbox_id).await;
     }
     let path = req.uri().path().to_string();
-    let query = credentials::query_without_auth_key(req.uri().query());
+    let query = credentials::query_without(req.uri().query(), &[AUTH_KEY_PARAM]);
     let upstream = Upstream {
         sandbox_id: sandbox_id.clone(),
         ip,

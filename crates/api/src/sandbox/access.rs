@@ -41,6 +41,24 @@ pub struct AccessSettings {
     pub ssh_command_template: String,
 }
 
+/// Kinds of per-sandbox secret (`sandbox_secrets.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// Opens the sandbox's previews and toolbox (X-Daytona-Preview-Token).
+    PreviewToken,
+    /// Signs file URLs (SDK `download_url` / `upload_url`).
+    SigningKey,
+}
+
+impl SecretKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            SecretKind::PreviewToken => "preview_token",
+            SecretKind::SigningKey => "signing_key",
+        }
+    }
+}
+
 pub struct AccessService {
     settings: AccessSettings,
     touched: Mutex<HashMap<String, Instant>>,
@@ -75,31 +93,60 @@ impl AccessService {
             .replace("{{sandboxId}}", label)
     }
 
-    /// The sandbox's preview token, created on first use.
-    pub async fn preview_token(
+    /// The sandbox's `kind` of secret, created on first use.
+    pub async fn secret(
         &self,
         store: &Store,
         sandbox_id: &str,
+        kind: SecretKind,
     ) -> Result<String, sqlx::Error> {
         // Read first: this runs on every preview request, and a write would take SQLite's lock.
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT token FROM sandbox_preview_tokens WHERE sandbox_id = ?")
-                .bind(sandbox_id)
-                .fetch_optional(store.pool())
-                .await?;
-        if let Some(token) = existing {
-            return Ok(token);
+        let existing: Option<String> = sqlx::query_scalar(
+            "SELECT value FROM sandbox_secrets WHERE sandbox_id = ? AND kind = ?",
+        )
+        .bind(sandbox_id)
+        .bind(kind.as_str())
+        .fetch_optional(store.pool())
+        .await?;
+        if let Some(value) = existing {
+            return Ok(value);
         }
-        sqlx::query("INSERT OR IGNORE INTO sandbox_preview_tokens (sandbox_id, token, created_at) VALUES (?, ?, ?)")
+        sqlx::query(
+            "INSERT INTO sandbox_secrets (sandbox_id, kind, value, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (sandbox_id, kind) DO NOTHING",
+        )
+        .bind(sandbox_id)
+        .bind(kind.as_str())
+        .bind(random_token())
+        .bind(now())
+        .execute(store.pool())
+        .await?;
+        sqlx::query_scalar("SELECT value FROM sandbox_secrets WHERE sandbox_id = ? AND kind = ?")
             .bind(sandbox_id)
-            .bind(random_token())
-            .bind(now())
-            .execute(store.pool())
-            .await?;
-        sqlx::query_scalar("SELECT token FROM sandbox_preview_tokens WHERE sandbox_id = ?")
-            .bind(sandbox_id)
+            .bind(kind.as_str())
             .fetch_one(store.pool())
             .await
+    }
+
+    /// Replaces the sandbox's `kind` of secret; whatever the old one opened stops working.
+    pub async fn rotate_secret(
+        &self,
+        store: &Store,
+        sandbox_id: &str,
+        kind: SecretKind,
+    ) -> Result<String, sqlx::Error> {
+        let value = random_token();
+        sqlx::query(
+            "INSERT INTO sandbox_secrets (sandbox_id, kind, value, created_at) VALUES (?, ?, ?, ?)
+             ON CONFLICT (sandbox_id, kind) DO UPDATE SET value = excluded.value, created_at = excluded.created_at",
+        )
+        .bind(sandbox_id)
+        .bind(kind.as_str())
+        .bind(&value)
+        .bind(now())
+        .execute(store.pool())
+        .await?;
+        Ok(value)
     }
 
     /// The sandbox a signed preview token opens for `port`, while it has not expired.
@@ -211,7 +258,7 @@ impl SandboxDirectory for AppState {
             Credential::PreviewToken(token) => {
                 let expected = self
                     .access
-                    .preview_token(&self.store, sandbox_id)
+                    .secret(&self.store, sandbox_id, SecretKind::PreviewToken)
                     .await
                     .map_err(|e| ProxyError::Unavailable(e.to_string()))?;
                 if token.as_bytes() != expected.as_bytes() {
@@ -219,6 +266,20 @@ impl SandboxDirectory for AppState {
                         "Invalid preview token for sandbox {sandbox_id}"
                     )));
                 }
+            }
+            Credential::SignedFile(signed) => {
+                let key = self
+                    .access
+                    .secret(&self.store, sandbox_id, SecretKind::SigningKey)
+                    .await
+                    .map_err(|e| ProxyError::Unavailable(e.to_string()))?;
+                let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+                signed.verify(&key, now).map_err(|reason| {
+                    ProxyError::Unauthorized(format!(
+                        "Signed URL for {} in sandbox {sandbox_id} refused: {reason}",
+                        signed.path
+                    ))
+                })?;
             }
         }
         Ok(())
@@ -277,6 +338,8 @@ pub fn router() -> Router<AppState> {
             post(create_ssh_access).delete(revoke_ssh_access),
         )
         .route("/sandbox/ssh-access/validate", get(validate_ssh_access))
+        .route("/sandbox/{id}/signing-key", get(signing_key))
+        .route("/sandbox/{id}/signing-key/rotate", post(rotate_signing_key))
 }
 
 fn parse_port(raw: &str) -> ApiResult<u16> {
@@ -313,12 +376,46 @@ async fn preview_url(
 ) -> ApiResult<Json<PreviewUrl>> {
     let port = parse_port(&port)?;
     let row = state.sandboxes.find(&ctx, &id).await?;
-    let token = state.access.preview_token(&state.store, &row.id).await?;
+    let token = state
+        .access
+        .secret(&state.store, &row.id, SecretKind::PreviewToken)
+        .await?;
     Ok(Json(PreviewUrl {
         url: state.access.preview_url(port, &row.id),
         sandbox_id: row.id,
         token,
     }))
+}
+
+/// `GET /sandbox/{id}/signing-key`: the key the SDK signs file URLs with (a JSON string).
+async fn signing_key(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<String>> {
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(
+        state
+            .access
+            .secret(&state.store, &row.id, SecretKind::SigningKey)
+            .await?,
+    ))
+}
+
+/// `POST /sandbox/{id}/signing-key/rotate`: a new key; URLs signed with the old one stop working.
+async fn rotate_signing_key(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<String>> {
+    ctx.require("write:sandboxes")?;
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(
+        state
+            .access
+            .rotate_secret(&state.store, &row.id, SecretKind::SigningKey)
+            .await?,
+    ))
 }
 
 #[derive(Deserialize)]

@@ -1,4 +1,6 @@
-//! `POST /files/bulk-upload` and `POST /files/bulk-download`, both streamed.
+//! File transfers, all streamed: `POST /files/bulk-upload` and `POST /files/bulk-download` (the
+//! SDK's multipart formats), and the single-file `GET /files/download` and `POST /files/upload-v2`
+//! that the SDK's signed URLs point at (the proxy checks the signature).
 
 use std::{
     collections::HashMap,
@@ -10,7 +12,7 @@ use std::{
 use axum::{
     Json,
     body::Body,
-    extract::{Multipart, State, multipart::Field},
+    extract::{FromRequest, Multipart, Query, Request, State},
     http::{StatusCode, header},
     response::{IntoResponse, Response},
 };
@@ -101,7 +103,7 @@ pub async fn bulk_upload(
                         continue;
                     }
                 };
-                match write_field(field, &destination).await {
+                match write_stream(field, &destination).await {
                     Ok(bytes) => files.push(UploadedFile {
                         path: destination.to_string_lossy().into_owned(),
                         bytes,
@@ -127,12 +129,18 @@ pub async fn bulk_upload(
 
 enum UploadError {
     /// The request body broke off; nothing later in it can be read.
-    Body(axum::extract::multipart::MultipartError),
+    Body(String),
     /// This file could not be written; other files may still succeed.
     Io(io::Error),
 }
 
-async fn write_field(mut field: Field<'_>, destination: &Path) -> Result<u64, UploadError> {
+/// Writes one streamed body (a multipart field or a raw request body) to `destination`,
+/// creating its parent directories and replacing what was there.
+async fn write_stream<S, E>(mut body: S, destination: &Path) -> Result<u64, UploadError>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
     if let Some(parent) = destination.parent() {
         let parent = parent.to_path_buf();
         tokio::task::spawn_blocking(move || {
@@ -150,7 +158,8 @@ async fn write_field(mut field: Field<'_>, destination: &Path) -> Result<u64, Up
         .map_err(UploadError::Io)?;
     let mut file = tokio::io::BufWriter::with_capacity(256 * 1024, file);
     let mut written = 0u64;
-    while let Some(chunk) = field.chunk().await.map_err(UploadError::Body)? {
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| UploadError::Body(e.to_string()))?;
         file.write_all(&chunk).await.map_err(UploadError::Io)?;
         written += chunk.len() as u64;
     }
@@ -319,6 +328,94 @@ fn part_head(boundary: &str, name: &str, requested: &str, content_type: &str, le
          Content-Length: {len}\r\n\
          \r\n"
     ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct PathQuery {
+    pub path: String,
+}
+
+/// `GET /files/download?path=P`: the file's bytes.
+pub async fn download(
+    State(state): State<AppState>,
+    Query(query): Query<PathQuery>,
+) -> Result<Response, ApiError> {
+    let (file, len) = open_for_download(&state.config().work_dir, &query.path).await?;
+    let content_type = mime_guess::from_path(&query.path)
+        .first_or_octet_stream()
+        .to_string();
+    let name = Path::new(&query.path)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| query.path.clone());
+    let disposition = format!(
+        "attachment; filename*=utf-8''{}",
+        utf8_percent_encode(&name, ATTR_CHAR_ESCAPES)
+    );
+    Ok((
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CONTENT_LENGTH, len.to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
+        ],
+        Body::from_stream(exact_body(file, len, query.path)),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Serialize)]
+pub struct UploadedV2 {
+    pub name: String,
+    pub path: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+}
+
+/// `POST /files/upload-v2?path=P`: the multipart field `file`, or else the raw body, becomes the
+/// file at `P` (parents created, an existing file replaced).
+pub async fn upload_v2(
+    State(state): State<AppState>,
+    Query(query): Query<PathQuery>,
+    request: Request,
+) -> Result<Json<UploadedV2>, ApiError> {
+    let destination = resolve(&state.config().work_dir, &query.path)?;
+    let is_multipart = request
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let written = if is_multipart {
+        let mut multipart = Multipart::from_request(request, &())
+            .await
+            .map_err(|e| ApiError::bad_request(format!("invalid multipart body: {e}")))?;
+        loop {
+            let field = multipart
+                .next_field()
+                .await
+                .map_err(|e| ApiError::bad_request(format!("invalid multipart body: {e}")))?
+                .ok_or_else(|| ApiError::bad_request("multipart body has no field named 'file'"))?;
+            if field.name() == Some("file") {
+                break write_stream(field, &destination).await;
+            }
+        }
+    } else {
+        write_stream(request.into_body().into_data_stream(), &destination).await
+    };
+    match written {
+        Ok(_) => Ok(Json(UploadedV2 {
+            name: destination
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path: destination.to_string_lossy().into_owned(),
+            kind: "file",
+        })),
+        Err(UploadError::Body(e)) => Err(ApiError::bad_request(format!(
+            "upload of {} interrupted: {e}",
+            query.path
+        ))),
+        Err(UploadError::Io(e)) => Err(ApiError::from_fs(&e, &query.path)),
+    }
 }
 
 fn new_boundary() -> String {
