@@ -10,6 +10,7 @@ import socket
 import struct
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -228,3 +229,20 @@ def test_dns_setup_script_is_idempotent(tmp_path):
     assert second.returncode == 0 and "wrote" not in second.stdout and "unchanged" in second.stdout, second
     bad = subprocess.run([script, "--root", tmp_path, "--domain", "a b"], capture_output=True, text=True)
     assert bad.returncode != 0 and "not a domain name" in bad.stderr
+
+
+def test_start_renews_the_preview_token_but_not_the_signing_key(server, sandbox_factory):
+    sandbox = sandbox_factory()
+    sandbox.fs.upload_file(b"kept", "/tmp/kept.txt")
+    old_token = sandbox.get_preview_link(HTTP_PORT).token
+    signed_download = sandbox.download_url("/tmp/kept.txt")
+    sandbox.stop()
+    sandbox.start()
+    start_servers(sandbox)
+    new_token = sandbox.get_preview_link(HTTP_PORT).token
+    assert new_token != old_token, "a start hands out a new preview token"
+    host = f"{HTTP_PORT}-{sandbox.id}.proxy.localhost"
+    assert request(server, host, headers={"X-Daytona-Preview-Token": old_token})[0] == 401
+    assert request(server, host, headers={"X-Daytona-Preview-Token": new_token})[0] == 200
+    with urllib.request.urlopen(signed_download, timeout=30) as resp:
+        assert resp.read() == b"kept", "signed file URLs survive restarts"

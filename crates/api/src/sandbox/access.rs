@@ -21,7 +21,7 @@ use super::dto::Sandbox;
 use crate::AppState;
 use crate::auth::{self, AuthContext, hash_key};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{SandboxRow, Store, now};
+use crate::store::{SandboxRow, SecretKind, Store, now};
 
 const SIGNED_DEFAULT_S: u64 = 60;
 const SIGNED_MAX_S: u64 = 24 * 60 * 60;
@@ -39,24 +39,6 @@ pub struct AccessSettings {
     pub preview_url_template: String,
     /// `SSH_GATEWAY_COMMAND` with `{{TOKEN}}`.
     pub ssh_command_template: String,
-}
-
-/// Kinds of per-sandbox secret (`sandbox_secrets.kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SecretKind {
-    /// Opens the sandbox's previews and toolbox (X-Daytona-Preview-Token).
-    PreviewToken,
-    /// Signs file URLs (SDK `download_url` / `upload_url`).
-    SigningKey,
-}
-
-impl SecretKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            SecretKind::PreviewToken => "preview_token",
-            SecretKind::SigningKey => "signing_key",
-        }
-    }
 }
 
 pub struct AccessService {
@@ -91,62 +73,6 @@ impl AccessService {
             .preview_url_template
             .replace("{{PORT}}", &port.to_string())
             .replace("{{sandboxId}}", label)
-    }
-
-    /// The sandbox's `kind` of secret, created on first use.
-    pub async fn secret(
-        &self,
-        store: &Store,
-        sandbox_id: &str,
-        kind: SecretKind,
-    ) -> Result<String, sqlx::Error> {
-        // Read first: this runs on every preview request, and a write would take SQLite's lock.
-        let existing: Option<String> = sqlx::query_scalar(
-            "SELECT value FROM sandbox_secrets WHERE sandbox_id = ? AND kind = ?",
-        )
-        .bind(sandbox_id)
-        .bind(kind.as_str())
-        .fetch_optional(store.pool())
-        .await?;
-        if let Some(value) = existing {
-            return Ok(value);
-        }
-        sqlx::query(
-            "INSERT INTO sandbox_secrets (sandbox_id, kind, value, created_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (sandbox_id, kind) DO NOTHING",
-        )
-        .bind(sandbox_id)
-        .bind(kind.as_str())
-        .bind(random_token())
-        .bind(now())
-        .execute(store.pool())
-        .await?;
-        sqlx::query_scalar("SELECT value FROM sandbox_secrets WHERE sandbox_id = ? AND kind = ?")
-            .bind(sandbox_id)
-            .bind(kind.as_str())
-            .fetch_one(store.pool())
-            .await
-    }
-
-    /// Replaces the sandbox's `kind` of secret; whatever the old one opened stops working.
-    pub async fn rotate_secret(
-        &self,
-        store: &Store,
-        sandbox_id: &str,
-        kind: SecretKind,
-    ) -> Result<String, sqlx::Error> {
-        let value = random_token();
-        sqlx::query(
-            "INSERT INTO sandbox_secrets (sandbox_id, kind, value, created_at) VALUES (?, ?, ?, ?)
-             ON CONFLICT (sandbox_id, kind) DO UPDATE SET value = excluded.value, created_at = excluded.created_at",
-        )
-        .bind(sandbox_id)
-        .bind(kind.as_str())
-        .bind(&value)
-        .bind(now())
-        .execute(store.pool())
-        .await?;
-        Ok(value)
     }
 
     /// The sandbox a signed preview token opens for `port`, while it has not expired.
@@ -257,8 +183,8 @@ impl SandboxDirectory for AppState {
             }
             Credential::PreviewToken(token) => {
                 let expected = self
-                    .access
-                    .secret(&self.store, sandbox_id, SecretKind::PreviewToken)
+                    .store
+                    .sandbox_secret(sandbox_id, SecretKind::PreviewToken, random_token)
                     .await
                     .map_err(|e| ProxyError::Unavailable(e.to_string()))?;
                 if token.as_bytes() != expected.as_bytes() {
@@ -269,8 +195,8 @@ impl SandboxDirectory for AppState {
             }
             Credential::SignedFile(signed) => {
                 let key = self
-                    .access
-                    .secret(&self.store, sandbox_id, SecretKind::SigningKey)
+                    .store
+                    .sandbox_secret(sandbox_id, SecretKind::SigningKey, random_token)
                     .await
                     .map_err(|e| ProxyError::Unavailable(e.to_string()))?;
                 let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
@@ -377,8 +303,8 @@ async fn preview_url(
     let port = parse_port(&port)?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     let token = state
-        .access
-        .secret(&state.store, &row.id, SecretKind::PreviewToken)
+        .store
+        .sandbox_secret(&row.id, SecretKind::PreviewToken, random_token)
         .await?;
     Ok(Json(PreviewUrl {
         url: state.access.preview_url(port, &row.id),
@@ -396,8 +322,8 @@ async fn signing_key(
     let row = state.sandboxes.find(&ctx, &id).await?;
     Ok(Json(
         state
-            .access
-            .secret(&state.store, &row.id, SecretKind::SigningKey)
+            .store
+            .sandbox_secret(&row.id, SecretKind::SigningKey, random_token)
             .await?,
     ))
 }
@@ -412,8 +338,8 @@ async fn rotate_signing_key(
     let row = state.sandboxes.find(&ctx, &id).await?;
     Ok(Json(
         state
-            .access
-            .rotate_secret(&state.store, &row.id, SecretKind::SigningKey)
+            .store
+            .rotate_sandbox_secret(&row.id, SecretKind::SigningKey, random_token())
             .await?,
     ))
 }

@@ -19,7 +19,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::events::{Event, EventBus, InProcessEventBus};
 use crate::quota;
 use crate::snapshot::SnapshotService;
-use crate::store::{SandboxFilter, SandboxRow, Store, now};
+use crate::store::{SandboxFilter, SandboxRow, SecretKind, Store, now};
 
 /// How long a request waits for the runner before answering with the transitional state.
 const WAIT_FOR_RUNNER: Duration = Duration::from_secs(50);
@@ -397,6 +397,10 @@ impl SandboxService {
         };
         quota::check(&quotas, used, request, true)?;
         let id = row.id.clone();
+        // As upstream: a start (not a resume) invalidates the preview token handed out before.
+        self.store
+            .forget_sandbox_secret(&id, SecretKind::PreviewToken)
+            .await?;
         self.store.set_sandbox_desired_state(&id, "started").await?;
         self.store.set_sandbox_state(&id, "starting", None).await?;
         self.announce(&row).await;

@@ -12,11 +12,13 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 mod accounts;
 mod quotas;
 mod sandboxes;
+mod secrets;
 mod snapshots;
 
 pub use accounts::{ApiKeyRow, NewApiKey};
 pub use quotas::{OrgQuotas, ResourceUse};
 pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};
+pub use secrets::SecretKind;
 pub use snapshots::SnapshotRow;
 
 #[derive(Clone)]
