@@ -246,3 +246,21 @@ def test_start_renews_the_preview_token_but_not_the_signing_key(server, sandbox_
     assert request(server, host, headers={"X-Daytona-Preview-Token": new_token})[0] == 200
     with urllib.request.urlopen(signed_download, timeout=30) as resp:
         assert resp.read() == b"kept", "signed file URLs survive restarts"
+
+
+def test_http2_clients(server, web):
+    """HTTP/2 with prior knowledge (h2c) on the proxy port, for previews and the toolbox alike."""
+    link = web.get_preview_link(HTTP_PORT)
+    result = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "-o", "-", "-w", "\n%{http_version} %{http_code}",
+         "-H", f"X-Daytona-Preview-Token: {link.token}",
+         "--connect-to", f"::127.0.0.1:{server.proxy_port}", f"http://{HTTP_PORT}-{web.id}.proxy.localhost/index.txt"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert result.stdout == "hello from the sandbox\n\n2 200", result
+    toolbox = subprocess.run(
+        ["curl", "-sS", "--http2-prior-knowledge", "-w", "\n%{http_version} %{http_code}",
+         "-H", f"Authorization: Bearer {server.api_key}", f"http://127.0.0.1:{server.proxy_port}/toolbox/{web.id}/version"],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert toolbox.stdout.endswith("\n2 200") and '"version"' in toolbox.stdout, toolbox
