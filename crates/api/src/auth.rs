@@ -134,7 +134,11 @@ impl FromRequestParts<AppState> for AuthContext {
                 "Missing credentials: send 'Authorization: Bearer <API key>'".into(),
             ));
         };
-        authenticate_limited(state, token, &client).await
+        let ctx = authenticate_limited(state, token, &client).await?;
+        if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
+            slot.record(&ctx);
+        }
+        Ok(ctx)
     }
 }
 

@@ -1,10 +1,10 @@
-//! JSON request bodies whose errors name the offending field.
+//! Request input whose errors name the offending field: JSON bodies and numeric query values.
 
 use axum::body::Bytes;
 use axum::extract::{FromRequest, Request};
 use serde::de::DeserializeOwned;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 
 /// Like `axum::Json`, but a bad body is a 400 whose message names the field
 /// (e.g. `cpu: invalid type: string "two", expected u32`).
@@ -35,4 +35,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 }
             })
     }
+}
+/// Parses an optional integer query value within `1..=max`.
+pub(crate) fn bounded(name: &str, raw: Option<&str>, default: u64, max: u64) -> ApiResult<u64> {
+    let Some(raw) = raw else { return Ok(default) };
+    raw.parse::<u64>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{name}: expected an integer from 1 to {max}, got '{raw}'"
+            ))
+        })
 }

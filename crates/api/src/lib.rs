@@ -8,6 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router};
 
 pub mod api_keys;
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod events;
@@ -43,6 +44,12 @@ pub fn router(state: AppState) -> Router {
         .merge(snapshot::router())
         .merge(api_keys::router())
         .merge(sandbox::access::router())
+        .merge(audit::router())
+        // After routing, so the audit knows each call's route template.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            audit::record,
+        ))
         .fallback(not_found);
     Router::new()
         .nest("/api", api)

@@ -21,6 +21,7 @@ use super::dto::Sandbox;
 use crate::AppState;
 use crate::auth::{self, AuthContext, hash_key};
 use crate::error::{ApiError, ApiResult};
+use crate::json::bounded;
 use crate::store::{SandboxRow, SecretKind, Store, now};
 
 const SIGNED_DEFAULT_S: u64 = 60;
@@ -272,19 +273,6 @@ fn parse_port(raw: &str) -> ApiResult<u16> {
     raw.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
         ApiError::BadRequest(format!("port: '{raw}' is not a port number (1-65535)"))
     })
-}
-
-/// Parses an optional integer query value within `1..=max`.
-fn bounded(name: &str, raw: Option<&str>, default: u64, max: u64) -> ApiResult<u64> {
-    let Some(raw) = raw else { return Ok(default) };
-    raw.parse::<u64>()
-        .ok()
-        .filter(|n| (1..=max).contains(n))
-        .ok_or_else(|| {
-            ApiError::BadRequest(format!(
-                "{name}: expected an integer from 1 to {max}, got '{raw}'"
-            ))
-        })
 }
 
 #[derive(Serialize)]
