@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from conftest import run_server
-from support import SandboxFactory, make_client, sandbox_processes_on_host
+from support import SandboxFactory, make_client, sandbox_processes_on_host, unique
 
 # The same tests, against this module's server (the fixtures below replace conftest's).
 from test_confinement import *  # noqa: F403
@@ -117,3 +117,15 @@ def test_low_ports_still_bind_and_the_namespace_is_not_a_way_out(sandbox):
     # Device nodes need CAP_MKNOD in the host's user namespace.
     response = sandbox.process.exec("sudo -n mknod /tmp/userns-null c 1 3")
     assert response.exit_code != 0 and "Operation not permitted" in response.result
+
+
+def test_terminals_belong_to_the_sandbox_user_and_tty_group(sandbox):
+    handle = sandbox.process.create_pty_session(id=unique("userns-pty"))
+    try:
+        handle.send_input("stat -c 'owner=%U group=%G' \"$(tty)\"; exit 0\n")
+        chunks: list[bytes] = []
+        result = handle.wait(on_data=chunks.append, timeout=20)
+        assert result.exit_code == 0, result
+        assert "owner=daytona group=tty" in b"".join(chunks).decode(errors="replace")
+    finally:
+        handle.disconnect()

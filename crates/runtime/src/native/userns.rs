@@ -23,6 +23,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::OFlag;
+use nix::mount::{MsFlags, mount};
 use nix::sched::{CloneFlags, setns, unshare};
 use nix::sys::wait::waitpid;
 use nix::unistd::{ForkResult, Gid, Uid, fork, pipe2, setgroups, setresgid, setresuid};
@@ -143,7 +144,8 @@ pub fn create(map: &IdMap) -> StepResult<OwnedFd> {
 
 /// What the init creates inside the sandbox that its root must own: the root directory (the
 /// writable layer's top, first created by host root), `/dev` and `/dev/shm` (fresh tmpfs) and
-/// the files `rootfs::write_etc` writes. Runs after `pivot_root`, as host root.
+/// the files `rootfs::write_etc` writes; and the group of new terminals (`tty`, gid 5 inside).
+/// Runs after `pivot_root`, as host root.
 pub fn give_to_root(map: &IdMap) -> StepResult {
     let root = Some(map.host(0));
     for path in [
@@ -156,7 +158,15 @@ pub fn give_to_root(map: &IdMap) -> StepResult {
     ] {
         std::os::unix::fs::lchown(path, root, root).map_err(|e| format!("chown {path}: {e}"))?;
     }
-    Ok(())
+    let options = format!("ptmxmode=0666,mode=0620,gid={}", map.host(5));
+    mount(
+        None::<&str>,
+        "/dev/pts",
+        Some("devpts"),
+        MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some(options.as_str()),
+    )
+    .map_err(|e| format!("remount /dev/pts with {options}: {e}"))
 }
 
 /// Moves this (single-threaded) process into the user namespace `userns` as its root, with no
