@@ -54,6 +54,7 @@ class Server:
     data_dir: Path
     log_path: Path
     binary: Path
+    bridge: str
 
     def __repr__(self) -> str:
         return f"Server(pid={self.pid}, api_url={self.api_url!r}, log={str(self.log_path)!r})"
@@ -224,6 +225,7 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
         data_dir=data_dir,
         log_path=log_path,
         binary=binary,
+        bridge=env["DAYTONA_BRIDGE_NAME"],
     )
 
     deadline = time.monotonic() + HEALTH_TIMEOUT_S

@@ -66,6 +66,22 @@ def scan_proc(sandbox: Sandbox, file: str) -> dict[int, list[str]]:
     return {int(pid): fields for pid, fields in json.loads(response.result).items()}
 
 
+def errno_of(sandbox: Sandbox, call: str) -> str:
+    """`"<return value> <errno>"` of a libc call (ctypes syntax, e.g. `unshare(0x10000000)`) made by root
+    in the sandbox."""
+    script = f"import ctypes; libc = ctypes.CDLL(None, use_errno=True); print(libc.{call}, ctypes.get_errno())"
+    response = sandbox.process.exec(f"sudo -n python3 -c '{script}'")
+    assert response.exit_code == 0, response.result
+    return response.result.strip()
+
+
+def in_user_namespace(sandbox: Sandbox) -> bool:
+    """Whether the sandbox runs in a user namespace of its own (`DAYTONA_SANDBOX_USERNS`)."""
+    response = sandbox.process.exec("cat /proc/self/uid_map")
+    assert response.exit_code == 0, response.result
+    return response.result.split() != ["0", "0", "4294967295"]
+
+
 def processes(sandbox: Sandbox) -> dict[int, list[str]]:
     """Every process visible in the sandbox, as pid -> argv."""
     return scan_proc(sandbox, "cmdline")

@@ -124,6 +124,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             SandboxDns::None => None,
             SandboxDns::Server(ip) => Some(ip),
         },
+        user_namespaces: config
+            .runner
+            .sandbox_userns
+            .then(daytona_runtime::native::IdRanges::default),
         ..base.clone()
     })
     .context("cannot initialise the sandbox runtime")?;

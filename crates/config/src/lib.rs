@@ -21,6 +21,7 @@
 //! | `DAYTONA_DAEMON_PATH` | (none: next to the server binary) | Path of the static daemon binary mounted into sandboxes |
 //! | `DAYTONA_BRIDGE_NAME` | `daytona0` | Linux bridge the sandboxes attach to |
 //! | `DAYTONA_SANDBOX_DNS` | the host's first non-loopback resolver | Where sandbox DNS queries (to their gateway) are forwarded: an IPv4 address, or `none` to refuse them |
+//! | `DAYTONA_SANDBOX_USERNS` | `false` | Run new sandboxes in a user namespace: root inside is an unprivileged range of 65536 host ids per sandbox (from 2^30), image layers are idmapped |
 //! | `DAYTONA_SANDBOX_SUBNET` | `100.100.0.0/16` | IPv4 network for sandboxes; must lie inside `100.64.0.0/10`, at most /30 |
 //! | `DAYTONA_ROLES` | `api,proxy,runner,ssh-gateway` | Comma-separated services this process runs |
 //! | `DAYTONA_LOG` | `info` | `tracing` filter directives, e.g. `info,daytona_runner=debug` |

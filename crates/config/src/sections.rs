@@ -643,6 +643,9 @@ pub struct RunnerConfig {
     /// `DAYTONA_SANDBOX_DNS`: where sandboxes' DNS queries to their gateway go. Unset: the
     /// host's first non-loopback resolver; `none`: refused; an IPv4 address: that resolver.
     pub sandbox_dns: SandboxDns,
+    /// `DAYTONA_SANDBOX_USERNS` (false): new sandboxes run in a user namespace, their root
+    /// mapped to an unprivileged range of host ids.
+    pub sandbox_userns: bool,
 }
 
 /// Upstream resolver for sandbox DNS (`DAYTONA_SANDBOX_DNS`).
@@ -718,6 +721,7 @@ impl RunnerConfig {
                     v => v.parse().ok().map(SandboxDns::Server),
                 },
             ),
+            sandbox_userns: r.flag("DAYTONA_SANDBOX_USERNS", false),
         }
     }
 }

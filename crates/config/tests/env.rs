@@ -114,6 +114,7 @@ fn defaults_match_the_seed_tables() {
     assert_eq!(c.runner.bridge_name, "daytona0");
     assert_eq!(c.runner.sandbox_subnet.to_string(), "100.100.0.0/16");
     assert_eq!(c.runner.daemon_path, None);
+    assert!(!c.runner.sandbox_userns);
     // Embedded defaults: no external services.
     assert!(c.db.is_none() && c.redis.is_none() && c.oidc.is_none() && c.s3.is_none());
     assert!(c.smtp.is_none() && c.clickhouse.is_none() && c.posthog.is_none());
@@ -348,6 +349,11 @@ fn every_kind_of_bad_value_names_its_variable() {
             "a base64-encoded OpenSSH key",
         ),
         ("DAYTONA_SANDBOX_SUBNET", "100.100.0.0", "CIDR form"),
+        (
+            "DAYTONA_SANDBOX_USERNS",
+            "maybe",
+            "true/false, 1/0 or yes/no",
+        ),
     ];
     for (var, value, expected) in cases {
         let err = error(&[(var, value)]);
@@ -529,4 +535,18 @@ fn blank_values_fall_back_to_defaults() {
 fn data_dir_follows_the_environment() {
     let c = config(&[("DAYTONA_DATA_DIR", "/srv/daytona")]);
     assert_eq!(c.server.data_dir, Path::new("/srv/daytona"));
+}
+
+#[test]
+fn sandbox_user_namespaces_are_an_option() {
+    assert!(
+        config(&[("DAYTONA_SANDBOX_USERNS", "true")])
+            .runner
+            .sandbox_userns
+    );
+    assert!(
+        !config(&[("DAYTONA_SANDBOX_USERNS", "no")])
+            .runner
+            .sandbox_userns
+    );
 }

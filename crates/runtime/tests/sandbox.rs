@@ -116,7 +116,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, TestFn); 16] = [
+    let tests: [(&str, TestFn); 17] = [
         ("lifecycle_leaves_no_trace", |e| {
             Box::pin(lifecycle_leaves_no_trace(e))
         }),
@@ -140,6 +140,9 @@ fn main() {
         }),
         ("no_new_privs_is_an_option", |e| {
             Box::pin(no_new_privs_is_an_option(e))
+        }),
+        ("user_namespaces_map_root_to_host_ids", |e| {
+            Box::pin(user_namespaces_map_root_to_host_ids(e))
         }),
         ("disk_limit_is_enforced_and_resizable", |e| {
             Box::pin(disk_limit_is_enforced_and_resizable(e))
@@ -804,8 +807,9 @@ async fn isolation_matches_docker_defaults(env: &Env) {
 
     // Root in the sandbox holds exactly Docker's default capabilities.
     let proc_status = run_ok(ip, "cat /proc/self/status");
+    // Docker's default set without CAP_NET_RAW.
     let docker = format!("{:016x}", security::default_capability_mask());
-    assert_eq!(docker, "00000000a80425fb");
+    assert_eq!(docker, "00000000a80405fb");
     for set in ["CapBnd", "CapEff", "CapPrm"] {
         assert_eq!(status_field(&proc_status, set), docker, "{set}");
     }
@@ -983,6 +987,83 @@ async fn no_new_privs_is_an_option(env: &Env) {
         rt.destroy(&id).await.expect("destroy");
         assert_no_trace(&rt, &id, &[], false);
     }
+}
+
+/// With user namespaces, root inside is a range of host ids that is kept across stop/start and
+/// runtime restarts, and the image still looks root-owned inside.
+async fn user_namespaces_map_root_to_host_ids(env: &Env) {
+    if !needs_real_daemon(env) {
+        return;
+    }
+    // A range of our own, far from the default one a server on this host may use.
+    let ranges = native::IdRanges {
+        first_host_id: 1 << 29,
+        slots: 4,
+    };
+    let rt = env.runtime(|c| c.user_namespaces = Some(ranges));
+    let id = new_id();
+    let status = rt.create(&env.spec(&id)).await.expect("create");
+    let (ip, pid) = (status.ip.unwrap(), status.pid.unwrap());
+    let host = 1u32 << 29;
+    assert_eq!(
+        run_ok(ip, "cat /proc/self/uid_map")
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["0", &host.to_string(), "65536"]
+    );
+    assert_eq!(run_ok(ip, "id -u").trim(), "0");
+    let pid1 = read_to_string(format!("/proc/{pid}/status"));
+    assert!(
+        status_field(&pid1, "Uid")
+            .split_whitespace()
+            .all(|u| u == host.to_string()),
+        "PID 1 on the host: {}",
+        status_field(&pid1, "Uid")
+    );
+    assert_eq!(run_ok(ip, "stat -c %u:%g /etc/passwd /").trim(), "0:0\n0:0");
+    run_ok(ip, "echo x > /root/file && chown 1000:1000 /root/file");
+    let owner = |path: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(format!("/proc/{pid}/root{path}")).expect("stat");
+        (meta.uid(), meta.gid())
+    };
+    // The host sees the overlay's owners: on-disk ids of the image through the idmapped layer,
+    // the writable layer's as written.
+    assert_eq!(owner("/etc/passwd"), (host, host));
+    assert_eq!(owner("/root/file"), (host + 1000, host + 1000));
+    // The image itself is unchanged.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(env.rootfs.join("etc/passwd"))
+            .unwrap()
+            .uid(),
+        0
+    );
+    // Root inside has no power over the host-owned namespaces.
+    let (code, out) = exec(ip, "hostname other");
+    assert_ne!(code, 0, "{out}");
+    let (code, out) = exec(ip, "mknod /tmp/null c 1 3");
+    assert_ne!(code, 0, "{out}");
+
+    // A second sandbox gets the next range.
+    let other = new_id();
+    let other_ip = rt
+        .create(&env.spec(&other))
+        .await
+        .expect("create")
+        .ip
+        .unwrap();
+    assert!(run_ok(other_ip, "cat /proc/self/uid_map").contains(&(host + 65536).to_string()));
+    rt.destroy(&other).await.expect("destroy");
+
+    // Kept across stop/start and by a restarted runtime, even one without user namespaces.
+    rt.stop(&id).await.expect("stop");
+    let restarted = env.runtime(|_| {});
+    let ip = restarted.start(&id).await.expect("start").ip.unwrap();
+    assert!(run_ok(ip, "cat /proc/self/uid_map").contains(&host.to_string()));
+    assert_eq!(run_ok(ip, "stat -c %u /root/file").trim(), "1000");
+    restarted.destroy(&id).await.expect("destroy");
+    assert_no_trace(&restarted, &id, &[pid], false);
 }
 
 async fn disk_limit_is_enforced_and_resizable(env: &Env) {

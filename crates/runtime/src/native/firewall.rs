@@ -325,7 +325,8 @@ impl Firewall {
 }
 
 /// Policies match sandboxes by source address, and a sandbox with raw sockets (CAP_NET_RAW, in
-/// Docker's default set) can forge it to escape its own policy. So frames a restricted sandbox
+/// Docker's default set; our sandboxes lack it, this guard stays as a second line) could forge
+/// it to escape its own policy. So frames a restricted sandbox
 /// sends into the bridge must carry its address: an ebtables chain (named like its iptables
 /// chain) on its bridge port. Idempotent; the address of a sandbox never changes.
 fn guard_port(names: &NetNames, ip: Ipv4Addr) -> io::Result<()> {

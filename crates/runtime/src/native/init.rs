@@ -9,7 +9,8 @@
 //! so PID 1 is a child of the runtime (which reaps it) rather than of this short-lived process.
 //! PID 1 builds the root filesystem, drops privileges (see `security`) and execs the daemon. This process prints `pid=<host pid>` on stdout, waits until PID 1 has exec'd the
 //! daemon (or reports its setup error on stderr) and exits; the sandbox does not depend on the
-//! runtime's process staying alive.
+//! runtime's process staying alive. With a user namespace (`userns`), PID 1 does all of that as
+//! host root and enters the namespace last, right before it drops capabilities.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -32,6 +33,7 @@ use std::os::fd::OwnedFd;
 use super::disk;
 use super::rootfs::{self, DAEMON_PATH, HostFiles, StepResult};
 use super::security;
+use super::userns::{self, IdMap};
 
 /// `argv[1]` that selects the init entry point.
 pub const INIT_ARG: &str = "__sandbox-init";
@@ -59,6 +61,9 @@ pub struct InitConfig {
     /// Set `no_new_privs` on PID 1 (setuid programs such as `sudo` stop working).
     #[serde(default)]
     pub no_new_privs: bool,
+    /// Run the sandbox in a user namespace with these ids (see `userns`); `None`: host ids.
+    #[serde(default)]
+    pub id_map: Option<IdMap>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -127,6 +132,13 @@ fn run(config_path: PathBuf) -> StepResult {
         .transpose()
         .map_err(|e| step("mount the disk image", &e))?;
     let seccomp = security::seccomp_program()?;
+    // Before the pid namespace is unshared: its first child would become the sandbox's PID 1.
+    let user_ns = cfg
+        .id_map
+        .as_ref()
+        .map(userns::create)
+        .transpose()
+        .map_err(|e| step("create the user namespace", &e))?;
 
     // Cgroups before the cgroup namespace, which is rooted at the current cgroup.
     let me = std::process::id().to_string();
@@ -137,6 +149,7 @@ fn run(config_path: PathBuf) -> StepResult {
         File::open(&cfg.netns).map_err(|e| step(&format!("open {}", cfg.netns.display()), &e))?;
     setns(&netns, CloneFlags::CLONE_NEWNET).map_err(|e| step("setns net", &e))?;
     drop(netns);
+    tune_network(cfg.id_map.is_some())?;
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWUTS
@@ -151,14 +164,16 @@ fn run(config_path: PathBuf) -> StepResult {
     let pid = clone_parent().map_err(|e| step("clone", &e))?;
     if pid == 0 {
         drop(errors_r);
-        let Err(e) = sandbox_pid1(&cfg, log, disk.as_ref(), &seccomp);
+        let user_ns = cfg.id_map.zip(user_ns.as_ref());
+        let Err(e) = sandbox_pid1(&cfg, log, disk.as_ref(), user_ns, &seccomp);
         let _ = File::from(errors_w).write_all(e.as_bytes());
         // SAFETY: _exit in the child ends it without running the parent's exit handlers.
         unsafe { libc::_exit(1) };
     }
     drop(errors_w);
-    // PID 1 has its own copy; ours must not keep the image mounted if PID 1 fails.
+    // PID 1 has its own copies; ours must not keep the image mounted if PID 1 fails.
     drop(disk);
+    drop(user_ns);
     let mut out = std::io::stdout().lock();
     writeln!(out, "pid={pid}")
         .and_then(|()| out.flush())
@@ -166,6 +181,24 @@ fn run(config_path: PathBuf) -> StepResult {
     let mut error = String::new();
     let _ = File::from(errors_r).read_to_string(&mut error);
     if error.is_empty() { Ok(()) } else { Err(error) }
+}
+
+/// Settings of the sandbox's own network namespace, which this process has joined (the host's
+/// `/proc/sys/net` shows the namespace of whoever opens it).
+fn tune_network(user_namespace: bool) -> StepResult {
+    let set = |key: &str, value: &str| {
+        std::fs::write(format!("/proc/sys/net/ipv4/{key}"), value)
+            .map_err(|e| format!("set net.ipv4.{key} to {value:?}: {e}"))
+    };
+    // ICMP echo through datagram sockets for every group: `ping` without CAP_NET_RAW, which
+    // the sandbox lacks (2147483647 is the largest gid the setting takes).
+    set("ping_group_range", "0 2147483647")?;
+    if user_namespace {
+        // Root in a user namespace holds no capability over this network namespace (the host
+        // owns it), so low ports would be closed even to it; as in Docker, they are open to all.
+        set("ip_unprivileged_port_start", "0")?;
+    }
+    Ok(())
 }
 
 /// `fork`, except that the child's parent is our parent (the runtime).
@@ -186,17 +219,25 @@ fn sandbox_pid1(
     cfg: &InitConfig,
     log: File,
     disk: Option<&OwnedFd>,
+    user_ns: Option<(IdMap, &OwnedFd)>,
     seccomp: &seccompiler::BpfProgram,
 ) -> StepResult<Infallible> {
     // Its own session: signals aimed at the runtime's process group must not reach the sandbox.
     setsid().map_err(|e| format!("setsid: {e}"))?;
     umask(Mode::from_bits_truncate(0o022));
     let host = HostFiles::open(&cfg.daemon_bin)?;
+    if let Some((_, ns)) = user_ns {
+        rootfs::make_private()?;
+        rootfs::idmap_over(&cfg.lower, ns)?;
+    }
     let disk = disk.zip(cfg.disk.as_ref().map(|d| d.mountpoint.as_path()));
     rootfs::enter_overlay(&cfg.lower, &cfg.upper, &cfg.work, &cfg.rootfs, disk)?;
     rootfs::mount_system(&host)?;
     drop(host);
     rootfs::write_etc(&cfg.hostname, cfg.ip, cfg.gateway)?;
+    if let Some((map, _)) = user_ns {
+        userns::give_to_root(&map)?;
+    }
     sethostname(&cfg.hostname).map_err(|e| format!("sethostname: {e}"))?;
     let cwd = cfg
         .workdir
@@ -216,8 +257,12 @@ fn sandbox_pid1(
     dup2_stdin(&null).map_err(|e| format!("dup2 stdin: {e}"))?;
     dup2_stdout(&log).map_err(|e| format!("dup2 stdout: {e}"))?;
     dup2_stderr(&log).map_err(|e| format!("dup2 stderr: {e}"))?;
-    // Last, in this order: dropping capabilities needs CAP_SETPCAP, and installing a filter
-    // without no_new_privs needs CAP_SYS_ADMIN, which stays effective until the execve.
+    // Last, in this order: everything above needed host root; dropping capabilities needs
+    // CAP_SETPCAP, and installing a filter without no_new_privs needs CAP_SYS_ADMIN (in the user
+    // namespace, if any), which stays effective until the execve.
+    if let Some((_, ns)) = user_ns {
+        userns::enter(ns)?;
+    }
     security::drop_capabilities()?;
     if cfg.no_new_privs {
         security::set_no_new_privs()?;

@@ -37,6 +37,7 @@ mod process;
 mod rootfs;
 pub mod security;
 mod state;
+pub mod userns;
 
 use cgroup::{Cgroups, Limits};
 use firewall::Firewall;
@@ -46,6 +47,7 @@ use network::Network;
 pub use network::{Ipv4Cidr, NetNames};
 use process::ProcessIdentity;
 use state::{SandboxPaths, SandboxState};
+pub use userns::{IdMap, IdRanges};
 
 /// Cgroup (below each hierarchy's root) holding every sandbox's cgroup.
 pub const CGROUP_PARENT: &str = "daytona";
@@ -80,12 +82,16 @@ pub struct NativeConfig {
     /// Resolver that sandboxes' DNS (sent to the gateway) is forwarded to; `None` refuses DNS at
     /// the gateway at once, so lookups of unknown names fail fast.
     pub dns_upstream: Option<Ipv4Addr>,
+    /// `DAYTONA_SANDBOX_USERNS`: sandboxes created from now on run in a user namespace, root
+    /// inside being one of these ranges of unprivileged host ids (see `userns`). A sandbox keeps
+    /// the choice made at its create (its files' owners depend on it).
+    pub user_namespaces: Option<IdRanges>,
 }
 
 impl NativeConfig {
     /// Defaults: init = this executable, bridge `daytona0`, subnet 100.100.0.0/16, daemon timeout
     /// 60 s, stop grace 10 s, 4096 processes, `no_new_privs` off, no inter-sandbox traffic, DNS
-    /// forwarded to the host's first non-loopback resolver.
+    /// forwarded to the host's first non-loopback resolver, no user namespaces.
     pub fn new(state_dir: impl Into<PathBuf>, daemon_bin: impl Into<PathBuf>) -> Self {
         NativeConfig {
             state_dir: state_dir.into(),
@@ -99,6 +105,7 @@ impl NativeConfig {
             no_new_privs: false,
             inter_sandbox_network: false,
             dns_upstream: firewall::host_resolver(),
+            user_namespaces: None,
         }
     }
 }
@@ -693,12 +700,12 @@ impl Inner {
             })?;
         }
         let _allocation = self.allocation.lock().expect("allocation lock poisoned");
-        let used: HashSet<Ipv4Addr> = self
+        let others: Vec<SandboxState> = self
             .list()?
             .iter()
             .filter_map(|id| self.paths(id).load().ok().flatten())
-            .map(|s| s.ip)
             .collect();
+        let used: HashSet<Ipv4Addr> = others.iter().map(|s| s.ip).collect();
         let ip = self
             .config
             .subnet
@@ -707,11 +714,27 @@ impl Inner {
             .ok_or_else(|| {
                 RuntimeError::Other(format!("no free address left in {}", self.config.subnet))
             })?;
+        let id_map = match &self.config.user_namespaces {
+            None => None,
+            Some(ranges) => {
+                let used: Vec<u32> = others
+                    .iter()
+                    .filter_map(|s| s.id_map.map(|m| m.host_id))
+                    .collect();
+                Some(ranges.free(&used).ok_or_else(|| {
+                    RuntimeError::Other(format!(
+                        "no free user id range left ({} ranges from host id {})",
+                        ranges.slots, ranges.first_host_id
+                    ))
+                })?)
+            }
+        };
         let state = SandboxState {
             spec,
             ip,
             process: None,
             disk_image,
+            id_map,
         };
         paths
             .save(&state)
@@ -804,6 +827,7 @@ impl Inner {
             env,
             disk,
             no_new_privs: self.config.no_new_privs,
+            id_map: state.id_map,
         };
         let json = serde_json::to_vec_pretty(&init)
             .map_err(|e| RuntimeError::Other(format!("encode init config: {e}")))?;

@@ -175,6 +175,66 @@ fn attach(tree: &OwnedFd, target: &str) -> StepResult {
     Ok(())
 }
 
+/// Makes every mount of this (new) mount namespace private: nothing mounted from now on
+/// propagates back to the host's namespace. Idempotent.
+pub fn make_private() -> StepResult {
+    step(
+        || "make mounts private".to_owned(),
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        ),
+    )
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// Covers the directory `path` with an idmapped view of itself that shows its ids through the
+/// user namespace `userns` (on-disk uid 0 becomes the namespace's root), in this mount
+/// namespace only ([`make_private`] first). The overlay then uses the view as a lower layer.
+pub fn idmap_over(path: &Path, userns: &OwnedFd) -> StepResult {
+    let tree = open_tree(path)?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.as_raw_fd() as u64,
+    };
+    // SAFETY: valid descriptors; the kernel reads `size_of::<MountAttr>()` bytes of `attr`.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 {
+        return Err(format!(
+            "idmap {}: {}",
+            path.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    let target = path
+        .to_str()
+        .ok_or_else(|| format!("non-UTF-8 path {}", path.display()))?;
+    attach(&tree, target)
+}
+
 /// Mounts the overlay on `rootfs` and makes it the root. Must run in a fresh mount namespace.
 /// With `disk` (a detached mount of the sandbox's disk image and where to attach it), `upper`
 /// and `work` live on that filesystem and are created there on first use.
@@ -185,17 +245,7 @@ pub fn enter_overlay(
     rootfs: &Path,
     disk: Option<(&OwnedFd, &Path)>,
 ) -> StepResult {
-    // Nothing we mount may propagate back to the host's namespace.
-    step(
-        || "make mounts private".to_owned(),
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        ),
-    )?;
+    make_private()?;
     if let Some((tree, mountpoint)) = disk {
         let mountpoint = mountpoint
             .to_str()

@@ -3,11 +3,14 @@
 //! sandbox descends from that exec, so everything inherits them, and none of it can be undone
 //! from inside (raising a bounding set or removing a filter is impossible by design).
 //!
-//! The policy matches Docker's defaults:
+//! The policy matches Docker's defaults, one capability stricter:
 //!
-//! - **Capabilities:** the bounding set keeps exactly Docker's default list
+//! - **Capabilities:** the bounding set keeps Docker's default list minus `CAP_NET_RAW`
 //!   ([`DEFAULT_CAPABILITIES`]); the inheritable and ambient sets are emptied, so root in the
-//!   sandbox (and setuid programs such as `sudo`) get at most these after `execve`.
+//!   sandbox (and setuid programs such as `sudo`) get at most these after `execve`. Without
+//!   `CAP_NET_RAW` no one in the sandbox can forge packets (ARP/IP spoofing on the bridge);
+//!   `ping` keeps working through ICMP datagram sockets, which the init allows for every group
+//!   of the sandbox's network namespace (`net.ipv4.ping_group_range`).
 //! - **Seccomp:** Docker's default profile is an allow-list whose net effect, for a container
 //!   with the default capabilities, is to refuse the syscalls in [`DENIED_SYSCALLS`] (plus the
 //!   argument-dependent cases below). We express that as a deny-list: the same syscalls fail
@@ -31,8 +34,8 @@ use seccompiler::{
 
 use super::rootfs::StepResult;
 
-/// Docker's default capability set (by number, see `capability.h`).
-pub const DEFAULT_CAPABILITIES: [(u32, &str); 14] = [
+/// Docker's default capability set without `CAP_NET_RAW` (by number, see `capability.h`).
+pub const DEFAULT_CAPABILITIES: [(u32, &str); 13] = [
     (0, "CAP_CHOWN"),
     (1, "CAP_DAC_OVERRIDE"),
     (3, "CAP_FOWNER"),
@@ -42,7 +45,6 @@ pub const DEFAULT_CAPABILITIES: [(u32, &str); 14] = [
     (7, "CAP_SETUID"),
     (8, "CAP_SETPCAP"),
     (10, "CAP_NET_BIND_SERVICE"),
-    (13, "CAP_NET_RAW"),
     (18, "CAP_SYS_CHROOT"),
     (27, "CAP_MKNOD"),
     (29, "CAP_AUDIT_WRITE"),
@@ -382,9 +384,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn capability_mask_is_dockers() {
-        // Docker's default CapBnd, as `grep CapBnd /proc/self/status` shows it in a container.
-        assert_eq!(default_capability_mask(), 0x0000_0000_a804_25fb);
+    fn capability_mask_is_dockers_without_net_raw() {
+        // Docker's default CapBnd, as `grep CapBnd /proc/self/status` shows it in a container
+        // (0xa80425fb), without bit 13 (CAP_NET_RAW).
+        assert_eq!(
+            default_capability_mask(),
+            0x0000_0000_a804_25fb & !(1 << 13)
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::process::ProcessIdentity;
+use super::userns::IdMap;
 use crate::SandboxSpec;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,6 +27,10 @@ pub struct SandboxState {
     /// created before disk limits existed, keep it in `upper/` on the host's filesystem.
     #[serde(default)]
     pub disk_image: bool,
+    /// The sandbox's user namespace ids, chosen at create (its files are owned by them); `None`:
+    /// it runs with host ids.
+    #[serde(default)]
+    pub id_map: Option<IdMap>,
 }
 
 #[derive(Debug, Clone)]
