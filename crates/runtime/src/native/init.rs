@@ -40,7 +40,8 @@ pub const INIT_ARG: &str = "__sandbox-init";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InitConfig {
     pub hostname: String,
-    pub lower: PathBuf,
+    /// Image layers, bottom first.
+    pub lowers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
     pub rootfs: PathBuf,
@@ -193,7 +194,7 @@ fn sandbox_pid1(
     umask(Mode::from_bits_truncate(0o022));
     let host = HostFiles::open(&cfg.daemon_bin)?;
     let disk = disk.zip(cfg.disk.as_ref().map(|d| d.mountpoint.as_path()));
-    rootfs::enter_overlay(&cfg.lower, &cfg.upper, &cfg.work, &cfg.rootfs, disk)?;
+    rootfs::enter_overlay(&cfg.lowers, &cfg.upper, &cfg.work, &cfg.rootfs, disk)?;
     rootfs::mount_system(&host)?;
     drop(host);
     rootfs::write_etc(&cfg.hostname, cfg.ip, cfg.gateway)?;
