@@ -273,14 +273,20 @@ impl Merged {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
+        // Without an upper dir the kernel wants two lower dirs: an empty one goes at the bottom.
+        let empty = dir.path().join("empty");
+        let target = dir.path().join("merged");
+        fs::create_dir(&empty).unwrap();
+        fs::create_dir(&target).unwrap();
         let lower: Vec<String> = image
             .layers
             .iter()
             .rev()
+            .chain([&empty])
             .map(|l| l.display().to_string())
             .collect();
         let options = std::ffi::CString::new(format!("lowerdir={}", lower.join(":"))).unwrap();
-        let target = std::ffi::CString::new(dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        let target = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).unwrap();
         // SAFETY: NUL-terminated strings that outlive the call.
         let rc = unsafe {
             libc::mount(
@@ -295,8 +301,8 @@ impl Merged {
         Some(Merged { dir })
     }
 
-    fn path(&self) -> &Path {
-        self.dir.path()
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("merged")
     }
 }
 
@@ -389,7 +395,7 @@ async fn layers_unpack_in_overlay_form_and_stack_into_the_image() {
 
     // What a sandbox sees: the kernel applies the whiteouts.
     if let Some(merged) = Merged::mount(&image) {
-        let root = merged.path();
+        let root = &merged.path();
         assert!(!root.join("etc/gone.conf").exists());
         assert_eq!(read(root, "etc/keep.conf"), "new");
         assert_eq!(
@@ -759,7 +765,7 @@ async fn base_image_resolves() {
     eprintln!("base image re-resolved in {:?}", started.elapsed());
 
     let merged = Merged::mount(&image).expect("run as root");
-    let root = merged.path();
+    let root = &merged.path();
     assert!(root.join("usr/bin/python3").exists());
     assert!(root.join("etc/sudoers.d").is_dir());
     assert_eq!(
