@@ -37,6 +37,9 @@ impl SandboxRunner for NullRunner {
             cmd: Vec::new(),
         })
     }
+    async fn collect_garbage(&self, _: &[String]) -> Result<(), RunnerError> {
+        Ok(())
+    }
     async fn create_sandbox(&self, _: &SandboxRequest) -> Result<SocketAddr, RunnerError> {
         Ok(([127, 0, 0, 1], 2280).into())
     }

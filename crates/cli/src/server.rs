@@ -13,7 +13,7 @@ use daytona_api::snapshot::SnapshotService;
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
 use daytona_config::{Config, SandboxDns};
 use daytona_runner::Runner;
-use daytona_runner::image::ImageStore;
+use daytona_runner::image::{ImageStore, RegistryCredentials, RegistrySettings};
 use daytona_runtime::native::{NativeConfig, NativeRuntime};
 use tokio::net::TcpListener;
 
@@ -131,7 +131,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ..base.clone()
     })
     .context("cannot initialise the sandbox runtime")?;
-    let images = ImageStore::new(data_dir.join("images"));
+    let images = ImageStore::with_registries(data_dir.join("images"), registry_settings(&config));
     let runner = Arc::new(Runner::new("local", images, Arc::new(runtime)));
 
     let settings = SandboxSettings {
@@ -155,6 +155,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .reconcile()
         .await
         .context("cannot reconcile sandbox states")?;
+    // Images and layers left unused while the server was down (and interrupted pulls).
+    let collector = snapshots.clone();
+    tokio::spawn(async move { collector.collect_garbage().await });
     daytona_api::sandbox::lifecycle::spawn(sandboxes.clone(), std::time::Duration::from_secs(30));
     let rate_limits = Arc::new(RateLimitPolicy::new(
         config.rate_limits.clone(),
@@ -251,6 +254,41 @@ impl daytona_ssh_gateway::SshDirectory for SshAccess {
 }
 
 /// Preview hosts of `PROXY_DOMAIN` and of `PROXY_TEMPLATE_URL` (usually the same shape).
+/// Plain-HTTP registries (`DAYTONA_INSECURE_REGISTRIES`, plus configured `http://` ones) and
+/// the credentials of the `TRANSIENT_REGISTRY_*` / `INTERNAL_REGISTRY_*` registries.
+fn registry_settings(config: &Config) -> RegistrySettings {
+    let mut settings = RegistrySettings {
+        insecure: config.runner.insecure_registries.clone(),
+        credentials: Vec::new(),
+    };
+    let configured = [&config.registries.transient, &config.registries.internal];
+    for registry in configured.into_iter().flatten() {
+        let (scheme, rest) = registry
+            .url
+            .split_once("://")
+            .unwrap_or(("https", &registry.url));
+        let host = rest
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        if host.is_empty() {
+            continue;
+        }
+        if scheme.eq_ignore_ascii_case("http") {
+            settings.insecure.push(host.clone());
+        }
+        settings.credentials.push((
+            host,
+            RegistryCredentials {
+                username: registry.admin.clone(),
+                password: registry.password.expose().to_owned(),
+            },
+        ));
+    }
+    settings
+}
+
 fn proxy_settings(config: &Config) -> anyhow::Result<daytona_proxy::ProxySettings> {
     use daytona_proxy::HostPattern;
     let mut preview_hosts = vec![HostPattern::for_domain(&config.proxy.domain)];

@@ -646,6 +646,26 @@ pub struct RunnerConfig {
     /// `DAYTONA_SANDBOX_USERNS` (false): new sandboxes run in a user namespace, their root
     /// mapped to an unprivileged range of host ids.
     pub sandbox_userns: bool,
+    /// `DAYTONA_INSECURE_REGISTRIES`: comma-separated `host[:port]` of registries pulled over
+    /// plain HTTP (loopback registries always are; a `host` without port means every port).
+    pub insecure_registries: Vec<String>,
+}
+
+/// `host[:port]` entries, blanks ignored; `None` when one has a scheme, a path or a bad port.
+fn parse_registry_hosts(v: &str) -> Option<Vec<String>> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .map(|h| {
+            let (host, port) = match h.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (h, None),
+            };
+            let host_ok = !host.is_empty() && !host.contains(['/', '@', ' ']) && !h.contains("://");
+            let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+            (host_ok && port_ok).then(|| h.to_ascii_lowercase())
+        })
+        .collect()
 }
 
 /// Upstream resolver for sandbox DNS (`DAYTONA_SANDBOX_DNS`).
@@ -712,6 +732,12 @@ impl RunnerConfig {
                 |v| is_interface_name(v).then(|| v.to_owned()),
             ),
             sandbox_subnet: sandbox_subnet(r),
+            insecure_registries: r.parse(
+                "DAYTONA_INSECURE_REGISTRIES",
+                Vec::new(),
+                "comma-separated host[:port] entries without a scheme or path",
+                parse_registry_hosts,
+            ),
             sandbox_dns: r.parse(
                 "DAYTONA_SANDBOX_DNS",
                 SandboxDns::HostResolver,
@@ -1149,6 +1175,29 @@ mod tests {
                 .map(|(_, v)| v.to_string())
         };
         default_data_dir(&Reader::new(&lookup), root)
+    }
+
+    #[test]
+    fn insecure_registries_are_host_port_lists() {
+        assert_eq!(
+            parse_registry_hosts(" Registry:6000, 127.0.0.1:5000,,mirror.local ,[::1]:5000"),
+            Some(vec![
+                "registry:6000".to_owned(),
+                "127.0.0.1:5000".to_owned(),
+                "mirror.local".to_owned(),
+                "[::1]:5000".to_owned()
+            ])
+        );
+        assert_eq!(parse_registry_hosts(""), Some(vec![]));
+        for bad in [
+            "http://registry:6000",
+            "registry/path",
+            "host:0",
+            "host:http",
+            ":5000",
+        ] {
+            assert_eq!(parse_registry_hosts(bad), None, "{bad}");
+        }
     }
 
     #[test]

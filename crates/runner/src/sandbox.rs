@@ -16,7 +16,7 @@ use crate::image::{ImageError, ImageStore};
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SandboxRequest {
     pub id: String,
-    /// Image reference, e.g. `oci-archive:/path/image.tar`.
+    /// Image reference, e.g. `ubuntu:22.04` or `oci-archive:/path/image.tar`.
     pub image: String,
     /// OS user; `None` = the image's user, else `daytona`.
     pub user: Option<String>,
@@ -44,7 +44,7 @@ pub enum RunnerError {
 pub struct PulledImage {
     /// `sha256:<hex>` of the image manifest.
     pub digest: String,
-    /// Bytes of the unpacked root filesystem.
+    /// Bytes of the unpacked layers.
     pub size_bytes: u64,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
@@ -55,8 +55,12 @@ pub struct PulledImage {
 #[async_trait::async_trait]
 pub trait SandboxRunner: Send + Sync + 'static {
     fn id(&self) -> &str;
-    /// Makes an image available on this runner (import or pull, then unpack).
+    /// Makes an image available on this runner (import or pull, then unpack); a tag is looked
+    /// up in its registry again.
     async fn pull_image(&self, reference: &str) -> Result<PulledImage, RunnerError>;
+    /// Removes images whose digest is not in `keep_images` and the layers that neither a
+    /// remaining image nor any sandbox of this runner (running or stopped) uses.
+    async fn collect_garbage(&self, keep_images: &[String]) -> Result<(), RunnerError>;
     /// Creates and starts a sandbox; returns its daemon's address once the daemon is ready.
     async fn create_sandbox(&self, req: &SandboxRequest) -> Result<SocketAddr, RunnerError>;
     async fn start_sandbox(&self, id: &str) -> Result<SocketAddr, RunnerError>;
@@ -107,11 +111,12 @@ impl SandboxRunner for Runner {
     }
 
     async fn pull_image(&self, reference: &str) -> Result<PulledImage, RunnerError> {
-        let image = self.images.resolve(reference).await?;
-        let rootfs = image.rootfs.clone();
-        let size_bytes = tokio::task::spawn_blocking(move || tree_size(&rootfs))
-            .await
-            .unwrap_or(0);
+        let image = self.images.pull(reference, None).await?;
+        let layers = image.layers.clone();
+        let size_bytes =
+            tokio::task::spawn_blocking(move || layers.iter().map(|l| tree_size(l)).sum())
+                .await
+                .unwrap_or(0);
         Ok(PulledImage {
             digest: image.digest,
             size_bytes,
@@ -120,8 +125,23 @@ impl SandboxRunner for Runner {
         })
     }
 
+    async fn collect_garbage(&self, keep_images: &[String]) -> Result<(), RunnerError> {
+        let runtime = self.runtime.clone();
+        let in_use = async move {
+            let specs = runtime
+                .sandbox_specs()
+                .await
+                .map_err(|e| format!("cannot list sandboxes: {e}"))?;
+            Ok(specs.into_iter().flat_map(|s| s.image_layers).collect())
+        };
+        self.images.gc(keep_images, in_use).await?;
+        Ok(())
+    }
+
     async fn create_sandbox(&self, req: &SandboxRequest) -> Result<SocketAddr, RunnerError> {
-        let image = self.images.resolve(&req.image).await?;
+        // Pinned until the runtime has recorded the sandbox, whose spec then keeps the layers.
+        let pinned = self.images.resolve_pinned(&req.image).await?;
+        let image = &pinned.image;
         // Image env first, so the request's variables win.
         let mut env: BTreeMap<String, String> = image.env.iter().cloned().collect();
         env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -137,7 +157,7 @@ impl SandboxRunner for Runner {
             .unwrap_or_else(|| "daytona".to_string());
         let spec = SandboxSpec {
             id: req.id.clone(),
-            image_rootfs: image.rootfs.clone(),
+            image_layers: image.layers.clone(),
             user,
             env,
             workdir: image.workdir.clone().filter(|w| !w.is_empty() && w != "/"),
@@ -147,6 +167,7 @@ impl SandboxRunner for Runner {
             network: req.network.clone(),
         };
         let status = self.runtime.create(&spec).await?;
+        drop(pinned);
         daemon_address_of(&status)
     }
 

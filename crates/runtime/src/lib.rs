@@ -22,8 +22,11 @@ pub const DAEMON_PORT: u16 = 2280;
 pub struct SandboxSpec {
     /// Sandbox id (UUID string); also names cgroups, netns and directories.
     pub id: String,
-    /// Unpacked image root filesystem, shared read-only between sandboxes (overlay lower dir).
-    pub image_rootfs: PathBuf,
+    /// The image's unpacked layers, bottom first (the manifest's order), shared read-only
+    /// between sandboxes: the overlay's lower dirs, the last one on top. State files written
+    /// before layers were stored separately hold one flattened `image_rootfs` directory.
+    #[serde(alias = "image_rootfs", deserialize_with = "one_or_many_paths")]
+    pub image_layers: Vec<PathBuf>,
     /// OS user the daemon runs commands as (e.g. `daytona`); the daemon itself runs as root.
     pub user: String,
     /// Environment for processes in the sandbox (image env merged with the request's env).
@@ -39,6 +42,20 @@ pub struct SandboxSpec {
     /// Egress policy; absent in state files written before it existed (= unrestricted).
     #[serde(default)]
     pub network: NetworkPolicy,
+}
+
+/// A list of paths, or (older state files) a single path.
+fn one_or_many_paths<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(path) => vec![path],
+        OneOrMany::Many(paths) => paths,
+    })
 }
 
 /// Most CIDRs an allow list may hold (upstream's limit).
@@ -215,6 +232,9 @@ pub trait Runtime: Send + Sync + 'static {
     async fn destroy(&self, id: &str) -> Result<()>;
     /// Current status, or `None` if the runtime has no such sandbox.
     async fn status(&self, id: &str) -> Result<Option<SandboxStatus>>;
+    /// The specs of every sandbox the runtime holds, running or stopped (what their files
+    /// depend on, e.g. the image layers garbage collection must keep).
+    async fn sandbox_specs(&self) -> Result<Vec<SandboxSpec>>;
     /// Freezes every process of a running sandbox; memory and state are kept.
     async fn pause(&self, id: &str) -> Result<()> {
         let _ = id;
@@ -280,6 +300,7 @@ mod tests {
         let old = r#"{"id":"x","image_rootfs":"/r","user":"root","env":{},"workdir":null,
             "cpu":1,"memory_gib":1,"disk_gib":3}"#;
         let spec: SandboxSpec = serde_json::from_str(old).unwrap();
+        assert_eq!(spec.image_layers, [PathBuf::from("/r")]);
         assert_eq!(spec.network, NetworkPolicy::default());
         assert!(!spec.network.is_restricted());
 

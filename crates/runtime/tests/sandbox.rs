@@ -230,7 +230,7 @@ impl Env {
     fn spec(&self, id: &str) -> SandboxSpec {
         SandboxSpec {
             id: id.to_owned(),
-            image_rootfs: self.rootfs.clone(),
+            image_layers: vec![self.rootfs.clone()],
             // The real daemon requires the user to exist in the image; Debian has only root.
             user: "root".to_owned(),
             env: BTreeMap::from([("FOO".to_owned(), "bar".to_owned())]),
@@ -708,7 +708,7 @@ async fn failed_creates_clean_up(env: &Env) {
         Err(RuntimeError::InvalidSpec(_))
     ));
     bad.id = new_id();
-    bad.image_rootfs = PathBuf::from("/nonexistent-rootfs");
+    bad.image_layers = vec![PathBuf::from("/nonexistent-rootfs")];
     assert!(matches!(
         rt.create(&bad).await,
         Err(RuntimeError::InvalidSpec(_))
@@ -720,7 +720,7 @@ async fn failed_creates_clean_up(env: &Env) {
     std::fs::write(broken_image.join("etc"), "not a directory").unwrap();
     let id = new_id();
     let mut spec = env.spec(&id);
-    spec.image_rootfs = broken_image;
+    spec.image_layers = vec![env.rootfs.clone(), broken_image];
     match rt.create(&spec).await {
         Err(RuntimeError::StartFailed { reason, .. }) => {
             assert!(reason.contains("/etc"), "{reason}")

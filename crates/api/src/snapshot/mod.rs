@@ -272,10 +272,28 @@ impl SnapshotService {
         Ok(row)
     }
 
-    pub async fn delete(&self, ctx: &AuthContext, id_or_name: &str) -> ApiResult<()> {
+    pub async fn delete(self: &Arc<Self>, ctx: &AuthContext, id_or_name: &str) -> ApiResult<()> {
         let row = self.find_owned(ctx, id_or_name).await?;
         self.store.delete_snapshot(&row.id).await?;
+        // In the background: the collection waits for pulls and sandbox creates in progress.
+        let this = self.clone();
+        tokio::spawn(async move { this.collect_garbage().await });
         Ok(())
+    }
+
+    /// Lets the runner remove images no snapshot names anymore (and their layers, unless a
+    /// sandbox still uses them). Failures are logged: nothing depends on the space coming back.
+    pub async fn collect_garbage(&self) {
+        let keep = match self.store.snapshot_digests().await {
+            Ok(keep) => keep,
+            Err(e) => {
+                tracing::warn!(error = %e, "image garbage collection skipped: cannot list snapshots");
+                return;
+            }
+        };
+        if let Err(e) = self.runner.collect_garbage(&keep).await {
+            tracing::warn!(error = %e, "image garbage collection failed");
+        }
     }
 
     pub async fn set_active(

@@ -163,6 +163,14 @@ impl Store {
         Ok(())
     }
 
+    /// Image digests of every snapshot of every organization that has one (what the
+    /// runner's image store must keep).
+    pub async fn snapshot_digests(&self) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT DISTINCT digest FROM snapshots WHERE digest IS NOT NULL")
+            .fetch_all(self.pool())
+            .await
+    }
+
     pub async fn delete_snapshot(&self, id: &str) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM snapshots WHERE id = ?")
             .bind(id)

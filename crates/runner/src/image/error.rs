@@ -7,8 +7,28 @@ pub enum ImageError {
     #[error("invalid image reference {reference:?}: {reason}")]
     InvalidReference { reference: String, reason: String },
 
-    #[error("registry pulls not supported yet; use oci-archive:PATH (got {0:?})")]
-    Unsupported(String),
+    #[error("cannot reach registry {registry}: {reason}")]
+    RegistryUnreachable { registry: String, reason: String },
+
+    #[error("image {reference} not found: {reason}")]
+    ImageNotFound { reference: String, reason: String },
+
+    #[error("registry {registry} refused access to {reference}: {reason}")]
+    RegistryAuth {
+        registry: String,
+        reference: String,
+        reason: String,
+    },
+
+    #[error("registry {registry}: {reason}")]
+    Registry { registry: String, reason: String },
+
+    #[error("registry {registry} did not answer within {secs}s while {doing}")]
+    RegistryTimeout {
+        registry: String,
+        secs: u64,
+        doing: String,
+    },
 
     #[error("image source {} does not exist", .0.display())]
     NotFound(PathBuf),
@@ -45,6 +65,9 @@ pub enum ImageError {
         #[source]
         source: io::Error,
     },
+
+    #[error("image garbage collection skipped: {0}")]
+    GcAborted(String),
 
     #[error("image task failed: {0}")]
     Task(String),

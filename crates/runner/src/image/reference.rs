@@ -1,4 +1,5 @@
-//! Image references the store understands: local OCI layouts and archives, named by transport.
+//! Image references the store understands: local OCI layouts and archives, named by transport,
+//! and registry references (`ubuntu`, `host:port/repo:tag`, `repo@sha256:…`, `docker://…`).
 
 use std::path::{Path, PathBuf};
 
@@ -36,8 +37,16 @@ const TRANSPORTS: [(&str, Transport); 3] = [
     ("docker-archive:", Transport::DockerArchive),
 ];
 
-/// Splits off the transport. Registry-style references are refused with [`ImageError::Unsupported`].
-pub(crate) fn parse(reference: &str) -> Result<LocalReference, ImageError> {
+/// What a reference names: a local file or directory, or an image in a registry.
+#[derive(Debug, Clone)]
+pub(crate) enum ImageReference {
+    Local(LocalReference),
+    Registry(oci_client::Reference),
+}
+
+/// Splits off the transport; anything else must be a registry reference, normalised as Docker
+/// does (`ubuntu` → `docker.io/library/ubuntu:latest`).
+pub(crate) fn parse(reference: &str) -> Result<ImageReference, ImageError> {
     let invalid = |reason: &str| ImageError::InvalidReference {
         reference: reference.to_owned(),
         reason: reason.to_owned(),
@@ -53,25 +62,26 @@ pub(crate) fn parse(reference: &str) -> Result<LocalReference, ImageError> {
         if rest.is_empty() {
             return Err(invalid("missing path after the transport"));
         }
-        return Ok(LocalReference {
+        return Ok(ImageReference::Local(LocalReference {
             transport,
             rest: rest.to_owned(),
-        });
+        }));
     }
-    if trimmed.starts_with("docker://") || looks_like_registry_reference(trimmed) {
-        return Err(ImageError::Unsupported(reference.to_owned()));
+    let name = trimmed.strip_prefix("docker://").unwrap_or(trimmed);
+    if name.starts_with(['/', '.']) {
+        return Err(invalid(
+            "a path needs a transport: oci-archive:PATH[:TAG], oci:DIR[:TAG] or \
+             docker-archive:PATH[:TAG]",
+        ));
     }
-    Err(invalid(
-        "expected oci-archive:PATH[:TAG], oci:DIR[:TAG] or docker-archive:PATH[:TAG]",
-    ))
-}
-
-/// `name[:tag][@digest]` with a registry's character set; a bare path is not one.
-fn looks_like_registry_reference(s: &str) -> bool {
-    !s.starts_with('/')
-        && !s.starts_with('.')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-/:@+".contains(c))
+    oci_client::Reference::try_from(name)
+        .map(ImageReference::Registry)
+        .map_err(|e| {
+            invalid(&format!(
+                "neither a registry reference ({e}) nor oci-archive:PATH[:TAG], oci:DIR[:TAG] \
+                 or docker-archive:PATH[:TAG]"
+            ))
+        })
 }
 
 impl LocalReference {

@@ -6,8 +6,8 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::error::{ImageError, IoContext};
@@ -65,47 +65,47 @@ pub(crate) struct Plan {
     pub layers: Vec<LayerPlan>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(default)]
-    media_type: Option<String>,
-    digest: String,
-    size: u64,
+    pub media_type: Option<String>,
+    pub digest: String,
+    pub size: u64,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub platform: Option<Platform>,
     #[serde(default)]
-    annotations: HashMap<String, String>,
+    pub annotations: HashMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Platform {
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct Platform {
     architecture: String,
     os: String,
 }
 
 /// An OCI index or a Docker manifest list (same shape).
 #[derive(Debug, Deserialize)]
-struct Index {
-    manifests: Vec<Descriptor>,
+pub(crate) struct Index {
+    pub manifests: Vec<Descriptor>,
 }
 
 #[derive(Debug, Deserialize)]
-struct Manifest {
-    config: Descriptor,
-    layers: Vec<Descriptor>,
+pub(crate) struct Manifest {
+    pub config: Descriptor,
+    pub layers: Vec<Descriptor>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct ConfigFile {
+pub(crate) struct ConfigFile {
     #[serde(default)]
-    config: Option<RunConfig>,
+    pub config: Option<RunConfig>,
     #[serde(default)]
     rootfs: Option<RootFs>,
 }
 
 /// The runtime part of an image config (`config` in the OCI config JSON).
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub(crate) struct RunConfig {
     #[serde(default)]
@@ -300,7 +300,7 @@ pub(crate) fn sha256_hex_of(digest: &str) -> Result<String, ImageError> {
 }
 
 /// The OCI architecture name of this host.
-fn host_architecture() -> &'static str {
+pub(crate) fn host_architecture() -> &'static str {
     match std::env::consts::ARCH {
         "x86_64" => "amd64",
         "aarch64" => "arm64",
@@ -310,7 +310,7 @@ fn host_architecture() -> &'static str {
     }
 }
 
-fn compression_of(media_type: &str) -> Result<Compression, ImageError> {
+pub(crate) fn compression_of(media_type: &str) -> Result<Compression, ImageError> {
     match media_type {
         "application/vnd.oci.image.layer.v1.tar"
         | "application/vnd.oci.image.layer.nondistributable.v1.tar"
@@ -407,7 +407,10 @@ fn plan_oci(container: &Container, tag: Option<&str>) -> Result<Plan, ImageError
 }
 
 /// The config's diff ids, one per layer (or none at all when the config lists none).
-fn diff_ids(config: &ConfigFile, layers: usize) -> Result<Vec<Option<String>>, ImageError> {
+pub(crate) fn diff_ids(
+    config: &ConfigFile,
+    layers: usize,
+) -> Result<Vec<Option<String>>, ImageError> {
     let listed = config
         .rootfs
         .as_ref()
@@ -444,6 +447,26 @@ fn select_manifest(
     for desc in top {
         collect_manifests(container, desc, 0, &mut found)?;
     }
+    let wanted = || match tag {
+        Some(tag) => format!("tag {tag:?} for linux/{}", host_architecture()),
+        None => format!("linux/{}", host_architecture()),
+    };
+    match pick_platform(found) {
+        Ok(desc) => Ok(desc),
+        Err(0) => Err(ImageError::NoMatchingManifest {
+            source_name: container.describe(),
+            wanted: wanted(),
+        }),
+        Err(n) => Err(ImageError::NoMatchingManifest {
+            source_name: container.describe(),
+            wanted: format!("{} unambiguously ({n} images match; add :TAG)", wanted()),
+        }),
+    }
+}
+
+/// The one manifest for this host's platform (linux and its architecture) among `found`, or
+/// the one without a platform when none names any; `Err(n)` when `n != 1` candidates remain.
+pub(crate) fn pick_platform(found: Vec<Descriptor>) -> Result<Descriptor, usize> {
     let arch = host_architecture();
     let matches_host = |d: &Descriptor| {
         d.platform
@@ -456,24 +479,9 @@ fn select_manifest(
         found.into_iter().filter(|d| d.platform.is_none()).collect()
     };
     candidates.dedup_by(|a, b| a.digest == b.digest);
-    let wanted = || match tag {
-        Some(tag) => format!("tag {tag:?} for linux/{arch}"),
-        None => format!("linux/{arch}"),
-    };
     match candidates.len() {
         1 => Ok(candidates.remove(0)),
-        0 => Err(ImageError::NoMatchingManifest {
-            source_name: container.describe(),
-            wanted: wanted(),
-        }),
-        _ => Err(ImageError::NoMatchingManifest {
-            source_name: container.describe(),
-            wanted: format!(
-                "{} unambiguously ({} images match; add :TAG)",
-                wanted(),
-                candidates.len()
-            ),
-        }),
+        n => Err(n),
     }
 }
 

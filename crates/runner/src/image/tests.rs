@@ -163,9 +163,13 @@ fn archive(layout: &Path, out: &Path) {
     builder.finish().unwrap();
 }
 
-/// The two-layer image the behaviour tests share: lower content, then whiteouts on top.
+/// The three-layer image the behaviour tests share: lower content, then whiteouts on top.
 fn layers() -> Vec<BuiltLayer> {
-    let lower = Layer::new()
+    vec![lower_layer(), upper_layer(), top_layer()]
+}
+
+fn lower_layer() -> BuiltLayer {
+    Layer::new()
         .dir("etc", 0o755, 0)
         .file("etc/keep.conf", "old", 0o644, 0)
         .file("etc/gone.conf", "bye", 0o644, 0)
@@ -184,21 +188,29 @@ fn layers() -> Vec<BuiltLayer> {
         .symlink("bin", "usr/bin")
         // Absolute: inside the image it means the image's /usr/lib, never the host's.
         .symlink("lib", "/usr/lib")
+        .file("lib/through-symlink", "x", 0o644, 0)
         .dir("home", 0o755, 0)
         .xattr("user.daytona", b"yes")
         .dir("home/daytona", 0o750, 1000)
         .file("home/daytona/.bashrc", "# rc", 0o644, 1000)
-        .compress(GZIP);
-    let upper = Layer::new()
+        // Overlayfs' own xattrs are never taken from an image.
+        .xattr("trusted.overlay.opaque", b"y")
+        .dir("srv", 0o755, 0)
+        .compress(GZIP)
+}
+
+fn upper_layer() -> BuiltLayer {
+    Layer::new()
         .file("etc/.wh.gone.conf", "", 0o644, 0)
         .file("etc/keep.conf", "new", 0o600, 0)
         .file("opt/.wh..wh..opq", "", 0o644, 0)
         .file("opt/new", "n", 0o644, 0)
-        .file("lib/through-symlink", "x", 0o644, 0)
-        .file("bin/sh", "sh-v2", 0o755, 0)
-        .compress(ZSTD);
-    let top = Layer::new().dir("tmp", 0o1777, 0).compress(PLAIN);
-    vec![lower, upper, top]
+        .file("usr/bin/sh", "sh-v2", 0o755, 0)
+        .compress(ZSTD)
+}
+
+fn top_layer() -> BuiltLayer {
+    Layer::new().dir("tmp", 0o1777, 0).compress(PLAIN)
 }
 
 struct Fixture {
@@ -247,77 +259,160 @@ fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
     (n >= 0).then(|| buf[..n as usize].to_vec())
 }
 
+/// The layers of `image` as the kernel stacks them, at a temporary mount point (root only;
+/// `None` otherwise). Unmounted on drop.
+struct Merged {
+    dir: tempfile::TempDir,
+}
+
+impl Merged {
+    fn mount(image: &Image) -> Option<Merged> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("not root: overlay view not checked");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Without an upper dir the kernel wants two lower dirs: an empty one goes at the bottom.
+        let empty = dir.path().join("empty");
+        let target = dir.path().join("merged");
+        fs::create_dir(&empty).unwrap();
+        fs::create_dir(&target).unwrap();
+        let lower: Vec<String> = image
+            .layers
+            .iter()
+            .rev()
+            .chain([&empty])
+            .map(|l| l.display().to_string())
+            .collect();
+        let options = std::ffi::CString::new(format!("lowerdir={}", lower.join(":"))).unwrap();
+        let target = std::ffi::CString::new(target.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: NUL-terminated strings that outlive the call.
+        let rc = unsafe {
+            libc::mount(
+                c"overlay".as_ptr(),
+                target.as_ptr(),
+                c"overlay".as_ptr(),
+                libc::MS_RDONLY,
+                options.as_ptr().cast(),
+            )
+        };
+        assert_eq!(rc, 0, "mount overlay: {}", std::io::Error::last_os_error());
+        Some(Merged { dir })
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("merged")
+    }
+}
+
+impl Drop for Merged {
+    fn drop(&mut self) {
+        let target =
+            std::ffi::CString::new(self.dir.path().as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: NUL-terminated path.
+        unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 #[tokio::test]
-async fn unpacks_layers_with_whiteouts_ownership_and_links() {
+async fn layers_unpack_in_overlay_form_and_stack_into_the_image() {
     let f = fixture();
     let image = f
         .store
         .resolve(&format!("oci-archive:{}", f.archive.display()))
         .await
         .unwrap();
-    let root = &image.rootfs;
     assert_eq!(image.digest, format!("sha256:{}", f.manifest_hex));
-    assert_eq!(*root, f.store.root().join("rootfs").join(&f.manifest_hex));
-
-    // Whiteout and overwrite.
-    assert!(!root.join("etc/gone.conf").exists());
-    assert_eq!(read(root, "etc/keep.conf"), "new");
-    assert_eq!(
-        fs::metadata(root.join("etc/keep.conf")).unwrap().mode() & 0o7777,
-        0o600
-    );
-    // Opaque directory: lower entries gone, the upper layer's entry kept.
-    let mut opt: Vec<_> = fs::read_dir(root.join("opt"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
+    let diff_ids: Vec<String> = layers().into_iter().map(|l| l.diff_id).collect();
+    let expected: Vec<PathBuf> = diff_ids
+        .iter()
+        .map(|d| f.store.root().join("layers").join(d))
         .collect();
-    opt.sort();
-    assert_eq!(opt, ["new"]);
+    assert_eq!(image.layers, expected);
+    let [lower, upper, _top] = &image.layers[..] else {
+        panic!("three layers expected")
+    };
+
+    // Whiteouts in overlayfs' form: a 0/0 character device, and the opaque xattr.
+    let gone = fs::symlink_metadata(upper.join("etc/gone.conf")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_char_device(
+        &gone.file_type()
+    ));
+    assert_eq!(gone.rdev(), 0);
+    assert_eq!(
+        xattr(&upper.join("opt"), "trusted.overlay.opaque").as_deref(),
+        Some(&b"y"[..])
+    );
+    assert_eq!(names(&upper.join("opt")), ["new"]);
+    assert!(!upper.join("opt/old1").exists());
+    assert_eq!(xattr(&lower.join("srv"), "trusted.overlay.opaque"), None);
+    assert_eq!(xattr(&lower.join("opt"), "trusted.overlay.opaque"), None);
+
     // Setuid survives chown; numeric ownership kept.
-    let sudo = fs::metadata(root.join("usr/bin/sudo")).unwrap();
+    let sudo = fs::metadata(lower.join("usr/bin/sudo")).unwrap();
     assert_eq!(sudo.mode() & 0o7777, 0o4755);
-    let home = fs::metadata(root.join("home/daytona")).unwrap();
+    let home = fs::metadata(lower.join("home/daytona")).unwrap();
     assert_eq!(
         (home.uid(), home.gid(), home.mode() & 0o7777),
         (1000, 1000, 0o750)
     );
     assert_eq!(
-        fs::metadata(root.join("home/daytona/.bashrc"))
-            .unwrap()
-            .uid(),
-        1000
-    );
-    assert_eq!(
-        xattr(&root.join("home/daytona"), "user.daytona").as_deref(),
+        xattr(&lower.join("home/daytona"), "user.daytona").as_deref(),
         Some(&b"yes"[..])
     );
-    // Symlinks are stored as written, and resolved inside the image while unpacking.
+    // Symlinks are stored as written, and resolved inside the layer while unpacking.
     assert_eq!(
-        fs::read_link(root.join("bin")).unwrap(),
+        fs::read_link(lower.join("bin")).unwrap(),
         Path::new("usr/bin")
     );
     assert_eq!(
-        fs::read_link(root.join("lib")).unwrap(),
+        fs::read_link(lower.join("lib")).unwrap(),
         Path::new("/usr/lib")
     );
-    assert_eq!(read(root, "usr/lib/through-symlink"), "x");
+    assert_eq!(read(lower, "usr/lib/through-symlink"), "x");
     assert!(!Path::new("/usr/lib/through-symlink").exists());
-    // Hardlinks share an inode; replacing one name does not write through to the other.
-    let py = fs::metadata(root.join("usr/bin/python3")).unwrap();
+    let py = fs::metadata(lower.join("usr/bin/python3")).unwrap();
     assert_eq!(
         py.ino(),
-        fs::metadata(root.join("usr/bin/python3.11")).unwrap().ino()
-    );
-    assert_eq!(read(root, "usr/bin/sh"), "sh-v2");
-    assert_eq!(read(root, "usr/bin/sh-hard"), "sh-v1");
-    assert_eq!(
-        fs::metadata(root.join("tmp")).unwrap().permissions().mode() & 0o7777,
-        0o1777
+        fs::metadata(lower.join("usr/bin/python3.11"))
+            .unwrap()
+            .ino()
     );
     assert_eq!(
-        fs::metadata(root.join("etc/keep.conf")).unwrap().mtime(),
+        fs::metadata(lower.join("etc/keep.conf")).unwrap().mtime(),
         1_700_000_000
     );
+
+    // What a sandbox sees: the kernel applies the whiteouts.
+    if let Some(merged) = Merged::mount(&image) {
+        let root = &merged.path();
+        assert!(!root.join("etc/gone.conf").exists());
+        assert_eq!(read(root, "etc/keep.conf"), "new");
+        assert_eq!(
+            fs::metadata(root.join("etc/keep.conf")).unwrap().mode() & 0o7777,
+            0o600
+        );
+        assert_eq!(names(&root.join("opt")), ["new"]);
+        assert_eq!(read(root, "bin/sh"), "sh-v2");
+        // Replacing one name of a hardlink pair does not write through to the other.
+        assert_eq!(read(root, "usr/bin/sh-hard"), "sh-v1");
+        assert_eq!(read(root, "usr/lib/through-symlink"), "x");
+        assert_eq!(
+            fs::metadata(root.join("tmp")).unwrap().permissions().mode() & 0o7777,
+            0o1777
+        );
+        assert_eq!(fs::metadata(root.join("home/daytona")).unwrap().uid(), 1000);
+    }
 
     // Config.
     assert_eq!(
@@ -332,14 +427,24 @@ async fn unpacks_layers_with_whiteouts_ownership_and_links() {
     assert_eq!(image.entrypoint, ["/bin/sh", "-c"]);
     assert_eq!(image.cmd, ["echo hi"]);
 
-    // The same image through the layout directory and by tag: same digest, no second unpack.
+    // The same image through the layout directory and by tag: same digest, nothing unpacked
+    // again, and a fresh store over the same root finds it on disk.
     let by_dir = f
         .store
         .resolve(&format!("oci:{}:v1", f.layout.display()))
         .await
         .unwrap();
     assert_eq!(by_dir, image);
-    assert_eq!(f.store.unpack_count(), 1);
+    assert_eq!(f.store.layers_unpacked(), 3);
+    let reopened = ImageStore::new(f.store.root().to_owned());
+    assert_eq!(
+        reopened
+            .resolve(&format!("oci:{}:v1", f.layout.display()))
+            .await
+            .unwrap(),
+        image
+    );
+    assert_eq!(reopened.layers_unpacked(), 0);
     assert_eq!(fs::read_dir(f.store.root().join("tmp")).unwrap().count(), 0);
 }
 
@@ -368,9 +473,17 @@ async fn corrupted_blob_fails_digest_check_and_leaves_nothing() {
         .unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     assert!(err.to_string().contains(digest), "{err}");
-    assert!(!f.store.root().join("rootfs").join(&f.manifest_hex).exists());
-    assert_eq!(fs::read_dir(f.store.root().join("tmp")).unwrap().count(), 0);
-    assert_eq!(f.store.unpack_count(), 0);
+    let root = f.store.root();
+    assert!(
+        !root
+            .join("images")
+            .join(format!("{}.json", f.manifest_hex))
+            .exists()
+    );
+    assert!(!root.join("layers").join(&upper_layer().diff_id).exists());
+    assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0);
+    // The intact layer below it is kept for the next attempt.
+    assert_eq!(f.store.layers_unpacked(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -384,21 +497,137 @@ async fn concurrent_resolves_share_one_unpack_and_repeats_are_cached() {
     }
     let images: Vec<Image> = tasks.join_all().await;
     assert!(images.iter().all(|i| *i == images[0]));
-    assert_eq!(f.store.unpack_count(), 1);
+    assert_eq!(f.store.layers_unpacked(), 3);
 
     let started = Instant::now();
     let again = f.store.resolve(&reference).await.unwrap();
     assert_eq!(again, images[0]);
-    assert!(
-        started.elapsed().as_millis() < 1000,
-        "cached resolve took {:?}",
-        started.elapsed()
-    );
+    eprintln!("cached resolve took {:?}", started.elapsed());
 
-    // A rewritten archive is read again, but the same digest is not unpacked twice.
+    // A rewritten archive is read again, but nothing is unpacked twice.
     archive(&f.layout, &f.archive);
     assert_eq!(f.store.resolve(&reference).await.unwrap(), images[0]);
-    assert_eq!(f.store.unpack_count(), 1);
+    assert_eq!(f.store.layers_unpacked(), 3);
+}
+
+/// Image B: the fixture's lower layer plus one of its own.
+fn second_image(layout: &Path) -> String {
+    let own = Layer::new().file("b-only", "b", 0o644, 0).compress(GZIP);
+    let desc = put_image(layout, &[lower_layer(), own], "amd64");
+    desc["digest"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn images_share_layers_and_gc_removes_only_unused_ones() {
+    let f = fixture();
+    let b_layout = f.layout.parent().unwrap().join("b-layout");
+    let b_digest = second_image(&b_layout);
+    put_index(&b_layout, vec![]);
+    let index = json!({ "schemaVersion": 2, "mediaType": INDEX, "manifests": [
+        json!({ "mediaType": MANIFEST, "digest": b_digest,
+                "size": fs::metadata(b_layout.join("blobs/sha256").join(&b_digest[7..])).unwrap().len() })
+    ]});
+    fs::write(b_layout.join("index.json"), index.to_string()).unwrap();
+
+    let a = f
+        .store
+        .resolve(&format!("oci-archive:{}", f.archive.display()))
+        .await
+        .unwrap();
+    let b = f
+        .store
+        .resolve(&format!("oci:{}", b_layout.display()))
+        .await
+        .unwrap();
+    assert_eq!(b.digest, b_digest);
+    // The shared base layer is stored once.
+    assert_eq!(a.layers[0], b.layers[0]);
+    assert_eq!(f.store.layers_unpacked(), 4);
+    assert_eq!(names(&f.store.root().join("layers")).len(), 4);
+
+    // A leftover of a crashed unpack goes with the first collection.
+    let stale = f.store.root().join("tmp/layer-1-1");
+    fs::create_dir_all(stale.join("etc")).unwrap();
+
+    // Keep A: B's own layer goes, the shared one stays.
+    let report = f
+        .store
+        .gc(std::slice::from_ref(&a.digest), async { Ok(vec![]) })
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        GcReport {
+            images: 1,
+            layers: 1
+        }
+    );
+    assert!(!b.layers[1].exists());
+    assert!(a.layers.iter().all(|l| l.is_dir()));
+    assert!(!stale.exists());
+
+    // Keep nothing, but a sandbox still mounts A's top layer.
+    let report = f
+        .store
+        .gc(&[], async { Ok(vec![a.layers[2].clone()]) })
+        .await
+        .unwrap();
+    assert_eq!(
+        report,
+        GcReport {
+            images: 1,
+            layers: 2
+        }
+    );
+    assert_eq!(
+        names(&f.store.root().join("layers")),
+        [a.layers[2].file_name().unwrap().to_string_lossy()]
+    );
+
+    // Resolving A again brings back only what was removed.
+    let again = f
+        .store
+        .resolve(&format!("oci-archive:{}", f.archive.display()))
+        .await
+        .unwrap();
+    assert_eq!(again, a);
+    assert_eq!(f.store.layers_unpacked(), 6);
+
+    // A failed listing of sandboxes removes nothing.
+    let err = f
+        .store
+        .gc(&[], async { Err("runtime down".to_owned()) })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("runtime down"), "{err}");
+    assert!(a.layers.iter().all(|l| l.is_dir()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_waits_for_pinned_images() {
+    let f = fixture();
+    let pinned = f
+        .store
+        .resolve_pinned(&format!("oci-archive:{}", f.archive.display()))
+        .await
+        .unwrap();
+    let store = f.store.clone();
+    let gc = tokio::spawn(async move { store.gc(&[], async { Ok(vec![]) }).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(
+        !gc.is_finished(),
+        "collection ran while an image was pinned"
+    );
+    assert!(pinned.image.layers.iter().all(|l| l.is_dir()));
+    drop(pinned);
+    let report = gc.await.unwrap().unwrap();
+    assert_eq!(
+        report,
+        GcReport {
+            images: 1,
+            layers: 3
+        }
+    );
 }
 
 #[tokio::test]
@@ -424,7 +653,7 @@ async fn nested_index_picks_the_host_platform() {
         .await
         .unwrap();
     assert_eq!(image.digest, amd["digest"].as_str().unwrap());
-    assert_eq!(read(&image.rootfs, "arch"), "amd64");
+    assert_eq!(read(&image.layers[0], "arch"), "amd64");
 }
 
 #[tokio::test]
@@ -465,25 +694,19 @@ async fn legacy_docker_archive_resolves() {
         as_oci.to_string().contains("docker-archive:PATH"),
         "{as_oci}"
     );
-    assert_eq!(read(&image.rootfs, "hello"), "docker");
+    assert_eq!(read(&image.layers[0], "hello"), "docker");
     assert_eq!(image.cmd, ["sh"]);
 }
 
 #[tokio::test]
 async fn bad_references_are_refused_clearly() {
     let f = fixture();
-    let err = f.store.resolve("ubuntu:22.04").await.unwrap_err();
-    assert!(matches!(err, ImageError::Unsupported(_)), "{err}");
+    // Registry references follow Docker's grammar; the message says what was expected.
+    let err = f.store.resolve("Ubuntu:22.04").await.unwrap_err();
+    assert!(matches!(err, ImageError::InvalidReference { .. }), "{err}");
     let message = err.to_string();
-    assert!(
-        message.contains("registry pulls not supported yet; use oci-archive:PATH"),
-        "{message}"
-    );
-    assert!(message.contains("ubuntu:22.04"), "{message}");
-    assert!(matches!(
-        f.store.resolve("docker.io/library/python:3.12-slim").await,
-        Err(ImageError::Unsupported(_))
-    ));
+    assert!(message.contains("Ubuntu:22.04"), "{message}");
+    assert!(message.contains("oci-archive:PATH"), "{message}");
     assert!(matches!(
         f.store.resolve("").await,
         Err(ImageError::InvalidReference { .. })
@@ -541,7 +764,8 @@ async fn base_image_resolves() {
     assert_eq!(store.resolve(&reference).await.unwrap(), image);
     eprintln!("base image re-resolved in {:?}", started.elapsed());
 
-    let root = &image.rootfs;
+    let merged = Merged::mount(&image).expect("run as root");
+    let root = &merged.path();
     assert!(root.join("usr/bin/python3").exists());
     assert!(root.join("etc/sudoers.d").is_dir());
     assert_eq!(
@@ -569,4 +793,339 @@ async fn base_image_resolves() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "{out:?}");
+}
+
+/// Pulls from a small in-test registry that serves an OCI layout over plain HTTP/1.1 on
+/// loopback and counts what it is asked for.
+mod registry_pulls {
+    use std::collections::HashMap;
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Counts {
+        blob_gets: AtomicUsize,
+        manifest_gets: AtomicUsize,
+    }
+
+    struct TestRegistry {
+        addr: SocketAddr,
+        counts: Arc<Counts>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Drop for TestRegistry {
+        fn drop(&mut self) {
+            self.task.abort();
+        }
+    }
+
+    struct Served {
+        layout: PathBuf,
+        tags: HashMap<String, String>,
+        /// `user:password` the registry demands (basic auth), if any.
+        basic: Option<String>,
+        /// Blob responses wait this long, so concurrent pulls overlap.
+        blob_delay: Duration,
+    }
+
+    impl TestRegistry {
+        async fn start(served: Served) -> Self {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let counts = Arc::new(Counts::default());
+            let served = Arc::new(served);
+            let task = {
+                let counts = counts.clone();
+                tokio::spawn(async move {
+                    loop {
+                        let (conn, _) = listener.accept().await.unwrap();
+                        tokio::spawn(serve(conn, served.clone(), counts.clone()));
+                    }
+                })
+            };
+            TestRegistry { addr, counts, task }
+        }
+
+        fn blob_gets(&self) -> usize {
+            self.counts.blob_gets.load(Ordering::SeqCst)
+        }
+
+        fn manifest_gets(&self) -> usize {
+            self.counts.manifest_gets.load(Ordering::SeqCst)
+        }
+    }
+
+    fn error_body(code: &str) -> Vec<u8> {
+        json!({ "errors": [{ "code": code, "message": code.to_lowercase().replace('_', " ") }] })
+            .to_string()
+            .into_bytes()
+    }
+
+    async fn serve(mut conn: tokio::net::TcpStream, served: Arc<Served>, counts: Arc<Counts>) {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            if conn.read(&mut byte).await.unwrap_or(0) == 0 {
+                return;
+            }
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).into_owned();
+        let mut lines = head.lines();
+        let request_line = lines.next().unwrap_or_default().to_owned();
+        let mut parts = request_line.split(' ');
+        let (method, path) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+        let authorization = lines
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.eq_ignore_ascii_case("authorization"))
+            .map(|(_, v)| v.trim().to_owned());
+        let mut headers = vec![(
+            "Docker-Distribution-API-Version".to_owned(),
+            "registry/2.0".to_owned(),
+        )];
+        let authorized = match &served.basic {
+            None => true,
+            Some(pair) => {
+                let expected = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode(pair)
+                );
+                authorization.as_deref() == Some(expected.as_str())
+            }
+        };
+        let (status, body) = if !authorized {
+            headers.push((
+                "WWW-Authenticate".to_owned(),
+                "Basic realm=\"test\"".to_owned(),
+            ));
+            ("401 Unauthorized", error_body("UNAUTHORIZED"))
+        } else if path == "/v2/" {
+            ("200 OK", b"{}".to_vec())
+        } else if let Some((_, reference)) = path.split_once("/manifests/") {
+            counts.manifest_gets.fetch_add(1, Ordering::SeqCst);
+            let digest = served
+                .tags
+                .get(reference)
+                .cloned()
+                .unwrap_or_else(|| reference.to_owned());
+            match digest
+                .strip_prefix("sha256:")
+                .and_then(|hex| fs::read(served.layout.join("blobs/sha256").join(hex)).ok())
+            {
+                Some(bytes) => {
+                    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+                    let media_type = value["mediaType"].as_str().unwrap_or(MANIFEST).to_owned();
+                    headers.push(("Content-Type".to_owned(), media_type));
+                    headers.push(("Docker-Content-Digest".to_owned(), digest));
+                    ("200 OK", bytes)
+                }
+                None => ("404 Not Found", error_body("MANIFEST_UNKNOWN")),
+            }
+        } else if let Some((_, digest)) = path.split_once("/blobs/") {
+            counts.blob_gets.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(served.blob_delay).await;
+            match digest
+                .strip_prefix("sha256:")
+                .and_then(|hex| fs::read(served.layout.join("blobs/sha256").join(hex)).ok())
+            {
+                Some(bytes) => {
+                    headers.push((
+                        "Content-Type".to_owned(),
+                        "application/octet-stream".to_owned(),
+                    ));
+                    ("200 OK", bytes)
+                }
+                None => ("404 Not Found", error_body("BLOB_UNKNOWN")),
+            }
+        } else {
+            ("404 Not Found", error_body("NAME_UNKNOWN"))
+        };
+        let mut response = format!(
+            "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            response.push_str(&format!("{k}: {v}\r\n"));
+        }
+        response.push_str("\r\n");
+        let _ = conn.write_all(response.as_bytes()).await;
+        if method != "HEAD" {
+            let _ = conn.write_all(&body).await;
+        }
+        let _ = conn.shutdown().await;
+    }
+
+    /// A layout with the fixture image (amd64) and an arm64 one behind one index tagged
+    /// `multi`, and the amd64 manifest tagged `plain`. Returns (layout dir, tags, amd64 digest).
+    fn multi_arch_layout(dir: &Path) -> (PathBuf, HashMap<String, String>, String) {
+        let layout = dir.join("served");
+        let arm = put_image(
+            &layout,
+            &[Layer::new().file("arch", "arm64", 0o644, 0).compress(GZIP)],
+            "arm64",
+        );
+        let amd = put_image(&layout, &layers(), "amd64");
+        let index =
+            json!({ "schemaVersion": 2, "mediaType": INDEX, "manifests": [arm, amd.clone()] });
+        let index = put_blob(&layout, INDEX, index.to_string().as_bytes());
+        let amd_digest = amd["digest"].as_str().unwrap().to_owned();
+        let tags = HashMap::from([
+            (
+                "multi".to_owned(),
+                index["digest"].as_str().unwrap().to_owned(),
+            ),
+            ("plain".to_owned(), amd_digest.clone()),
+        ]);
+        (layout, tags, amd_digest)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_pulls_fetch_each_blob_once_and_share_layers_with_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, tags, amd_digest) = multi_arch_layout(dir.path());
+        let registry = TestRegistry::start(Served {
+            layout,
+            tags,
+            basic: None,
+            blob_delay: Duration::from_millis(100),
+        })
+        .await;
+        let store = ImageStore::new(dir.path().join("store"));
+        let reference = format!("{}/team/app:multi", registry.addr);
+
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..6 {
+            let (store, reference) = (store.clone(), reference.clone());
+            tasks.spawn(async move { store.pull(&reference, None).await.unwrap() });
+        }
+        let images: Vec<Image> = tasks.join_all().await;
+        assert!(images.iter().all(|i| *i == images[0]));
+        let image = &images[0];
+        // The index was resolved to this host's platform.
+        assert_eq!(image.digest, amd_digest);
+        assert_eq!(read(&image.layers[1], "etc/keep.conf"), "new");
+        // Config + three layers (gzip, zstd, plain), each fetched once for six pulls.
+        assert_eq!(registry.blob_gets(), 4);
+        assert_eq!(store.blob_fetches(), 4);
+        assert_eq!(store.layers_unpacked(), 3);
+        assert!(store.bytes_downloaded() > 0);
+
+        // A pull asks for the tag again but fetches no blob; resolve does not even ask.
+        let manifests = registry.manifest_gets();
+        assert_eq!(store.pull(&reference, None).await.unwrap(), *image);
+        assert!(registry.manifest_gets() > manifests);
+        assert_eq!(registry.blob_gets(), 4);
+        let manifests = registry.manifest_gets();
+        assert_eq!(store.resolve(&reference).await.unwrap(), *image);
+        let by_digest = format!("{}/team/app@{amd_digest}", registry.addr);
+        assert_eq!(store.pull(&by_digest, None).await.unwrap(), *image);
+        assert_eq!(registry.manifest_gets(), manifests);
+
+        // The same layers imported from an archive are not unpacked again.
+        let f = fixture();
+        let local = ImageStore::new(store.root().to_owned());
+        let from_archive = local
+            .resolve(&format!("oci-archive:{}", f.archive.display()))
+            .await
+            .unwrap();
+        assert_eq!(from_archive.layers, image.layers);
+        assert_eq!(local.layers_unpacked(), 0);
+    }
+
+    #[tokio::test]
+    async fn registry_failures_name_their_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, tags, _) = multi_arch_layout(dir.path());
+        let registry = TestRegistry::start(Served {
+            layout,
+            tags,
+            basic: Some("admin:s3cret".to_owned()),
+            blob_delay: Duration::ZERO,
+        })
+        .await;
+        let host = registry.addr.to_string();
+        let store = ImageStore::new(dir.path().join("anonymous"));
+
+        // No credentials, then wrong ones.
+        let err = store
+            .pull(&format!("{host}/team/app:plain"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ImageError::RegistryAuth { .. }), "{err}");
+        assert!(err.to_string().contains(&host), "{err}");
+        let wrong = RegistryCredentials {
+            username: "admin".into(),
+            password: "nope".into(),
+        };
+        let err = store
+            .pull(&format!("{host}/team/app:plain"), Some(&wrong))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ImageError::RegistryAuth { .. }), "{err}");
+
+        // Configured credentials for the host, or ones given with the pull.
+        let right = RegistryCredentials {
+            username: "admin".into(),
+            password: "s3cret".into(),
+        };
+        let configured = ImageStore::with_registries(
+            dir.path().join("configured"),
+            RegistrySettings {
+                insecure: Vec::new(),
+                credentials: vec![(host.clone(), right.clone())],
+            },
+        );
+        configured
+            .pull(&format!("{host}/team/app:plain"), None)
+            .await
+            .unwrap();
+        store
+            .pull(&format!("{host}/team/app:multi"), Some(&right))
+            .await
+            .unwrap();
+
+        // A tag the registry does not have.
+        let err = configured
+            .pull(&format!("{host}/team/app:missing"), None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ImageError::ImageNotFound { .. }), "{err}");
+        assert!(err.to_string().contains("team/app:missing"), "{err}");
+
+        // Nothing listens: refused at once, not a hang.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let started = Instant::now();
+        let err = store
+            .pull(&format!("127.0.0.1:{port}/team/app:plain"), None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ImageError::RegistryUnreachable { .. }),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(&format!("127.0.0.1:{port}")),
+            "{err}"
+        );
+        eprintln!(
+            "unreachable registry reported in {:?}: {err}",
+            started.elapsed()
+        );
+
+        // Nothing half-made stays behind.
+        assert_eq!(
+            fs::read_dir(store.root().join("tmp")).map_or(0, |d| d.count()),
+            0
+        );
+    }
 }

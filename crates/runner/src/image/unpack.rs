@@ -1,26 +1,36 @@
-//! Applies image layers onto a directory: OCI whiteouts, numeric ownership, modes (setuid
-//! included), xattrs, symlinks, hardlinks and device nodes, with every blob's sha256 verified.
+//! Unpacks one image layer into an empty directory in overlayfs' own format, so that layers
+//! are stored once and stacked by the kernel: a whiteout `.wh.NAME` becomes a 0/0 character
+//! device `NAME`, an opaque marker `.wh..wh..opq` the `trusted.overlay.opaque=y` xattr on its
+//! directory. Numeric ownership, modes (setuid included), xattrs, symlinks, hardlinks and
+//! device nodes are kept, and the blob's sha256 and the tar's diff id are verified.
 //!
-//! Paths are resolved inside the root the way a chroot would (symlinks in the image, even
-//! absolute ones, never lead outside it), because layer contents are untrusted.
+//! Paths are resolved inside the layer the way a chroot would (symlinks in the layer, even
+//! absolute ones, never lead outside it), because layer contents are untrusted. Like Docker's
+//! overlay2 driver, a layer is unpacked on its own: a member path that only resolves through a
+//! symlink of a *lower* layer (no image builder writes such paths) becomes a real directory.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, File, FileTimes, OpenOptions};
 use std::io::{self, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
-use tracing::{debug, info};
+use tracing::debug;
 
 use super::error::{ImageError, IoContext};
-use super::source::{Compression, LayerPlan, Plan};
+use super::source::{Compression, LayerPlan};
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+/// What overlayfs reads to hide a lower directory's entries.
+const OVERLAY_OPAQUE: (&[u8], &[u8]) = (b"trusted.overlay.opaque", b"y");
+/// Overlayfs' private xattrs (redirects, metacopy, opacity) are never taken from a layer: they
+/// would make the kernel follow paths the image chose.
+const OVERLAY_XATTR_PREFIX: &[u8] = b"trusted.overlay.";
 /// Symlinks followed while resolving one path before giving up (Linux's own limit).
 const MAX_SYMLINKS: usize = 40;
 const READ_BUFFER: usize = 256 << 10;
@@ -57,47 +67,28 @@ impl<R: Read> Read for HashingReader<R> {
     }
 }
 
-/// Totals for one unpacked image, for logs.
-#[derive(Debug, Default, Clone, Copy)]
+/// What unpacking one layer found, for the store and for logs.
+#[derive(Debug, Default, Clone)]
 pub(crate) struct UnpackStats {
+    /// sha256 hex of the uncompressed tar.
+    pub diff_id: String,
     pub compressed_bytes: u64,
     pub uncompressed_bytes: u64,
     pub entries: u64,
 }
 
-/// Unpacks every layer of `plan`, in order, into the empty directory `dest`.
-pub(crate) fn unpack(plan: &Plan, dest: &Path) -> Result<UnpackStats, ImageError> {
+/// Unpacks `layer` into the empty directory `dest`; `what` names the layer in errors.
+pub(crate) fn unpack_layer(
+    layer: &LayerPlan,
+    dest: &Path,
+    what: &str,
+) -> Result<UnpackStats, ImageError> {
     let mut state = Unpacker {
         root: dest.to_owned(),
-        layer_paths: HashSet::new(),
         dir_times: Vec::new(),
         parent_cache: None,
     };
-    let mut total = UnpackStats::default();
-    let count = plan.layers.len();
-    for (i, layer) in plan.layers.iter().enumerate() {
-        let started = Instant::now();
-        info!(
-            image = %plan.id,
-            layer = i + 1,
-            layers = count,
-            bytes = layer.location.len,
-            "unpacking layer"
-        );
-        let stats = state.apply_layer(layer, &format!("layer {}/{count}", i + 1))?;
-        info!(
-            image = %plan.id,
-            layer = i + 1,
-            layers = count,
-            bytes = stats.uncompressed_bytes,
-            entries = stats.entries,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "layer unpacked"
-        );
-        total.compressed_bytes += stats.compressed_bytes;
-        total.uncompressed_bytes += stats.uncompressed_bytes;
-        total.entries += stats.entries;
-    }
+    let stats = state.apply_layer(layer, what)?;
     // Directory times last: creating entries inside a directory changes its mtime.
     for (path, mtime) in state.dir_times.iter().rev() {
         match set_times(path, *mtime) {
@@ -105,7 +96,7 @@ pub(crate) fn unpack(plan: &Plan, dest: &Path) -> Result<UnpackStats, ImageError
             other => other.ctx(|| format!("set times of {}", path.display()))?,
         }
     }
-    Ok(total)
+    Ok(stats)
 }
 
 /// Ownership, mode, time and xattrs of one tar entry.
@@ -119,8 +110,6 @@ struct Meta {
 
 struct Unpacker {
     root: PathBuf,
-    /// Host paths this layer created or replaced; an opaque marker keeps these and drops the rest.
-    layer_paths: HashSet<PathBuf>,
     dir_times: Vec<(PathBuf, i64)>,
     /// The last parent resolved for a file entry: sorted layers put siblings together, and a
     /// regular file, hardlink or device node cannot change how its parent resolves.
@@ -129,8 +118,6 @@ struct Unpacker {
 
 impl Unpacker {
     fn apply_layer(&mut self, layer: &LayerPlan, what: &str) -> Result<UnpackStats, ImageError> {
-        self.layer_paths.clear();
-        self.parent_cache = None;
         let blob = BufReader::with_capacity(READ_BUFFER, layer.location.open()?);
         let mut raw = HashingReader::new(blob);
         let applied = (|| -> Result<(String, u64, u64), ImageError> {
@@ -176,6 +163,7 @@ impl Unpacker {
             });
         }
         Ok(UnpackStats {
+            diff_id,
             compressed_bytes: compressed,
             uncompressed_bytes: uncompressed,
             entries,
@@ -223,20 +211,25 @@ impl Unpacker {
         };
         let base_bytes = base.as_bytes();
         if base_bytes == OPAQUE_MARKER {
-            if let Some(dir) = self.resolve_parent(&components, false)? {
-                self.prune_lower(&dir).ctx(|| "opaque directory".into())?;
-            }
+            let dir = self
+                .resolve_parent(&components, true)?
+                .expect("parents are created");
+            lsetxattr(&dir, OVERLAY_OPAQUE.0, OVERLAY_OPAQUE.1)
+                .ctx(|| "opaque directory".into())?;
             return Ok(());
         }
         if let Some(hidden) = base_bytes.strip_prefix(WHITEOUT_PREFIX) {
             // `.wh..wh.*` other than the opaque marker is AUFS bookkeeping with nothing to apply.
-            if !hidden.starts_with(WHITEOUT_PREFIX)
-                && let Some(dir) = self.resolve_parent(&components, false)?
-            {
-                let target = dir.join(OsStr::from_bytes(hidden));
-                if !self.layer_paths.contains(&target) {
-                    remove_any(&target).ctx(|| "whiteout".into())?;
-                }
+            if hidden.starts_with(WHITEOUT_PREFIX) || matches!(hidden, b"" | b"." | b"..") {
+                return Ok(());
+            }
+            let dir = self
+                .resolve_parent(&components, true)?
+                .expect("parents are created");
+            let target = dir.join(OsStr::from_bytes(hidden));
+            // Whatever this layer itself put there stays (a whiteout hides lower layers only).
+            if fs::symlink_metadata(&target).is_err() {
+                mknod(&target, libc::S_IFCHR, libc::makedev(0, 0)).ctx(|| "whiteout".into())?;
             }
             return Ok(());
         }
@@ -340,10 +333,8 @@ impl Unpacker {
             }
             other => {
                 debug!(entry = %name.display(), kind = ?other, "skipping tar entry of unsupported type");
-                return Ok(());
             }
         }
-        self.layer_paths.insert(path);
         Ok(())
     }
 
@@ -396,7 +387,6 @@ impl Unpacker {
                     fs::create_dir(&candidate).ctx(|| format!("mkdir {}", candidate.display()))?;
                     fs::set_permissions(&candidate, fs::Permissions::from_mode(0o755))
                         .ctx(|| format!("chmod {}", candidate.display()))?;
-                    self.layer_paths.insert(candidate);
                     resolved.push(component);
                 }
                 Err(e) => return Err(ImageError::io(format!("stat {}", candidate.display()), e)),
@@ -424,20 +414,6 @@ impl Unpacker {
             Ok(meta) if !meta.is_dir() => Ok(path),
             _ => Err(missing()),
         }
-    }
-
-    /// Removes what lower layers left under `dir`, keeping what this layer put there.
-    fn prune_lower(&self, dir: &Path) -> io::Result<()> {
-        for child in fs::read_dir(dir)? {
-            let child = child?;
-            let path = child.path();
-            if !self.layer_paths.contains(&path) {
-                remove_any(&path)?;
-            } else if child.file_type()?.is_dir() {
-                self.prune_lower(&path)?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -494,15 +470,6 @@ fn clear_for(path: &Path, keep_dir: bool) -> io::Result<bool> {
     }
 }
 
-fn remove_any(path: &Path) -> io::Result<()> {
-    match fs::symlink_metadata(path) {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e),
-        Ok(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Ok(_) => fs::remove_file(path),
-    }
-}
-
 fn read_meta<R: Read>(entry: &mut tar::Entry<R>) -> Result<Meta, ImageError> {
     let header = entry.header();
     let bad = |field: &str, e: io::Error| ImageError::malformed(format!("tar header {field}"), e);
@@ -519,6 +486,9 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<R>) -> Result<Meta, ImageError> {
             let Ok(key) = extension.key() else { continue };
             let number = || extension.value().ok().and_then(|v| v.parse::<u32>().ok());
             if let Some(name) = key.strip_prefix("SCHILY.xattr.") {
+                if name.as_bytes().starts_with(OVERLAY_XATTR_PREFIX) {
+                    continue;
+                }
                 meta.xattrs
                     .push((name.as_bytes().to_vec(), extension.value_bytes().to_vec()));
             } else if key == "uid" {

@@ -42,7 +42,8 @@ pub const INIT_ARG: &str = "__sandbox-init";
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct InitConfig {
     pub hostname: String,
-    pub lower: PathBuf,
+    /// Image layers, bottom first.
+    pub lowers: Vec<PathBuf>,
     pub upper: PathBuf,
     pub work: PathBuf,
     pub rootfs: PathBuf,
@@ -228,10 +229,12 @@ fn sandbox_pid1(
     let host = HostFiles::open(&cfg.daemon_bin)?;
     if let Some((_, ns)) = user_ns {
         rootfs::make_private()?;
-        rootfs::idmap_over(&cfg.lower, ns)?;
+        for lower in &cfg.lowers {
+            rootfs::idmap_over(lower, ns)?;
+        }
     }
     let disk = disk.zip(cfg.disk.as_ref().map(|d| d.mountpoint.as_path()));
-    rootfs::enter_overlay(&cfg.lower, &cfg.upper, &cfg.work, &cfg.rootfs, disk)?;
+    rootfs::enter_overlay(&cfg.lowers, &cfg.upper, &cfg.work, &cfg.rootfs, disk)?;
     rootfs::mount_system(&host)?;
     drop(host);
     rootfs::write_etc(&cfg.hostname, cfg.ip, cfg.gateway)?;

@@ -476,6 +476,21 @@ impl Runtime for NativeRuntime {
         self.inner.status(id)
     }
 
+    async fn sandbox_specs(&self) -> Result<Vec<SandboxSpec>> {
+        self.blocking(|inner| {
+            // An unreadable state file fails the whole listing: callers use it to decide what
+            // may be deleted, and a sandbox they cannot see would lose its image.
+            let mut specs = Vec::new();
+            for id in inner.list()? {
+                if let Some(state) = inner.load(&id)? {
+                    specs.push(state.spec);
+                }
+            }
+            Ok(specs)
+        })
+        .await
+    }
+
     async fn pause(&self, id: &str) -> Result<()> {
         validate_id(id)?;
         let _guard = self.lock(id).await;
@@ -813,7 +828,7 @@ impl Inner {
         }
         let init = InitConfig {
             hostname: id.chars().take(63).collect(),
-            lower: spec.image_rootfs.clone(),
+            lowers: spec.image_layers.clone(),
             upper,
             work,
             rootfs: paths.rootfs.clone(),
@@ -996,12 +1011,19 @@ fn check_overlay_path(path: &Path) -> Result<()> {
 fn validate_spec(spec: &SandboxSpec) -> Result<()> {
     validate_id(&spec.id)?;
     spec.network.validate()?;
-    check_overlay_path(&spec.image_rootfs)?;
-    if !spec.image_rootfs.is_dir() {
-        return Err(RuntimeError::InvalidSpec(format!(
-            "image rootfs {} is not a directory",
-            spec.image_rootfs.display()
-        )));
+    if spec.image_layers.is_empty() {
+        return Err(RuntimeError::InvalidSpec(
+            "the image has no layers".to_owned(),
+        ));
+    }
+    for layer in &spec.image_layers {
+        check_overlay_path(layer)?;
+        if !layer.is_dir() {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "image layer {} is not a directory",
+                layer.display()
+            )));
+        }
     }
     if let Some((k, _)) = spec
         .env

@@ -1,5 +1,5 @@
 //! The sandbox's root filesystem, assembled by its PID 1 inside its own mount namespace: an
-//! overlay (shared read-only image + per-sandbox upper dir, on the sandbox's disk image when it
+//! overlay (the image's shared read-only layers + per-sandbox upper dir, on the sandbox's disk image when it
 //! has one), `/proc` and `/sys` with host-revealing files masked and kernel knobs read-only, a
 //! minimal `/dev`, the daemon binary, then `pivot_root`.
 //!
@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, symlink};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::unistd::{chdir, pivot_root};
@@ -235,11 +235,44 @@ pub fn idmap_over(path: &Path, userns: &OwnedFd) -> StepResult {
     attach(&tree, target)
 }
 
-/// Mounts the overlay on `rootfs` and makes it the root. Must run in a fresh mount namespace.
+/// Mount options must fit in one page.
+const MAX_MOUNT_OPTIONS: usize = 4096;
+
+/// The `lowerdir=` value: top layer first. Layers of one store share a parent directory; the
+/// init then changes into it and names them relatively (as Docker does), so images with many
+/// layers fit in the mount options' page.
+fn lowerdir(lowers: &[PathBuf]) -> StepResult<String> {
+    let parent = lowers.first().and_then(|l| l.parent());
+    let shared = parent.filter(|p| lowers.iter().all(|l| l.parent() == Some(*p)));
+    let names: Vec<String> = match shared {
+        Some(parent) => {
+            step(|| format!("chdir {}", parent.display()), chdir(parent))?;
+            lowers
+                .iter()
+                .rev()
+                .map(|l| {
+                    l.file_name()
+                        .unwrap_or_default()
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect()
+        }
+        None => lowers
+            .iter()
+            .rev()
+            .map(|l| l.display().to_string())
+            .collect(),
+    };
+    Ok(names.join(":"))
+}
+
+/// Mounts the overlay of `lowers` (image layers, bottom first) on `rootfs` and makes it the
+/// root. Must run in a fresh mount namespace.
 /// With `disk` (a detached mount of the sandbox's disk image and where to attach it), `upper`
 /// and `work` live on that filesystem and are created there on first use.
 pub fn enter_overlay(
-    lower: &Path,
+    lowers: &[PathBuf],
     upper: &Path,
     work: &Path,
     rootfs: &Path,
@@ -263,10 +296,16 @@ pub fn enter_overlay(
     }
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
+        lowerdir(lowers)?,
         upper.display(),
         work.display()
     );
+    if options.len() >= MAX_MOUNT_OPTIONS {
+        return Err(format!(
+            "overlay options for {} image layers exceed the kernel's limit of {MAX_MOUNT_OPTIONS} bytes",
+            lowers.len()
+        ));
+    }
     // nodev: device nodes the sandbox creates (it keeps CAP_MKNOD, as in Docker) cannot be
     // opened; the usable ones are bind-mounted into /dev.
     step(
