@@ -1,8 +1,12 @@
 //! The runner's sandbox lifecycle: resolve the image, build the runtime spec, drive the runtime.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
+
+use daytona_storage::{ObjectStorage, StorageError};
 
 pub use daytona_runtime::Resize;
 use daytona_runtime::{
@@ -37,6 +41,20 @@ pub enum RunnerError {
     Runtime(#[from] RuntimeError),
     #[error("sandbox {0} is running but has no address")]
     NoAddress(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0} needs object storage, and this runner has none")]
+    NoStorage(&'static str),
+    #[error("{0} is not supported by this runner")]
+    Unsupported(&'static str),
+}
+
+/// The image a sandbox's files became (`snapshot_sandbox`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CapturedImage {
+    /// Reference the runner resolves, e.g. `oci:<dir>`; what a snapshot records as its image.
+    pub reference: String,
+    pub image: PulledImage,
 }
 
 /// An image made ready on a runner (what a snapshot records).
@@ -74,6 +92,46 @@ pub trait SandboxRunner: Send + Sync + 'static {
     async fn resize_sandbox(&self, id: &str, resize: &Resize) -> Result<(), RunnerError>;
     /// Replaces the sandbox's egress policy: at once if it runs, else from its next start.
     async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RunnerError>;
+    /// Commits the sandbox's filesystem changes on top of its image `base_image` as a new image
+    /// on this runner. A running sandbox keeps running.
+    async fn snapshot_sandbox(
+        &self,
+        id: &str,
+        base_image: &str,
+    ) -> Result<CapturedImage, RunnerError> {
+        let _ = (id, base_image);
+        Err(RunnerError::Unsupported("snapshotting sandboxes"))
+    }
+    /// Creates and starts the sandbox `fork` (a request for the source's image) with a copy of
+    /// sandbox `source`'s files; returns the fork's daemon address.
+    async fn fork_sandbox(
+        &self,
+        source: &str,
+        fork: &SandboxRequest,
+    ) -> Result<SocketAddr, RunnerError> {
+        let _ = (source, fork);
+        Err(RunnerError::Unsupported("forking sandboxes"))
+    }
+    /// Moves a stopped sandbox's files to object storage under `key` and removes the sandbox
+    /// from this runner; returns the archive's size in bytes.
+    async fn archive_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
+        let _ = (id, key);
+        Err(RunnerError::Unsupported("archiving sandboxes"))
+    }
+    /// Recreates an archived sandbox from the archive at `key` and starts it.
+    async fn restore_sandbox(
+        &self,
+        req: &SandboxRequest,
+        key: &str,
+    ) -> Result<SocketAddr, RunnerError> {
+        let _ = (req, key);
+        Err(RunnerError::Unsupported("restoring sandboxes"))
+    }
+    /// Deletes an archive (a missing one is fine).
+    async fn delete_archive(&self, key: &str) -> Result<(), RunnerError> {
+        let _ = key;
+        Err(RunnerError::Unsupported("archives"))
+    }
 }
 
 /// A runner on this host: an image store plus a runtime backend.
@@ -81,7 +139,12 @@ pub struct Runner {
     id: String,
     images: ImageStore,
     runtime: Arc<dyn Runtime>,
+    /// Where archived sandboxes go.
+    storage: Option<ObjectStorage>,
 }
+
+/// zstd level of sandbox archives: fast; the zeros of a sparse disk compress away at any level.
+const ARCHIVE_ZSTD_LEVEL: i32 = 3;
 
 fn daemon_address_of(status: &SandboxStatus) -> Result<SocketAddr, RunnerError> {
     let ip = status
@@ -96,7 +159,47 @@ impl Runner {
             id: id.into(),
             images,
             runtime,
+            storage: None,
         }
+    }
+
+    /// Archives sandboxes to `storage`.
+    pub fn with_storage(mut self, storage: ObjectStorage) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    fn storage(&self, operation: &'static str) -> Result<&ObjectStorage, RunnerError> {
+        self.storage.as_ref().ok_or(RunnerError::NoStorage(operation))
+    }
+
+    /// The runtime spec for a request: image resolved, image env under the request's.
+    async fn spec_for(&self, req: &SandboxRequest) -> Result<SandboxSpec, RunnerError> {
+        let image = self.images.resolve(&req.image).await?;
+        // Image env first, so the request's variables win.
+        let mut env: BTreeMap<String, String> = image.env.iter().cloned().collect();
+        env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let user = req
+            .user
+            .clone()
+            .or_else(|| {
+                image
+                    .user
+                    .clone()
+                    .filter(|u| !u.is_empty() && u != "root" && u != "0")
+            })
+            .unwrap_or_else(|| "daytona".to_string());
+        Ok(SandboxSpec {
+            id: req.id.clone(),
+            image_rootfs: image.rootfs.clone(),
+            user,
+            env,
+            workdir: image.workdir.clone().filter(|w| !w.is_empty() && w != "/"),
+            cpu: req.cpu,
+            memory_gib: req.memory_gib,
+            disk_gib: req.disk_gib,
+            network: req.network.clone(),
+        })
     }
 }
 
@@ -121,31 +224,7 @@ impl SandboxRunner for Runner {
     }
 
     async fn create_sandbox(&self, req: &SandboxRequest) -> Result<SocketAddr, RunnerError> {
-        let image = self.images.resolve(&req.image).await?;
-        // Image env first, so the request's variables win.
-        let mut env: BTreeMap<String, String> = image.env.iter().cloned().collect();
-        env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let user = req
-            .user
-            .clone()
-            .or_else(|| {
-                image
-                    .user
-                    .clone()
-                    .filter(|u| !u.is_empty() && u != "root" && u != "0")
-            })
-            .unwrap_or_else(|| "daytona".to_string());
-        let spec = SandboxSpec {
-            id: req.id.clone(),
-            image_rootfs: image.rootfs.clone(),
-            user,
-            env,
-            workdir: image.workdir.clone().filter(|w| !w.is_empty() && w != "/"),
-            cpu: req.cpu,
-            memory_gib: req.memory_gib,
-            disk_gib: req.disk_gib,
-            network: req.network.clone(),
-        };
+        let spec = self.spec_for(req).await?;
         let status = self.runtime.create(&spec).await?;
         daemon_address_of(&status)
     }
@@ -181,6 +260,84 @@ impl SandboxRunner for Runner {
 
     async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RunnerError> {
         Ok(self.runtime.update_network(id, policy).await?)
+    }
+
+    async fn snapshot_sandbox(
+        &self,
+        id: &str,
+        base_image: &str,
+    ) -> Result<CapturedImage, RunnerError> {
+        let started = Instant::now();
+        let changes = self.runtime.export_changes(id).await?;
+        let committed = self.images.commit(base_image, changes).await?;
+        tracing::info!(
+            sandbox = %id, digest = %committed.digest, layer_bytes = committed.layer_bytes,
+            commit_ms = started.elapsed().as_millis() as u64, "sandbox committed as an image"
+        );
+        let image = self.pull_image(&committed.reference).await?;
+        Ok(CapturedImage {
+            reference: committed.reference,
+            image,
+        })
+    }
+
+    async fn fork_sandbox(
+        &self,
+        source: &str,
+        fork: &SandboxRequest,
+    ) -> Result<SocketAddr, RunnerError> {
+        let spec = self.spec_for(fork).await?;
+        let status = self.runtime.fork(source, &spec).await?;
+        daemon_address_of(&status)
+    }
+
+    async fn archive_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
+        let storage = self.storage("archiving")?;
+        let started = Instant::now();
+        let mut disk = self.runtime.export_filesystem(id).await?;
+        let size = storage
+            .put_from_writer(key, move |out| {
+                let mut encoder = zstd::Encoder::new(out, ARCHIVE_ZSTD_LEVEL)?;
+                std::io::copy(&mut disk, &mut encoder)?;
+                encoder.finish()?;
+                Ok(())
+            })
+            .await?;
+        // The archive is complete: only now may the local copy go.
+        self.runtime.destroy(id).await?;
+        tracing::info!(
+            sandbox = %id, key, bytes = size, archive_ms = started.elapsed().as_millis() as u64,
+            "sandbox archived"
+        );
+        Ok(size)
+    }
+
+    async fn restore_sandbox(
+        &self,
+        req: &SandboxRequest,
+        key: &str,
+    ) -> Result<SocketAddr, RunnerError> {
+        let storage = self.storage("restoring")?;
+        let started = Instant::now();
+        let spec = self.spec_for(req).await?;
+        let archive = storage.reader(key).await?;
+        // A restore that a crash interrupted may have left a partial copy.
+        self.runtime.destroy(&req.id).await?;
+        let disk: Box<dyn Read + Send> = Box::new(
+            zstd::Decoder::new(archive)
+                .map_err(|e| RuntimeError::io(format!("read archive {key}"), e))?,
+        );
+        self.runtime.import_filesystem(&spec, disk).await?;
+        let status = self.runtime.start(&req.id).await?;
+        tracing::info!(
+            sandbox = %req.id, key, restore_ms = started.elapsed().as_millis() as u64,
+            "sandbox restored"
+        );
+        daemon_address_of(&status)
+    }
+
+    async fn delete_archive(&self, key: &str) -> Result<(), RunnerError> {
+        Ok(self.storage("deleting archives")?.delete(key).await?)
     }
 
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError> {

@@ -2,6 +2,7 @@
 //! references to root filesystems unpacked once into a content-addressed directory
 //! (`<root>/rootfs/<manifest digest hex>`), shared read-only by every sandbox of that image.
 
+mod commit;
 mod error;
 mod reference;
 mod source;
@@ -20,6 +21,7 @@ use std::time::{Instant, SystemTime};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+pub use commit::CommittedImage;
 pub use error::ImageError;
 use error::IoContext;
 use reference::{Located, Transport};
@@ -169,6 +171,19 @@ impl ImageStore {
             .expect("resolution cache poisoned")
             .insert(key, (stamp, image.clone()));
         Ok(image)
+    }
+
+    /// A new image: the image `base` plus the layer `changes` (an uncompressed layer tar, e.g.
+    /// a sandbox's changes), stored as an OCI layout in this store. Resolve its reference to
+    /// unpack it.
+    pub async fn commit(
+        &self,
+        base: &str,
+        changes: Box<dyn std::io::Read + Send>,
+    ) -> Result<CommittedImage, ImageError> {
+        let root = self.inner.root.clone();
+        let base = base.to_owned();
+        blocking(move || commit::commit(&root, &base, changes)).await
     }
 
     /// Unpacks `plan` unless its rootfs exists; concurrent callers for one digest wait for the first.

@@ -49,8 +49,10 @@ impl WritableLayer {
         let WritableLayer::Mounted { mount, .. } = self else {
             return Ok(());
         };
+        // The mount descriptor is O_PATH, which syncfs refuses: open the mount's root.
+        let root = File::open(format!("/proc/self/fd/{}", mount.as_raw_fd()))?;
         // SAFETY: syncfs on an owned descriptor.
-        if unsafe { libc::syncfs(mount.as_raw_fd()) } == 0 {
+        if unsafe { libc::syncfs(root.as_raw_fd()) } == 0 {
             Ok(())
         } else {
             Err(io::Error::last_os_error())
