@@ -170,7 +170,9 @@ impl Runner {
     }
 
     fn storage(&self, operation: &'static str) -> Result<&ObjectStorage, RunnerError> {
-        self.storage.as_ref().ok_or(RunnerError::NoStorage(operation))
+        self.storage
+            .as_ref()
+            .ok_or(RunnerError::NoStorage(operation))
     }
 
     /// The runtime spec for a request: image resolved, image env under the request's.

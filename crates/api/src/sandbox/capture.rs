@@ -28,8 +28,9 @@ pub(crate) fn archive_key(sandbox_id: &str) -> String {
 impl SandboxService {
     /// What the runner needs to recreate `row` (a fork, a restore).
     fn request_for(&self, row: &SandboxRow) -> ApiResult<SandboxRequest> {
-        let env: BTreeMap<String, String> = serde_json::from_str(&row.env)
-            .map_err(|e| ApiError::Internal(format!("stored env of {} is not a map: {e}", row.id)))?;
+        let env: BTreeMap<String, String> = serde_json::from_str(&row.env).map_err(|e| {
+            ApiError::Internal(format!("stored env of {} is not a map: {e}", row.id))
+        })?;
         Ok(SandboxRequest {
             id: row.id.clone(),
             image: row.image_ref.clone(),
@@ -71,7 +72,9 @@ impl SandboxService {
             )
             .await?;
         let id = row.id.clone();
-        self.store.set_sandbox_state(&id, "snapshotting", None).await?;
+        self.store
+            .set_sandbox_state(&id, "snapshotting", None)
+            .await?;
         self.announce(&row).await;
         let this = self.clone();
         let (sid, base) = (id.clone(), row.image_ref.clone());
@@ -157,10 +160,13 @@ impl SandboxService {
                 disk: fork.disk,
             };
             quota::check(&quotas, used, request, true)?;
-            self.store.insert_sandbox(&fork).await.map_err(|e| match e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
-                e => e.into(),
-            })?;
+            self.store
+                .insert_sandbox(&fork)
+                .await
+                .map_err(|e| match e {
+                    sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
+                    e => e.into(),
+                })?;
         }
         self.store.insert_fork(&source.id, &id).await?;
         tracing::info!(sandbox = %id, source = %source.id, "forking sandbox");

@@ -164,7 +164,9 @@ async fn snapshot(
         ));
     }
     let row = state.sandboxes.find(&ctx, &id).await?;
-    Ok(Json(state.sandboxes.snapshot_sandbox(row, &body.name).await?))
+    Ok(Json(
+        state.sandboxes.snapshot_sandbox(row, &body.name).await?,
+    ))
 }
 
 #[derive(serde::Deserialize)]

@@ -271,10 +271,13 @@ impl SnapshotService {
         row.state = "snapshotting".into();
         row.source_sandbox_id = Some(sandbox.to_owned());
         (row.cpu, row.mem, row.disk) = (cpu, mem, disk);
-        self.store.insert_snapshot(&row).await.map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
-            e => e.into(),
-        })?;
+        self.store
+            .insert_snapshot(&row)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
+                e => e.into(),
+            })?;
         Ok(row)
     }
 

@@ -106,8 +106,7 @@ impl Store {
     ) -> Result<(Vec<SnapshotRow>, i64), sqlx::Error> {
         let pattern = format!("%{}%", filter.name.unwrap_or(""));
         let dir = if descending { "DESC" } else { "ASC" };
-        let mut condition =
-            "(organization_id = ? OR general = 1) AND name LIKE ?".to_owned();
+        let mut condition = "(organization_id = ? OR general = 1) AND name LIKE ?".to_owned();
         if filter.source_sandbox_id.is_some() {
             condition.push_str(" AND source_sandbox_id = ?");
         }
@@ -121,11 +120,7 @@ impl Store {
         if let Some(source) = filter.source_sandbox_id {
             rows = rows.bind(source);
         }
-        let rows = rows
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(self.pool())
-            .await?;
+        let rows = rows.bind(limit).bind(offset).fetch_all(self.pool()).await?;
         let count = format!("SELECT COUNT(*) FROM snapshots WHERE {condition}");
         let mut total = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
             .bind(org)

@@ -204,9 +204,9 @@ fn uncompressed_digest(path: &Path, compression: Compression) -> Result<String, 
     let mut reader: Box<dyn Read> = match compression {
         Compression::None => Box::new(file),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(file)),
-        Compression::Zstd => Box::new(
-            zstd::Decoder::with_buffer(file).ctx(|| format!("zstd {}", path.display()))?,
-        ),
+        Compression::Zstd => {
+            Box::new(zstd::Decoder::with_buffer(file).ctx(|| format!("zstd {}", path.display()))?)
+        }
     };
     let mut hasher = HashingWriter::new(io::sink());
     io::copy(&mut reader, &mut hasher).ctx(|| format!("decompress {}", path.display()))?;
@@ -220,8 +220,8 @@ pub(crate) fn commit(
     changes: impl Read,
 ) -> Result<CommittedImage, ImageError> {
     let mut located = reference::parse(base)?.locate()?;
-    located.path = fs::canonicalize(&located.path)
-        .ctx(|| format!("resolve {}", located.path.display()))?;
+    located.path =
+        fs::canonicalize(&located.path).ctx(|| format!("resolve {}", located.path.display()))?;
     let plan = source::plan(&located)?;
     let committed = root.join("committed");
     let blobs = Blobs {
