@@ -32,7 +32,9 @@ def test_snapshot_of_a_running_sandbox_carries_its_changes(daytona, sandbox_fact
     sh(source, "sudo rm /etc/motd && sudo rm -rf /etc/skel && sudo mkdir /etc/skel && echo new | sudo tee /etc/skel/only")
 
     name = unique("snap")
+    started = time.monotonic()
     source.create_snapshot(name)
+    print(f"[capture] snapshot of a running sandbox took {time.monotonic() - started:.2f}s")
     try:
         # The source came back to its state, with its processes.
         assert source.state == SandboxState.STARTED
@@ -83,7 +85,9 @@ def test_fork_copies_files_then_diverges(server, sandbox_factory):
     source = sandbox_factory()
     sh(source, "echo from-source > /home/daytona/shared.txt")
     name = unique("fork")
+    started = time.monotonic()
     fork = source.fork(name)
+    print(f"[capture] fork of a running sandbox took {time.monotonic() - started:.2f}s")
     sandbox_factory.created.append(fork)
     assert fork.name == name and fork.id != source.id
     assert fork.state == SandboxState.STARTED
@@ -127,18 +131,21 @@ def test_archive_moves_files_to_object_storage_and_start_restores_them(server, s
     assert "not stopped" in str(err.value)
 
     sandbox.stop()
+    started = time.monotonic()
     sandbox.archive()
+    print(f"[capture] archive took {time.monotonic() - started:.2f}s")
     assert sandbox.state == SandboxState.ARCHIVED
     assert not sandbox_dir(server, sandbox.id).exists(), "the local disk image must be gone"
     archived = archive_object(server, sandbox.id)
     # A 3 GiB sparse disk with ~1 MB of data: the zeros compress away.
     assert 1_000_000 < archived.stat().st_size < 20_000_000, archived.stat().st_size
+    print(f"[capture] archive of a {sandbox.disk} GiB disk with 1 MB written: {archived.stat().st_size} bytes")
 
     started = time.monotonic()
     sandbox.start()
     restore_s = time.monotonic() - started
     assert sandbox.state == SandboxState.STARTED
-    print(f"restore of an archived sandbox took {restore_s:.2f}s")
+    print(f"[capture] restore of an archived sandbox took {restore_s:.2f}s")
     assert sh(sandbox, "cd /home/daytona && sha256sum -c blob.sum").endswith("OK")
     assert not archived.exists(), "a restored sandbox's archive is removed"
 

@@ -401,14 +401,14 @@ impl SandboxService {
             disk: row.disk,
         };
         quota::check(&quotas, used, request, true)?;
-        if row.state == "archived" {
-            return self.restore_sandbox(row).await;
-        }
         let id = row.id.clone();
         // As upstream: a start (not a resume) invalidates the preview token handed out before.
         self.store
             .forget_sandbox_secret(&id, SecretKind::PreviewToken)
             .await?;
+        if row.state == "archived" {
+            return self.restore_sandbox(row).await;
+        }
         self.store.set_sandbox_desired_state(&id, "started").await?;
         self.store.set_sandbox_state(&id, "starting", None).await?;
         self.announce(&row).await;

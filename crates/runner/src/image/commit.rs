@@ -229,13 +229,14 @@ pub(crate) fn commit(
     };
     fs::create_dir_all(&blobs.dir).ctx(|| format!("create {}", blobs.dir.display()))?;
 
+    // The changes first: a sandbox stays frozen until its changes are read to the end.
+    let new_layer = blobs.write_layer(changes)?;
+    let layer_bytes = new_layer.size;
     let mut layers = plan
         .layers
         .iter()
         .map(|l| blobs.import_layer(l))
         .collect::<Result<Vec<_>, _>>()?;
-    let new_layer = blobs.write_layer(changes)?;
-    let layer_bytes = new_layer.size;
     layers.push(new_layer);
 
     let run = &plan.config;

@@ -597,7 +597,11 @@ async fn committed_changes_become_an_image_on_top_of_the_base() {
     assert_eq!((meta.mode() & 0o777, meta.uid()), (0o640, 1000));
     assert!(!root.join("etc/keep.conf").exists(), "whiteout applied");
     assert!(root.join("etc/gone.conf").symlink_metadata().is_err());
-    assert_eq!(fs::read_dir(root.join("opt")).unwrap().count(), 1, "opaque dir");
+    assert_eq!(
+        fs::read_dir(root.join("opt")).unwrap().count(),
+        1,
+        "opaque dir"
+    );
     assert_eq!(read(root, "opt/only"), "o");
     assert_eq!(read(root, "usr/bin/python3"), "py", "base layers below");
     // The base's runtime config carries over.
