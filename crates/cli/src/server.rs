@@ -15,6 +15,7 @@ use daytona_config::{Config, SandboxDns};
 use daytona_runner::Runner;
 use daytona_runner::image::{ImageStore, RegistryCredentials, RegistrySettings};
 use daytona_runtime::native::{NativeConfig, NativeRuntime};
+use daytona_storage::{ObjectStorage, S3Settings};
 use tokio::net::TcpListener;
 
 pub fn main() -> ExitCode {
@@ -132,7 +133,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .context("cannot initialise the sandbox runtime")?;
     let images = ImageStore::with_registries(data_dir.join("images"), registry_settings(&config));
-    let runner = Arc::new(Runner::new("local", images, Arc::new(runtime)));
+    let storage = object_storage(&config, &data_dir)?;
+    tracing::info!(?storage, "object storage");
+    let runner = Arc::new(Runner::new("local", images, Arc::new(runtime)).with_storage(storage));
 
     let settings = SandboxSettings {
         toolbox_proxy_url: config.toolbox_proxy_url(),
@@ -220,6 +223,21 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .context("server task failed")?
         .context("server failed")?;
     Ok(())
+}
+
+/// S3 when `S3_ENDPOINT` is set, else `<DAYTONA_DATA_DIR>/objects`.
+fn object_storage(config: &Config, data_dir: &Path) -> anyhow::Result<ObjectStorage> {
+    let storage = match &config.s3 {
+        Some(s3) => ObjectStorage::s3(&S3Settings {
+            endpoint: s3.storage.endpoint.clone(),
+            region: s3.storage.region.clone(),
+            bucket: s3.storage.bucket.clone(),
+            access_key: s3.storage.access_key.expose().to_owned(),
+            secret_key: s3.storage.secret_key.expose().to_owned(),
+        }),
+        None => ObjectStorage::local(&data_dir.join("objects")),
+    };
+    storage.context("cannot set up object storage")
 }
 
 /// The SSH gateway's view of the API state: tokens and sandbox addresses.

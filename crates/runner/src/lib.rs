@@ -5,4 +5,6 @@ pub mod image;
 mod sandbox;
 
 pub use daytona_runtime::NetworkPolicy;
-pub use sandbox::{PulledImage, Resize, Runner, RunnerError, SandboxRequest, SandboxRunner};
+pub use sandbox::{
+    CapturedImage, PulledImage, Resize, Runner, RunnerError, SandboxRequest, SandboxRunner,
+};

@@ -1,8 +1,12 @@
 //! The runner's sandbox lifecycle: resolve the image, build the runtime spec, drive the runtime.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
+
+use daytona_storage::{ObjectStorage, StorageError};
 
 pub use daytona_runtime::Resize;
 use daytona_runtime::{
@@ -10,7 +14,7 @@ use daytona_runtime::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::image::{ImageError, ImageStore};
+use crate::image::{ImageError, ImageStore, PinnedImage};
 
 /// What the control plane asks a runner to create.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +41,20 @@ pub enum RunnerError {
     Runtime(#[from] RuntimeError),
     #[error("sandbox {0} is running but has no address")]
     NoAddress(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("{0} needs object storage, and this runner has none")]
+    NoStorage(&'static str),
+    #[error("{0} is not supported by this runner")]
+    Unsupported(&'static str),
+}
+
+/// The image a sandbox's files became (`snapshot_sandbox`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CapturedImage {
+    /// Reference the runner resolves, e.g. `oci:<dir>`; what a snapshot records as its image.
+    pub reference: String,
+    pub image: PulledImage,
 }
 
 /// An image made ready on a runner (what a snapshot records).
@@ -78,6 +96,46 @@ pub trait SandboxRunner: Send + Sync + 'static {
     async fn resize_sandbox(&self, id: &str, resize: &Resize) -> Result<(), RunnerError>;
     /// Replaces the sandbox's egress policy: at once if it runs, else from its next start.
     async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RunnerError>;
+    /// Commits the sandbox's filesystem changes on top of its image `base_image` as a new image
+    /// on this runner. A running sandbox keeps running.
+    async fn snapshot_sandbox(
+        &self,
+        id: &str,
+        base_image: &str,
+    ) -> Result<CapturedImage, RunnerError> {
+        let _ = (id, base_image);
+        Err(RunnerError::Unsupported("snapshotting sandboxes"))
+    }
+    /// Creates and starts the sandbox `fork` (a request for the source's image) with a copy of
+    /// sandbox `source`'s files; returns the fork's daemon address.
+    async fn fork_sandbox(
+        &self,
+        source: &str,
+        fork: &SandboxRequest,
+    ) -> Result<SocketAddr, RunnerError> {
+        let _ = (source, fork);
+        Err(RunnerError::Unsupported("forking sandboxes"))
+    }
+    /// Moves a stopped sandbox's files to object storage under `key` and removes the sandbox
+    /// from this runner; returns the archive's size in bytes.
+    async fn archive_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
+        let _ = (id, key);
+        Err(RunnerError::Unsupported("archiving sandboxes"))
+    }
+    /// Recreates an archived sandbox from the archive at `key` and starts it.
+    async fn restore_sandbox(
+        &self,
+        req: &SandboxRequest,
+        key: &str,
+    ) -> Result<SocketAddr, RunnerError> {
+        let _ = (req, key);
+        Err(RunnerError::Unsupported("restoring sandboxes"))
+    }
+    /// Deletes an archive (a missing one is fine).
+    async fn delete_archive(&self, key: &str) -> Result<(), RunnerError> {
+        let _ = key;
+        Err(RunnerError::Unsupported("archives"))
+    }
 }
 
 /// A runner on this host: an image store plus a runtime backend.
@@ -85,7 +143,12 @@ pub struct Runner {
     id: String,
     images: ImageStore,
     runtime: Arc<dyn Runtime>,
+    /// Where archived sandboxes go.
+    storage: Option<ObjectStorage>,
 }
+
+/// zstd level of sandbox archives: fast; the zeros of a sparse disk compress away at any level.
+const ARCHIVE_ZSTD_LEVEL: i32 = 3;
 
 fn daemon_address_of(status: &SandboxStatus) -> Result<SocketAddr, RunnerError> {
     let ip = status
@@ -100,7 +163,56 @@ impl Runner {
             id: id.into(),
             images,
             runtime,
+            storage: None,
         }
+    }
+
+    /// Archives sandboxes to `storage`.
+    pub fn with_storage(mut self, storage: ObjectStorage) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    fn storage(&self, operation: &'static str) -> Result<&ObjectStorage, RunnerError> {
+        self.storage
+            .as_ref()
+            .ok_or(RunnerError::NoStorage(operation))
+    }
+
+    /// The runtime spec for a request: image resolved, image env under the request's.
+    /// The runtime spec of `req`, with its image pinned: garbage collection leaves the image's
+    /// layers alone until the pin is dropped, after the runtime has recorded the sandbox.
+    async fn spec_for(
+        &self,
+        req: &SandboxRequest,
+    ) -> Result<(PinnedImage, SandboxSpec), RunnerError> {
+        let pinned = self.images.resolve_pinned(&req.image).await?;
+        let image = &pinned.image;
+        // Image env first, so the request's variables win.
+        let mut env: BTreeMap<String, String> = image.env.iter().cloned().collect();
+        env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let user = req
+            .user
+            .clone()
+            .or_else(|| {
+                image
+                    .user
+                    .clone()
+                    .filter(|u| !u.is_empty() && u != "root" && u != "0")
+            })
+            .unwrap_or_else(|| "daytona".to_string());
+        let spec = SandboxSpec {
+            id: req.id.clone(),
+            image_layers: image.layers.clone(),
+            user,
+            env,
+            workdir: image.workdir.clone().filter(|w| !w.is_empty() && w != "/"),
+            cpu: req.cpu,
+            memory_gib: req.memory_gib,
+            disk_gib: req.disk_gib,
+            network: req.network.clone(),
+        };
+        Ok((pinned, spec))
     }
 }
 
@@ -139,33 +251,7 @@ impl SandboxRunner for Runner {
     }
 
     async fn create_sandbox(&self, req: &SandboxRequest) -> Result<SocketAddr, RunnerError> {
-        // Pinned until the runtime has recorded the sandbox, whose spec then keeps the layers.
-        let pinned = self.images.resolve_pinned(&req.image).await?;
-        let image = &pinned.image;
-        // Image env first, so the request's variables win.
-        let mut env: BTreeMap<String, String> = image.env.iter().cloned().collect();
-        env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let user = req
-            .user
-            .clone()
-            .or_else(|| {
-                image
-                    .user
-                    .clone()
-                    .filter(|u| !u.is_empty() && u != "root" && u != "0")
-            })
-            .unwrap_or_else(|| "daytona".to_string());
-        let spec = SandboxSpec {
-            id: req.id.clone(),
-            image_layers: image.layers.clone(),
-            user,
-            env,
-            workdir: image.workdir.clone().filter(|w| !w.is_empty() && w != "/"),
-            cpu: req.cpu,
-            memory_gib: req.memory_gib,
-            disk_gib: req.disk_gib,
-            network: req.network.clone(),
-        };
+        let (pinned, spec) = self.spec_for(req).await?;
         let status = self.runtime.create(&spec).await?;
         drop(pinned);
         daemon_address_of(&status)
@@ -202,6 +288,86 @@ impl SandboxRunner for Runner {
 
     async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RunnerError> {
         Ok(self.runtime.update_network(id, policy).await?)
+    }
+
+    async fn snapshot_sandbox(
+        &self,
+        id: &str,
+        base_image: &str,
+    ) -> Result<CapturedImage, RunnerError> {
+        let started = Instant::now();
+        let changes = self.runtime.export_changes(id).await?;
+        let committed = self.images.commit(base_image, changes).await?;
+        tracing::info!(
+            sandbox = %id, digest = %committed.digest, layer_bytes = committed.layer_bytes,
+            commit_ms = started.elapsed().as_millis() as u64, "sandbox committed as an image"
+        );
+        let image = self.pull_image(&committed.reference).await?;
+        Ok(CapturedImage {
+            reference: committed.reference,
+            image,
+        })
+    }
+
+    async fn fork_sandbox(
+        &self,
+        source: &str,
+        fork: &SandboxRequest,
+    ) -> Result<SocketAddr, RunnerError> {
+        let (pinned, spec) = self.spec_for(fork).await?;
+        let status = self.runtime.fork(source, &spec).await?;
+        drop(pinned);
+        daemon_address_of(&status)
+    }
+
+    async fn archive_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
+        let storage = self.storage("archiving")?;
+        let started = Instant::now();
+        let mut disk = self.runtime.export_filesystem(id).await?;
+        let size = storage
+            .put_from_writer(key, move |out| {
+                let mut encoder = zstd::Encoder::new(out, ARCHIVE_ZSTD_LEVEL)?;
+                std::io::copy(&mut disk, &mut encoder)?;
+                encoder.finish()?;
+                Ok(())
+            })
+            .await?;
+        // The archive is complete: only now may the local copy go.
+        self.runtime.destroy(id).await?;
+        tracing::info!(
+            sandbox = %id, key, bytes = size, archive_ms = started.elapsed().as_millis() as u64,
+            "sandbox archived"
+        );
+        Ok(size)
+    }
+
+    async fn restore_sandbox(
+        &self,
+        req: &SandboxRequest,
+        key: &str,
+    ) -> Result<SocketAddr, RunnerError> {
+        let storage = self.storage("restoring")?;
+        let started = Instant::now();
+        let (pinned, spec) = self.spec_for(req).await?;
+        let archive = storage.reader(key).await?;
+        // A restore that a crash interrupted may have left a partial copy.
+        self.runtime.destroy(&req.id).await?;
+        let disk: Box<dyn Read + Send> = Box::new(
+            zstd::Decoder::new(archive)
+                .map_err(|e| RuntimeError::io(format!("read archive {key}"), e))?,
+        );
+        self.runtime.import_filesystem(&spec, disk).await?;
+        drop(pinned);
+        let status = self.runtime.start(&req.id).await?;
+        tracing::info!(
+            sandbox = %req.id, key, restore_ms = started.elapsed().as_millis() as u64,
+            "sandbox restored"
+        );
+        daemon_address_of(&status)
+    }
+
+    async fn delete_archive(&self, key: &str) -> Result<(), RunnerError> {
+        Ok(self.storage("deleting archives")?.delete(key).await?)
     }
 
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError> {

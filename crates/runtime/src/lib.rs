@@ -6,6 +6,7 @@
 //! a Docker backend (bollard) or microVMs later fit behind the same trait.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
@@ -265,6 +266,34 @@ pub trait Runtime: Send + Sync + 'static {
     async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<()> {
         let _ = (id, policy);
         Err(self.unsupported("network policies"))
+    }
+    /// The sandbox's filesystem changes relative to its image, as an uncompressed OCI layer
+    /// tar (deletions as `.wh.` entries): what committing a container as an image captures.
+    /// A running sandbox keeps running; the backend makes the copy consistent.
+    async fn export_changes(&self, id: &str) -> Result<Box<dyn Read + Send>> {
+        let _ = id;
+        Err(self.unsupported("exporting changes"))
+    }
+    /// Creates and starts the sandbox `spec` with a copy of sandbox `source`'s filesystem
+    /// (`spec` names the same image); the source keeps its state.
+    async fn fork(&self, source: &str, spec: &SandboxSpec) -> Result<SandboxStatus> {
+        let _ = (source, spec);
+        Err(self.unsupported("fork"))
+    }
+    /// A stopped sandbox's whole writable filesystem as a stream in the backend's own format,
+    /// for [`Runtime::import_filesystem`]. The sandbox cannot start until the reader is dropped.
+    async fn export_filesystem(&self, id: &str) -> Result<Box<dyn Read + Send>> {
+        let _ = id;
+        Err(self.unsupported("exporting filesystems"))
+    }
+    /// Creates the sandbox `spec`, stopped, with the filesystem `export_filesystem` produced.
+    async fn import_filesystem(
+        &self,
+        spec: &SandboxSpec,
+        input: Box<dyn Read + Send>,
+    ) -> Result<()> {
+        let _ = (spec, input);
+        Err(self.unsupported("importing filesystems"))
     }
 }
 

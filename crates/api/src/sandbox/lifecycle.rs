@@ -1,7 +1,7 @@
-//! Background enforcement of the auto intervals: auto-stop after inactivity, auto-delete after a
-//! sandbox has been stopped for its interval, and the TTL (`autoDestroyAt`).
+//! Background enforcement of the auto intervals: auto-stop after inactivity, auto-delete and
+//! auto-archive after a sandbox has been stopped for its interval, and the TTL (`autoDestroyAt`).
 //!
-//! Auto-archive waits for archiving (object storage) to exist; auto-pause for pause support.
+//! Auto-pause waits for pause support in the worker.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +16,7 @@ use crate::store::SandboxRow;
 enum Due {
     Stop,
     Delete,
+    Archive,
 }
 
 fn parse(ts: &str) -> Option<DateTime<Utc>> {
@@ -41,9 +42,19 @@ fn due(row: &SandboxRow, now: DateTime<Utc>) -> Option<Due> {
         "started" if row.auto_stop_interval > 0 => minutes_since(&row.last_activity_at, now)
             .filter(|idle| *idle >= row.auto_stop_interval)
             .map(|_| Due::Stop),
-        "stopped" if row.auto_delete_interval >= 0 => minutes_since(&row.updated_at, now)
-            .filter(|stopped| *stopped >= row.auto_delete_interval)
-            .map(|_| Due::Delete),
+        "stopped" => {
+            let stopped = minutes_since(&row.updated_at, now)?;
+            if row.auto_delete_interval >= 0 && stopped >= row.auto_delete_interval {
+                Some(Due::Delete)
+            } else if row.auto_archive_interval > 0
+                && row.auto_delete_interval != 0
+                && stopped >= row.auto_archive_interval
+            {
+                Some(Due::Archive)
+            } else {
+                None
+            }
+        }
         _ => None,
     }
 }
@@ -73,6 +84,10 @@ pub fn spawn(service: Arc<SandboxService>, period: Duration) -> tokio::task::Joi
                     Some(Due::Delete) => {
                         tracing::info!(sandbox = %id, "auto-deleting sandbox");
                         service.delete_sandbox(row).await.map(|_| ())
+                    }
+                    Some(Due::Archive) => {
+                        tracing::info!(sandbox = %id, "auto-archiving stopped sandbox");
+                        service.archive_sandbox(row).await.map(|_| ())
                     }
                     None => Ok(()),
                 };
@@ -117,6 +132,26 @@ mod tests {
         assert_eq!(due(&r, Utc::now()), None);
         r.updated_at = at(61);
         assert_eq!(due(&r, Utc::now()), Some(Due::Delete));
+    }
+
+    #[test]
+    fn stopped_sandboxes_are_archived_after_their_interval() {
+        let mut r = row();
+        r.state = "stopped".into();
+        r.auto_delete_interval = -1;
+        r.auto_archive_interval = 60;
+        r.updated_at = at(59);
+        assert_eq!(due(&r, Utc::now()), None);
+        r.updated_at = at(61);
+        assert_eq!(due(&r, Utc::now()), Some(Due::Archive));
+        r.auto_delete_interval = 30;
+        assert_eq!(due(&r, Utc::now()), Some(Due::Delete), "delete wins");
+        r.auto_delete_interval = -1;
+        r.state = "archived".into();
+        assert_eq!(due(&r, Utc::now()), None, "archived once");
+        r.state = "started".into();
+        r.auto_stop_interval = 0;
+        assert_eq!(due(&r, Utc::now()), None, "only stopped sandboxes");
     }
 
     #[test]

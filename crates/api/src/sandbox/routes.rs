@@ -27,6 +27,11 @@ pub fn router() -> Router<AppState> {
         .route("/sandbox/{id}/recover", post(recover))
         .route("/sandbox/{id}/pause", post(pause))
         .route("/sandbox/{id}/resize", post(resize))
+        .route("/sandbox/{id}/snapshot", post(snapshot))
+        .route("/sandbox/{id}/fork", post(fork))
+        .route("/sandbox/{id}/archive", post(archive))
+        .route("/sandbox/{id}/forks", get(forks))
+        .route("/sandbox/{id}/parent", get(parent))
         .route("/sandbox/{id}/toolbox-proxy-url", get(toolbox_proxy_url))
 }
 
@@ -133,6 +138,87 @@ async fn resize(
             .resize_sandbox(row, body.cpu, body.memory, body.disk)
             .await?,
     ))
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SnapshotBody {
+    name: String,
+    #[serde(default)]
+    include_memory: bool,
+}
+
+/// The sandbox's files become a new snapshot (`sandbox.create_snapshot(name)`).
+async fn snapshot(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<SnapshotBody>,
+) -> ApiResult<Json<Sandbox>> {
+    ctx.require("write:sandboxes")?;
+    ctx.require("write:snapshots")?;
+    if body.include_memory {
+        return Err(ApiError::BadRequest(
+            "includeMemory: memory snapshots are not supported; snapshots capture files only"
+                .into(),
+        ));
+    }
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(
+        state.sandboxes.snapshot_sandbox(row, &body.name).await?,
+    ))
+}
+
+#[derive(serde::Deserialize)]
+struct ForkBody {
+    name: Option<String>,
+}
+
+/// A new sandbox with a copy of this one's files (`sandbox.fork(name)`); answers with the fork.
+async fn fork(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<ForkBody>,
+) -> ApiResult<Json<Sandbox>> {
+    ctx.require("write:sandboxes")?;
+    state
+        .rate_limits
+        .check(Kind::SandboxCreate, &ctx.organization_id)?;
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(state.sandboxes.fork_sandbox(row, body.name).await?))
+}
+
+/// Moves a stopped sandbox's files to object storage; `start` brings it back.
+async fn archive(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    ctx.require("write:sandboxes")?;
+    state
+        .rate_limits
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(state.sandboxes.archive_sandbox(row).await?))
+}
+
+async fn forks(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Vec<Sandbox>>> {
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(state.sandboxes.forks(&row).await?))
+}
+
+async fn parent(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(state.sandboxes.parent(&row).await?))
 }
 
 /// Recovers a sandbox in `error` by starting it again (its files are kept).

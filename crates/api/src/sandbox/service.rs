@@ -45,13 +45,13 @@ pub struct SandboxSettings {
 }
 
 pub struct SandboxService {
-    store: Store,
-    runner: Arc<dyn SandboxRunner>,
-    snapshots: Arc<SnapshotService>,
-    settings: SandboxSettings,
+    pub(super) store: Store,
+    pub(super) runner: Arc<dyn SandboxRunner>,
+    pub(super) snapshots: Arc<SnapshotService>,
+    pub(super) settings: SandboxSettings,
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    quota_lock: tokio::sync::Mutex<()>,
-    events: Arc<dyn EventBus>,
+    pub(super) quota_lock: tokio::sync::Mutex<()>,
+    pub(super) events: Arc<dyn EventBus>,
 }
 
 fn is_valid_env_key(key: &str) -> bool {
@@ -60,7 +60,7 @@ fn is_valid_env_key(key: &str) -> bool {
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
-fn is_valid_name(name: &str) -> bool {
+pub(super) fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && name
@@ -98,7 +98,7 @@ impl SandboxService {
 
     /// Publishes what changed in the stored sandbox since `before` (state, desired state).
     /// Called after every state write; events are hints, so failures are only logged.
-    async fn announce(&self, before: &SandboxRow) {
+    pub(super) async fn announce(&self, before: &SandboxRow) {
         match self.store.sandbox_record(&before.id).await {
             Ok(Some(row)) => {
                 let dto = self.to_dto(row);
@@ -129,7 +129,7 @@ impl SandboxService {
         Sandbox::from_row(row, &self.settings.toolbox_proxy_url)
     }
 
-    fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(super) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
             .expect("lock map poisoned")
@@ -320,7 +320,12 @@ impl SandboxService {
     }
 
     /// Records a runner failure as the sandbox's `error` state with the reason.
-    async fn fail(&self, id: &str, op: &str, e: impl std::fmt::Display) -> Result<(), sqlx::Error> {
+    pub(super) async fn fail(
+        &self,
+        id: &str,
+        op: &str,
+        e: impl std::fmt::Display,
+    ) -> Result<(), sqlx::Error> {
         tracing::warn!(sandbox = %id, error = %e, "sandbox {op} failed");
         self.store
             .set_sandbox_state(id, "error", Some(&format!("{op} failed: {e}")))
@@ -329,7 +334,7 @@ impl SandboxService {
 
     /// Runs `work` detached under the sandbox's lock and waits for it up to [`WAIT_FOR_RUNNER`];
     /// returns the sandbox as it is then.
-    async fn run_transition(
+    pub(super) async fn run_transition(
         self: &Arc<Self>,
         id: &str,
         work: impl Future<Output = Result<(), sqlx::Error>> + Send + 'static,
@@ -377,7 +382,7 @@ impl SandboxService {
         match row.state.as_str() {
             "started" | "starting" | "creating" | "resuming" => return Ok(self.to_dto(row)),
             "paused" => return self.resume_sandbox(row).await,
-            "stopped" | "error" => {}
+            "stopped" | "error" | "archived" => {}
             other => {
                 return Err(ApiError::Conflict(format!(
                     "Sandbox {} cannot be started while {other}",
@@ -401,6 +406,9 @@ impl SandboxService {
         self.store
             .forget_sandbox_secret(&id, SecretKind::PreviewToken)
             .await?;
+        if row.state == "archived" {
+            return self.restore_sandbox(row).await;
+        }
         self.store.set_sandbox_desired_state(&id, "started").await?;
         self.store.set_sandbox_state(&id, "starting", None).await?;
         self.announce(&row).await;
@@ -481,7 +489,10 @@ impl SandboxService {
         let sid = id.clone();
         self.run_transition(&id, async move {
             let result = match this.runner.destroy_sandbox(&sid).await {
-                Ok(()) => this.store.set_sandbox_state(&sid, "destroyed", None).await,
+                Ok(()) => {
+                    this.delete_archive(&sid).await;
+                    this.store.set_sandbox_state(&sid, "destroyed", None).await
+                }
                 Err(e) => this.fail(&sid, "destroy", e).await,
             };
             this.forget_lock(&sid);
@@ -636,7 +647,10 @@ impl SandboxService {
                 }
             };
             let state = match (row.state.as_str(), running) {
-                ("started", true) | ("stopped", false) | ("error", _) => continue,
+                ("started", true) | ("stopped", false) | ("error", _) | ("archived", _) => continue,
+                // Its files are still in object storage; a half-made local copy is replaced
+                // by the next restore.
+                ("restoring", false) => "archived",
                 (_, true) => "started",
                 ("destroying", false) => {
                     let _ = self.runner.destroy_sandbox(&row.id).await;

@@ -18,7 +18,7 @@ use crate::AppState;
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
-use crate::store::{SnapshotRow, Store, now};
+use crate::store::{SnapshotFilter, SnapshotRow, Store, now};
 
 /// How long `POST /snapshots` waits for the pull before answering with the pending state.
 const WAIT_FOR_PULL: Duration = Duration::from_secs(50);
@@ -87,7 +87,7 @@ impl From<SnapshotRow> for SnapshotDto {
             created_at: r.created_at,
             updated_at: r.updated_at,
             last_used_at: r.last_used_at,
-            source_sandbox_id: None,
+            source_sandbox_id: r.source_sandbox_id,
         }
     }
 }
@@ -106,7 +106,7 @@ pub struct SnapshotService {
     runner: Arc<dyn SandboxRunner>,
 }
 
-fn is_valid_snapshot_name(name: &str) -> bool {
+pub(crate) fn is_valid_snapshot_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 255
         && !name.chars().any(|c| c.is_whitespace() || c.is_control())
@@ -247,6 +247,66 @@ impl SnapshotService {
         let task = tokio::spawn(async move { this.pull(row).await });
         let _ = tokio::time::timeout(WAIT_FOR_PULL, task).await;
         self.get(ctx, &id).await
+    }
+
+    /// Registers the snapshot `name` that sandbox `sandbox` is about to become (state
+    /// `snapshotting`, the sandbox's resources); refuses a name the organization already uses.
+    pub async fn begin_capture(
+        &self,
+        org: &str,
+        name: &str,
+        sandbox: &str,
+        (cpu, mem, disk): (i64, i64, i64),
+    ) -> ApiResult<SnapshotRow> {
+        if !is_valid_snapshot_name(name) {
+            return Err(ApiError::BadRequest(format!(
+                "name: '{name}' is not a valid snapshot name"
+            )));
+        }
+        let conflict = || ApiError::Conflict(format!("Snapshot with name {name} already exists"));
+        if self.store.find_snapshot(org, name).await?.is_some() {
+            return Err(conflict());
+        }
+        let mut row = new_row(org, false, name, "", None, (1, 1, 1));
+        row.state = "snapshotting".into();
+        row.source_sandbox_id = Some(sandbox.to_owned());
+        (row.cpu, row.mem, row.disk) = (cpu, mem, disk);
+        self.store
+            .insert_snapshot(&row)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
+                e => e.into(),
+            })?;
+        Ok(row)
+    }
+
+    /// Records the outcome of a capture that [`Self::begin_capture`] registered.
+    pub async fn finish_capture(
+        &self,
+        row: &SnapshotRow,
+        outcome: Result<daytona_runner::CapturedImage, String>,
+    ) -> Result<(), sqlx::Error> {
+        match outcome {
+            Ok(captured) => {
+                let image = captured.image;
+                let ep: Vec<String> = image.entrypoint.into_iter().chain(image.cmd).collect();
+                self.store
+                    .set_snapshot_captured(
+                        &row.id,
+                        &captured.reference,
+                        &image.digest,
+                        image.size_bytes as i64,
+                        &serde_json::to_string(&ep).expect("strings serialize"),
+                    )
+                    .await
+            }
+            Err(reason) => {
+                self.store
+                    .set_snapshot_state(&row.id, "error", Some(&reason))
+                    .await
+            }
+        }
     }
 
     pub async fn find(&self, ctx: &AuthContext, id_or_name: &str) -> ApiResult<SnapshotRow> {
@@ -390,6 +450,7 @@ fn new_row(
         created_at: ts.clone(),
         updated_at: ts,
         last_used_at: None,
+        source_sandbox_id: None,
     }
 }
 
@@ -452,6 +513,7 @@ async fn list(
 ) -> ApiResult<Json<SnapshotPage>> {
     let (mut page, mut limit, mut name, mut order_by, mut descending) =
         (1i64, DEFAULT_PAGE, None, "created_at", true);
+    let mut source_sandbox_id = None;
     for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
         match key.as_ref() {
             "page" => {
@@ -471,6 +533,7 @@ async fn list(
                     })?
             }
             "name" => name = Some(value.into_owned()),
+            "sourceSandboxId" => source_sandbox_id = Some(value.into_owned()),
             "sort" => {
                 order_by = match value.as_ref() {
                     "name" => "name",
@@ -502,7 +565,10 @@ async fn list(
         .store
         .list_snapshots(
             &ctx.organization_id,
-            name.as_deref(),
+            &SnapshotFilter {
+                name: name.as_deref(),
+                source_sandbox_id: source_sandbox_id.as_deref(),
+            },
             order_by,
             descending,
             (page - 1) * limit,

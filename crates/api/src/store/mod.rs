@@ -19,7 +19,7 @@ pub use accounts::{ApiKeyRow, NewApiKey};
 pub use quotas::{OrgQuotas, ResourceUse};
 pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};
 pub use secrets::SecretKind;
-pub use snapshots::SnapshotRow;
+pub use snapshots::{SnapshotFilter, SnapshotRow};
 
 #[derive(Clone)]
 pub struct Store {

@@ -374,3 +374,48 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Records that `child` was forked from `parent`.
+    pub async fn insert_fork(&self, parent: &str, child: &str) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO sandbox_forks (child_id, parent_id, created_at) VALUES (?, ?, ?)")
+            .bind(child)
+            .bind(parent)
+            .bind(now())
+            .execute(self.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// Live sandboxes forked from `parent`.
+    pub async fn forks_of(&self, parent: &str) -> Result<Vec<SandboxRow>, sqlx::Error> {
+        sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(format!(
+            "SELECT {COLUMNS} FROM sandboxes WHERE state <> 'destroyed'
+             AND id IN (SELECT child_id FROM sandbox_forks WHERE parent_id = ?) ORDER BY created_at"
+        )))
+        .bind(parent)
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// The id of the sandbox `child` was forked from, if it is a fork.
+    pub async fn parent_of(&self, child: &str) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT parent_id FROM sandbox_forks WHERE child_id = ?")
+            .bind(child)
+            .fetch_optional(self.pool())
+            .await
+    }
+
+    /// The sandbox's files are in object storage only: it has no runner any more.
+    pub async fn set_sandbox_archived(&self, id: &str) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "UPDATE sandboxes SET state = 'archived', error_reason = NULL, runner_id = NULL,
+             updated_at = ? WHERE id = ?",
+        )
+        .bind(now())
+        .bind(id)
+        .execute(self.pool())
+        .await?;
+        Ok(())
+    }
+}

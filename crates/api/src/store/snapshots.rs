@@ -22,14 +22,25 @@ pub struct SnapshotRow {
     pub created_at: String,
     pub updated_at: String,
     pub last_used_at: Option<String>,
+    /// The sandbox this snapshot was taken from (`POST /sandbox/{id}/snapshot`).
+    pub source_sandbox_id: Option<String>,
+}
+
+/// Which snapshots a listing shows.
+#[derive(Debug, Default)]
+pub struct SnapshotFilter<'a> {
+    /// Part of the name.
+    pub name: Option<&'a str>,
+    /// Only snapshots taken from this sandbox.
+    pub source_sandbox_id: Option<&'a str>,
 }
 
 impl Store {
     pub async fn insert_snapshot(&self, row: &SnapshotRow) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO snapshots (id, organization_id, general, name, image_name, state, error_reason, digest,
-             size_bytes, entrypoint, cpu, gpu, mem, disk, created_at, updated_at, last_used_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             size_bytes, entrypoint, cpu, gpu, mem, disk, created_at, updated_at, last_used_at, source_sandbox_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&row.id)
         .bind(&row.organization_id)
@@ -48,6 +59,7 @@ impl Store {
         .bind(&row.created_at)
         .bind(&row.updated_at)
         .bind(&row.last_used_at)
+        .bind(&row.source_sandbox_id)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -86,32 +98,37 @@ impl Store {
     pub async fn list_snapshots(
         &self,
         org: &str,
-        name: Option<&str>,
+        filter: &SnapshotFilter<'_>,
         order_by: &str,
         descending: bool,
         offset: i64,
         limit: i64,
     ) -> Result<(Vec<SnapshotRow>, i64), sqlx::Error> {
-        let pattern = format!("%{}%", name.unwrap_or(""));
+        let pattern = format!("%{}%", filter.name.unwrap_or(""));
         let dir = if descending { "DESC" } else { "ASC" };
+        let mut condition = "(organization_id = ? OR general = 1) AND name LIKE ?".to_owned();
+        if filter.source_sandbox_id.is_some() {
+            condition.push_str(" AND source_sandbox_id = ?");
+        }
         // `order_by` comes from a fixed set of column names chosen by the caller.
         let sql = format!(
-            "SELECT * FROM snapshots WHERE (organization_id = ? OR general = 1) AND name LIKE ?
-             ORDER BY {order_by} {dir}, id {dir} LIMIT ? OFFSET ?"
+            "SELECT * FROM snapshots WHERE {condition} ORDER BY {order_by} {dir}, id {dir} LIMIT ? OFFSET ?"
         );
-        let rows = sqlx::query_as::<_, SnapshotRow>(sqlx::AssertSqlSafe(sql))
+        let mut rows = sqlx::query_as::<_, SnapshotRow>(sqlx::AssertSqlSafe(sql))
             .bind(org)
-            .bind(&pattern)
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(self.pool())
-            .await?;
-        let total: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM snapshots WHERE (organization_id = ? OR general = 1) AND name LIKE ?")
-                .bind(org)
-                .bind(&pattern)
-                .fetch_one(self.pool())
-                .await?;
+            .bind(&pattern);
+        if let Some(source) = filter.source_sandbox_id {
+            rows = rows.bind(source);
+        }
+        let rows = rows.bind(limit).bind(offset).fetch_all(self.pool()).await?;
+        let count = format!("SELECT COUNT(*) FROM snapshots WHERE {condition}");
+        let mut total = sqlx::query_scalar(sqlx::AssertSqlSafe(count))
+            .bind(org)
+            .bind(&pattern);
+        if let Some(source) = filter.source_sandbox_id {
+            total = total.bind(source);
+        }
+        let total: i64 = total.fetch_one(self.pool()).await?;
         Ok((rows, total))
     }
 
@@ -152,6 +169,25 @@ impl Store {
         .execute(self.pool())
         .await?;
         Ok(())
+    }
+
+    /// Records the image a sandbox snapshot became; the snapshot is then active.
+    pub async fn set_snapshot_captured(
+        &self,
+        id: &str,
+        image_name: &str,
+        digest: &str,
+        size_bytes: i64,
+        entrypoint: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE snapshots SET image_name = ?, updated_at = ? WHERE id = ?")
+            .bind(image_name)
+            .bind(now())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
+        self.set_snapshot_active(id, digest, size_bytes, entrypoint)
+            .await
     }
 
     pub async fn mark_snapshot_used(&self, id: &str) -> Result<(), sqlx::Error> {

@@ -11,6 +11,7 @@
 //! - `tmp/`: downloads and unpacks in progress (emptied by [`ImageStore::gc`]);
 //! - `rootfs/<digest hex>/`: flattened images of earlier versions, kept while sandboxes use them.
 
+mod commit;
 mod error;
 mod reference;
 mod registry;
@@ -33,6 +34,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tracing::{debug, info, warn};
 
+pub use commit::CommittedImage;
 pub use error::ImageError;
 use error::IoContext;
 use reference::{ImageReference, LocalReference, Located, Transport};
@@ -350,6 +352,19 @@ impl ImageStore {
             .expect("resolution cache poisoned")
             .insert(key, (stamp, image.clone()));
         Ok(image)
+    }
+
+    /// A new image: the image `base` plus the layer `changes` (an uncompressed layer tar, e.g.
+    /// a sandbox's changes), stored as an OCI layout in this store. Resolve its reference to
+    /// unpack it.
+    pub async fn commit(
+        &self,
+        base: &str,
+        changes: Box<dyn std::io::Read + Send>,
+    ) -> Result<CommittedImage, ImageError> {
+        let root = self.inner.root.clone();
+        let base = base.to_owned();
+        blocking(move || commit::commit(&root, &base, changes)).await
     }
 
     /// Pulls `reference` unless the store has it (`refresh`: a tag is looked up again).

@@ -1129,3 +1129,75 @@ mod registry_pulls {
         );
     }
 }
+
+#[tokio::test]
+async fn committed_changes_become_an_image_on_top_of_the_base() {
+    let f = fixture();
+    let base = format!("oci-archive:{}:v1", f.archive.display());
+    let changes = || {
+        let mut tar = Layer::new()
+            .file("etc/added", "from the sandbox", 0o640, 1000)
+            .file("etc/.wh.keep.conf", "", 0o644, 0)
+            .dir("opt", 0o755, 0)
+            .file("opt/.wh..wh..opq", "", 0o644, 0)
+            .file("opt/only", "o", 0o644, 0)
+            .0;
+        tar.finish().unwrap();
+        Box::new(std::io::Cursor::new(tar.into_inner().unwrap())) as Box<dyn std::io::Read + Send>
+    };
+    let committed = f.store.commit(&base, changes()).await.unwrap();
+    assert!(committed.reference.starts_with("oci:"), "{committed:?}");
+
+    let image = f.store.resolve(&committed.reference).await.unwrap();
+    assert_eq!(image.digest, committed.digest);
+    let Some(merged) = Merged::mount(&image) else {
+        return;
+    };
+    let root = &merged.path();
+    assert_eq!(read(root, "etc/added"), "from the sandbox");
+    let meta = fs::metadata(root.join("etc/added")).unwrap();
+    assert_eq!((meta.mode() & 0o777, meta.uid()), (0o640, 1000));
+    assert!(!root.join("etc/keep.conf").exists(), "whiteout applied");
+    assert!(root.join("etc/gone.conf").symlink_metadata().is_err());
+    assert_eq!(
+        fs::read_dir(root.join("opt")).unwrap().count(),
+        1,
+        "opaque dir"
+    );
+    assert_eq!(read(root, "opt/only"), "o");
+    assert_eq!(read(root, "usr/bin/python3"), "py", "base layers below");
+    // The base's runtime config carries over.
+    assert_eq!(image.entrypoint, ["/bin/sh", "-c"]);
+    assert_eq!(image.workdir.as_deref(), Some("/home/daytona"));
+    assert!(image.env.contains(&("GREETING".into(), "a=b".into())));
+
+    // The same changes again: the same image, and base blobs are shared, not copied twice.
+    let again = f.store.commit(&base, changes()).await.unwrap();
+    assert_eq!(again, committed);
+    let blobs = f.store.root().join("committed/blobs/sha256");
+    // Three base layers, the new layer, config and manifest.
+    assert_eq!(fs::read_dir(&blobs).unwrap().count(), 6);
+
+    // Snapshots of snapshots stack.
+    let mut more = Layer::new().file("etc/second", "2", 0o644, 0).0;
+    more.finish().unwrap();
+    let second = f
+        .store
+        .commit(
+            &committed.reference,
+            Box::new(std::io::Cursor::new(more.into_inner().unwrap())),
+        )
+        .await
+        .unwrap();
+    let second = f.store.resolve(&second.reference).await.unwrap();
+    let merged = Merged::mount(&second).expect("root, as above");
+    assert_eq!(read(&merged.path(), "etc/added"), "from the sandbox");
+    assert_eq!(read(&merged.path(), "etc/second"), "2");
+
+    let err = f
+        .store
+        .commit("oci-archive:/nonexistent.tar", changes())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::NotFound(_)), "{err}");
+}

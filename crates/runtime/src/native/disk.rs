@@ -101,6 +101,15 @@ fn mkfs(path: &Path, gib: u32) -> io::Result<()> {
     )
 }
 
+/// Copies the image `from` to `to` atomically (a crash leaves no half-made image under that
+/// name), keeping its holes.
+pub fn copy_image(from: &Path, to: &Path) -> io::Result<()> {
+    let tmp = to.with_extension("img.tmp");
+    sparse_copy(from, &tmp)
+        .map_err(|e| io::Error::new(e.kind(), format!("copy {}: {e}", from.display())))?;
+    std::fs::rename(&tmp, to)
+}
+
 /// Copies `from` to `to` (replaced) with the same holes: only data extents are copied.
 /// Not fsynced, like the rest of a sandbox's state: after a host crash a sandbox may need to
 /// be recreated, which is cheaper than a sync on every create.
@@ -366,7 +375,41 @@ fn syscall_fd(what: &str, ret: libc::c_long) -> io::Result<OwnedFd> {
 /// init joins the sandbox's cgroups, whose allow-list has no loop devices.
 pub fn mount_image(image: &Path) -> io::Result<OwnedFd> {
     let device = attach_loop(image)?;
-    let source = CString::new(device.path.as_os_str().as_encoded_bytes())
+    mount_device(&device.path, image)
+    // The superblock now holds the loop device; our descriptor to it can go.
+}
+
+/// A second, detached mount of the filesystem of an image that a running sandbox has mounted:
+/// the kernel hands out the sandbox's own superblock, so reads see exactly what the sandbox
+/// sees (page cache included). The returned file keeps the loop device from being released
+/// and reused for another image while the mount is being set up.
+pub fn mount_attached(image: &Path) -> io::Result<(OwnedFd, File)> {
+    let loops = attached_loops(image);
+    let [name] = loops.as_slice() else {
+        return Err(io::Error::other(format!(
+            "{} is attached to {loops:?}, expected exactly one loop device",
+            image.display()
+        )));
+    };
+    let path = PathBuf::from(format!("/dev/{name}"));
+    let device = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| io::Error::new(e.kind(), format!("open {}: {e}", path.display())))?;
+    // Checked after opening: the device cannot change hands while we hold it.
+    if !attached_loops(image).contains(name) {
+        return Err(io::Error::other(format!(
+            "{} was released before it could be mounted",
+            path.display()
+        )));
+    }
+    Ok((mount_device(&path, image)?, device))
+}
+
+/// Mounts the ext4 filesystem on `device` (backed by `image`) as a detached mount.
+fn mount_device(device: &Path, image: &Path) -> io::Result<OwnedFd> {
+    let source = CString::new(device.as_os_str().as_encoded_bytes())
         .map_err(|_| io::Error::other("loop device path contains NUL"))?;
     // SAFETY: NUL-terminated strings; the descriptors are owned below.
     let fs = syscall_fd("fsopen ext4", unsafe {
@@ -382,7 +425,7 @@ pub fn mount_image(image: &Path) -> io::Result<OwnedFd> {
         }
     };
     config(FSCONFIG_SET_STRING, c"source".as_ptr(), source.as_ptr())
-        .map_err(|e| io::Error::other(format!("fsconfig source {}: {e}", device.path.display())))?;
+        .map_err(|e| io::Error::other(format!("fsconfig source {}: {e}", device.display())))?;
     // The image is sparse: its never-written inode tables already read as zeroes, so the
     // kernel's background zeroing would only cost I/O.
     config(
@@ -394,7 +437,7 @@ pub fn mount_image(image: &Path) -> io::Result<OwnedFd> {
     config(FSCONFIG_CMD_CREATE, std::ptr::null(), std::ptr::null()).map_err(|e| {
         io::Error::other(format!(
             "mount ext4 from {} ({}): {e}",
-            device.path.display(),
+            device.display(),
             image.display()
         ))
     })?;
@@ -402,7 +445,6 @@ pub fn mount_image(image: &Path) -> io::Result<OwnedFd> {
     syscall_fd("fsmount", unsafe {
         libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, 0)
     })
-    // The superblock now holds the loop device; our descriptor to it can go.
 }
 
 #[cfg(test)]

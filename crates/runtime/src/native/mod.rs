@@ -28,14 +28,17 @@ use crate::{
     SandboxStatus,
 };
 
+mod capture;
 pub mod cgroup;
 mod disk;
 mod firewall;
 pub mod init;
+pub mod layer;
 pub mod network;
 mod process;
 mod rootfs;
 pub mod security;
+pub mod sparse;
 mod state;
 pub mod userns;
 
@@ -279,6 +282,22 @@ impl NativeRuntime {
         })
     }
 
+    /// Launches a sandbox that `prepare_create` just made; on failure it is removed again.
+    async fn launch_new(&self, state: SandboxState) -> Result<SandboxStatus> {
+        let id = state.spec.id.clone();
+        match self.launch(state).await {
+            Ok(status) => Ok(status),
+            Err(e) => {
+                warn!(sandbox = %id, error = %e, "create failed; removing the sandbox");
+                let cleanup_id = id.clone();
+                if let Err(cleanup) = self.blocking(move |inner| inner.destroy(&cleanup_id)).await {
+                    warn!(sandbox = %id, error = %cleanup, "cleanup after failed create");
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Executes the init and returns the sandbox's PID 1 once it has exec'd the daemon.
     async fn spawn_init(
         &self,
@@ -392,20 +411,17 @@ impl Runtime for NativeRuntime {
         let id = spec.id.clone();
         let started = Instant::now();
         let state = self
-            .blocking(move |inner| inner.prepare_create(spec))
+            .blocking(move |inner| {
+                let gib = spec.disk_gib;
+                let templates = inner.config.state_dir.join("disk-templates");
+                inner.prepare_create(spec, |image| {
+                    disk::create_image(image, gib, &templates)
+                        .map_err(|e| RuntimeError::io(format!("create a {gib} GiB disk image"), e))
+                })
+            })
             .await?;
         debug!(sandbox = %id, prepare_ms = started.elapsed().as_millis() as u64, "sandbox prepared");
-        match self.launch(state).await {
-            Ok(status) => Ok(status),
-            Err(e) => {
-                warn!(sandbox = %id, error = %e, "create failed; removing the sandbox");
-                let cleanup_id = id.clone();
-                if let Err(cleanup) = self.blocking(move |inner| inner.destroy(&cleanup_id)).await {
-                    warn!(sandbox = %id, error = %cleanup, "cleanup after failed create");
-                }
-                Err(e)
-            }
-        }
+        self.launch_new(state).await
     }
 
     async fn start(&self, id: &str) -> Result<SandboxStatus> {
@@ -525,6 +541,101 @@ impl Runtime for NativeRuntime {
 
     fn backend(&self) -> &'static str {
         "native"
+    }
+
+    async fn export_changes(&self, id: &str) -> Result<Box<dyn std::io::Read + Send>> {
+        validate_id(id)?;
+        let guard = self.lock(id).await;
+        let inner = self.inner.clone();
+        let owned = id.to_owned();
+        let produced = capture::Produced::spawn("export-changes", move |pipe| {
+            let _guard = guard;
+            inner
+                .export_changes(&owned, pipe)
+                .map_err(|e| io::Error::other(e.to_string()))
+        })
+        .map_err(|e| RuntimeError::io("start the export", e))?;
+        Ok(Box::new(produced))
+    }
+
+    async fn fork(&self, source: &str, spec: &SandboxSpec) -> Result<SandboxStatus> {
+        validate_id(source)?;
+        validate_spec(spec)?;
+        if source == spec.id {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "a fork needs an id of its own, not its source's ({source})"
+            )));
+        }
+        let source_guard = self.lock(source).await;
+        let _guard = self.lock(&spec.id).await;
+        let (source_id, spec) = (source.to_owned(), spec.clone());
+        let state = self
+            .blocking(move |inner| {
+                let source = inner
+                    .load(&source_id)?
+                    .ok_or_else(|| RuntimeError::NotFound(source_id.clone()))?;
+                // The copy is the source's disk, so it has the source's size.
+                let spec = SandboxSpec {
+                    disk_gib: source.spec.disk_gib,
+                    ..spec
+                };
+                inner.prepare_create(spec, |image| inner.copy_disk(&source, image))
+            })
+            .await?;
+        drop(source_guard);
+        self.launch_new(state).await
+    }
+
+    async fn export_filesystem(&self, id: &str) -> Result<Box<dyn std::io::Read + Send>> {
+        validate_id(id)?;
+        let guard = self.lock(id).await;
+        let owned = id.to_owned();
+        let file = self
+            .blocking(move |inner| inner.open_stopped_disk(&owned))
+            .await?;
+        let reader = sparse::SparseReader::new(file)
+            .map_err(|e| RuntimeError::io("read the disk image", e))?;
+        Ok(Box::new(capture::DiskExport {
+            reader,
+            _guard: guard,
+        }))
+    }
+
+    async fn import_filesystem(
+        &self,
+        spec: &SandboxSpec,
+        input: Box<dyn std::io::Read + Send>,
+    ) -> Result<()> {
+        validate_spec(spec)?;
+        let _guard = self.lock(&spec.id).await;
+        let spec = spec.clone();
+        let id = spec.id.clone();
+        let want = u64::from(spec.disk_gib) << 30;
+        let imported = self
+            .blocking(move |inner| {
+                inner.prepare_create(spec, move |image| {
+                    let tmp = image.with_extension("img.tmp");
+                    let len = sparse::restore(input, &tmp)
+                        .map_err(|e| RuntimeError::io("write the imported disk image", e))?;
+                    if len != want {
+                        let _ = std::fs::remove_file(&tmp);
+                        return Err(RuntimeError::InvalidSpec(format!(
+                            "the imported disk has {len} bytes, the sandbox's disk size is {want}"
+                        )));
+                    }
+                    std::fs::rename(&tmp, image)
+                        .map_err(|e| RuntimeError::io("move the imported disk into place", e))
+                })
+            })
+            .await;
+        if let Err(e) = imported {
+            let cleanup_id = id.clone();
+            if let Err(cleanup) = self.blocking(move |inner| inner.destroy(&cleanup_id)).await {
+                warn!(sandbox = %id, error = %cleanup, "cleanup after failed import");
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 }
 
@@ -687,8 +798,13 @@ impl Inner {
         self.resize_disk(state, gib)
     }
 
-    /// Creates the sandbox directory, its disk image and its state with a fresh address.
-    fn prepare_create(&self, spec: SandboxSpec) -> Result<SandboxState> {
+    /// Creates the sandbox directory, its disk image (made at the given path by `make_disk`:
+    /// fresh, copied or imported) and its state with a fresh address.
+    fn prepare_create(
+        &self,
+        spec: SandboxSpec,
+        make_disk: impl FnOnce(&Path) -> Result<()>,
+    ) -> Result<SandboxState> {
         let paths = self.paths(&spec.id);
         if paths.state.exists() {
             return Err(RuntimeError::AlreadyExists(spec.id));
@@ -709,10 +825,7 @@ impl Inner {
                 .map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
         }
         if disk_image {
-            let templates = self.config.state_dir.join("disk-templates");
-            disk::create_image(&paths.disk_image, spec.disk_gib, &templates).map_err(|e| {
-                RuntimeError::io(format!("create a {} GiB disk image", spec.disk_gib), e)
-            })?;
+            make_disk(&paths.disk_image)?;
         }
         let _allocation = self.allocation.lock().expect("allocation lock poisoned");
         let others: Vec<SandboxState> = self
