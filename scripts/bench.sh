@@ -12,6 +12,9 @@
 #   DAYTONA_CACHE_DIR       base image and Docker data (default: ~/.cache/daytona)
 #   DAYTONA_BENCH_TMPDIR    where the run directory goes (default: system temp)
 #   DAYTONA_BENCH_SUBNET    sandbox subnet (default: a free /16 in 100.64.0.0/10)
+#   DAYTONA_BENCH_SKIP_BUILD=1  use the release binaries already in CARGO_TARGET_DIR
+#   DAYTONA_DAEMON_PATH     the static daemon to use (default: the one built here)
+#   DAYTONA_BENCH_LOG       copy the server's log there at the end (DAYTONA_LOG sets its filter)
 # Meant for root on Debian 12; installs hey (and with --docker, docker.io and skopeo) when missing.
 set -euo pipefail
 
@@ -54,13 +57,15 @@ fi
 if ((${#missing[@]})); then apt_install "${missing[@]}"; fi
 
 # --- build -----------------------------------------------------------------------------------------
-step "cargo build --release -p daytona-cli -p daytona-bench"
-cargo build --release -p daytona-cli -p daytona-bench
-step "cargo build --release (static) -p daytona-daemon"
-RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu -p daytona-daemon
+if [[ ${DAYTONA_BENCH_SKIP_BUILD:-} != 1 ]]; then
+    step "cargo build --release -p daytona-cli -p daytona-bench"
+    cargo build --release -p daytona-cli -p daytona-bench
+    step "cargo build --release (static) -p daytona-daemon"
+    RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu -p daytona-daemon
+fi
 daytona_bin=$CARGO_TARGET_DIR/release/daytona
 bench_bin=$CARGO_TARGET_DIR/release/daytona-bench
-daemon_bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/daytona-daemon
+daemon_bin=${DAYTONA_DAEMON_PATH:-$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/release/daytona-daemon}
 
 step "base image"
 base_image=$(scripts/build-base-image.sh | tail -n 1)
@@ -72,27 +77,27 @@ run_dir=$(mktemp -d "${DAYTONA_BENCH_TMPDIR:-${TMPDIR:-/tmp}}/daytona-bench.XXXX
 data_dir=$run_dir/data
 mkdir -p "$data_dir"
 
-# Three distinct free ports, a bridge name and a /16 inside 100.64.0.0/10 that no route uses
-# (the same rules as tests/sdk/conftest.py; 100.100/16 is the server's default and 100.127/16 is
-# where the Docker comparison puts its networks).
-read -r api_port proxy_port ssh_port subnet < <(python3 - "${DAYTONA_BENCH_SUBNET:-}" <<'PY'
+# Three distinct free ports, a bridge name and two /16s inside 100.64.0.0/10 that no route uses
+# (the same rules as tests/sdk/conftest.py; 100.100/16 is the server's default): one for the
+# sandboxes, one for the Docker comparison's networks.
+read -r api_port proxy_port ssh_port subnet docker_net < <(python3 - "${DAYTONA_BENCH_SUBNET:-}" <<'PY'
 import ipaddress, json, random, socket, subprocess, sys
 socks = [socket.socket() for _ in range(3)]
 for s in socks:
     s.bind(("127.0.0.1", 0))
 ports = [s.getsockname()[1] for s in socks]
-subnet = sys.argv[1]
-if not subnet:
-    routes = json.loads(subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"],
-                                       capture_output=True, text=True).stdout or "[]")
-    used = [ipaddress.ip_network(r["dst"], strict=False) for r in routes
-            if r.get("dst") not in (None, "", "default")]
-    free = [n for n in (ipaddress.ip_network(f"100.{o}.0.0/16") for o in range(64, 127) if o != 100)
-            if not any(n.overlaps(u) for u in used)]
-    if not free:
-        sys.exit("no free /16 in 100.64.0.0/10; set DAYTONA_BENCH_SUBNET")
-    subnet = str(random.choice(free))
-print(*ports, subnet)
+routes = json.loads(subprocess.run(["ip", "-j", "-4", "route", "show", "table", "all"],
+                                   capture_output=True, text=True).stdout or "[]")
+used = [ipaddress.ip_network(r["dst"], strict=False) for r in routes
+        if r.get("dst") not in (None, "", "default")]
+if sys.argv[1]:
+    used.append(ipaddress.ip_network(sys.argv[1], strict=False))
+free = [n for n in (ipaddress.ip_network(f"100.{o}.0.0/16") for o in range(64, 128) if o != 100)
+        if not any(n.overlaps(u) for u in used)]
+random.shuffle(free)
+if len(free) < 2:
+    sys.exit("no two free /16s in 100.64.0.0/10; remove stale bridges or set DAYTONA_BENCH_SUBNET")
+print(*ports, sys.argv[1] or free.pop(), free.pop())
 PY
 )
 bridge=dtnb$(head -c2 /dev/urandom | od -An -tx1 | tr -d ' \n')
@@ -113,6 +118,7 @@ cleanup() {
         fi
         wait "$server_pid" 2>/dev/null || true
     fi
+    if [[ -n ${DAYTONA_BENCH_LOG:-} ]]; then cp -- "$log" "$DAYTONA_BENCH_LOG" || true; fi
     # Sandboxes outlive their server by design; a failed run may leave some behind. Then keep
     # their bridge and directory (never remove a directory something is still mounted under).
     local left
@@ -171,8 +177,8 @@ start_dockerd() {
   "ip6tables": false,
   "ip-forward": false,
   "ip-masq": false,
-  "bip": "100.127.255.1/24",
-  "default-address-pools": [{"base": "100.127.0.0/17", "size": 24}],
+  "bip": "${docker_net%.0.0/16}.255.1/24",
+  "default-address-pools": [{"base": "${docker_net%/16}/17", "size": 24}],
   "exec-opts": ["native.cgroupdriver=cgroupfs"],
   "log-driver": "none"
 }

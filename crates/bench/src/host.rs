@@ -35,6 +35,12 @@ pub fn host_used_kib() -> Option<u64> {
     Some(meminfo_kib("MemTotal")?.saturating_sub(meminfo_kib("MemAvailable")?))
 }
 
+/// Host kernel memory that no cgroup may be charged for (loop devices, mounts, kernel threads
+/// all land here): `Slab + KernelStack + PageTables` (KiB).
+pub fn host_kernel_kib() -> Option<u64> {
+    Some(meminfo_kib("Slab")? + meminfo_kib("KernelStack")? + meminfo_kib("PageTables")?)
+}
+
 /// Resident set of a process (KiB).
 pub fn rss_kib(pid: u32) -> Result<u64> {
     let path = PathBuf::from(format!("/proc/{pid}/status"));
@@ -56,6 +62,8 @@ pub struct SandboxMemory {
     pub processes: usize,
     /// Sum of the processes' PSS.
     pub pss_kib: u64,
+    /// Sum of the processes' RSS (shared pages counted in full: what one sandbox alone costs).
+    pub rss_kib: u64,
     /// Kernel memory charged to the cgroup (slab, stacks, page tables, sockets).
     pub kernel_kib: u64,
     /// Page cache charged to the cgroup (files read or written; shared image files are charged
@@ -115,6 +123,7 @@ pub fn cgroup_memory(dir: &Path) -> Result<SandboxMemory> {
         .collect();
     // A process may exit between listing and reading; it then holds no memory.
     let pss_kib = procs.iter().filter_map(|pid| pss_kib(*pid).ok()).sum();
+    let rss_kib = procs.iter().filter_map(|pid| rss_kib(*pid).ok()).sum();
     let stat = read(&dir.join("memory.stat"))?;
     let (kernel_bytes, file_bytes) = if dir.join("memory.kmem.usage_in_bytes").exists() {
         let kmem = read(&dir.join("memory.kmem.usage_in_bytes"))?;
@@ -128,6 +137,7 @@ pub fn cgroup_memory(dir: &Path) -> Result<SandboxMemory> {
     Ok(SandboxMemory {
         processes: procs.len(),
         pss_kib,
+        rss_kib,
         kernel_kib: kernel_bytes / 1024,
         file_kib: file_bytes / 1024,
     })
@@ -192,6 +202,7 @@ mod tests {
         assert!(rss_kib(pid).unwrap() > 0);
         assert!(pss_kib(pid).unwrap() > 0);
         assert!(host_used_kib().unwrap() > 0);
+        assert!(host_kernel_kib().unwrap() > 0);
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Per-sandbox overhead = (sum of the PSS of every process in the sandboxes + the kernel memory
 //! their cgroups report + the server's RSS growth) / N. The host's `MemTotal - MemAvailable`
 //! growth is shown as a cross-check (it also sees page cache, loop devices and everything else
-//! running on the machine).
+//! running on the machine) and so does the host's kernel memory (slab, stacks, page tables),
+//! which catches what no cgroup is charged for; both are noisy while other work runs.
 
 use std::time::{Duration, Instant};
 
@@ -29,7 +30,7 @@ pub async fn run(client: &Client, tracker: &Tracker, opts: &Options) -> Result<S
         ));
     }
     let server_before = opts.server_pid.map(host::rss_kib).transpose()?;
-    let host_before = host::host_used_kib();
+    let host_before = (host::host_used_kib(), host::host_kernel_kib());
 
     let t0 = Instant::now();
     let created: Vec<Result<(Sandbox, f64)>> = futures::stream::iter(0..n)
@@ -83,27 +84,32 @@ async fn measure(
     sandboxes: &[Sandbox],
     opts: &Options,
     server_before: Option<u64>,
-    host_before: Option<u64>,
+    host_before: (Option<u64>, Option<u64>),
 ) -> Result<SectionReport> {
     let n = sandboxes.len();
     let mut report = SectionReport::new("idle", format!("{n} idle sandboxes at once"));
     let mib = |kib: u64| kib as f64 / 1024.0;
 
     let mut pss = Vec::with_capacity(n);
+    let mut rss = Vec::with_capacity(n);
     let mut kernel = Vec::with_capacity(n);
     let mut file = Vec::with_capacity(n);
     let mut procs = Vec::with_capacity(n);
     for sb in sandboxes {
         let m = host::sandbox_memory(&sb.id)?;
         pss.push(mib(m.pss_kib));
+        rss.push(mib(m.rss_kib));
         kernel.push(mib(m.kernel_kib));
         file.push(mib(m.file_kib));
         procs.push(m.processes as f64);
     }
-    let host_growth = match (host_before, host::host_used_kib()) {
-        (Some(before), Some(after)) => Some(mib(after.saturating_sub(before)) / n as f64),
+    // Signed: other work on the machine can free more than the sandboxes took.
+    let growth = |before: Option<u64>, after: Option<u64>| match (before, after) {
+        (Some(b), Some(a)) => Some((a as f64 - b as f64) / 1024.0 / n as f64),
         _ => None,
     };
+    let host_growth = growth(host_before.0, host::host_used_kib());
+    let kernel_growth = growth(host_before.1, host::host_kernel_kib());
     let server_growth = match (opts.server_pid, server_before) {
         (Some(pid), Some(before)) => Some(mib(host::rss_kib(pid)?.saturating_sub(before))),
         _ => None,
@@ -123,6 +129,11 @@ async fn measure(
         None => report.note("server RSS growth not measured: pass --server-pid"),
     }
     report.metric(
+        "RSS of the sandbox's processes (shared pages in full)",
+        "MiB",
+        rss,
+    );
+    report.metric(
         "page cache charged to the cgroup (not counted)",
         "MiB",
         file,
@@ -130,6 +141,13 @@ async fn measure(
     report.metric("processes per sandbox", "count", procs);
     if let Some(g) = host_growth {
         report.metric("host used memory growth / N (cross-check)", "MiB", vec![g]);
+    }
+    if let Some(g) = kernel_growth {
+        report.metric(
+            "host kernel memory growth / N (cross-check)",
+            "MiB",
+            vec![g],
+        );
     }
 
     // Every sandbox must still answer at the end.
