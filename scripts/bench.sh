@@ -207,8 +207,14 @@ stop_dockerd() {
     for _ in $(seq 300); do kill -0 "$dockerd_pid" 2>/dev/null || break; sleep 0.1; done
     wait "$dockerd_pid" 2>/dev/null || true
     dockerd_pid=""
-    # dockerd leaves its default bridge behind; remove it unless it was there before.
-    if ((!had_docker0)); then ip link del docker0 2>/dev/null || true; fi
+    # dockerd leaves its default bridge and its (now empty) parent cgroups behind; remove them
+    # unless the bridge was there before (rmdir removes a cgroup only when it is empty).
+    if ((!had_docker0)); then
+        ip link del docker0 2>/dev/null || true
+        for cg in /sys/fs/cgroup/*/docker /sys/fs/cgroup/docker; do
+            if [[ -d $cg ]]; then rmdir "$cg" 2>/dev/null || true; fi
+        done
+    fi
 }
 if ((with_docker)); then start_dockerd; fi
 
