@@ -2,7 +2,7 @@
 # The project's test command: builds everything, runs the Rust tests, then drives a real `daytona server`
 # with the official Python SDK (tests/sdk). Meant for root on Debian 12; installs what it needs.
 #
-#   scripts/test.sh [pytest args...]     e.g. scripts/test.sh -k files -x, or -m bench for the timings only
+#   scripts/test.sh [pytest args...]     e.g. scripts/test.sh -k files -x (benchmarks: scripts/bench.sh)
 #
 # Environment:
 #   CARGO_TARGET_DIR          build directory (default: ./target)
@@ -41,12 +41,13 @@ if ((${#missing[@]})); then
 fi
 
 # --- build -----------------------------------------------------------------------------------------
-step "cargo build -p daytona-cli"
-cargo build -p daytona-cli
+step "cargo build -p daytona-cli -p daytona-bench"
+cargo build -p daytona-cli -p daytona-bench
 step "cargo build (static) -p daytona-daemon"
 # The explicit --target keeps crt-static off build scripts and proc-macros.
 RUSTFLAGS='-C target-feature=+crt-static' cargo build --target x86_64-unknown-linux-gnu -p daytona-daemon
 daytona_bin=$CARGO_TARGET_DIR/debug/daytona
+bench_bin=$CARGO_TARGET_DIR/debug/daytona-bench
 daemon_bin=$CARGO_TARGET_DIR/x86_64-unknown-linux-gnu/debug/daytona-daemon
 
 step "base image"
@@ -98,7 +99,7 @@ if [[ ! -x $venv/bin/python || $(cat "$venv/.requirements-stamp" 2>/dev/null) !=
     echo "$stamp" >"$venv/.requirements-stamp"
 fi
 
-export DAYTONA_BIN=$daytona_bin DAYTONA_DAEMON_PATH=$daemon_bin DAYTONA_BASE_IMAGE=$base_image
+export DAYTONA_BIN=$daytona_bin DAYTONA_DAEMON_PATH=$daemon_bin DAYTONA_BASE_IMAGE=$base_image DAYTONA_BENCH_BIN=$bench_bin
 step "pytest tests/sdk"
 "$venv/bin/python" -m pytest tests/sdk -v "$@" || failures+=("SDK suite")
 
