@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the default sandbox image: Debian bookworm (minbase) with python3, git, ca-certificates,
-# sudo, procps, openssh-sftp-server (the SSH gateway's SFTP subsystem) and a passwordless-sudo user `daytona` (1000:1000), packed as an OCI archive
+# sudo, procps, openssh-sftp-server (the SSH gateway's SFTP subsystem), nodejs and ts-node (code-run
+# for javascript and typescript) and a passwordless-sudo user `daytona` (1000:1000), packed as an OCI archive
 # (a tar of an OCI image layout) with one gzip layer. No registry and no OCI tooling needed.
 #
 # Usage: scripts/build-base-image.sh [OUT]
@@ -11,9 +12,9 @@
 set -euo pipefail
 
 # Bump when the recipe changes so cached archives from an older recipe are rebuilt.
-readonly RECIPE=2
+readonly RECIPE=3
 readonly SUITE=bookworm
-readonly PACKAGES=python3,git,ca-certificates,sudo,procps,openssh-sftp-server
+readonly PACKAGES=python3,git,ca-certificates,sudo,procps,openssh-sftp-server,nodejs,ts-node
 readonly REF_NAME=latest
 
 log() { printf '[base-image] %s\n' "$*" >&2; }

@@ -3,7 +3,7 @@
 import time
 
 import pytest
-from daytona import CodeRunParams, DaytonaConnectionError, DaytonaTimeoutError
+from daytona import CodeRunParams, CreateSandboxFromSnapshotParams, DaytonaConnectionError, DaytonaTimeoutError
 from daytona_toolbox_api_client.exceptions import ApiException as ToolboxApiException
 
 from support import (
@@ -122,3 +122,21 @@ def test_code_run_timeout_raises_and_kills_children(sandbox):
     assert status == 408, repr(excinfo.value)
     leftovers = wait_for_processes_mentioning(sandbox, marker, present=False, timeout=5)
     assert leftovers == {}, f"processes of the timed-out code survive: {leftovers}"
+
+
+@pytest.mark.parametrize(
+    ("language", "code"),
+    [
+        ("javascript", "const [a, b] = process.argv.slice(1);\nconsole.log(a, b, process.env.DTN_CODE);\nconsole.error('to stderr');\nprocess.exit(3);"),
+        ("typescript", "const args: string[] = process.argv.slice(2);\nconst env: string = process.env.DTN_CODE ?? '';\nconsole.log(args[0], args[1], env);\nconsole.error('to stderr');\nprocess.exit(3);"),
+    ],
+)
+def test_code_run_javascript_and_typescript(sandbox_factory, language, code):
+    """The sandbox's language (a create parameter the SDK keeps) picks node or ts-node."""
+    sandbox = sandbox_factory(CreateSandboxFromSnapshotParams(language=language))
+    response = sandbox.process.code_run(code, params=CodeRunParams(argv=["x", "y z"], env={"DTN_CODE": "env-ok"}))
+    assert response.exit_code == 3, response.result
+    assert "x y z env-ok\n" in response.result and "to stderr" in response.result, response.result
+    declaration = "const n: number = 1;" if language == "typescript" else "const n = 1;"
+    error = sandbox.process.code_run(f"{declaration}\nthrow new Error('bad ' + n);")
+    assert error.exit_code == 1 and "Error: bad 1" in error.result, error.result

@@ -166,7 +166,9 @@ fn code_script(language: &str, code: &str, argv: &[String]) -> Result<String, Ap
         ),
         "typescript" => format!(
             "_dtn_f=\"${{TMPDIR:-/tmp}}/dtn_$$.ts\"\n{} > \"$_dtn_f\"\n\
-             npm_config_loglevel=error npx ts-node -T --ignore-diagnostics 5107 \
+             if command -v ts-node >/dev/null; then _dtn_ts=ts-node; \
+             else _dtn_ts='npx ts-node'; export npm_config_loglevel=error; fi\n\
+             $_dtn_ts -T --ignore-diagnostics 5107 \
              -O '{{\"module\":\"CommonJS\"}}' \"$_dtn_f\"{args}\n\
              _dtn_rc=$?\nrm -f \"$_dtn_f\"\nexit $_dtn_rc\n",
             decode_pipe(code)
