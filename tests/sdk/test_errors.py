@@ -1,5 +1,7 @@
 """Authentication, missing resources and request validation, as the SDK (and a raw client) see them."""
 
+import os
+import subprocess
 import uuid
 
 import pytest
@@ -85,3 +87,14 @@ def test_invalid_create_body_is_400_naming_the_field(server, daytona):
     assert result.status == 400, result.body
 
     assert {s.id for s in daytona.list()} == before, "an invalid request created a sandbox"
+
+
+def test_unsupported_role_subset_stops_startup(tmp_path):
+    """Only all four roles together work so far; a subset must not start a server lacking services."""
+    result = subprocess.run(
+        [os.environ["DAYTONA_BIN"], "server"],
+        env={**os.environ, "DAYTONA_ROLES": "proxy", "DAYTONA_DATA_DIR": str(tmp_path)},
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "DAYTONA_ROLES=proxy" in result.stderr and "not supported yet" in result.stderr, result.stderr

@@ -11,7 +11,7 @@ use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
 use daytona_api::sandbox::access::{AccessService, AccessSettings};
 use daytona_api::snapshot::SnapshotService;
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
-use daytona_config::{Config, SandboxDns};
+use daytona_config::{Config, Roles, SandboxDns};
 use daytona_runner::Runner;
 use daytona_runner::image::{ImageStore, RegistryCredentials, RegistrySettings};
 use daytona_runtime::native::{NativeConfig, NativeRuntime};
@@ -85,6 +85,17 @@ fn find_daemon(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Split deployments need the proxy, SSH gateway and runners to reach the API over the
+    // network; until they can, a subset would start a server that silently lacks services.
+    let roles = &config.server.roles;
+    if roles.iter().count() != Roles::all().iter().count() {
+        let chosen: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        anyhow::bail!(
+            "DAYTONA_ROLES={}: running a subset of roles is not supported yet; this version runs \
+             api, proxy, runner and ssh-gateway together in one process (unset DAYTONA_ROLES)",
+            chosen.join(",")
+        );
+    }
     let data_dir = config.server.data_dir.clone();
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
