@@ -127,6 +127,8 @@ struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Held while choosing an address and saving it, so two creates cannot pick the same one.
     allocation: Mutex<()>,
+    /// Held while the bridge and firewall are checked and set up.
+    network_setup: Mutex<()>,
     bridge_ready: AtomicBool,
 }
 
@@ -179,6 +181,7 @@ impl NativeRuntime {
                 cgroups,
                 locks: Mutex::default(),
                 allocation: Mutex::default(),
+                network_setup: Mutex::default(),
                 bridge_ready: AtomicBool::new(false),
             }),
         })
@@ -970,6 +973,11 @@ impl Inner {
             .join(&self.network.bridge)
             .exists();
         if !(bridge_present && self.bridge_ready.load(Ordering::Acquire)) {
+            // Concurrent first creates would race between checking and adding the address.
+            let _one_at_a_time = self
+                .network_setup
+                .lock()
+                .expect("network setup lock poisoned");
             self.network
                 .ensure_bridge()
                 .map_err(|e| RuntimeError::io("set up bridge", e))?;

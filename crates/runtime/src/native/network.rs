@@ -87,7 +87,7 @@ impl Network {
         let addrs = ip_output(&["-4", "-o", "addr", "show", "dev", &self.bridge])?;
         let mut batch = Vec::new();
         if !addrs.split_whitespace().any(|w| w == gateway) {
-            batch.push(format!("addr add {gateway} dev {}", self.bridge));
+            batch.push(format!("addr replace {gateway} dev {}", self.bridge));
         }
         // A bridge without an address of its own takes the lowest MAC of its ports, so it
         // changes as sandboxes come and go, and every sandbox's cached gateway MAC goes stale
