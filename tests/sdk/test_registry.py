@@ -352,3 +352,50 @@ def test_seed_registry_credentials_authenticate_pulls(request, auth_registry):
         finally:
             client.delete(sandbox, timeout=60)
     assert auth_registry.requests(r"/v2/base/blobs/sha256:") >= 2  # config and the layer
+
+
+def test_snapshot_of_a_sandbox_from_a_registry_image(daytona, server, images, sandbox_factory):
+    """A registry image is kept only as unpacked layers: `create_snapshot` writes them back as
+    blobs (once per layer), and the new snapshot reuses the unpacked layers rather than
+    unpacking them again."""
+    store = server.data_dir / "images"
+    base = _create(daytona, f"{images.registry.host}/base:extra")
+    snapshots = []
+    try:
+        source = sandbox_factory(CreateSandboxFromSnapshotParams(snapshot=base.name))
+        _sh(source, "echo captured > /home/daytona/captured.txt && sudo rm /hello.txt /etc/motd")
+        layers_before = set((store / "layers").iterdir())
+        snapshots.append(unique("regsnap"))
+        started = time.monotonic()
+        source.create_snapshot(snapshots[-1])
+        print(f"[registry] snapshot of a sandbox from a registry image took {time.monotonic() - started:.2f}s")
+        assert daytona.snapshot.get(snapshots[-1]).state == SnapshotState.ACTIVE
+
+        copy = sandbox_factory(CreateSandboxFromSnapshotParams(snapshot=snapshots[-1]))
+        assert _sh(copy, "cat /home/daytona/captured.txt") == "captured"
+        assert _sh(copy, "ls /hello.txt /etc/motd 2>/dev/null; echo done") == "done"
+        assert _sh(copy, "python3 -c 'print(6*7)'") == "42"
+        # Only the sandbox's changes were unpacked; both base layers were written back once.
+        assert len(set((store / "layers").iterdir()) - layers_before) == 1
+        converted = {p.name: p.stat().st_mtime_ns for p in (store / "committed" / "converted").iterdir()}
+        assert len(converted) == 2, converted
+
+        # A second snapshot of the same base converts nothing again.
+        _sh(source, "echo again > /home/daytona/again.txt")
+        snapshots.append(unique("regsnap"))
+        started = time.monotonic()
+        source.create_snapshot(snapshots[-1])
+        print(f"[registry] second snapshot (base layers already written back) took {time.monotonic() - started:.2f}s")
+        assert {p.name: p.stat().st_mtime_ns for p in (store / "committed" / "converted").iterdir()} == converted
+        second = sandbox_factory(CreateSandboxFromSnapshotParams(snapshot=snapshots[-1]))
+        assert _sh(second, "cat /home/daytona/captured.txt /home/daytona/again.txt") == "captured\nagain"
+    finally:
+        for name in snapshots:
+            daytona.snapshot.delete(daytona.snapshot.get(name))
+        daytona.snapshot.delete(base)
+
+
+def _sh(sandbox, command: str) -> str:
+    response = sandbox.process.exec(command)
+    assert response.exit_code == 0, f"{command!r} failed ({response.exit_code}): {response.result}"
+    return response.result.strip()

@@ -5,17 +5,29 @@
 //! layers are copied there once, however many snapshots share them); each image is a directory
 //! `<root>/committed/<manifest hex>/` with `oci-layout`, `index.json` and `blobs` → `../blobs`.
 //! Blobs and image directories appear under their final names only when complete.
+//!
+//! A base pulled from a registry has no blobs at hand, only its unpacked layer directories: each
+//! is written back as a layer (overlay whiteouts → OCI whiteouts, by the runtime's own layer
+//! writer), once per diff id — `<root>/committed/converted/<diff id>.json` names the blob. The new
+//! tar is not byte for byte the one the registry served, so it has a diff id of its own; the
+//! store records that it unpacks to the layer directory it came from (a layer alias), and
+//! resolving the committed image reuses that directory instead of unpacking the blob again.
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::Instant;
 
+use daytona_runtime::native::layer::{self, LayerStats};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tracing::info;
 
 use super::error::{ImageError, IoContext};
-use super::reference;
-use super::source::{self, Compression, LayerPlan};
+use super::source::{Compression, LayerPlan, RunConfig};
+use super::{Inner, read_json};
 
 const LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 const LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -34,6 +46,29 @@ pub struct CommittedImage {
     pub digest: String,
     /// Compressed size of the new layer.
     pub layer_bytes: u64,
+}
+
+/// The image a commit builds on.
+pub(crate) struct Base {
+    pub config: RunConfig,
+    /// Bottom first.
+    pub layers: Vec<BaseLayer>,
+}
+
+pub(crate) enum BaseLayer {
+    /// A blob of a local archive or layout, copied as it is.
+    Blob(LayerPlan),
+    /// Only the unpacked directory exists (a registry pull): it is written back as a blob.
+    Unpacked { diff_id: String, dir: PathBuf },
+}
+
+/// `committed/converted/<diff id>.json`: the blob an unpacked layer was written back as.
+#[derive(Debug, Serialize, Deserialize)]
+struct Converted {
+    /// sha256 hex of the zstd blob.
+    digest: String,
+    /// sha256 hex of its uncompressed tar.
+    diff_id: String,
 }
 
 /// A layer as the manifest and config describe it.
@@ -169,13 +204,27 @@ impl Blobs {
 
     /// Compresses `changes` (an uncompressed layer tar) into a new zstd blob.
     fn write_layer(&self, changes: impl Read) -> Result<LayerDescriptor, ImageError> {
-        let tmp = self.temp("new-layer");
-        let file = File::create(&tmp).ctx(|| format!("create {}", tmp.display()))?;
+        let mut changes = io::BufReader::new(changes);
+        self.compress("new-layer", "write the new layer", |out| {
+            io::copy(&mut changes, out).map(drop)
+        })
+    }
+
+    /// Compresses the tar that `fill` writes into a new zstd blob; `doing` names the work in
+    /// errors.
+    fn compress(
+        &self,
+        what: &str,
+        doing: &str,
+        fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<LayerDescriptor, ImageError> {
+        let tmp = self.temp(what);
         let written = (|| {
+            let file = File::create(&tmp)?;
             let compressed = HashingWriter::new(io::BufWriter::new(file));
             let encoder = zstd::Encoder::new(compressed, ZSTD_LEVEL)?;
             let mut uncompressed = HashingWriter::new(encoder);
-            io::copy(&mut io::BufReader::new(changes), &mut uncompressed)?;
+            fill(&mut uncompressed)?;
             let (encoder, diff_id, _) = uncompressed.finish();
             let (out, digest, size) = encoder.finish()?.finish();
             out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
@@ -185,7 +234,7 @@ impl Blobs {
             Ok(v) => v,
             Err(e) => {
                 let _ = fs::remove_file(&tmp);
-                return Err(ImageError::io("write the new layer", e));
+                return Err(ImageError::io(doing, e));
             }
         };
         self.publish(&tmp, &digest)?;
@@ -213,26 +262,66 @@ fn uncompressed_digest(path: &Path, compression: Compression) -> Result<String, 
     Ok(hasher.finish().1)
 }
 
-/// Writes the image `base` plus the layer `changes` under `root` (see the module docs).
-pub(crate) fn commit(
-    root: &Path,
-    base: &str,
-    changes: impl Read,
-) -> Result<CommittedImage, ImageError> {
-    let mut located = match reference::parse(base)? {
-        reference::ImageReference::Local(local) => local.locate()?,
-        // Registry images are kept only as unpacked layers, not as blobs to copy.
-        reference::ImageReference::Registry(_) => {
-            return Err(ImageError::UnsupportedFormat {
-                what: "snapshot base (only oci-archive:, oci: and docker-archive: images can be committed so far)",
-                value: base.to_owned(),
-            });
+/// Writes an unpacked layer back as a zstd blob (once per diff id: later commits find it in
+/// `committed/converted/`) and records that the blob unpacks to `dir`.
+fn convert_layer(
+    inner: &Inner,
+    blobs: &Blobs,
+    diff_id: &str,
+    dir: &Path,
+) -> Result<LayerDescriptor, ImageError> {
+    let index = inner
+        .root
+        .join("committed")
+        .join("converted")
+        .join(format!("{diff_id}.json"));
+    let converted = match read_json::<Converted>(&index)? {
+        Some(known) if blobs.path(&known.digest).is_file() => known,
+        _ => {
+            let started = Instant::now();
+            let mut stats = LayerStats::default();
+            let doing = format!("write layer {diff_id} back as a blob");
+            let layer = blobs.compress("converted", &doing, |out| {
+                stats = layer::write_layer(dir, out)?;
+                Ok(())
+            })?;
+            inner.layers_converted.fetch_add(1, Ordering::Relaxed);
+            info!(
+                diff_id, blob = %layer.digest, new_diff_id = %layer.diff_id, bytes = layer.size,
+                entries = stats.entries, whiteouts = stats.whiteouts, opaque_dirs = stats.opaque_dirs,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "unpacked layer written back as a blob"
+            );
+            let converted = Converted {
+                digest: layer.digest,
+                diff_id: layer.diff_id,
+            };
+            inner.write_json(&index, &converted)?;
+            converted
         }
     };
-    located.path =
-        fs::canonicalize(&located.path).ctx(|| format!("resolve {}", located.path.display()))?;
-    let plan = source::plan(&located)?;
-    let committed = root.join("committed");
+    if converted.diff_id != diff_id {
+        inner.record_alias(&converted.diff_id, diff_id)?;
+    }
+    let path = blobs.path(&converted.digest);
+    let size = fs::metadata(&path)
+        .ctx(|| format!("stat {}", path.display()))?
+        .len();
+    Ok(LayerDescriptor {
+        media_type: LAYER_ZSTD,
+        digest: converted.digest,
+        size,
+        diff_id: converted.diff_id,
+    })
+}
+
+/// Writes the image `base` plus the layer `changes` into the store (see the module docs).
+pub(crate) fn commit(
+    inner: &Inner,
+    base: Base,
+    changes: impl Read,
+) -> Result<CommittedImage, ImageError> {
+    let committed = inner.root.join("committed");
     let blobs = Blobs {
         dir: committed.join("blobs").join("sha256"),
     };
@@ -241,14 +330,17 @@ pub(crate) fn commit(
     // The changes first: a sandbox stays frozen until its changes are read to the end.
     let new_layer = blobs.write_layer(changes)?;
     let layer_bytes = new_layer.size;
-    let mut layers = plan
+    let mut layers = base
         .layers
         .iter()
-        .map(|l| blobs.import_layer(l))
+        .map(|layer| match layer {
+            BaseLayer::Blob(plan) => blobs.import_layer(plan),
+            BaseLayer::Unpacked { diff_id, dir } => convert_layer(inner, &blobs, diff_id, dir),
+        })
         .collect::<Result<Vec<_>, _>>()?;
     layers.push(new_layer);
 
-    let run = &plan.config;
+    let run = &base.config;
     let config = json!({
         "architecture": "amd64",
         "os": "linux",

@@ -8,6 +8,10 @@
 //! - `layers/<diff id hex>/`: an unpacked layer (appears only complete: temp dir + rename);
 //! - `images/<manifest digest hex>.json`: an image's layer list and runtime config;
 //! - `refs/<sha256 of the reference>.json`: which image a registry reference was last pulled as;
+//! - `layer-aliases/<diff id hex>.json`: a layer whose files another layer directory already
+//!   holds (a registry layer written back as a blob for a committed image has a diff id of its
+//!   own; resolving that image reuses the directory it came from);
+//! - `committed/`: images made by [`ImageStore::commit`] (see `commit.rs`);
 //! - `tmp/`: downloads and unpacks in progress (emptied by [`ImageStore::gc`]);
 //! - `rootfs/<digest hex>/`: flattened images of earlier versions, kept while sandboxes use them.
 
@@ -35,6 +39,7 @@ use tokio::sync::{OwnedRwLockReadGuard, RwLock};
 use tracing::{debug, info, warn};
 
 pub use commit::CommittedImage;
+use commit::{Base, BaseLayer};
 pub use error::ImageError;
 use error::IoContext;
 use reference::{ImageReference, LocalReference, Located, Transport};
@@ -104,6 +109,12 @@ struct ImageRecord {
     /// Diff id hex of each layer, bottom first.
     layers: Vec<String>,
     config: RunConfig,
+}
+
+/// `layer-aliases/<diff id>.json`: the layer directory that holds this layer's files.
+#[derive(Debug, Serialize, Deserialize)]
+struct LayerAlias {
+    layer: String,
 }
 
 /// `refs/<hash>.json`: the image a registry reference resolved to when last pulled.
@@ -186,6 +197,7 @@ struct Inner {
     /// Read: resolving, pulling, or holding a [`PinnedImage`]; write: garbage collection.
     gc_lock: Arc<RwLock<()>>,
     layers_unpacked: AtomicU64,
+    layers_converted: AtomicU64,
     blob_fetches: AtomicU64,
     bytes_downloaded: AtomicU64,
     temp_seq: AtomicU64,
@@ -216,6 +228,7 @@ impl ImageStore {
                 pull_locks: Mutex::default(),
                 gc_lock: Arc::new(RwLock::new(())),
                 layers_unpacked: AtomicU64::new(0),
+                layers_converted: AtomicU64::new(0),
                 blob_fetches: AtomicU64::new(0),
                 bytes_downloaded: AtomicU64::new(0),
                 temp_seq: AtomicU64::new(0),
@@ -230,6 +243,12 @@ impl ImageStore {
     /// Layers this store has unpacked since it was created (cache misses on disk).
     pub fn layers_unpacked(&self) -> u64 {
         self.inner.layers_unpacked.load(Ordering::Relaxed)
+    }
+
+    /// Unpacked layers written back as blobs by [`ImageStore::commit`] since the store was
+    /// created (bases pulled from registries; each layer once).
+    pub fn layers_converted(&self) -> u64 {
+        self.inner.layers_converted.load(Ordering::Relaxed)
     }
 
     /// Blobs (configs and layers) fetched from registries since the store was created.
@@ -356,15 +375,26 @@ impl ImageStore {
 
     /// A new image: the image `base` plus the layer `changes` (an uncompressed layer tar, e.g.
     /// a sandbox's changes), stored as an OCI layout in this store. Resolve its reference to
-    /// unpack it.
+    /// unpack it. `base` is any reference the store resolves; a registry image it does not have
+    /// is pulled first.
     pub async fn commit(
         &self,
         base: &str,
         changes: Box<dyn std::io::Read + Send>,
     ) -> Result<CommittedImage, ImageError> {
-        let root = self.inner.root.clone();
-        let base = base.to_owned();
-        blocking(move || commit::commit(&root, &base, changes)).await
+        let parsed = reference::parse(base)?;
+        // Held to the end: the base's layer directories are read while converting them.
+        let _lease = self.inner.gc_lock.read().await;
+        let inner = self.inner.clone();
+        let base = match parsed {
+            ImageReference::Local(local) => blocking(move || inner.local_base(&local)).await?,
+            ImageReference::Registry(remote) => {
+                let image = self.pull_remote(remote, None, false).await?;
+                blocking(move || inner.unpacked_base(&image)).await?
+            }
+        };
+        let inner = self.inner.clone();
+        blocking(move || commit::commit(&inner, base, changes)).await
     }
 
     /// Pulls `reference` unless the store has it (`refresh`: a tag is looked up again).
@@ -474,9 +504,11 @@ impl ImageStore {
             Some(diff_id) => {
                 let lock = lock_for(&self.inner.layer_locks, diff_id);
                 let guard = lock.lock_owned().await;
-                if is_dir(&self.inner.layer_dir(diff_id)) {
-                    debug!(layer = what, diff_id, "layer already in the store");
-                    return Ok(diff_id.to_owned());
+                let inner = self.inner.clone();
+                let wanted = diff_id.to_owned();
+                if let Some(dir) = blocking(move || inner.existing_layer(&wanted)).await? {
+                    debug!(layer = what, diff_id, dir, "layer already in the store");
+                    return Ok(dir);
                 }
                 Some(guard)
             }
@@ -559,10 +591,71 @@ impl Inner {
             .join(format!("{kind}-{}-{seq}", std::process::id()))
     }
 
+    fn alias_path(&self, diff_id: &str) -> PathBuf {
+        self.root
+            .join("layer-aliases")
+            .join(format!("{diff_id}.json"))
+    }
+
+    /// The directory name under `layers/` holding the files of layer `diff_id`: its own, or
+    /// the one it is an alias of.
+    fn existing_layer(&self, diff_id: &str) -> Result<Option<String>, ImageError> {
+        if is_dir(&self.layer_dir(diff_id)) {
+            return Ok(Some(diff_id.to_owned()));
+        }
+        Ok(read_json::<LayerAlias>(&self.alias_path(diff_id))?
+            .map(|alias| alias.layer)
+            .filter(|layer| is_dir(&self.layer_dir(layer))))
+    }
+
+    /// Records that layer `alias` unpacks to the files of the layer directory `layer`.
+    fn record_alias(&self, alias: &str, layer: &str) -> Result<(), ImageError> {
+        let record = LayerAlias {
+            layer: layer.to_owned(),
+        };
+        self.write_json(&self.alias_path(alias), &record)
+    }
+
+    fn read_record(&self, id: &str) -> Result<Option<ImageRecord>, ImageError> {
+        read_json(&self.root.join("images").join(format!("{id}.json")))
+    }
+
+    /// A local archive or layout as a commit base: its blobs are at hand.
+    fn local_base(&self, local: &LocalReference) -> Result<Base, ImageError> {
+        let mut located = local.locate()?;
+        located.path = std::fs::canonicalize(&located.path)
+            .ctx(|| format!("resolve {}", located.path.display()))?;
+        let plan = source::plan(&located)?;
+        Ok(Base {
+            config: plan.config,
+            layers: plan.layers.into_iter().map(BaseLayer::Blob).collect(),
+        })
+    }
+
+    /// An image of the store known only by its unpacked layers (a registry pull) as a commit
+    /// base.
+    fn unpacked_base(&self, image: &Image) -> Result<Base, ImageError> {
+        let id = source::sha256_hex_of(&image.digest)?;
+        let record = self
+            .read_record(&id)?
+            .ok_or_else(|| ImageError::malformed(&image.digest, "the store has no record of it"))?;
+        let layers = record
+            .layers
+            .into_iter()
+            .map(|diff_id| BaseLayer::Unpacked {
+                dir: self.layer_dir(&diff_id),
+                diff_id,
+            })
+            .collect();
+        Ok(Base {
+            config: record.config,
+            layers,
+        })
+    }
+
     /// The image, when its record and every layer are in the store.
     fn load_image(&self, id: &str) -> Result<Option<Image>, ImageError> {
-        let path = self.root.join("images").join(format!("{id}.json"));
-        let Some(record) = read_json::<ImageRecord>(&path)? else {
+        let Some(record) = self.read_record(id)? else {
             return Ok(None);
         };
         let layers: Vec<PathBuf> = record.layers.iter().map(|l| self.layer_dir(l)).collect();
@@ -685,6 +778,12 @@ impl Inner {
                 self.discard(&dir)?;
                 debug!(layer = %name, "layer removed");
                 report.layers += 1;
+            }
+        }
+        for path in list_dir(&self.root.join("layer-aliases"))? {
+            match read_json::<LayerAlias>(&path)? {
+                Some(alias) if is_dir(&self.layer_dir(&alias.layer)) => {}
+                _ => std::fs::remove_file(&path).ctx(|| format!("remove {}", path.display()))?,
             }
         }
         // Flattened images of earlier versions: only their sandboxes still need them.

@@ -1128,6 +1128,169 @@ mod registry_pulls {
             0
         );
     }
+
+    /// Every entry under `dir`: kind, mode, owner, mtime, links, device, xattrs, content.
+    fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
+        fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
+            for name in names(dir) {
+                let path = dir.join(&name);
+                let meta = fs::symlink_metadata(&path).unwrap();
+                let kind = meta.file_type();
+                let content = if kind.is_symlink() {
+                    format!("-> {}", fs::read_link(&path).unwrap().display())
+                } else if kind.is_file() {
+                    String::from_utf8_lossy(&fs::read(&path).unwrap()).into_owned()
+                } else {
+                    String::new()
+                };
+                let xattrs: Vec<_> = ["user.daytona", "trusted.overlay.opaque"]
+                    .into_iter()
+                    .filter_map(|x| xattr(&path, x).map(|v| (x, v)))
+                    .collect();
+                let rel = path.strip_prefix(root).unwrap().display().to_string();
+                out.insert(
+                    rel,
+                    format!(
+                        "{:?} {:o} {}:{} t={} n={} dev={} {xattrs:?} {content}",
+                        kind,
+                        meta.mode(),
+                        meta.uid(),
+                        meta.gid(),
+                        meta.mtime(),
+                        meta.nlink(),
+                        meta.rdev(),
+                    ),
+                );
+                if kind.is_dir() {
+                    walk(root, &path, out);
+                }
+            }
+        }
+        let mut out = std::collections::BTreeMap::new();
+        walk(dir, dir, &mut out);
+        out
+    }
+
+    /// Entry names of the layer blob `digest` in the layout `layout` (zstd).
+    fn blob_entries(layout: &Path, digest: &str) -> Vec<String> {
+        let blob = layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"));
+        let tar = zstd::decode_all(fs::File::open(blob).unwrap()).unwrap();
+        let mut archive = tar::Archive::new(tar.as_slice());
+        archive
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect()
+    }
+
+    fn changes(files: &[(&str, &str)]) -> Box<dyn std::io::Read + Send> {
+        let mut layer = Layer::new().file("etc/.wh.keep.conf", "", 0o644, 0);
+        for (path, content) in files {
+            layer = layer.file(path, content, 0o644, 1000);
+        }
+        let mut tar = layer.0;
+        tar.finish().unwrap();
+        Box::new(std::io::Cursor::new(tar.into_inner().unwrap()))
+    }
+
+    #[tokio::test]
+    async fn registry_images_commit_by_writing_their_layers_back_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (layout, tags, _) = multi_arch_layout(dir.path());
+        let registry = TestRegistry::start(Served {
+            layout,
+            tags,
+            basic: None,
+            blob_delay: Duration::ZERO,
+        })
+        .await;
+        let store = ImageStore::new(dir.path().join("store"));
+        let reference = format!("{}/team/app:plain", registry.addr);
+        let base = store.resolve(&reference).await.unwrap();
+        assert_eq!(store.layers_unpacked(), 3);
+
+        let committed = store
+            .commit(&reference, changes(&[("etc/added", "a")]))
+            .await
+            .unwrap();
+        assert_eq!(store.layers_converted(), 3);
+        let image = store.resolve(&committed.reference).await.unwrap();
+        assert_eq!(image.digest, committed.digest);
+        // Only the new layer was unpacked: the base layers are the pulled image's directories.
+        assert_eq!(store.layers_unpacked(), 4);
+        assert_eq!(image.layers[..3], base.layers[..]);
+        assert_eq!(image.entrypoint, base.entrypoint);
+        assert_eq!(image.env, base.env);
+
+        // A second snapshot of the same base writes no base layer back again, and needs no
+        // registry: the store has the image.
+        drop(registry);
+        let second = store
+            .commit(&reference, changes(&[("etc/other", "b")]))
+            .await
+            .unwrap();
+        assert_eq!(store.layers_converted(), 3);
+        let second = store.resolve(&second.reference).await.unwrap();
+        assert_eq!(store.layers_unpacked(), 5);
+        assert_eq!(second.layers[..3], base.layers[..]);
+
+        // Overlay whiteouts went back to OCI ones.
+        let committed_dir = PathBuf::from(committed.reference.trim_start_matches("oci:"));
+        let index: serde_json::Value =
+            serde_json::from_str(&read(&committed_dir, "index.json")).unwrap();
+        let manifest_digest = index["manifests"][0]["digest"].as_str().unwrap();
+        let manifest: serde_json::Value = serde_json::from_slice(
+            &fs::read(
+                committed_dir
+                    .join("blobs/sha256")
+                    .join(manifest_digest.trim_start_matches("sha256:")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let upper = blob_entries(
+            &committed_dir,
+            manifest["layers"][1]["digest"].as_str().unwrap(),
+        );
+        for entry in ["etc/.wh.gone.conf", "opt/.wh..wh..opq", "opt/new"] {
+            assert!(
+                upper.contains(&entry.to_owned()),
+                "{entry} not in {upper:?}"
+            );
+        }
+
+        // The layout stands on its own: a fresh store unpacks every blob, checking digests and
+        // diff ids, into the same files as the registry's layers.
+        let fresh = ImageStore::new(dir.path().join("fresh"));
+        let copy = fresh.resolve(&committed.reference).await.unwrap();
+        assert_eq!(fresh.layers_unpacked(), 4);
+        for (original, round_trip) in base.layers.iter().zip(&copy.layers) {
+            assert_eq!(tree(original), tree(round_trip), "{}", original.display());
+        }
+        if let Some(merged) = Merged::mount(&copy) {
+            let root = &merged.path();
+            assert_eq!(read(root, "etc/added"), "a");
+            assert!(root.join("etc/gone.conf").symlink_metadata().is_err());
+            assert!(root.join("etc/keep.conf").symlink_metadata().is_err());
+            assert_eq!(names(&root.join("opt")), ["new"]);
+            assert_eq!(read(root, "usr/bin/sh"), "sh-v2");
+        }
+
+        // Once the pulled layers are collected, the aliases go too, and the committed image
+        // unpacks from its own blobs.
+        store.gc(&[], async { Ok(Vec::new()) }).await.unwrap();
+        assert_eq!(
+            names(&store.root().join("layer-aliases")),
+            Vec::<String>::new()
+        );
+        let again = store.resolve(&committed.reference).await.unwrap();
+        assert_eq!(store.layers_unpacked(), 9);
+        for (layer, round_trip) in again.layers.iter().zip(&copy.layers) {
+            assert_eq!(tree(layer), tree(round_trip));
+        }
+    }
 }
 
 #[tokio::test]
