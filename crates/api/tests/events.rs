@@ -6,75 +6,21 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use daytona_api::auth::{self, AuthContext};
 use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
 use daytona_api::sandbox::access::{AccessService, AccessSettings};
 use daytona_api::sandbox::dto::CreateSandbox;
 use daytona_api::snapshot::SnapshotService;
-use daytona_api::store::NewApiKey;
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
 use daytona_config::{RateLimit, RateLimits};
-use daytona_runner::{PulledImage, RunnerError, SandboxRequest, SandboxRunner};
+use daytona_runner::SandboxRunner;
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-/// A runner whose sandboxes only exist as state transitions.
-struct NullRunner;
-
-#[async_trait::async_trait]
-impl SandboxRunner for NullRunner {
-    fn id(&self) -> &str {
-        "null"
-    }
-    async fn pull_image(&self, _: &str) -> Result<PulledImage, RunnerError> {
-        Ok(PulledImage {
-            digest: "sha256:0".into(),
-            size_bytes: 0,
-            entrypoint: Vec::new(),
-            cmd: Vec::new(),
-        })
-    }
-    async fn collect_garbage(&self, _: &[String]) -> Result<(), RunnerError> {
-        Ok(())
-    }
-    async fn create_sandbox(&self, _: &SandboxRequest) -> Result<SocketAddr, RunnerError> {
-        Ok(([127, 0, 0, 1], 2280).into())
-    }
-    async fn start_sandbox(&self, _: &str) -> Result<SocketAddr, RunnerError> {
-        Ok(([127, 0, 0, 1], 2280).into())
-    }
-    async fn stop_sandbox(&self, _: &str) -> Result<(), RunnerError> {
-        Ok(())
-    }
-    async fn destroy_sandbox(&self, _: &str) -> Result<(), RunnerError> {
-        Ok(())
-    }
-    async fn daemon_address(&self, _: &str) -> Result<Option<SocketAddr>, RunnerError> {
-        Ok(None)
-    }
-    async fn oom_kills(&self, _: &str) -> Result<u64, RunnerError> {
-        Ok(0)
-    }
-    async fn pause_sandbox(&self, _: &str) -> Result<(), RunnerError> {
-        Ok(())
-    }
-    async fn resume_sandbox(&self, _: &str) -> Result<(), RunnerError> {
-        Ok(())
-    }
-    async fn resize_sandbox(&self, _: &str, _: &daytona_runner::Resize) -> Result<(), RunnerError> {
-        Ok(())
-    }
-    async fn update_network(
-        &self,
-        _: &str,
-        _: &daytona_runner::NetworkPolicy,
-    ) -> Result<(), RunnerError> {
-        Ok(())
-    }
-}
+mod common;
+use common::{NullRunner, Org, add_org};
 
 /// Failed authentications allowed per client address (HTTP and Socket.IO together).
 const FAILED_AUTH_LIMIT: u32 = 3;
@@ -83,35 +29,6 @@ struct Server {
     addr: SocketAddr,
     sandboxes: Arc<SandboxService>,
     _dir: tempfile::TempDir,
-}
-
-/// An organization with an API key.
-struct Org {
-    ctx: AuthContext,
-    key: String,
-}
-
-async fn add_org(store: &Store, user: &str) -> Org {
-    let organization_id = store
-        .create_user_with_personal_org(user, user, "user")
-        .await
-        .unwrap();
-    let key = auth::generate_key();
-    store
-        .insert_api_key(NewApiKey {
-            organization_id: &organization_id,
-            user_id: user,
-            name: "test",
-            key_hash: &auth::hash_key(&key),
-            key_prefix: &key[..8],
-            permissions: "*",
-            expires_at: None,
-        })
-        .await
-        .unwrap();
-    let ctx = auth::authenticate(store, &key).await.unwrap();
-    assert_eq!(ctx.organization_id, organization_id);
-    Org { ctx, key }
 }
 
 async fn start_server() -> (Server, Org, Org) {
@@ -125,7 +42,7 @@ async fn start_server() -> (Server, Org, Org) {
         default_region: "us".into(),
         max_auto_archive_minutes: 7 * 24 * 60,
     };
-    let runner: Arc<dyn SandboxRunner> = Arc::new(NullRunner);
+    let runner: Arc<dyn SandboxRunner> = Arc::new(NullRunner::default());
     let snapshots = Arc::new(SnapshotService::new(store.clone(), runner.clone()));
     let sandboxes = Arc::new(SandboxService::new(
         store.clone(),

@@ -136,6 +136,11 @@ pub trait SandboxRunner: Send + Sync + 'static {
         let _ = key;
         Err(RunnerError::Unsupported("archives"))
     }
+    /// Whether the archive at `key` exists (uploads are atomic: then it is complete).
+    async fn archive_exists(&self, key: &str) -> Result<bool, RunnerError> {
+        let _ = key;
+        Err(RunnerError::Unsupported("archives"))
+    }
 }
 
 /// A runner on this host: an image store plus a runtime backend.
@@ -368,6 +373,14 @@ impl SandboxRunner for Runner {
 
     async fn delete_archive(&self, key: &str) -> Result<(), RunnerError> {
         Ok(self.storage("deleting archives")?.delete(key).await?)
+    }
+
+    async fn archive_exists(&self, key: &str) -> Result<bool, RunnerError> {
+        Ok(self
+            .storage("looking up archives")?
+            .head(key)
+            .await?
+            .is_some())
     }
 
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError> {

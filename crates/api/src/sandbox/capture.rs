@@ -263,6 +263,28 @@ impl SandboxService {
         .await
     }
 
+    /// After a crash during `archiving`: when the archive had been uploaded (the runner may
+    /// already have removed the local files, before `archived` was recorded), records the
+    /// sandbox as archived and returns true. Uploads are atomic, so an existing object is whole.
+    pub(super) async fn finish_interrupted_archive(&self, sandbox_id: &str) -> ApiResult<bool> {
+        match self.runner.archive_exists(&archive_key(sandbox_id)).await {
+            Ok(true) => {}
+            Ok(false) | Err(RunnerError::NoStorage(_) | RunnerError::Unsupported(_)) => {
+                return Ok(false);
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %sandbox_id, error = %e, "could not look up the sandbox's archive");
+                return Ok(false);
+            }
+        }
+        // A local copy the crash left behind is stale: the archive is the sandbox now.
+        if let Err(e) = self.runner.destroy_sandbox(sandbox_id).await {
+            tracing::warn!(sandbox = %sandbox_id, error = %e, "could not remove the local files of an archived sandbox");
+        }
+        self.store.set_sandbox_archived(sandbox_id).await?;
+        Ok(true)
+    }
+
     /// Deletes the sandbox's archive, if it has one. Failures are logged: a leftover object
     /// costs space, not correctness.
     pub(super) async fn delete_archive(&self, sandbox_id: &str) {

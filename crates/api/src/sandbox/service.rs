@@ -636,7 +636,8 @@ impl SandboxService {
     }
 
     /// Brings stored states in line with the runtime after a restart: sandboxes that are still
-    /// running are adopted, the others are recorded as stopped.
+    /// running are adopted, an interrupted archive whose upload completed ends `archived`, the
+    /// others are recorded as stopped.
     pub async fn reconcile(&self) -> ApiResult<()> {
         for row in self.store.live_sandboxes().await? {
             let running = match self.runner.daemon_address(&row.id).await {
@@ -646,6 +647,14 @@ impl SandboxService {
                     false
                 }
             };
+            if row.state == "archiving"
+                && !running
+                && self.finish_interrupted_archive(&row.id).await?
+            {
+                tracing::info!(sandbox = %row.id, from = %row.state, to = "archived", "reconciled sandbox state");
+                self.announce(&row).await;
+                continue;
+            }
             let state = match (row.state.as_str(), running) {
                 ("started", true) | ("stopped", false) | ("error", _) | ("archived", _) => continue,
                 // Its files are still in object storage; a half-made local copy is replaced
