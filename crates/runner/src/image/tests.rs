@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -1129,7 +1129,8 @@ mod registry_pulls {
         );
     }
 
-    /// Every entry under `dir`: kind, mode, owner, mtime, links, device, xattrs, content.
+    /// Every entry under `dir`: kind, mode, owner, mtime, links, device, xattrs, content. Times
+    /// of directories and whiteout devices are left out: unpacking sets them to the current time.
     fn tree(dir: &Path) -> std::collections::BTreeMap<String, String> {
         fn walk(root: &Path, dir: &Path, out: &mut std::collections::BTreeMap<String, String>) {
             for name in names(dir) {
@@ -1148,6 +1149,11 @@ mod registry_pulls {
                     .filter_map(|x| xattr(&path, x).map(|v| (x, v)))
                     .collect();
                 let rel = path.strip_prefix(root).unwrap().display().to_string();
+                let mtime = if kind.is_dir() || kind.is_char_device() {
+                    "-".to_string()
+                } else {
+                    meta.mtime().to_string()
+                };
                 out.insert(
                     rel,
                     format!(
@@ -1156,7 +1162,7 @@ mod registry_pulls {
                         meta.mode(),
                         meta.uid(),
                         meta.gid(),
-                        meta.mtime(),
+                        mtime,
                         meta.nlink(),
                         meta.rdev(),
                     ),
