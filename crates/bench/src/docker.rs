@@ -164,17 +164,14 @@ async fn measure(
         "MiB",
         vec![mib(engine_growth) / n as f64],
     );
-    let healthy = futures::stream::iter(created.iter())
-        .map(|id| async move { docker(&["exec", id, "true"]).await.is_ok() })
-        .buffer_unordered(PARALLEL)
-        .filter(|ok| std::future::ready(*ok))
-        .count()
-        .await;
-    report.metric(
-        format!("healthy at the end (exec true), of {n}"),
-        "count",
-        vec![healthy as f64],
-    );
+    crate::report_healthy(
+        report,
+        n,
+        created
+            .iter()
+            .map(|id| async move { docker(&["exec", id, "true"]).await.is_ok() }),
+    )
+    .await;
     report.note("docker timings include starting the docker CLI process for every call");
     Ok(())
 }

@@ -196,3 +196,26 @@ pub async fn run(
     }
     Ok((report, failures))
 }
+
+/// Runs `checks` (a few at a time) and records how many passed as "healthy at the end" of `n`.
+pub(crate) async fn report_healthy<F>(
+    report: &mut SectionReport,
+    n: usize,
+    checks: impl IntoIterator<Item = F>,
+) -> usize
+where
+    F: std::future::Future<Output = bool>,
+{
+    use futures::StreamExt;
+    let healthy = futures::stream::iter(checks)
+        .buffer_unordered(4)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    report.metric(
+        format!("healthy at the end (exec true), of {n}"),
+        "count",
+        vec![healthy as f64],
+    );
+    healthy
+}

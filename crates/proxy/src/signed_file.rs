@@ -17,7 +17,8 @@ pub(crate) const SIGNED_PARAMS: [&str; 2] = ["expires", "signature"];
 pub struct SignedFile {
     pub method: String,
     pub path: String,
-    pub expires: u64,
+    /// As sent: the signature covers this text.
+    pub expires: String,
     pub signature: String,
 }
 
@@ -45,15 +46,20 @@ impl SignedFile {
         Some(SignedFile {
             method: expected_method.to_string(),
             path: path?,
-            // An unparsable expiry is kept as a signature that cannot verify.
-            expires: expires?.parse().unwrap_or(1),
+            expires: expires?,
             signature: signature?,
         })
     }
 
     /// Checks the signature against `key` and the expiry against `now` (unix seconds).
     pub fn verify(&self, key: &str, now: u64) -> Result<(), String> {
-        if self.expires != 0 && self.expires < now {
+        let expires: u64 = self.expires.parse().map_err(|_| {
+            format!(
+                "expires: '{}' is not a unix time in seconds (0 = never)",
+                self.expires
+            )
+        })?;
+        if expires != 0 && expires < now {
             return Err("signed URL has expired".into());
         }
         let raw = self
@@ -119,6 +125,14 @@ mod tests {
         assert!(ok.verify("key", 2_001).unwrap_err().contains("expired"));
         let never = offered("POST", "files/upload-v2", "/tmp/x", 0, "key");
         assert_eq!(never.verify("key", u64::MAX), Ok(()));
+        let mut garbled = ok.clone();
+        garbled.expires = "soon".into();
+        assert!(
+            garbled
+                .verify("key", now)
+                .unwrap_err()
+                .contains("expires: 'soon'")
+        );
         // A signature for one path does not open another.
         let mut moved = ok.clone();
         moved.path = "/etc/shadow".into();

@@ -151,17 +151,14 @@ async fn measure(
     }
 
     // Every sandbox must still answer at the end.
-    let healthy = futures::stream::iter(sandboxes)
-        .map(|sb| async move { client.exec_ok(sb, "true").await.is_ok() })
-        .buffer_unordered(PARALLEL)
-        .filter(|ok| std::future::ready(*ok))
-        .count()
-        .await;
-    report.metric(
-        format!("healthy at the end (exec true), of {n}"),
-        "count",
-        vec![healthy as f64],
-    );
+    let healthy = crate::report_healthy(
+        &mut report,
+        n,
+        sandboxes
+            .iter()
+            .map(|sb| async move { client.exec_ok(sb, "true").await.is_ok() }),
+    )
+    .await;
     if healthy < n {
         report.note(format!(
             "{} of {n} sandboxes did not answer exec",
