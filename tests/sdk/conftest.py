@@ -41,9 +41,9 @@ SHUTDOWN_TIMEOUT_S = 30
 LOG_TAIL_LINES = 200
 
 
-@dataclass(frozen=True)
+@dataclass
 class Server:
-    """A running `daytona server` started by this test session."""
+    """A running `daytona server` started by this test session (`process` changes on `restart`)."""
 
     process: subprocess.Popen
     api_url: str  # ends in /api
@@ -55,6 +55,19 @@ class Server:
     log_path: Path
     binary: Path
     bridge: str
+    env: dict[str, str]
+    run_dir: Path
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stops the server with `sig` (by default as a crash would) and waits for it to exit."""
+        self.process.send_signal(sig)
+        self.process.wait(timeout=SHUTDOWN_TIMEOUT_S)
+
+    def start(self) -> None:
+        """Starts the stopped server again on the same data dir, ports and bridge; returns once it
+        is healthy."""
+        self.process = _launch(self.binary, self.env, self.run_dir, self.log_path)
+        _wait_healthy(self)
 
     def __repr__(self) -> str:
         return f"Server(pid={self.pid}, api_url={self.api_url!r}, log={str(self.log_path)!r})"
@@ -161,6 +174,38 @@ def _stop(process: subprocess.Popen) -> str | None:
         return f"server did not exit within {SHUTDOWN_TIMEOUT_S}s of SIGTERM and was killed"
 
 
+def _launch(binary: Path, env: dict[str, str], run_dir: Path, log_path: Path) -> subprocess.Popen:
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [str(binary), "server"],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=run_dir,
+        )
+
+
+def _wait_healthy(srv: Server) -> None:
+    """Waits for `GET /api/health`; fails the test with the log when the server exits or hangs."""
+    deadline = time.monotonic() + HEALTH_TIMEOUT_S
+    while not _health_ok(srv.api_url):
+        if srv.process.poll() is not None:
+            pytest.fail(
+                f"daytona server exited with code {srv.process.returncode} before becoming healthy; log:\n"
+                + srv.log_since(0),
+                pytrace=False,
+            )
+        if time.monotonic() > deadline:
+            problem = _stop(srv.process)
+            pytest.fail(
+                f"GET /api/health did not answer 200 within {HEALTH_TIMEOUT_S}s ({problem or 'stopped'});"
+                " log:\n" + srv.log_since(0),
+                pytrace=False,
+            )
+        time.sleep(0.2)
+
+
 @contextlib.contextmanager
 def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = None) -> Iterator[Server]:
     """Starts a `daytona server` of our own, yields it, stops it and checks nothing is left.
@@ -206,17 +251,8 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
         f"subnet {env['DAYTONA_SANDBOX_SUBNET']}"
     )
 
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [str(binary), "server"],
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=run_dir,
-        )
     srv = Server(
-        process=process,
+        process=_launch(binary, env, run_dir, log_path),
         api_url=f"http://127.0.0.1:{port}/api",
         proxy_url=proxy_url,
         api_key=api_key,
@@ -226,28 +262,14 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
         log_path=log_path,
         binary=binary,
         bridge=env["DAYTONA_BRIDGE_NAME"],
+        env=env,
+        run_dir=run_dir,
     )
-
-    deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while not _health_ok(srv.api_url):
-        if process.poll() is not None:
-            pytest.fail(
-                f"daytona server exited with code {process.returncode} before becoming healthy; log:\n"
-                + srv.log_since(0),
-                pytrace=False,
-            )
-        if time.monotonic() > deadline:
-            problem = _stop(process)
-            pytest.fail(
-                f"GET /api/health did not answer 200 within {HEALTH_TIMEOUT_S}s ({problem or 'stopped'});"
-                " log:\n" + srv.log_since(0),
-                pytrace=False,
-            )
-        time.sleep(0.2)
+    _wait_healthy(srv)
 
     yield srv
 
-    problem = _stop(process)
+    problem = _stop(srv.process)
     leftover_mounts = _mounts_under(data_dir)
     leftover_processes = sandbox_processes_on_host(data_dir)
     if not leftover_processes:

@@ -143,10 +143,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         ..base.clone()
     })
     .context("cannot initialise the sandbox runtime")?;
+    let runtime = Arc::new(runtime);
     let images = ImageStore::with_registries(data_dir.join("images"), registry_settings(&config));
     let storage = object_storage(&config, &data_dir)?;
     tracing::info!(?storage, "object storage");
-    let runner = Arc::new(Runner::new("local", images, Arc::new(runtime)).with_storage(storage));
+    let runner = Arc::new(Runner::new("local", images, runtime.clone()).with_storage(storage));
 
     let settings = SandboxSettings {
         toolbox_proxy_url: config.toolbox_proxy_url(),
@@ -233,7 +234,25 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         .await
         .context("server task failed")?
         .context("server failed")?;
+    release_network(&runtime).await;
     Ok(())
+}
+
+/// A runner that stops with no sandboxes left removes its bridge and firewall rules, so stopped
+/// servers leave nothing in the host's network configuration; with sandboxes left, both stay
+/// for them (and for the next start to adopt).
+async fn release_network(runtime: &NativeRuntime) {
+    use daytona_runtime::Runtime;
+    match runtime.sandbox_specs().await {
+        Ok(specs) if specs.is_empty() => match runtime.remove_network() {
+            Ok(()) => {
+                tracing::info!("no sandboxes left: removed the bridge and its firewall rules")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not remove the bridge and firewall rules"),
+        },
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "could not list sandboxes; the bridge stays"),
+    }
 }
 
 /// S3 when `S3_ENDPOINT` is set, else `<DAYTONA_DATA_DIR>/objects`.

@@ -7,13 +7,12 @@
 //! sandbox's lock. Snapshot and fork return the source to the state it had; a failed snapshot
 //! or fork leaves the source as it was (the reason in `errorReason`), not in `error`.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use daytona_runner::{RunnerError, SandboxRequest};
+use daytona_runner::RunnerError;
 
 use super::dto::Sandbox;
-use super::service::{SandboxService, is_valid_name};
+use super::service::{SandboxService, is_valid_name, runner_request};
 use crate::error::{ApiError, ApiResult};
 use crate::events::Event;
 use crate::quota;
@@ -26,26 +25,6 @@ pub(crate) fn archive_key(sandbox_id: &str) -> String {
 }
 
 impl SandboxService {
-    /// What the runner needs to recreate `row` (a fork, a restore).
-    fn request_for(&self, row: &SandboxRow) -> ApiResult<SandboxRequest> {
-        let env: BTreeMap<String, String> = serde_json::from_str(&row.env).map_err(|e| {
-            ApiError::Internal(format!("stored env of {} is not a map: {e}", row.id))
-        })?;
-        Ok(SandboxRequest {
-            id: row.id.clone(),
-            image: row.image_ref.clone(),
-            user: Some(row.os_user.clone()),
-            env,
-            cpu: row.cpu as u32,
-            memory_gib: row.memory as u32,
-            disk_gib: row.disk as u32,
-            network: super::settings::network_policy(
-                row.network_block_all,
-                row.network_allow_list.as_deref(),
-            )?,
-        })
-    }
-
     /// The sandbox's changes become the snapshot `name` (state `snapshotting` meanwhile; a
     /// running sandbox keeps running).
     pub(crate) async fn snapshot_sandbox(
@@ -172,7 +151,7 @@ impl SandboxService {
         tracing::info!(sandbox = %id, source = %source.id, "forking sandbox");
         self.events
             .publish(Event::sandbox_created(&self.to_dto(fork.clone())));
-        let request = self.request_for(&fork)?;
+        let request = runner_request(&fork)?;
         self.store
             .set_sandbox_state(&source.id, "forking", None)
             .await?;
@@ -240,7 +219,7 @@ impl SandboxService {
 
     /// Brings an archived sandbox back (`restoring` → `started`); the caller checked quotas.
     pub(super) async fn restore_sandbox(self: &Arc<Self>, row: SandboxRow) -> ApiResult<Sandbox> {
-        let request = self.request_for(&row)?;
+        let request = runner_request(&row)?;
         let id = row.id.clone();
         self.store.set_sandbox_desired_state(&id, "started").await?;
         self.store.set_sandbox_state(&id, "restoring", None).await?;

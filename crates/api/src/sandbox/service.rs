@@ -292,31 +292,22 @@ impl SandboxService {
         self.events
             .publish(Event::sandbox_created(&self.to_dto(row.clone())));
 
-        let request = SandboxRequest {
-            id: id.clone(),
-            image: image_ref,
-            user: body.user,
-            env: body.env,
-            cpu: row.cpu as u32,
-            memory_gib: row.memory as u32,
-            disk_gib: row.disk as u32,
-            network: super::settings::network_policy(
-                row.network_block_all,
-                row.network_allow_list.as_deref(),
-            )?,
-        };
-        let this = self.clone();
-        self.run_transition(&id, async move {
-            match this.runner.create_sandbox(&request).await {
-                Ok(_) => {
-                    this.store
-                        .set_sandbox_started(&request.id, this.runner.id(), None)
-                        .await
-                }
-                Err(e) => this.fail(&request.id, "create", e).await,
+        let request = runner_request(&row)?;
+        self.run_transition(&id, self.clone().provision(request))
+            .await
+    }
+
+    /// The runner's part of a create: make the sandbox and record it started, or the reason it
+    /// could not be made.
+    async fn provision(self: Arc<Self>, request: SandboxRequest) -> Result<(), sqlx::Error> {
+        match self.runner.create_sandbox(&request).await {
+            Ok(_) => {
+                self.store
+                    .set_sandbox_started(&request.id, self.runner.id(), None)
+                    .await
             }
-        })
-        .await
+            Err(e) => self.fail(&request.id, "create", e).await,
+        }
     }
 
     /// Records a runner failure as the sandbox's `error` state with the reason.
@@ -412,19 +403,21 @@ impl SandboxService {
         self.store.set_sandbox_desired_state(&id, "started").await?;
         self.store.set_sandbox_state(&id, "starting", None).await?;
         self.announce(&row).await;
-        let this = self.clone();
-        let sid = id.clone();
-        self.run_transition(&id, async move {
-            match this.runner.start_sandbox(&sid).await {
-                Ok(_) => {
-                    this.store
-                        .set_sandbox_started(&sid, this.runner.id(), None)
-                        .await
-                }
-                Err(e) => this.fail(&sid, "start", e).await,
+        self.run_transition(&id, self.clone().boot(id.clone()))
+            .await
+    }
+
+    /// The runner's part of a start: run the existing sandbox and record it started, or the
+    /// reason it could not start.
+    async fn boot(self: Arc<Self>, id: String) -> Result<(), sqlx::Error> {
+        match self.runner.start_sandbox(&id).await {
+            Ok(_) => {
+                self.store
+                    .set_sandbox_started(&id, self.runner.id(), None)
+                    .await
             }
-        })
-        .await
+            Err(e) => self.fail(&id, "start", e).await,
+        }
     }
 
     pub async fn stop(self: &Arc<Self>, ctx: &AuthContext, id_or_name: &str) -> ApiResult<Sandbox> {
@@ -636,9 +629,10 @@ impl SandboxService {
     }
 
     /// Brings stored states in line with the runtime after a restart: sandboxes that are still
-    /// running are adopted, an interrupted archive whose upload completed ends `archived`, the
+    /// running are adopted, an interrupted create or start is carried out again (the caller asked
+    /// for a running sandbox), an interrupted archive whose upload completed ends `archived`, the
     /// others are recorded as stopped.
-    pub async fn reconcile(&self) -> ApiResult<()> {
+    pub async fn reconcile(self: &Arc<Self>) -> ApiResult<()> {
         for row in self.store.live_sandboxes().await? {
             let running = match self.runner.daemon_address(&row.id).await {
                 Ok(addr) => addr.is_some(),
@@ -647,6 +641,13 @@ impl SandboxService {
                     false
                 }
             };
+            if !running
+                && row.desired_state == "started"
+                && matches!(row.state.as_str(), "creating" | "starting")
+            {
+                self.retry_interrupted(&row)?;
+                continue;
+            }
             if row.state == "archiving"
                 && !running
                 && self.finish_interrupted_archive(&row.id).await?
@@ -673,6 +674,54 @@ impl SandboxService {
         }
         Ok(())
     }
+
+    /// Carries out again, in the background, a create or start that a restart interrupted.
+    fn retry_interrupted(self: &Arc<Self>, row: &SandboxRow) -> ApiResult<()> {
+        tracing::info!(sandbox = %row.id, state = %row.state, "retrying an interrupted transition");
+        let request = (row.state == "creating")
+            .then(|| runner_request(row))
+            .transpose()?;
+        let (this, id) = (self.clone(), row.id.clone());
+        let work = {
+            let (this, id) = (this.clone(), id.clone());
+            async move {
+                match request {
+                    // Whatever the interrupted create made is discarded, then made anew.
+                    Some(request) => match this.runner.destroy_sandbox(&id).await {
+                        Ok(()) => this.provision(request).await,
+                        Err(e) => this.fail(&id, "create", e).await,
+                    },
+                    None => this.boot(id).await,
+                }
+            }
+        };
+        tokio::spawn(async move {
+            if let Err(e) = this.run_transition(&id, work).await {
+                tracing::error!(sandbox = %id, error = %e, "retry after a restart failed");
+            }
+        });
+        Ok(())
+    }
+}
+
+/// What the runner needs to make the stored sandbox `row` (a create, or its retry after a restart).
+pub(super) fn runner_request(row: &SandboxRow) -> ApiResult<SandboxRequest> {
+    Ok(SandboxRequest {
+        id: row.id.clone(),
+        image: row.image_ref.clone(),
+        // The row records `daytona` when the caller named no user; the runner then prefers the
+        // image's own non-root user, so that choice is passed on as `None`.
+        user: (row.os_user != "daytona").then(|| row.os_user.clone()),
+        env: serde_json::from_str(&row.env)
+            .map_err(|e| ApiError::Internal(format!("stored env of sandbox {}: {e}", row.id)))?,
+        cpu: row.cpu as u32,
+        memory_gib: row.memory as u32,
+        disk_gib: row.disk as u32,
+        network: super::settings::network_policy(
+            row.network_block_all,
+            row.network_allow_list.as_deref(),
+        )?,
+    })
 }
 
 /// Parses the `labels` query parameter: a JSON object of strings.

@@ -520,7 +520,14 @@ fn run_output(program: &str, args: &[&str]) -> io::Result<String> {
 
 /// `iptables -S <chain>` as `-A ...` lines; empty when the chain does not exist.
 fn list_chain(chain: &str) -> io::Result<Vec<String>> {
-    let out = iptables(&["-S", chain])?;
+    let out = match iptables(&["-S", chain]) {
+        Ok(out) => out,
+        // iptables-nft 1.8.9 calls a missing chain "incompatible" (as it does a chain it cannot
+        // parse); the full listing tells which. Missing happens when the bridge's firewall was
+        // never set up, e.g. the runner was killed during its first create.
+        Err(_) if !Ruleset::load()?.has_chain("filter", chain) => None,
+        Err(e) => return Err(e),
+    };
     Ok(out
         .map(|text| {
             text.lines()
