@@ -149,9 +149,15 @@ class HttpResult:
         return json.loads(self.body)
 
 
-def http(method: str, url: str, api_key: str | None = None, body: object | bytes | None = None) -> HttpResult:
+def http(
+    method: str,
+    url: str,
+    api_key: str | None = None,
+    body: object | bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> HttpResult:
     """A raw HTTP call (for requests the SDK would refuse to build), never raising on HTTP errors."""
-    headers = {"Accept": "application/json"}
+    headers = {"Accept": "application/json", **(headers or {})}
     if api_key is not None:
         headers["Authorization"] = f"Bearer {api_key}"
     data = None

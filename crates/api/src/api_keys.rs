@@ -99,27 +99,54 @@ async fn create(
     ctx: AuthContext,
     JsonBody(body): JsonBody<CreateApiKey>,
 ) -> ApiResult<(StatusCode, Json<ApiKeyDto>)> {
-    let name = body.name.trim();
+    validate_permissions(&body.permissions)?;
+    // A key never grants more than the key that creates it.
+    for permission in &body.permissions {
+        ctx.require(permission)?;
+    }
+    let dto = issue(
+        &state,
+        &ctx.organization_id,
+        &ctx.user_id,
+        &body.name,
+        &body.permissions.join(","),
+        body.expires_at.as_deref(),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(dto)))
+}
+
+/// 400 naming the first permission that is not one of [`PERMISSIONS`].
+pub(crate) fn validate_permissions(permissions: &[String]) -> ApiResult<()> {
+    match permissions
+        .iter()
+        .find(|p| !PERMISSIONS.contains(&p.as_str()))
+    {
+        Some(bad) => Err(ApiError::BadRequest(format!(
+            "permissions: '{bad}' is not one of {}",
+            PERMISSIONS.join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Creates a key for `user` in `org` (permissions comma-separated, `*` for all) and returns it
+/// with its value, the only time the value is shown.
+pub(crate) async fn issue(
+    state: &AppState,
+    org: &str,
+    user: &str,
+    name: &str,
+    permissions: &str,
+    expires_at: Option<&str>,
+) -> ApiResult<ApiKeyDto> {
+    let name = name.trim();
     if name.is_empty() || name.len() > 255 {
         return Err(ApiError::BadRequest(
             "name: must be 1-255 characters".into(),
         ));
     }
-    if let Some(bad) = body
-        .permissions
-        .iter()
-        .find(|p| !PERMISSIONS.contains(&p.as_str()))
-    {
-        return Err(ApiError::BadRequest(format!(
-            "permissions: '{bad}' is not one of {}",
-            PERMISSIONS.join(", ")
-        )));
-    }
-    // A key never grants more than the key that creates it.
-    for permission in &body.permissions {
-        ctx.require(permission)?;
-    }
-    let expires_at = match body.expires_at.as_deref() {
+    let expires_at = match expires_at {
         None => None,
         Some(raw) => {
             let t = chrono::DateTime::parse_from_rfc3339(raw).map_err(|e| {
@@ -136,39 +163,33 @@ async fn create(
             )
         }
     };
-    if state
-        .store
-        .api_key_by_name(&ctx.organization_id, &ctx.user_id, name)
-        .await?
-        .is_some()
-    {
+    if state.store.api_key_by_name(org, user, name).await?.is_some() {
         return Err(ApiError::Conflict(format!(
             "API key with name {name} already exists"
         )));
     }
     let value = auth::generate_key();
     let prefix: String = value.chars().take(8).collect();
-    let permissions = body.permissions.join(",");
     state
         .store
         .insert_api_key(NewApiKey {
-            organization_id: &ctx.organization_id,
-            user_id: &ctx.user_id,
+            organization_id: org,
+            user_id: user,
             name,
             key_hash: &auth::hash_key(&value),
             key_prefix: &prefix,
-            permissions: &permissions,
+            permissions,
             expires_at: expires_at.as_deref(),
         })
         .await?;
     let row = state
         .store
-        .api_key_by_name(&ctx.organization_id, &ctx.user_id, name)
+        .api_key_by_name(org, user, name)
         .await?
         .ok_or_else(|| ApiError::Internal("API key vanished after insert".into()))?;
     let mut dto = ApiKeyDto::masked(row);
     dto.value = value;
-    Ok((StatusCode::CREATED, Json(dto)))
+    Ok(dto)
 }
 
 async fn current(State(state): State<AppState>, ctx: AuthContext) -> ApiResult<Json<ApiKeyDto>> {

@@ -14,14 +14,46 @@ use crate::store::{NewApiKey, Store};
 
 pub const KEY_PREFIX: &str = "dtn_";
 
+/// Header naming the organization a user-level credential acts for (upstream's name).
+pub const ORGANIZATION_HEADER: &str = "x-daytona-organization-id";
+
+/// A user's role in an organization.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberRole {
+    Owner,
+    Member,
+}
+
+impl MemberRole {
+    pub fn parse(raw: &str) -> Option<Self> {
+        match raw {
+            "owner" => Some(MemberRole::Owner),
+            "member" => Some(MemberRole::Member),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberRole::Owner => "owner",
+            MemberRole::Member => "member",
+        }
+    }
+}
+
 /// Who is calling: resolved from the bearer credential.
 #[derive(Debug, Clone)]
 pub struct AuthContext {
+    /// The organization the call acts in (an API key's own).
     pub organization_id: String,
     pub user_id: String,
     pub api_key_id: String,
-    /// Granted permissions; `*` grants all.
+    /// Effective permissions: the key's, narrowed to the member's assigned roles unless the
+    /// user owns the organization; `*` grants all.
     pub permissions: Vec<String>,
+    pub member_role: MemberRole,
+    /// System role `admin` (the `/admin` routes).
+    pub system_admin: bool,
 }
 
 impl AuthContext {
@@ -33,6 +65,28 @@ impl AuthContext {
             Err(ApiError::Forbidden(format!(
                 "This API key lacks the '{permission}' permission"
             )))
+        }
+    }
+
+    /// Refuses with 403 unless the caller owns its organization.
+    pub fn require_owner(&self, action: &str) -> Result<(), ApiError> {
+        match self.member_role {
+            MemberRole::Owner => Ok(()),
+            MemberRole::Member => Err(ApiError::Forbidden(format!(
+                "Only owners of organization {} can {action}",
+                self.organization_id
+            ))),
+        }
+    }
+
+    /// Refuses with 403 unless the caller is a system administrator.
+    pub fn require_system_admin(&self) -> Result<(), ApiError> {
+        if self.system_admin {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(
+                "This route is reserved for system administrators".into(),
+            ))
         }
     }
 }
@@ -59,12 +113,14 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Resolves a bearer token to its organization and user.
+/// Resolves a bearer token to its organization, user and effective permissions. A key whose
+/// user has left its organization (or whose organization was deleted) is invalid.
 pub async fn authenticate(store: &Store, token: &str) -> Result<AuthContext, ApiError> {
-    let key = store
-        .api_key_by_hash(&hash_key(token))
+    let credential = store
+        .api_key_credential(&hash_key(token))
         .await?
         .ok_or_else(|| ApiError::Unauthorized("Invalid API key".into()))?;
+    let key = credential.key;
     if let Some(expires) = key.expires_at.as_deref()
         && chrono::DateTime::parse_from_rfc3339(expires).is_ok_and(|t| t < chrono::Utc::now())
     {
@@ -80,11 +136,38 @@ pub async fn authenticate(store: &Store, token: &str) -> Result<AuthContext, Api
     }) {
         let _ = store.touch_api_key(&key.id).await;
     }
+    let member_role = MemberRole::parse(&credential.member_role).ok_or_else(|| {
+        ApiError::Internal(format!(
+            "unknown member role '{}'",
+            credential.member_role
+        ))
+    })?;
+    let key_permissions: Vec<String> = key.permissions.split(',').map(str::to_string).collect();
+    // Owners hold every permission; a member holds those of its assigned roles, and a key never
+    // grants more than its user holds now (a demotion takes effect on existing keys).
+    let permissions = match member_role {
+        MemberRole::Owner => key_permissions,
+        MemberRole::Member => {
+            let held = store
+                .assigned_permissions(&key.organization_id, &key.user_id)
+                .await?;
+            if key_permissions.iter().any(|p| p == "*") {
+                held
+            } else {
+                key_permissions
+                    .into_iter()
+                    .filter(|p| held.contains(p))
+                    .collect()
+            }
+        }
+    };
     Ok(AuthContext {
         organization_id: key.organization_id,
         user_id: key.user_id,
         api_key_id: key.id,
-        permissions: key.permissions.split(',').map(str::to_string).collect(),
+        permissions,
+        member_role,
+        system_admin: credential.system_role == "admin",
     })
 }
 
@@ -135,6 +218,17 @@ impl FromRequestParts<AppState> for AuthContext {
             ));
         };
         let ctx = authenticate_limited(state, token, &client).await?;
+        // An API key acts only in its own organization; the header cannot move it elsewhere.
+        if let Some(requested) = parts.headers.get(ORGANIZATION_HEADER) {
+            let requested = requested.to_str().unwrap_or_default().trim();
+            if requested != ctx.organization_id {
+                return Err(ApiError::Forbidden(format!(
+                    "X-Daytona-Organization-ID names organization '{requested}', but this API key \
+                     belongs to organization {}",
+                    ctx.organization_id
+                )));
+            }
+        }
         if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
             slot.record(&ctx);
         }
@@ -256,6 +350,71 @@ mod tests {
         assert_eq!(ctx.organization_id, ctx2.organization_id);
         assert!(matches!(
             authenticate(&store, "nope").await,
+            Err(ApiError::Unauthorized(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn member_keys_hold_only_assigned_permissions_and_die_with_membership() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).await.unwrap();
+        store
+            .create_user_with_personal_org("owner", "Owner", "user")
+            .await
+            .unwrap();
+        store
+            .create_user_with_personal_org("dev", "Dev", "user")
+            .await
+            .unwrap();
+        let org = store
+            .create_organization("team", "owner", "us", &Default::default())
+            .await
+            .unwrap();
+        let developer = "00000000-0000-0000-0000-000000000001".to_string();
+        store
+            .create_invitation(crate::store::NewInvitation {
+                organization_id: &org,
+                email: "dev@example.com",
+                invited_by: "owner",
+                role: "member",
+                role_ids: std::slice::from_ref(&developer),
+                expires_at: "2999-01-01T00:00:00.000Z",
+            })
+            .await
+            .unwrap();
+        let invitation = store
+            .pending_invitations_for("dev@example.com", &crate::store::now())
+            .await
+            .unwrap()
+            .remove(0);
+        assert!(store.accept_invitation(&invitation, "dev").await.unwrap());
+        assert!(
+            !store.accept_invitation(&invitation, "dev").await.unwrap(),
+            "accepted once"
+        );
+        let key = generate_key();
+        store
+            .insert_api_key(NewApiKey {
+                organization_id: &org,
+                user_id: "dev",
+                name: "k",
+                key_hash: &hash_key(&key),
+                key_prefix: &key[..8],
+                permissions: "*",
+                expires_at: None,
+            })
+            .await
+            .unwrap();
+        let ctx = authenticate(&store, &key).await.unwrap();
+        assert_eq!(ctx.member_role, MemberRole::Member);
+        assert_eq!(ctx.permissions, vec!["write:sandboxes".to_string()]);
+        assert!(ctx.require("write:sandboxes").is_ok());
+        assert!(ctx.require("delete:sandboxes").is_err());
+        assert!(ctx.require_owner("invite").is_err());
+
+        store.remove_member(&org, "dev").await.unwrap();
+        assert!(matches!(
+            authenticate(&store, &key).await,
             Err(ApiError::Unauthorized(_))
         ));
     }

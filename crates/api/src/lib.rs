@@ -13,11 +13,13 @@ pub mod auth;
 pub mod error;
 pub mod events;
 mod json;
+pub mod organization;
 pub mod quota;
 pub mod rate_limit;
 pub mod sandbox;
 pub mod snapshot;
 pub mod store;
+pub mod users;
 
 pub use sandbox::{SandboxService, SandboxSettings};
 pub use store::Store;
@@ -31,6 +33,7 @@ pub struct AppState {
     pub snapshots: Arc<snapshot::SnapshotService>,
     pub rate_limits: Arc<rate_limit::RateLimitPolicy>,
     pub access: Arc<sandbox::access::AccessService>,
+    pub organizations: Arc<organization::OrganizationSettings>,
 }
 
 /// The API's router; every route lives under `/api`, including the Socket.IO event gateway.
@@ -45,6 +48,8 @@ pub fn router(state: AppState) -> Router {
         .merge(api_keys::router())
         .merge(sandbox::access::router())
         .merge(audit::router())
+        .merge(organization::router())
+        .merge(users::router())
         // After routing, so the audit knows each call's route template.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

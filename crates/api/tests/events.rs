@@ -68,6 +68,10 @@ async fn start_server() -> (Server, Org, Org) {
             preview_url_template: "http://{{PORT}}-{{sandboxId}}.proxy.localhost:4000".into(),
             ssh_command_template: "ssh -p 2222 {{TOKEN}}@localhost".into(),
         })),
+        organizations: Arc::new(daytona_api::organization::OrganizationSettings {
+            default_quotas: Default::default(),
+            default_region: "us".into(),
+        }),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

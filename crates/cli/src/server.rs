@@ -119,6 +119,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         // Printed once: only its hash is stored.
         println!("Admin API key (shown only once, store it safely): {generated}");
     }
+    daytona_api::organization::ensure_default_region(&store, &config.region).await?;
     let (admin_org, _) = store
         .admin_organization()
         .await?
@@ -188,6 +189,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         snapshots,
         rate_limits,
         access,
+        organizations: Arc::new(daytona_api::organization::OrganizationSettings {
+            default_quotas: (&config.org_quotas).into(),
+            default_region: config.region.id.clone(),
+        }),
     };
     let proxy_settings = proxy_settings(&config)?;
 

@@ -201,13 +201,20 @@ impl SandboxService {
         body: CreateSandbox,
     ) -> ApiResult<Sandbox> {
         self.validate(&body)?;
+        let target = crate::organization::sandbox_region(
+            &self.store,
+            &ctx.organization_id,
+            body.target.as_deref(),
+            &self.settings.default_region,
+        )
+        .await?;
         let snapshot_name = body
             .snapshot
             .as_deref()
             .unwrap_or(&self.settings.default_snapshot);
         let choice = self
             .snapshots
-            .resolve_for_sandbox(&ctx.organization_id, snapshot_name)
+            .resolve_for_sandbox(ctx, snapshot_name)
             .await?;
         let (cpu, memory, disk) =
             choice
@@ -240,10 +247,7 @@ impl SandboxService {
             network_block_all: body.network_block_all.unwrap_or(false),
             network_allow_list: body.network_allow_list.clone(),
             domain_allow_list: body.domain_allow_list.clone(),
-            target: body
-                .target
-                .clone()
-                .unwrap_or_else(|| self.settings.default_region.clone()),
+            target,
             cpu: body.cpu.unwrap_or(cpu).into(),
             gpu: 0,
             memory: body.memory.unwrap_or(memory).into(),

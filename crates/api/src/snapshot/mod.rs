@@ -196,6 +196,9 @@ impl SnapshotService {
             .ok_or_else(|| {
                 ApiError::BadRequest("imageName: required (an image reference)".into())
             })?;
+        if is_local_reference(&image) {
+            local_reference_allowed(ctx, "imageName", &image)?;
+        }
         if self
             .store
             .find_snapshot(&ctx.organization_id, &body.name)
@@ -381,8 +384,12 @@ impl SnapshotService {
 
     /// The image reference and default resources for a sandbox created from `name`.
     /// Image archive references (`oci-archive:` …) may be used directly as well.
-    pub async fn resolve_for_sandbox(&self, org: &str, name: &str) -> ApiResult<SnapshotChoice> {
-        match self.store.find_snapshot(org, name).await? {
+    pub async fn resolve_for_sandbox(
+        &self,
+        ctx: &AuthContext,
+        name: &str,
+    ) -> ApiResult<SnapshotChoice> {
+        match self.store.find_snapshot(&ctx.organization_id, name).await? {
             // A snapshot still being pulled is usable: the runner waits for the same pull.
             Some(row) if matches!(row.state.as_str(), "active" | "pending" | "pulling") => {
                 self.store.mark_snapshot_used(&row.id).await?;
@@ -400,10 +407,8 @@ impl SnapshotService {
                     .map(|r| format!(", reason: {r}"))
                     .unwrap_or_default()
             ))),
-            None if ["oci-archive:", "oci:", "docker-archive:"]
-                .iter()
-                .any(|p| name.starts_with(p)) =>
-            {
+            None if is_local_reference(name) => {
+                local_reference_allowed(ctx, "snapshot", name)?;
                 Ok(SnapshotChoice {
                     name: name.to_string(),
                     image: name.to_string(),
@@ -412,6 +417,26 @@ impl SnapshotService {
             }
             None => Err(ApiError::NotFound(format!("Snapshot {name} not found"))),
         }
+    }
+}
+
+/// Local image references name files on the server (archives, OCI layouts, other tenants'
+/// committed snapshots), so only system administrators may use them directly; everyone else
+/// uses snapshots by name.
+fn is_local_reference(reference: &str) -> bool {
+    ["oci-archive:", "oci:", "docker-archive:"]
+        .iter()
+        .any(|p| reference.starts_with(p))
+}
+
+fn local_reference_allowed(ctx: &AuthContext, field: &str, reference: &str) -> ApiResult<()> {
+    if ctx.system_admin {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(format!(
+            "{field}: '{reference}' names a file on the server; only system administrators may use \
+             local image references"
+        )))
     }
 }
 

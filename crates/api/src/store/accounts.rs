@@ -1,6 +1,17 @@
 //! Users, organizations and API keys.
 
-use super::{Store, now};
+use super::{NewUser, OrgQuotas, Store, now};
+
+/// An API key as authentication sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CredentialRow {
+    #[sqlx(flatten)]
+    pub key: ApiKeyRow,
+    /// `owner` or `member` of the key's organization.
+    pub member_role: String,
+    /// `admin` or `user`.
+    pub system_role: String,
+}
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ApiKeyRow {
@@ -39,46 +50,50 @@ impl Store {
         .await
     }
 
-    /// Creates a user with its personal organization in one transaction; returns the org id.
+    /// Creates a user (no email, unlimited quotas) with its personal organization; returns the
+    /// organization's id.
     pub async fn create_user_with_personal_org(
         &self,
         user_id: &str,
         name: &str,
         role: &str,
     ) -> Result<String, sqlx::Error> {
-        let org_id = uuid::Uuid::new_v4().to_string();
-        let ts = now();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO users (id, name, email, role, created_at) VALUES (?, ?, NULL, ?, ?)",
+        self.create_user(NewUser {
+            id: user_id,
+            name,
+            email: None,
+            role,
+            quotas: &OrgQuotas::default(),
+            default_region: None,
+        })
+        .await
+    }
+
+    /// The key with this digest, with its user's role in the key's organization and its system
+    /// role. None when the key is unknown or its user is no longer a member of a live
+    /// organization.
+    pub async fn api_key_credential(
+        &self,
+        key_hash: &str,
+    ) -> Result<Option<CredentialRow>, sqlx::Error> {
+        sqlx::query_as::<_, CredentialRow>(
+            "SELECT k.id, k.organization_id, k.user_id, k.name, k.permissions, k.key_prefix, k.created_at,
+             k.expires_at, k.last_used_at, m.role AS member_role, u.role AS system_role
+             FROM api_keys k
+             JOIN organization_members m ON m.organization_id = k.organization_id AND m.user_id = k.user_id
+             JOIN organizations o ON o.id = k.organization_id AND o.deleted_at IS NULL
+             JOIN users u ON u.id = k.user_id
+             WHERE k.key_hash = $1",
         )
-        .bind(user_id)
-        .bind(name)
-        .bind(role)
-        .bind(&ts)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "INSERT INTO organizations (id, name, personal, created_by, created_at) VALUES (?, 'Personal', 1, ?, ?)",
-        )
-        .bind(&org_id)
-        .bind(user_id)
-        .bind(&ts)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("INSERT INTO organization_members (organization_id, user_id, role) VALUES (?, ?, 'owner')")
-            .bind(&org_id)
-            .bind(user_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(org_id)
+        .bind(key_hash)
+        .fetch_optional(&self.pool)
+        .await
     }
 
     pub async fn insert_api_key(&self, key: NewApiKey<'_>) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO api_keys (id, organization_id, user_id, name, key_hash, key_prefix, permissions, created_at,
-             expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             expires_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(uuid::Uuid::new_v4().to_string())
         .bind(key.organization_id)
@@ -96,7 +111,7 @@ impl Store {
 
     pub async fn api_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRow>, sqlx::Error> {
         sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?"
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1"
         )))
         .bind(key_hash)
         .fetch_optional(&self.pool)
@@ -105,7 +120,7 @@ impl Store {
 
     pub async fn api_keys_of(&self, org: &str, user: &str) -> Result<Vec<ApiKeyRow>, sqlx::Error> {
         sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND user_id = ? ORDER BY created_at"
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = $1 AND user_id = $2 ORDER BY created_at"
         )))
         .bind(org)
         .bind(user)
@@ -120,7 +135,7 @@ impl Store {
         name: &str,
     ) -> Result<Option<ApiKeyRow>, sqlx::Error> {
         sqlx::query_as::<_, ApiKeyRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = ? AND user_id = ? AND name = ?"
+            "SELECT {KEY_COLUMNS} FROM api_keys WHERE organization_id = $1 AND user_id = $2 AND name = $3"
         )))
         .bind(org)
         .bind(user)
@@ -130,7 +145,7 @@ impl Store {
     }
 
     pub async fn delete_api_key(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM api_keys WHERE id = ?")
+        sqlx::query("DELETE FROM api_keys WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -138,7 +153,7 @@ impl Store {
     }
 
     pub async fn touch_api_key(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE api_keys SET last_used_at = ? WHERE id = ?")
+        sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
             .bind(now())
             .bind(id)
             .execute(&self.pool)

@@ -10,12 +10,17 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 mod accounts;
+mod organizations;
 mod quotas;
 mod sandboxes;
 mod secrets;
 mod snapshots;
 
-pub use accounts::{ApiKeyRow, NewApiKey};
+pub use accounts::{ApiKeyRow, CredentialRow, NewApiKey};
+pub use organizations::{
+    Holdings, InvitationRow, MemberRow, NewInvitation, NewUser, OrganizationRow, RegionRow, RoleRow,
+    UserRow,
+};
 pub use quotas::{OrgQuotas, ResourceUse};
 pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};
 pub use secrets::SecretKind;

@@ -1,0 +1,590 @@
+//! Organizations (`/api/organizations`): create, list, get, delete, leave, default region,
+//! usage and quotas; members, roles and invitations live in the submodules, regions in
+//! `regions.rs`.
+//!
+//! Tenancy rule: an API key acts only in its own organization. A route naming another
+//! organization answers 404 to outsiders (ids stay hidden) and 403 to members of it whose key
+//! belongs elsewhere.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, patch, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::auth::AuthContext;
+use crate::error::{ApiError, ApiResult};
+use crate::json::JsonBody;
+use crate::store::{OrgQuotas, OrganizationRow};
+
+pub mod invitations;
+pub mod members;
+pub mod regions;
+pub mod roles;
+
+/// Most shared organizations one user may create (upstream's limit).
+const MAX_CREATED_ORGANIZATIONS: i64 = 10;
+
+/// Deployment-wide defaults for new organizations.
+#[derive(Debug, Clone)]
+pub struct OrganizationSettings {
+    /// `DEFAULT_ORG_QUOTA_*`.
+    pub default_quotas: OrgQuotas,
+    /// `DEFAULT_REGION_ID`: the region of organizations that name none.
+    pub default_region: String,
+}
+
+/// Records the configured default region, so `GET /regions` and sandbox targets know it.
+pub async fn ensure_default_region(
+    store: &crate::Store,
+    region: &daytona_config::RegionConfig,
+) -> Result<(), sqlx::Error> {
+    store
+        .ensure_region(&region.id, &region.name, region.enforce_quotas)
+        .await
+}
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/organizations", get(list).post(create))
+        .route("/organizations/{organization_id}", get(get_one).delete(delete))
+        .route("/organizations/{organization_id}/leave", post(leave))
+        .route(
+            "/organizations/{organization_id}/default-region",
+            patch(set_default_region),
+        )
+        .route("/organizations/{organization_id}/usage", get(usage))
+        .route("/organizations/{organization_id}/quota", patch(update_quota))
+        .route(
+            "/organizations/{organization_id}/quota/{region_id}",
+            patch(update_region_quota),
+        )
+        .merge(members::router())
+        .merge(roles::router())
+        .merge(invitations::router())
+        .merge(regions::router())
+}
+
+/// The organization a route names, if the caller's key may act in it.
+pub(crate) async fn scope(
+    state: &AppState,
+    ctx: &AuthContext,
+    organization_id: &str,
+) -> ApiResult<OrganizationRow> {
+    if organization_id != ctx.organization_id {
+        if state
+            .store
+            .member_role(organization_id, &ctx.user_id)
+            .await?
+            .is_some()
+        {
+            return Err(ApiError::Forbidden(format!(
+                "This API key belongs to organization {}; use a key of organization {organization_id}",
+                ctx.organization_id
+            )));
+        }
+        return Err(not_found(organization_id));
+    }
+    state
+        .store
+        .organization(organization_id)
+        .await?
+        .ok_or_else(|| not_found(organization_id))
+}
+
+fn not_found(organization_id: &str) -> ApiError {
+    ApiError::NotFound(format!("Organization {organization_id} not found"))
+}
+
+/// `Organization`. Fields this server has no setting for carry what it actually does: no
+/// per-organization rate limits (null), never suspended, snapshots never deactivated (0).
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrganizationDto {
+    id: String,
+    name: String,
+    created_by: String,
+    personal: bool,
+    created_at: String,
+    updated_at: String,
+    default_region_id: String,
+    max_cpu_per_sandbox: i64,
+    max_memory_per_sandbox: i64,
+    max_disk_per_sandbox: i64,
+    snapshot_deactivation_timeout_minutes: i64,
+    sandbox_limited_network_egress: bool,
+    suspended: bool,
+    suspended_at: Option<String>,
+    suspension_reason: Option<String>,
+    suspended_until: Option<String>,
+    suspension_cleanup_grace_period_hours: i64,
+    authenticated_rate_limit: Option<i64>,
+    authenticated_rate_limit_ttl_seconds: Option<i64>,
+    sandbox_create_rate_limit: Option<i64>,
+    sandbox_create_rate_limit_ttl_seconds: Option<i64>,
+    sandbox_lifecycle_rate_limit: Option<i64>,
+    sandbox_lifecycle_rate_limit_ttl_seconds: Option<i64>,
+    experimental_config: Option<serde_json::Value>,
+    otel_config: Option<serde_json::Value>,
+}
+
+async fn to_dto(state: &AppState, row: OrganizationRow) -> ApiResult<OrganizationDto> {
+    let quotas = state.store.organization_quotas(&row.id).await?;
+    Ok(OrganizationDto {
+        updated_at: row.updated_at.unwrap_or_else(|| row.created_at.clone()),
+        default_region_id: row
+            .default_region_id
+            .unwrap_or_else(|| state.organizations.default_region.clone()),
+        id: row.id,
+        name: row.name,
+        created_by: row.created_by,
+        personal: row.personal,
+        created_at: row.created_at,
+        max_cpu_per_sandbox: quotas.max_cpu_per_sandbox,
+        max_memory_per_sandbox: quotas.max_memory_per_sandbox,
+        max_disk_per_sandbox: quotas.max_disk_per_sandbox,
+        snapshot_deactivation_timeout_minutes: 0,
+        sandbox_limited_network_egress: false,
+        suspended: false,
+        suspended_at: None,
+        suspension_reason: None,
+        suspended_until: None,
+        suspension_cleanup_grace_period_hours: 0,
+        authenticated_rate_limit: None,
+        authenticated_rate_limit_ttl_seconds: None,
+        sandbox_create_rate_limit: None,
+        sandbox_create_rate_limit_ttl_seconds: None,
+        sandbox_lifecycle_rate_limit: None,
+        sandbox_lifecycle_rate_limit_ttl_seconds: None,
+        experimental_config: None,
+        otel_config: None,
+    })
+}
+
+/// The organizations the caller's user belongs to.
+async fn list(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+) -> ApiResult<Json<Vec<OrganizationDto>>> {
+    let mut out = Vec::new();
+    for row in state.store.organizations_of(&ctx.user_id).await? {
+        out.push(to_dto(&state, row).await?);
+    }
+    Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateOrganization {
+    name: String,
+    default_region_id: Option<String>,
+}
+
+/// A region id the organization may use, or 400 naming the known ones.
+pub(crate) async fn known_region(
+    state: &AppState,
+    organization_id: &str,
+    field: &str,
+    region: &str,
+) -> ApiResult<String> {
+    region_of(&state.store, organization_id, field, region).await
+}
+
+/// Where a new sandbox of `organization_id` runs: the requested `target`, else the
+/// organization's default region, else the deployment's.
+pub async fn sandbox_region(
+    store: &crate::Store,
+    organization_id: &str,
+    requested: Option<&str>,
+    fallback: &str,
+) -> ApiResult<String> {
+    match requested {
+        Some(region) => region_of(store, organization_id, "target", region).await,
+        None => Ok(store
+            .organization(organization_id)
+            .await?
+            .and_then(|o| o.default_region_id)
+            .unwrap_or_else(|| fallback.to_string())),
+    }
+}
+
+async fn region_of(
+    store: &crate::Store,
+    organization_id: &str,
+    field: &str,
+    region: &str,
+) -> ApiResult<String> {
+    if store.region(organization_id, region).await?.is_some() {
+        return Ok(region.to_string());
+    }
+    let known: Vec<String> = store
+        .regions(organization_id)
+        .await?
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    Err(ApiError::BadRequest(format!(
+        "{field}: unknown region '{region}'; available: {}",
+        known.join(", ")
+    )))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    JsonBody(body): JsonBody<CreateOrganization>,
+) -> ApiResult<(StatusCode, Json<OrganizationDto>)> {
+    let name = body.name.trim();
+    if name.is_empty() || name.len() > 255 {
+        return Err(ApiError::BadRequest(
+            "name: must be 1-255 characters".into(),
+        ));
+    }
+    let region = match body.default_region_id.as_deref() {
+        Some(region) => known_region(&state, &ctx.organization_id, "defaultRegionId", region).await?,
+        None => state.organizations.default_region.clone(),
+    };
+    let created = state.store.organizations_created_by(&ctx.user_id).await?;
+    if created >= MAX_CREATED_ORGANIZATIONS {
+        return Err(ApiError::Forbidden(format!(
+            "Organization limit reached: a user can create at most {MAX_CREATED_ORGANIZATIONS} organizations"
+        )));
+    }
+    let id = state
+        .store
+        .create_organization(
+            name,
+            &ctx.user_id,
+            &region,
+            &state.organizations.default_quotas,
+        )
+        .await?;
+    let row = state
+        .store
+        .organization(&id)
+        .await?
+        .ok_or_else(|| ApiError::Internal("organization vanished after insert".into()))?;
+    Ok((StatusCode::CREATED, Json(to_dto(&state, row).await?)))
+}
+
+async fn get_one(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(organization_id): Path<String>,
+) -> ApiResult<Json<OrganizationDto>> {
+    let row = scope(&state, &ctx, &organization_id).await?;
+    Ok(Json(to_dto(&state, row).await?))
+}
+
+/// Deletes a shared organization that holds no sandboxes or snapshots; its keys stop working.
+async fn delete(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(organization_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let row = scope(&state, &ctx, &organization_id).await?;
+    ctx.require_owner("delete it")?;
+    if row.personal {
+        return Err(ApiError::Forbidden(
+            "A personal organization cannot be deleted".into(),
+        ));
+    }
+    let held = state.store.holdings(&row.id).await?;
+    if held.sandboxes > 0 || held.snapshots > 0 {
+        return Err(ApiError::Conflict(format!(
+            "Organization {} still has {} sandbox(es) and {} snapshot(s); delete them first",
+            row.id, held.sandboxes, held.snapshots
+        )));
+    }
+    state.store.delete_organization(&row.id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The caller's user leaves the organization (its keys there stop working).
+async fn leave(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(organization_id): Path<String>,
+) -> ApiResult<StatusCode> {
+    let row = scope(&state, &ctx, &organization_id).await?;
+    if row.personal {
+        return Err(ApiError::Forbidden(
+            "A personal organization cannot be left".into(),
+        ));
+    }
+    members::ensure_owner_remains(&state, &row.id, &ctx.user_id).await?;
+    state.store.remove_member(&row.id, &ctx.user_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DefaultRegion {
+    default_region_id: String,
+}
+
+async fn set_default_region(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(organization_id): Path<String>,
+    JsonBody(body): JsonBody<DefaultRegion>,
+) -> ApiResult<StatusCode> {
+    let row = scope(&state, &ctx, &organization_id).await?;
+    ctx.require_owner("change its default region")?;
+    let region = known_region(&state, &row.id, "defaultRegionId", &body.default_region_id).await?;
+    state.store.set_default_region(&row.id, &region).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `RegionUsageOverview` of the one region this server runs sandboxes in.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct RegionUsage {
+    region_id: String,
+    sandbox_class: &'static str,
+    total_cpu_quota: i64,
+    total_memory_quota: i64,
+    total_disk_quota: i64,
+    total_gpu_quota: i64,
+    current_cpu_usage: i64,
+    current_memory_usage: i64,
+    current_disk_usage: i64,
+    current_gpu_usage: i64,
+    max_cpu_per_sandbox: Option<i64>,
+    max_memory_per_sandbox: Option<i64>,
+    max_disk_per_sandbox: Option<i64>,
+    max_cpu_per_gpu_sandbox: Option<i64>,
+    max_memory_per_gpu_sandbox: Option<i64>,
+    max_disk_per_gpu_sandbox: Option<i64>,
+    max_disk_per_non_ephemeral_sandbox: Option<i64>,
+    allowed_gpu_types: Vec<String>,
+}
+
+/// `OrganizationUsageOverview`; a quota of 0 means unlimited.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct UsageOverview {
+    region_usage: Vec<RegionUsage>,
+    total_snapshot_quota: i64,
+    current_snapshot_usage: i64,
+    total_volume_quota: i64,
+    current_volume_usage: i64,
+}
+
+async fn usage(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(organization_id): Path<String>,
+) -> ApiResult<Json<UsageOverview>> {
+    let row = scope(&state, &ctx, &organization_id).await?;
+    let quotas = state.store.organization_quotas(&row.id).await?;
+    let used = state.store.resource_use(&row.id, None).await?;
+    let snapshots = state.store.snapshot_count(&row.id).await?;
+    let limit = |v: i64| (v > 0).then_some(v);
+    Ok(Json(UsageOverview {
+        region_usage: vec![RegionUsage {
+            region_id: row
+                .default_region_id
+                .unwrap_or_else(|| state.organizations.default_region.clone()),
+            sandbox_class: "container",
+            total_cpu_quota: quotas.total_cpu_quota,
+            total_memory_quota: quotas.total_memory_quota,
+            total_disk_quota: quotas.total_disk_quota,
+            total_gpu_quota: 0,
+            current_cpu_usage: used.cpu,
+            current_memory_usage: used.memory,
+            current_disk_usage: used.disk,
+            current_gpu_usage: 0,
+            max_cpu_per_sandbox: limit(quotas.max_cpu_per_sandbox),
+            max_memory_per_sandbox: limit(quotas.max_memory_per_sandbox),
+            max_disk_per_sandbox: limit(quotas.max_disk_per_sandbox),
+            max_cpu_per_gpu_sandbox: None,
+            max_memory_per_gpu_sandbox: None,
+            max_disk_per_gpu_sandbox: None,
+            max_disk_per_non_ephemeral_sandbox: None,
+            allowed_gpu_types: Vec::new(),
+        }],
+        total_snapshot_quota: quotas.snapshot_quota,
+        current_snapshot_usage: snapshots,
+        total_volume_quota: quotas.volume_quota,
+        // This server has no volumes yet, so none are in use.
+        current_volume_usage: 0,
+    }))
+}
+
+/// `UpdateOrganizationQuota`: null keeps a value. Per-organization rate limits and snapshot
+/// deactivation are not settings of this server, so a value for them is refused.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateQuota {
+    max_cpu_per_sandbox: Option<i64>,
+    max_memory_per_sandbox: Option<i64>,
+    max_disk_per_sandbox: Option<i64>,
+    snapshot_quota: Option<i64>,
+    max_snapshot_size: Option<i64>,
+    volume_quota: Option<i64>,
+    authenticated_rate_limit: Option<serde_json::Value>,
+    authenticated_rate_limit_ttl_seconds: Option<serde_json::Value>,
+    sandbox_create_rate_limit: Option<serde_json::Value>,
+    sandbox_create_rate_limit_ttl_seconds: Option<serde_json::Value>,
+    sandbox_lifecycle_rate_limit: Option<serde_json::Value>,
+    sandbox_lifecycle_rate_limit_ttl_seconds: Option<serde_json::Value>,
+    snapshot_deactivation_timeout_minutes: Option<serde_json::Value>,
+}
+
+fn quota_value(field: &str, value: Option<i64>, current: i64) -> ApiResult<i64> {
+    match value {
+        None => Ok(current),
+        Some(v) if v >= 0 => Ok(v),
+        Some(v) => Err(ApiError::BadRequest(format!(
+            "{field}: must be 0 (unlimited) or more, got {v}"
+        ))),
+    }
+}
+
+fn refuse_unsupported(fields: &[(&str, &Option<serde_json::Value>)]) -> ApiResult<()> {
+    match fields.iter().find(|(_, v)| v.is_some()) {
+        Some((name, _)) => Err(ApiError::BadRequest(format!(
+            "{name}: per-organization setting not supported by this server (rate limits are set \
+             with RATE_LIMIT_* for the deployment)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Admin only, as upstream: members cannot raise their own limits.
+async fn update_quota(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(organization_id): Path<String>,
+    JsonBody(body): JsonBody<UpdateQuota>,
+) -> ApiResult<StatusCode> {
+    ctx.require_system_admin()?;
+    let org = admin_target(&state, &organization_id).await?;
+    refuse_unsupported(&[
+        ("authenticatedRateLimit", &body.authenticated_rate_limit),
+        (
+            "authenticatedRateLimitTtlSeconds",
+            &body.authenticated_rate_limit_ttl_seconds,
+        ),
+        ("sandboxCreateRateLimit", &body.sandbox_create_rate_limit),
+        (
+            "sandboxCreateRateLimitTtlSeconds",
+            &body.sandbox_create_rate_limit_ttl_seconds,
+        ),
+        ("sandboxLifecycleRateLimit", &body.sandbox_lifecycle_rate_limit),
+        (
+            "sandboxLifecycleRateLimitTtlSeconds",
+            &body.sandbox_lifecycle_rate_limit_ttl_seconds,
+        ),
+        (
+            "snapshotDeactivationTimeoutMinutes",
+            &body.snapshot_deactivation_timeout_minutes,
+        ),
+    ])?;
+    let q = state.store.organization_quotas(&org.id).await?;
+    let updated = OrgQuotas {
+        max_cpu_per_sandbox: quota_value(
+            "maxCpuPerSandbox",
+            body.max_cpu_per_sandbox,
+            q.max_cpu_per_sandbox,
+        )?,
+        max_memory_per_sandbox: quota_value(
+            "maxMemoryPerSandbox",
+            body.max_memory_per_sandbox,
+            q.max_memory_per_sandbox,
+        )?,
+        max_disk_per_sandbox: quota_value(
+            "maxDiskPerSandbox",
+            body.max_disk_per_sandbox,
+            q.max_disk_per_sandbox,
+        )?,
+        snapshot_quota: quota_value("snapshotQuota", body.snapshot_quota, q.snapshot_quota)?,
+        max_snapshot_size: quota_value(
+            "maxSnapshotSize",
+            body.max_snapshot_size,
+            q.max_snapshot_size,
+        )?,
+        volume_quota: quota_value("volumeQuota", body.volume_quota, q.volume_quota)?,
+        ..q
+    };
+    state
+        .store
+        .set_organization_quotas(&org.id, &updated)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `UpdateOrganizationRegionQuota`: the totals (and per-sandbox maxima) in one region.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateRegionQuota {
+    total_cpu_quota: Option<i64>,
+    total_memory_quota: Option<i64>,
+    total_disk_quota: Option<i64>,
+    total_gpu_quota: Option<i64>,
+    max_cpu_per_sandbox: Option<i64>,
+    max_memory_per_sandbox: Option<i64>,
+    max_disk_per_sandbox: Option<i64>,
+}
+
+async fn update_region_quota(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path((organization_id, region_id)): Path<(String, String)>,
+    JsonBody(body): JsonBody<UpdateRegionQuota>,
+) -> ApiResult<StatusCode> {
+    ctx.require_system_admin()?;
+    let org = admin_target(&state, &organization_id).await?;
+    known_region(&state, &org.id, "regionId", &region_id).await?;
+    if body.total_gpu_quota.unwrap_or(0) > 0 {
+        return Err(ApiError::BadRequest(
+            "totalGpuQuota: this server has no GPUs".into(),
+        ));
+    }
+    let q = state.store.organization_quotas(&org.id).await?;
+    let updated = OrgQuotas {
+        total_cpu_quota: quota_value("totalCpuQuota", body.total_cpu_quota, q.total_cpu_quota)?,
+        total_memory_quota: quota_value(
+            "totalMemoryQuota",
+            body.total_memory_quota,
+            q.total_memory_quota,
+        )?,
+        total_disk_quota: quota_value(
+            "totalDiskQuota",
+            body.total_disk_quota,
+            q.total_disk_quota,
+        )?,
+        max_cpu_per_sandbox: quota_value(
+            "maxCpuPerSandbox",
+            body.max_cpu_per_sandbox,
+            q.max_cpu_per_sandbox,
+        )?,
+        max_memory_per_sandbox: quota_value(
+            "maxMemoryPerSandbox",
+            body.max_memory_per_sandbox,
+            q.max_memory_per_sandbox,
+        )?,
+        max_disk_per_sandbox: quota_value(
+            "maxDiskPerSandbox",
+            body.max_disk_per_sandbox,
+            q.max_disk_per_sandbox,
+        )?,
+        ..q
+    };
+    state
+        .store
+        .set_organization_quotas(&org.id, &updated)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Any live organization, for system administrators.
+async fn admin_target(state: &AppState, organization_id: &str) -> ApiResult<OrganizationRow> {
+    state
+        .store
+        .organization(organization_id)
+        .await?
+        .ok_or_else(|| not_found(organization_id))
+}

@@ -1,0 +1,346 @@
+"""Tenant isolation: a key of organization B can see, change, use or delete nothing of organization A.
+
+Every route of the API and of the proxy is tried; the routes are read from the Rust sources, and the test
+fails when one has no probe here, so a new route cannot ship without its isolation check."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from daytona import CreateSandboxFromSnapshotParams
+
+from accounts import Caller, User, new_user
+from support import http, make_client, unique
+
+REPO = Path(__file__).resolve().parents[2]
+DENIED = (403, 404)
+# Method routers built by helpers rather than by axum's get/post/...: the methods they answer.
+ROUTE_HELPERS = {"interval_route": ["POST"]}
+_METHOD = re.compile(r"(?:^|\.)\s*(get|post|put|patch|delete|any)\(")
+
+
+def source_routes() -> set[tuple[str, str]]:
+    """`(METHOD, path)` of every `.route(...)` in the API (under /api) and the proxy."""
+    found = set()
+    for crate, prefix in (("api", "/api"), ("proxy", "")):
+        for path in sorted((REPO / "crates" / crate / "src").rglob("*.rs")):
+            text = path.read_text()
+            for match in re.finditer(r"\.route\(", text):
+                depth, end = 1, match.end()
+                while depth:
+                    depth += {"(": 1, ")": -1}.get(text[end], 0)
+                    end += 1
+                args = text[match.end() : end - 1]
+                parsed = re.match(r'\s*"([^"]+)"\s*,(.*)$', args, re.S)
+                assert parsed, f"{path}: cannot read the route in .route({args[:80]})"
+                template, handler = parsed.group(1), parsed.group(2).strip()
+                methods = [m.upper() for m in _METHOD.findall(handler)]
+                helper = handler.split("(")[0]
+                methods += ROUTE_HELPERS.get(helper, [])
+                assert methods, f"{path}: no HTTP method known for {template} ({handler[:60]}); add it to ROUTE_HELPERS"
+                found |= {(m, prefix + template) for m in methods}
+    return found
+
+
+@dataclass
+class World:
+    """Organization A's things, and callers of both organizations."""
+
+    server: object
+    admin: Caller
+    a: User
+    b: User
+    a_shared_org: str
+    sandbox_id: str
+    sandbox_name: str
+    snapshot: dict
+    key_name: str
+    role_id: str
+    invitation_id: str
+    ssh_token: str
+    signed_token: str
+
+    def denied(self, method: str, path: str, body: object | None = None, headers: dict | None = None) -> None:
+        result = self.b.api(method, path, body, headers)
+        assert result.status in DENIED, f"B's {method} {path} answered {result.status}: {result.body[:300]!r}"
+
+    def proxy(self, method: str, path: str, key: str, headers: dict | None = None):
+        all_headers = {"Authorization": f"Bearer {key}", **(headers or {})}
+        return http(method, f"{self.server.proxy_url}{path}", headers=all_headers)
+
+
+@pytest.fixture(scope="module")
+def world(server) -> World:
+    admin = Caller(server.api_url, server.api_key)
+    a, b = new_user(admin, "tenant-a"), new_user(admin, "tenant-b")
+    client = make_client(server, api_key=a.api.key)
+    sandbox = client.create(CreateSandboxFromSnapshotParams(name=unique("a-box")))
+    try:
+        snapshot_name = unique("a-snap")
+        a.api.ok("POST", f"/sandbox/{sandbox.id}/snapshot", {"name": snapshot_name})
+        deadline = time.monotonic() + 120
+        while (snap := a.api.ok("GET", f"/snapshots/{snapshot_name}"))["state"] != "active":
+            assert snap["state"] not in ("error", "build_failed") and time.monotonic() < deadline, snap
+            time.sleep(0.5)
+        deadline = time.monotonic() + 60
+        while a.api.ok("GET", f"/sandbox/{sandbox.id}")["state"] != "started":
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        shared = a.api.ok("POST", "/organizations", {"name": unique("a-org")}, status=201)["id"]
+        key_name = unique("a-key")
+        a.api.ok("POST", "/api-keys", {"name": key_name, "permissions": ["write:sandboxes"]}, status=201)
+        role = a.api.ok(
+            "POST", f"/organizations/{shared}/roles", {"name": "r", "description": "", "permissions": []}, status=201
+        )
+        invitation = a.api.ok(
+            "POST", f"/organizations/{shared}/invitations", {"email": f"{unique('c')}@example.com", "role": "member"}
+        )
+        ssh = a.api.ok("POST", f"/sandbox/{sandbox.id}/ssh-access")
+        signed = a.api.ok("GET", f"/sandbox/{sandbox.id}/ports/8080/signed-preview-url")
+        yield World(
+            server=server,
+            admin=admin,
+            a=a,
+            b=b,
+            a_shared_org=shared,
+            sandbox_id=sandbox.id,
+            sandbox_name=sandbox.name,
+            snapshot=snap,
+            key_name=key_name,
+            role_id=role["id"],
+            invitation_id=invitation["id"],
+            ssh_token=ssh["token"],
+            signed_token=signed["token"],
+        )
+    finally:
+        client.delete(sandbox, timeout=60)
+        a.api("DELETE", f"/snapshots/{snapshot_name}")
+
+
+def ids_in(listing) -> set[str]:
+    items = listing["items"] if isinstance(listing, dict) and "items" in listing else listing
+    return {item.get("id") or item.get("name") for item in items}
+
+
+def _own_org_create(w: World, path: str, body: dict) -> None:
+    """Routes that create in the caller's organization: the organization header cannot point them at A."""
+    result = w.b.api("POST", path, body, headers={"X-Daytona-Organization-ID": w.a.personal_org})
+    assert result.status == 403, f"POST {path} with A's organization header: {result.status} {result.body[:200]!r}"
+
+
+def _listing_hides_a(w: World, path: str, *secrets: str) -> None:
+    found = ids_in(w.b.api.ok("GET", path))
+    assert not found & set(secrets), f"B's GET {path} shows A's {found & set(secrets)}"
+
+
+S, O = "/api/sandbox/{id}", "/api/organizations/{organization_id}"
+
+# (method, route) -> what B tries against A. Each probe asserts B is refused or sees nothing of A.
+PROBES: dict[tuple[str, str], Callable[[World], None]] = {
+    # --- public or caller-only routes: nothing of A in them ---
+    ("GET", "/api/health"): lambda w: w.b.api.ok("GET", "/health"),
+    ("GET", "/health"): lambda w: None,  # the proxy's own health check; no tenant data
+    ("GET", "/api/shared-regions"): lambda w: _listing_hides_a(w, "/shared-regions", w.a.personal_org),
+    ("GET", "/api/regions"): lambda w: _listing_hides_a(w, "/regions", w.a.personal_org, w.a_shared_org),
+    ("GET", "/api/regions/{region_id}"): lambda w: w.denied("GET", f"/regions/{w.a_shared_org}"),
+    ("GET", "/api/users/me"): lambda w: assert_equal(w.b.api.ok("GET", "/users/me")["id"], w.b.id),
+    # --- sandboxes ---
+    ("GET", "/api/sandbox"): lambda w: _listing_hides_a(w, "/sandbox", w.sandbox_id, w.sandbox_name),
+    ("POST", "/api/sandbox"): lambda w: (
+        w.denied("POST", "/sandbox", {"snapshot": w.snapshot["name"]}),
+        w.denied("POST", "/sandbox", {"snapshot": w.snapshot["id"]}),
+        # The image behind A's snapshot, named directly.
+        w.denied("POST", "/sandbox", {"snapshot": w.snapshot["imageName"]}),
+        _own_org_create(w, "/sandbox", {}),
+    ),
+    ("GET", S): lambda w: (w.denied("GET", f"/sandbox/{w.sandbox_id}"), w.denied("GET", f"/sandbox/{w.sandbox_name}")),
+    ("DELETE", S): lambda w: w.denied("DELETE", f"/sandbox/{w.sandbox_id}"),
+    **{
+        ("POST", f"{S}/{action}"): (lambda action: lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/{action}", {}))(
+            action
+        )
+        for action in ("start", "stop", "recover", "pause", "archive", "last-activity", "signing-key/rotate")
+    },
+    ("POST", f"{S}/resize"): lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/resize", {"cpu": 1}),
+    ("POST", f"{S}/snapshot"): lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/snapshot", {"name": unique("b")}),
+    ("POST", f"{S}/fork"): lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/fork", {"name": unique("b")}),
+    ("GET", f"{S}/forks"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/forks"),
+    ("GET", f"{S}/parent"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/parent"),
+    ("GET", f"{S}/toolbox-proxy-url"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/toolbox-proxy-url"),
+    ("PUT", f"{S}/labels"): lambda w: w.denied("PUT", f"/sandbox/{w.sandbox_id}/labels", {"labels": {"b": "1"}}),
+    ("POST", f"{S}/public/{{value}}"): lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/public/true"),
+    **{
+        ("POST", f"{S}/{kind}/{{minutes}}"): (lambda kind: lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/{kind}/5"))(
+            kind
+        )
+        for kind in ("autostop", "autoarchive", "autodelete", "autopause", "ttl")
+    },
+    ("POST", f"{S}/network-settings"): lambda w: w.denied(
+        "POST", f"/sandbox/{w.sandbox_id}/network-settings", {"networkBlockAll": True}
+    ),
+    ("GET", f"{S}/ports/{{port}}/preview-url"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/ports/8080/preview-url"),
+    ("GET", f"{S}/ports/{{port}}/signed-preview-url"): lambda w: w.denied(
+        "GET", f"/sandbox/{w.sandbox_id}/ports/8080/signed-preview-url"
+    ),
+    ("POST", f"{S}/ports/{{port}}/signed-preview-url/{{token}}/expire"): lambda w: w.denied(
+        "POST", f"/sandbox/{w.sandbox_id}/ports/8080/signed-preview-url/{w.signed_token}/expire"
+    ),
+    ("POST", f"{S}/ssh-access"): lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/ssh-access"),
+    ("DELETE", f"{S}/ssh-access"): lambda w: w.denied("DELETE", f"/sandbox/{w.sandbox_id}/ssh-access"),
+    ("GET", "/api/sandbox/ssh-access/validate"): lambda w: assert_equal(
+        w.b.api.ok("GET", f"/sandbox/ssh-access/validate?token={w.ssh_token}")["valid"], False
+    ),
+    ("GET", f"{S}/signing-key"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/signing-key"),
+    # --- snapshots ---
+    ("GET", "/api/snapshots"): lambda w: _listing_hides_a(w, "/snapshots", w.snapshot["id"], w.snapshot["name"]),
+    ("POST", "/api/snapshots"): lambda w: (
+        w.denied("POST", "/snapshots", {"name": unique("b"), "imageName": w.snapshot["imageName"]}),
+        _own_org_create(w, "/snapshots", {"name": unique("b"), "imageName": w.snapshot["name"]}),
+    ),
+    ("GET", "/api/snapshots/{id}"): lambda w: (
+        w.denied("GET", f"/snapshots/{w.snapshot['id']}"),
+        w.denied("GET", f"/snapshots/{w.snapshot['name']}"),
+    ),
+    ("DELETE", "/api/snapshots/{id}"): lambda w: w.denied("DELETE", f"/snapshots/{w.snapshot['id']}"),
+    ("POST", "/api/snapshots/{id}/activate"): lambda w: w.denied("POST", f"/snapshots/{w.snapshot['id']}/activate"),
+    ("POST", "/api/snapshots/{id}/deactivate"): lambda w: w.denied("POST", f"/snapshots/{w.snapshot['id']}/deactivate"),
+    # --- API keys (a user's own, in the key's organization) ---
+    ("GET", "/api/api-keys"): lambda w: _listing_hides_a(w, "/api-keys", w.key_name, "main"),
+    ("POST", "/api/api-keys"): lambda w: _own_org_create(w, "/api-keys", {"name": unique("b"), "permissions": []}),
+    ("GET", "/api/api-keys/current"): lambda w: assert_equal(w.b.api.ok("GET", "/api-keys/current")["userId"], w.b.id),
+    ("GET", "/api/api-keys/{name}"): lambda w: w.denied("GET", f"/api-keys/{w.key_name}"),
+    ("DELETE", "/api/api-keys/{name}"): lambda w: w.denied("DELETE", f"/api-keys/{w.key_name}"),
+    # --- audit ---
+    ("GET", "/api/audit/organizations/{organization_id}"): lambda w: w.denied("GET", f"/audit/organizations/{w.a.personal_org}"),
+    # --- organizations: A's ids, through A's organization and through B's own ---
+    ("GET", "/api/organizations"): lambda w: _listing_hides_a(w, "/organizations", w.a.personal_org, w.a_shared_org),
+    ("POST", "/api/organizations"): lambda w: _own_org_create(w, "/organizations", {"name": unique("b")}),
+    ("GET", O): lambda w: w.denied("GET", f"/organizations/{w.a_shared_org}"),
+    ("DELETE", O): lambda w: w.denied("DELETE", f"/organizations/{w.a_shared_org}"),
+    ("POST", f"{O}/leave"): lambda w: w.denied("POST", f"/organizations/{w.a_shared_org}/leave"),
+    ("PATCH", f"{O}/default-region"): lambda w: w.denied(
+        "PATCH", f"/organizations/{w.a_shared_org}/default-region", {"defaultRegionId": "us"}
+    ),
+    ("GET", f"{O}/usage"): lambda w: w.denied("GET", f"/organizations/{w.a_shared_org}/usage"),
+    ("PATCH", f"{O}/quota"): lambda w: w.denied("PATCH", f"/organizations/{w.a_shared_org}/quota", {"maxCpuPerSandbox": 99}),
+    ("PATCH", f"{O}/quota/{{region_id}}"): lambda w: w.denied(
+        "PATCH", f"/organizations/{w.a_shared_org}/quota/us", {"totalCpuQuota": 99}
+    ),
+    ("GET", f"{O}/users"): lambda w: w.denied("GET", f"/organizations/{w.a_shared_org}/users"),
+    ("POST", f"{O}/users/{{user_id}}/access"): lambda w: (
+        w.denied("POST", f"/organizations/{w.a_shared_org}/users/{w.a.id}/access", {"role": "member"}),
+        w.denied("POST", f"/organizations/{w.b.personal_org}/users/{w.a.id}/access", {"role": "member"}),
+    ),
+    ("DELETE", f"{O}/users/{{user_id}}"): lambda w: (
+        w.denied("DELETE", f"/organizations/{w.a_shared_org}/users/{w.a.id}"),
+        w.denied("DELETE", f"/organizations/{w.b.personal_org}/users/{w.a.id}"),
+    ),
+    ("GET", f"{O}/roles"): lambda w: w.denied("GET", f"/organizations/{w.a_shared_org}/roles"),
+    ("POST", f"{O}/roles"): lambda w: w.denied(
+        "POST", f"/organizations/{w.a_shared_org}/roles", {"name": "b", "description": "", "permissions": []}
+    ),
+    ("PUT", f"{O}/roles/{{role_id}}"): lambda w: (
+        w.denied("PUT", f"/organizations/{w.a_shared_org}/roles/{w.role_id}", {"name": "b", "description": "", "permissions": []}),
+        w.denied("PUT", f"/organizations/{w.b.personal_org}/roles/{w.role_id}", {"name": "b", "description": "", "permissions": []}),
+    ),
+    ("DELETE", f"{O}/roles/{{role_id}}"): lambda w: (
+        w.denied("DELETE", f"/organizations/{w.a_shared_org}/roles/{w.role_id}"),
+        w.denied("DELETE", f"/organizations/{w.b.personal_org}/roles/{w.role_id}"),
+    ),
+    ("GET", f"{O}/invitations"): lambda w: w.denied("GET", f"/organizations/{w.a_shared_org}/invitations"),
+    ("POST", f"{O}/invitations"): lambda w: w.denied(
+        "POST", f"/organizations/{w.a_shared_org}/invitations", {"email": w.b.email, "role": "owner"}
+    ),
+    ("PUT", f"{O}/invitations/{{invitation_id}}"): lambda w: (
+        w.denied("PUT", f"/organizations/{w.a_shared_org}/invitations/{w.invitation_id}", {"role": "owner", "assignedRoleIds": []}),
+        w.denied("PUT", f"/organizations/{w.b.personal_org}/invitations/{w.invitation_id}", {"role": "owner", "assignedRoleIds": []}),
+    ),
+    ("POST", f"{O}/invitations/{{invitation_id}}/cancel"): lambda w: (
+        w.denied("POST", f"/organizations/{w.a_shared_org}/invitations/{w.invitation_id}/cancel"),
+        w.denied("POST", f"/organizations/{w.b.personal_org}/invitations/{w.invitation_id}/cancel"),
+    ),
+    ("GET", "/api/organizations/invitations"): lambda w: _listing_hides_a(w, "/organizations/invitations", w.invitation_id),
+    ("GET", "/api/organizations/invitations/count"): lambda w: assert_equal(
+        w.b.api.ok("GET", "/organizations/invitations/count"), 0
+    ),
+    ("POST", "/api/organizations/invitations/{invitation_id}/accept"): lambda w: w.denied(
+        "POST", f"/organizations/invitations/{w.invitation_id}/accept"
+    ),
+    ("POST", "/api/organizations/invitations/{invitation_id}/decline"): lambda w: w.denied(
+        "POST", f"/organizations/invitations/{w.invitation_id}/decline"
+    ),
+    # --- system administration: not for B at all ---
+    ("GET", "/api/admin/users"): lambda w: w.denied("GET", "/admin/users"),
+    ("POST", "/api/admin/users"): lambda w: w.denied("POST", "/admin/users", {"id": unique("b"), "name": "b"}),
+    ("GET", "/api/admin/users/{user_id}"): lambda w: w.denied("GET", f"/admin/users/{w.a.id}"),
+    ("POST", "/api/admin/users/{user_id}/api-keys"): lambda w: w.denied(
+        "POST", f"/admin/users/{w.a.id}/api-keys", {"name": unique("b")}
+    ),
+    # --- the proxy: toolbox paths and preview hosts ---
+    ("ANY", "/toolbox/{sandbox_id}"): lambda w: assert_in(
+        w.proxy("GET", f"/toolbox/{w.sandbox_id}", w.b.api.key).status, DENIED
+    ),
+    ("ANY", "/toolbox/{sandbox_id}/{*path}"): lambda w: [
+        assert_in(w.proxy(method, f"/toolbox/{w.sandbox_id}{path}", w.b.api.key).status, DENIED)
+        for method, path in [
+            ("POST", "/process/execute"),
+            ("GET", "/files?path=/"),
+            ("GET", "/files/download?path=/etc/hostname"),
+            ("DELETE", "/files?path=/tmp"),
+            ("GET", "/process/session"),
+            ("GET", "/port"),
+        ]
+    ],
+}
+
+
+def assert_equal(actual, expected) -> None:
+    assert actual == expected, f"{actual!r} != {expected!r}"
+
+
+def assert_in(actual, allowed) -> None:
+    assert actual in allowed, f"{actual!r} not in {allowed!r}"
+
+
+def test_every_route_has_an_isolation_probe():
+    routes = source_routes()
+    missing = sorted(routes - PROBES.keys())
+    stale = sorted(PROBES.keys() - routes)
+    assert not missing, f"routes without a tenant-isolation probe in {__file__}: {missing}"
+    assert not stale, f"probes for routes that no longer exist: {stale}"
+
+
+@pytest.mark.parametrize("route", sorted(PROBES), ids=lambda r: f"{r[0]} {r[1]}")
+def test_other_organization_is_refused(world, route):
+    PROBES[route](world)
+
+
+def test_preview_host_of_another_organization(world):
+    host = f"8080-{world.sandbox_id}.proxy.localhost:{world.server.proxy_port}"
+    result = world.proxy("GET", "/", world.b.api.key, headers={"Host": host})
+    assert result.status in DENIED, (result.status, result.body[:200])
+
+
+def test_a_is_untouched_and_still_works(world):
+    """After every probe: A's sandbox, snapshot, key, role and invitation are as A left them."""
+    a = world.a.api
+    box = a.ok("GET", f"/sandbox/{world.sandbox_id}")
+    assert box["state"] == "started" and box["public"] is False and "b" not in box["labels"]
+    assert box["target"] == "us"
+    assert a.ok("GET", f"/snapshots/{world.snapshot['id']}")["state"] == "active"
+    assert a.ok("GET", f"/api-keys/{world.key_name}")["name"] == world.key_name
+    assert world.role_id in {r["id"] for r in a.ok("GET", f"/organizations/{world.a_shared_org}/roles")}
+    pending = a.ok("GET", f"/organizations/{world.a_shared_org}/invitations")
+    assert [(i["id"], i["role"]) for i in pending] == [(world.invitation_id, "member")]
+    assert a.ok("GET", f"/sandbox/ssh-access/validate?token={world.ssh_token}")["valid"] is True
+    assert [m["userId"] for m in a.ok("GET", f"/organizations/{world.a_shared_org}/users")] == [world.a.id]
+    assert a.ok("GET", f"/organizations/{world.a_shared_org}")["maxCpuPerSandbox"] != 99
+    result = world.proxy("POST", f"/toolbox/{world.sandbox_id}/process/execute", a.key)
+    assert result.status != 404
+    out = make_client(world.server, api_key=a.key).get(world.sandbox_id).process.exec("echo still-mine")
+    assert out.result.strip() == "still-mine"
