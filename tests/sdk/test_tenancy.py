@@ -139,6 +139,8 @@ def _listing_hides_a(w: World, path: str, *secrets: str) -> None:
 
 
 S, O = "/api/sandbox/{id}", "/api/organizations/{organization_id}"
+ROLE_BODY = {"name": "b", "description": "", "permissions": []}
+PROMOTION = {"role": "owner", "assignedRoleIds": []}
 
 # (method, route) -> what B tries against A. Each probe asserts B is refused or sees nothing of A.
 PROBES: dict[tuple[str, str], Callable[[World], None]] = {
@@ -175,15 +177,17 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     ("PUT", f"{S}/labels"): lambda w: w.denied("PUT", f"/sandbox/{w.sandbox_id}/labels", {"labels": {"b": "1"}}),
     ("POST", f"{S}/public/{{value}}"): lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/public/true"),
     **{
-        ("POST", f"{S}/{kind}/{{minutes}}"): (lambda kind: lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/{kind}/5"))(
-            kind
-        )
+        ("POST", f"{S}/{kind}/{{minutes}}"): (
+            lambda kind: lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/{kind}/5")
+        )(kind)
         for kind in ("autostop", "autoarchive", "autodelete", "autopause", "ttl")
     },
     ("POST", f"{S}/network-settings"): lambda w: w.denied(
         "POST", f"/sandbox/{w.sandbox_id}/network-settings", {"networkBlockAll": True}
     ),
-    ("GET", f"{S}/ports/{{port}}/preview-url"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/ports/8080/preview-url"),
+    ("GET", f"{S}/ports/{{port}}/preview-url"): lambda w: w.denied(
+        "GET", f"/sandbox/{w.sandbox_id}/ports/8080/preview-url"
+    ),
     ("GET", f"{S}/ports/{{port}}/signed-preview-url"): lambda w: w.denied(
         "GET", f"/sandbox/{w.sandbox_id}/ports/8080/signed-preview-url"
     ),
@@ -210,13 +214,15 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     ("POST", "/api/snapshots/{id}/activate"): lambda w: w.denied("POST", f"/snapshots/{w.snapshot['id']}/activate"),
     ("POST", "/api/snapshots/{id}/deactivate"): lambda w: w.denied("POST", f"/snapshots/{w.snapshot['id']}/deactivate"),
     # --- API keys (a user's own, in the key's organization) ---
-    ("GET", "/api/api-keys"): lambda w: _listing_hides_a(w, "/api-keys", w.key_name, "main"),
+    ("GET", "/api/api-keys"): lambda w: _listing_hides_a(w, "/api-keys", w.key_name),
     ("POST", "/api/api-keys"): lambda w: _own_org_create(w, "/api-keys", {"name": unique("b"), "permissions": []}),
     ("GET", "/api/api-keys/current"): lambda w: assert_equal(w.b.api.ok("GET", "/api-keys/current")["userId"], w.b.id),
     ("GET", "/api/api-keys/{name}"): lambda w: w.denied("GET", f"/api-keys/{w.key_name}"),
     ("DELETE", "/api/api-keys/{name}"): lambda w: w.denied("DELETE", f"/api-keys/{w.key_name}"),
     # --- audit ---
-    ("GET", "/api/audit/organizations/{organization_id}"): lambda w: w.denied("GET", f"/audit/organizations/{w.a.personal_org}"),
+    ("GET", "/api/audit/organizations/{organization_id}"): lambda w: w.denied(
+        "GET", f"/audit/organizations/{w.a.personal_org}"
+    ),
     # --- organizations: A's ids, through A's organization and through B's own ---
     ("GET", "/api/organizations"): lambda w: _listing_hides_a(w, "/organizations", w.a.personal_org, w.a_shared_org),
     ("POST", "/api/organizations"): lambda w: _own_org_create(w, "/organizations", {"name": unique("b")}),
@@ -227,7 +233,9 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
         "PATCH", f"/organizations/{w.a_shared_org}/default-region", {"defaultRegionId": "us"}
     ),
     ("GET", f"{O}/usage"): lambda w: w.denied("GET", f"/organizations/{w.a_shared_org}/usage"),
-    ("PATCH", f"{O}/quota"): lambda w: w.denied("PATCH", f"/organizations/{w.a_shared_org}/quota", {"maxCpuPerSandbox": 99}),
+    ("PATCH", f"{O}/quota"): lambda w: w.denied(
+        "PATCH", f"/organizations/{w.a_shared_org}/quota", {"maxCpuPerSandbox": 99}
+    ),
     ("PATCH", f"{O}/quota/{{region_id}}"): lambda w: w.denied(
         "PATCH", f"/organizations/{w.a_shared_org}/quota/us", {"totalCpuQuota": 99}
     ),
@@ -242,11 +250,11 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     ),
     ("GET", f"{O}/roles"): lambda w: w.denied("GET", f"/organizations/{w.a_shared_org}/roles"),
     ("POST", f"{O}/roles"): lambda w: w.denied(
-        "POST", f"/organizations/{w.a_shared_org}/roles", {"name": "b", "description": "", "permissions": []}
+        "POST", f"/organizations/{w.a_shared_org}/roles", ROLE_BODY
     ),
     ("PUT", f"{O}/roles/{{role_id}}"): lambda w: (
-        w.denied("PUT", f"/organizations/{w.a_shared_org}/roles/{w.role_id}", {"name": "b", "description": "", "permissions": []}),
-        w.denied("PUT", f"/organizations/{w.b.personal_org}/roles/{w.role_id}", {"name": "b", "description": "", "permissions": []}),
+        w.denied("PUT", f"/organizations/{w.a_shared_org}/roles/{w.role_id}", ROLE_BODY),
+        w.denied("PUT", f"/organizations/{w.b.personal_org}/roles/{w.role_id}", ROLE_BODY),
     ),
     ("DELETE", f"{O}/roles/{{role_id}}"): lambda w: (
         w.denied("DELETE", f"/organizations/{w.a_shared_org}/roles/{w.role_id}"),
@@ -257,14 +265,16 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
         "POST", f"/organizations/{w.a_shared_org}/invitations", {"email": w.b.email, "role": "owner"}
     ),
     ("PUT", f"{O}/invitations/{{invitation_id}}"): lambda w: (
-        w.denied("PUT", f"/organizations/{w.a_shared_org}/invitations/{w.invitation_id}", {"role": "owner", "assignedRoleIds": []}),
-        w.denied("PUT", f"/organizations/{w.b.personal_org}/invitations/{w.invitation_id}", {"role": "owner", "assignedRoleIds": []}),
+        w.denied("PUT", f"/organizations/{w.a_shared_org}/invitations/{w.invitation_id}", PROMOTION),
+        w.denied("PUT", f"/organizations/{w.b.personal_org}/invitations/{w.invitation_id}", PROMOTION),
     ),
     ("POST", f"{O}/invitations/{{invitation_id}}/cancel"): lambda w: (
         w.denied("POST", f"/organizations/{w.a_shared_org}/invitations/{w.invitation_id}/cancel"),
         w.denied("POST", f"/organizations/{w.b.personal_org}/invitations/{w.invitation_id}/cancel"),
     ),
-    ("GET", "/api/organizations/invitations"): lambda w: _listing_hides_a(w, "/organizations/invitations", w.invitation_id),
+    ("GET", "/api/organizations/invitations"): lambda w: _listing_hides_a(
+        w, "/organizations/invitations", w.invitation_id
+    ),
     ("GET", "/api/organizations/invitations/count"): lambda w: assert_equal(
         w.b.api.ok("GET", "/organizations/invitations/count"), 0
     ),

@@ -163,7 +163,12 @@ pub(crate) async fn issue(
             )
         }
     };
-    if state.store.api_key_by_name(org, user, name).await?.is_some() {
+    if state
+        .store
+        .api_key_by_name(org, user, name)
+        .await?
+        .is_some()
+    {
         return Err(ApiError::Conflict(format!(
             "API key with name {name} already exists"
         )));

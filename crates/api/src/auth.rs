@@ -68,17 +68,6 @@ impl AuthContext {
         }
     }
 
-    /// Refuses with 403 unless the caller owns its organization.
-    pub fn require_owner(&self, action: &str) -> Result<(), ApiError> {
-        match self.member_role {
-            MemberRole::Owner => Ok(()),
-            MemberRole::Member => Err(ApiError::Forbidden(format!(
-                "Only owners of organization {} can {action}",
-                self.organization_id
-            ))),
-        }
-    }
-
     /// Refuses with 403 unless the caller is a system administrator.
     pub fn require_system_admin(&self) -> Result<(), ApiError> {
         if self.system_admin {
@@ -137,10 +126,7 @@ pub async fn authenticate(store: &Store, token: &str) -> Result<AuthContext, Api
         let _ = store.touch_api_key(&key.id).await;
     }
     let member_role = MemberRole::parse(&credential.member_role).ok_or_else(|| {
-        ApiError::Internal(format!(
-            "unknown member role '{}'",
-            credential.member_role
-        ))
+        ApiError::Internal(format!("unknown member role '{}'", credential.member_role))
     })?;
     let key_permissions: Vec<String> = key.permissions.split(',').map(str::to_string).collect();
     // Owners hold every permission; a member holds those of its assigned roles, and a key never
@@ -410,7 +396,6 @@ mod tests {
         assert_eq!(ctx.permissions, vec!["write:sandboxes".to_string()]);
         assert!(ctx.require("write:sandboxes").is_ok());
         assert!(ctx.require("delete:sandboxes").is_err());
-        assert!(ctx.require_owner("invite").is_err());
 
         store.remove_member(&org, "dev").await.unwrap();
         assert!(matches!(

@@ -230,8 +230,9 @@ async fn list_for_org(
     ctx: AuthContext,
     Path(organization_id): Path<String>,
 ) -> ApiResult<Json<Vec<InvitationDto>>> {
-    let org = scope(&state, &ctx, &organization_id).await?;
-    ctx.require_owner("see its invitations")?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let org = &scoped.row;
+    scoped.require_owner("see its invitations")?;
     let rows = state.store.pending_invitations_of_org(&org.id).await?;
     Ok(Json(to_dtos(&state, rows).await?))
 }
@@ -257,8 +258,9 @@ async fn create(
     Path(organization_id): Path<String>,
     JsonBody(body): JsonBody<CreateInvitation>,
 ) -> ApiResult<(StatusCode, Json<InvitationDto>)> {
-    let org = scope(&state, &ctx, &organization_id).await?;
-    ctx.require_owner("invite members")?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let org = &scoped.row;
+    scoped.require_owner("invite members")?;
     if org.personal {
         return Err(ApiError::Forbidden(
             "Nobody can be invited to a personal organization".into(),
@@ -346,8 +348,9 @@ async fn update(
     Path((organization_id, invitation_id)): Path<(String, String)>,
     JsonBody(body): JsonBody<UpdateInvitation>,
 ) -> ApiResult<Json<InvitationDto>> {
-    let org = scope(&state, &ctx, &organization_id).await?;
-    ctx.require_owner("change invitations")?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let org = &scoped.row;
+    scoped.require_owner("change invitations")?;
     let row = org_invitation(&state, &org.id, &invitation_id).await?;
     if row.status != "pending" {
         return Err(ApiError::Conflict(format!(
@@ -375,8 +378,9 @@ async fn cancel(
     ctx: AuthContext,
     Path((organization_id, invitation_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let org = scope(&state, &ctx, &organization_id).await?;
-    ctx.require_owner("cancel invitations")?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let org = &scoped.row;
+    scoped.require_owner("cancel invitations")?;
     let row = org_invitation(&state, &org.id, &invitation_id).await?;
     if !state.store.close_invitation(&row.id, "cancelled").await? {
         return Err(ApiError::Conflict(format!(
@@ -393,8 +397,17 @@ mod tests {
 
     #[test]
     fn emails_are_normalized_and_checked() {
-        assert_eq!(normalize_email(" Bob@Example.COM ").unwrap(), "bob@example.com");
-        for bad in ["", "bob", "@example.com", "bob@localhost", "b ob@example.com"] {
+        assert_eq!(
+            normalize_email(" Bob@Example.COM ").unwrap(),
+            "bob@example.com"
+        );
+        for bad in [
+            "",
+            "bob",
+            "@example.com",
+            "bob@localhost",
+            "b ob@example.com",
+        ] {
             let err = normalize_email(bad).unwrap_err().to_string();
             assert!(err.starts_with("email:"), "{bad}: {err}");
         }

@@ -63,7 +63,8 @@ async fn list(
     ctx: AuthContext,
     Path(organization_id): Path<String>,
 ) -> ApiResult<Json<Vec<MemberDto>>> {
-    let org = scope(&state, &ctx, &organization_id).await?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let org = &scoped.row;
     let mut assigned: HashMap<String, Vec<RoleDto>> = HashMap::new();
     for (user, role) in state.store.role_assignments(&org.id).await? {
         assigned.entry(user).or_default().push(RoleDto::from(role));
@@ -89,9 +90,8 @@ struct UpdateAccess {
 }
 
 pub(crate) fn parse_member_role(raw: &str) -> ApiResult<MemberRole> {
-    MemberRole::parse(raw).ok_or_else(|| {
-        ApiError::BadRequest(format!("role: '{raw}' is not one of owner, member"))
-    })
+    MemberRole::parse(raw)
+        .ok_or_else(|| ApiError::BadRequest(format!("role: '{raw}' is not one of owner, member")))
 }
 
 /// Refuses when `user` is the organization's last owner (an organization always has one).
@@ -116,8 +116,9 @@ async fn update_access(
     Path((organization_id, user_id)): Path<(String, String)>,
     JsonBody(body): JsonBody<UpdateAccess>,
 ) -> ApiResult<Json<MemberDto>> {
-    let org = scope(&state, &ctx, &organization_id).await?;
-    ctx.require_owner("change member access")?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let org = &scoped.row;
+    scoped.require_owner("change member access")?;
     let role = parse_member_role(&body.role)?;
     let member = state
         .store
@@ -149,8 +150,9 @@ async fn remove(
     ctx: AuthContext,
     Path((organization_id, user_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let org = scope(&state, &ctx, &organization_id).await?;
-    ctx.require_owner("remove members")?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let org = &scoped.row;
+    scoped.require_owner("remove members")?;
     if org.personal {
         return Err(ApiError::Forbidden(
             "Members cannot be removed from a personal organization".into(),

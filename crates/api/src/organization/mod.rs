@@ -2,9 +2,9 @@
 //! usage and quotas; members, roles and invitations live in the submodules, regions in
 //! `regions.rs`.
 //!
-//! Tenancy rule: an API key acts only in its own organization. A route naming another
-//! organization answers 404 to outsiders (ids stay hidden) and 403 to members of it whose key
-//! belongs elsewhere.
+//! Tenancy rule: these routes act for the caller's user in the organization they name; a
+//! non-member gets 404 (ids stay hidden). Resources (sandboxes, snapshots, keys, audit) are
+//! only ever reached through a key of their own organization.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -13,7 +13,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::AppState;
-use crate::auth::AuthContext;
+use crate::auth::{AuthContext, MemberRole};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::store::{OrgQuotas, OrganizationRow};
@@ -48,14 +48,20 @@ pub async fn ensure_default_region(
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/organizations", get(list).post(create))
-        .route("/organizations/{organization_id}", get(get_one).delete(delete))
+        .route(
+            "/organizations/{organization_id}",
+            get(get_one).delete(delete),
+        )
         .route("/organizations/{organization_id}/leave", post(leave))
         .route(
             "/organizations/{organization_id}/default-region",
             patch(set_default_region),
         )
         .route("/organizations/{organization_id}/usage", get(usage))
-        .route("/organizations/{organization_id}/quota", patch(update_quota))
+        .route(
+            "/organizations/{organization_id}/quota",
+            patch(update_quota),
+        )
         .route(
             "/organizations/{organization_id}/quota/{region_id}",
             patch(update_region_quota),
@@ -66,31 +72,45 @@ pub fn router() -> Router<AppState> {
         .merge(regions::router())
 }
 
-/// The organization a route names, if the caller's key may act in it.
+/// The organization a route names and the caller's user's role in it.
+pub(crate) struct OrgScope {
+    pub row: OrganizationRow,
+    pub role: MemberRole,
+}
+
+impl OrgScope {
+    /// Refuses with 403 unless the caller's user owns this organization.
+    pub fn require_owner(&self, action: &str) -> ApiResult<()> {
+        match self.role {
+            MemberRole::Owner => Ok(()),
+            MemberRole::Member => Err(ApiError::Forbidden(format!(
+                "Only owners of organization {} can {action}",
+                self.row.id
+            ))),
+        }
+    }
+}
+
+/// The organization a route names, if the caller's user is a member of it. Managing
+/// organizations acts for the user (as upstream's path-named organization does), so any key of
+/// a member works; to everyone else the organization does not exist.
 pub(crate) async fn scope(
     state: &AppState,
     ctx: &AuthContext,
     organization_id: &str,
-) -> ApiResult<OrganizationRow> {
-    if organization_id != ctx.organization_id {
-        if state
-            .store
-            .member_role(organization_id, &ctx.user_id)
-            .await?
-            .is_some()
-        {
-            return Err(ApiError::Forbidden(format!(
-                "This API key belongs to organization {}; use a key of organization {organization_id}",
-                ctx.organization_id
-            )));
-        }
-        return Err(not_found(organization_id));
-    }
-    state
+) -> ApiResult<OrgScope> {
+    let role = state
+        .store
+        .member_role(organization_id, &ctx.user_id)
+        .await?
+        .and_then(|r| MemberRole::parse(&r))
+        .ok_or_else(|| not_found(organization_id))?;
+    let row = state
         .store
         .organization(organization_id)
         .await?
-        .ok_or_else(|| not_found(organization_id))
+        .ok_or_else(|| not_found(organization_id))?;
+    Ok(OrgScope { row, role })
 }
 
 fn not_found(organization_id: &str) -> ApiError {
@@ -242,7 +262,9 @@ async fn create(
         ));
     }
     let region = match body.default_region_id.as_deref() {
-        Some(region) => known_region(&state, &ctx.organization_id, "defaultRegionId", region).await?,
+        Some(region) => {
+            known_region(&state, &ctx.organization_id, "defaultRegionId", region).await?
+        }
         None => state.organizations.default_region.clone(),
     };
     let created = state.store.organizations_created_by(&ctx.user_id).await?;
@@ -273,8 +295,9 @@ async fn get_one(
     ctx: AuthContext,
     Path(organization_id): Path<String>,
 ) -> ApiResult<Json<OrganizationDto>> {
-    let row = scope(&state, &ctx, &organization_id).await?;
-    Ok(Json(to_dto(&state, row).await?))
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let row = &scoped.row;
+    Ok(Json(to_dto(&state, row.clone()).await?))
 }
 
 /// Deletes a shared organization that holds no sandboxes or snapshots; its keys stop working.
@@ -283,8 +306,9 @@ async fn delete(
     ctx: AuthContext,
     Path(organization_id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let row = scope(&state, &ctx, &organization_id).await?;
-    ctx.require_owner("delete it")?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let row = &scoped.row;
+    scoped.require_owner("delete it")?;
     if row.personal {
         return Err(ApiError::Forbidden(
             "A personal organization cannot be deleted".into(),
@@ -307,7 +331,8 @@ async fn leave(
     ctx: AuthContext,
     Path(organization_id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    let row = scope(&state, &ctx, &organization_id).await?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let row = &scoped.row;
     if row.personal {
         return Err(ApiError::Forbidden(
             "A personal organization cannot be left".into(),
@@ -330,8 +355,9 @@ async fn set_default_region(
     Path(organization_id): Path<String>,
     JsonBody(body): JsonBody<DefaultRegion>,
 ) -> ApiResult<StatusCode> {
-    let row = scope(&state, &ctx, &organization_id).await?;
-    ctx.require_owner("change its default region")?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let row = &scoped.row;
+    scoped.require_owner("change its default region")?;
     let region = known_region(&state, &row.id, "defaultRegionId", &body.default_region_id).await?;
     state.store.set_default_region(&row.id, &region).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -377,7 +403,8 @@ async fn usage(
     ctx: AuthContext,
     Path(organization_id): Path<String>,
 ) -> ApiResult<Json<UsageOverview>> {
-    let row = scope(&state, &ctx, &organization_id).await?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let row = &scoped.row;
     let quotas = state.store.organization_quotas(&row.id).await?;
     let used = state.store.resource_use(&row.id, None).await?;
     let snapshots = state.store.snapshot_count(&row.id).await?;
@@ -386,6 +413,7 @@ async fn usage(
         region_usage: vec![RegionUsage {
             region_id: row
                 .default_region_id
+                .clone()
                 .unwrap_or_else(|| state.organizations.default_region.clone()),
             sandbox_class: "container",
             total_cpu_quota: quotas.total_cpu_quota,
@@ -473,7 +501,10 @@ async fn update_quota(
             "sandboxCreateRateLimitTtlSeconds",
             &body.sandbox_create_rate_limit_ttl_seconds,
         ),
-        ("sandboxLifecycleRateLimit", &body.sandbox_lifecycle_rate_limit),
+        (
+            "sandboxLifecycleRateLimit",
+            &body.sandbox_lifecycle_rate_limit,
+        ),
         (
             "sandboxLifecycleRateLimitTtlSeconds",
             &body.sandbox_lifecycle_rate_limit_ttl_seconds,
@@ -551,11 +582,7 @@ async fn update_region_quota(
             body.total_memory_quota,
             q.total_memory_quota,
         )?,
-        total_disk_quota: quota_value(
-            "totalDiskQuota",
-            body.total_disk_quota,
-            q.total_disk_quota,
-        )?,
+        total_disk_quota: quota_value("totalDiskQuota", body.total_disk_quota, q.total_disk_quota)?,
         max_cpu_per_sandbox: quota_value(
             "maxCpuPerSandbox",
             body.max_cpu_per_sandbox,

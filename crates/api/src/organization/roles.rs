@@ -118,7 +118,8 @@ async fn list(
     ctx: AuthContext,
     Path(organization_id): Path<String>,
 ) -> ApiResult<Json<Vec<RoleDto>>> {
-    let org = scope(&state, &ctx, &organization_id).await?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let org = &scoped.row;
     let roles = state.store.roles(&org.id).await?;
     Ok(Json(roles.into_iter().map(RoleDto::from).collect()))
 }
@@ -129,8 +130,9 @@ async fn create(
     Path(organization_id): Path<String>,
     JsonBody(body): JsonBody<RoleBody>,
 ) -> ApiResult<(StatusCode, Json<RoleDto>)> {
-    let org = scope(&state, &ctx, &organization_id).await?;
-    ctx.require_owner("manage roles")?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let org = &scoped.row;
+    scoped.require_owner("manage roles")?;
     let (name, permissions) = validate(&body)?;
     let id = state
         .store
@@ -168,8 +170,9 @@ async fn update(
     Path((organization_id, role_id)): Path<(String, String)>,
     JsonBody(body): JsonBody<RoleBody>,
 ) -> ApiResult<Json<RoleDto>> {
-    let org = scope(&state, &ctx, &organization_id).await?;
-    ctx.require_owner("manage roles")?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let org = &scoped.row;
+    scoped.require_owner("manage roles")?;
     own_role(&state, &org.id, &role_id).await?;
     let (name, permissions) = validate(&body)?;
     state
@@ -184,8 +187,9 @@ async fn delete(
     ctx: AuthContext,
     Path((organization_id, role_id)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
-    let org = scope(&state, &ctx, &organization_id).await?;
-    ctx.require_owner("manage roles")?;
+    let scoped = scope(&state, &ctx, &organization_id).await?;
+    let org = &scoped.row;
+    scoped.require_owner("manage roles")?;
     own_role(&state, &org.id, &role_id).await?;
     state.store.delete_role(&role_id).await?;
     Ok(StatusCode::NO_CONTENT)

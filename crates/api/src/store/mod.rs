@@ -18,8 +18,8 @@ mod snapshots;
 
 pub use accounts::{ApiKeyRow, CredentialRow, NewApiKey};
 pub use organizations::{
-    Holdings, InvitationRow, MemberRow, NewInvitation, NewUser, OrganizationRow, RegionRow, RoleRow,
-    UserRow,
+    Holdings, InvitationRow, MemberRow, NewInvitation, NewUser, OrganizationRow, RegionRow,
+    RoleRow, UserRow,
 };
 pub use quotas::{OrgQuotas, ResourceUse};
 pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};

@@ -96,7 +96,8 @@ pub struct Holdings {
     pub snapshots: i64,
 }
 
-const INVITATION_SELECT: &str = "SELECT i.id, i.organization_id, o.name AS organization_name, i.email, i.invited_by, i.role,
+const INVITATION_SELECT: &str =
+    "SELECT i.id, i.organization_id, o.name AS organization_name, i.email, i.invited_by, i.role,
  i.status, i.expires_at, i.created_at, i.updated_at FROM organization_invitations i
  JOIN organizations o ON o.id = i.organization_id AND o.deleted_at IS NULL";
 
@@ -212,12 +213,14 @@ impl Store {
     }
 
     pub async fn set_default_region(&self, org: &str, region: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE organizations SET default_region_id = $1, updated_at = $2 WHERE id = $3")
-            .bind(region)
-            .bind(now())
-            .bind(org)
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "UPDATE organizations SET default_region_id = $1, updated_at = $2 WHERE id = $3",
+        )
+        .bind(region)
+        .bind(now())
+        .bind(org)
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
@@ -381,20 +384,31 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(user, id, organization_id, name, description, permissions, created_at, updated_at)| {
-                (
+            .map(
+                |(
                     user,
-                    RoleRow {
-                        id,
-                        organization_id,
-                        name,
-                        description,
-                        permissions,
-                        created_at,
-                        updated_at,
-                    },
-                )
-            })
+                    id,
+                    organization_id,
+                    name,
+                    description,
+                    permissions,
+                    created_at,
+                    updated_at,
+                )| {
+                    (
+                        user,
+                        RoleRow {
+                            id,
+                            organization_id,
+                            name,
+                            description,
+                            permissions,
+                            created_at,
+                            updated_at,
+                        },
+                    )
+                },
+            )
             .collect())
     }
 

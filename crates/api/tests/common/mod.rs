@@ -81,8 +81,10 @@ pub struct Org {
 }
 
 pub async fn add_org(store: &Store, user: &str) -> Org {
+    // System administrators: the tests create sandboxes straight from a local image reference,
+    // which only administrators may name.
     let organization_id = store
-        .create_user_with_personal_org(user, user, "user")
+        .create_user_with_personal_org(user, user, "admin")
         .await
         .unwrap();
     let key = auth::generate_key();
