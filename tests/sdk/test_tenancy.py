@@ -1,7 +1,7 @@
 """Tenant isolation: a key of organization B can see, change, use or delete nothing of organization A.
 
-Every route of the API and of the proxy is tried; the routes are read from the Rust sources, and the test
-fails when one has no probe here, so a new route cannot ship without its isolation check."""
+Every route of the API and of the proxy is tried; the API's routes are read from its OpenAPI document
+(generated from the handlers), the proxy's from its sources, and the test fails when one has no probe here, so a new route cannot ship without its isolation check."""
 
 from __future__ import annotations
 
@@ -19,31 +19,33 @@ from support import http, make_client, unique
 
 REPO = Path(__file__).resolve().parents[2]
 DENIED = (403, 404)
-# Method routers built by helpers rather than by axum's get/post/...: the methods they answer.
-ROUTE_HELPERS = {"interval_route": ["POST"]}
 _METHOD = re.compile(r"(?:^|\.)\s*(get|post|put|patch|delete|any)\(")
 
 
-def source_routes() -> set[tuple[str, str]]:
-    """`(METHOD, path)` of every `.route(...)` in the API (under /api) and the proxy."""
+def api_routes(server) -> set[tuple[str, str]]:
+    """`(METHOD, /api/path)` of every operation in the API's OpenAPI document, which is generated
+    from the handlers the router serves."""
+    doc = http("GET", f"{server.api_url}/openapi.json").json()
+    return {(method.upper(), "/api" + path) for path, item in doc["paths"].items() for method in item}
+
+
+def proxy_routes() -> set[tuple[str, str]]:
+    """`(METHOD, path)` of every `.route(...)` in the proxy's sources."""
     found = set()
-    for crate, prefix in (("api", "/api"), ("proxy", "")):
-        for path in sorted((REPO / "crates" / crate / "src").rglob("*.rs")):
-            text = path.read_text()
-            for match in re.finditer(r"\.route\(", text):
-                depth, end = 1, match.end()
-                while depth:
-                    depth += {"(": 1, ")": -1}.get(text[end], 0)
-                    end += 1
-                args = text[match.end() : end - 1]
-                parsed = re.match(r'\s*"([^"]+)"\s*,(.*)$', args, re.S)
-                assert parsed, f"{path}: cannot read the route in .route({args[:80]})"
-                template, handler = parsed.group(1), parsed.group(2).strip()
-                methods = [m.upper() for m in _METHOD.findall(handler)]
-                helper = handler.split("(")[0]
-                methods += ROUTE_HELPERS.get(helper, [])
-                assert methods, f"{path}: no HTTP method known for {template} ({handler[:60]}); add it to ROUTE_HELPERS"
-                found |= {(m, prefix + template) for m in methods}
+    for path in sorted((REPO / "crates" / "proxy" / "src").rglob("*.rs")):
+        text = path.read_text()
+        for match in re.finditer(r"\.route\(", text):
+            depth, end = 1, match.end()
+            while depth:
+                depth += {"(": 1, ")": -1}.get(text[end], 0)
+                end += 1
+            args = text[match.end() : end - 1]
+            parsed = re.match(r'\s*"([^"]+)"\s*,(.*)$', args, re.S)
+            assert parsed, f"{path}: cannot read the route in .route({args[:80]})"
+            template, handler = parsed.group(1), parsed.group(2).strip()
+            methods = [m.upper() for m in _METHOD.findall(handler)]
+            assert methods, f"{path}: no HTTP method known for {template} ({handler[:60]})"
+            found |= {(m, template) for m in methods}
     return found
 
 
@@ -317,8 +319,8 @@ def assert_in(actual, allowed) -> None:
     assert actual in allowed, f"{actual!r} not in {allowed!r}"
 
 
-def test_every_route_has_an_isolation_probe():
-    routes = source_routes()
+def test_every_route_has_an_isolation_probe(server):
+    routes = api_routes(server) | proxy_routes()
     missing = sorted(routes - PROBES.keys())
     stale = sorted(PROBES.keys() - routes)
     assert not missing, f"routes without a tenant-isolation probe in {__file__}: {missing}"

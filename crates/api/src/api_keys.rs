@@ -1,11 +1,12 @@
 //! `/api/api-keys`: a user's API keys in the current organization. A key's value is shown once,
 //! at creation; afterwards only its prefix.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::{self, AuthContext};
@@ -79,13 +80,19 @@ impl ApiKeyDto {
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api-keys", get(list).post(create))
-        .route("/api-keys/current", get(current))
-        .route("/api-keys/{name}", get(get_one).delete(delete))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(current))
+        .routes(routes!(get_one, delete))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api-keys",
+    tag = "api-keys",
+    operation_id = "api_keys_list"
+)]
 async fn list(State(state): State<AppState>, ctx: AuthContext) -> ApiResult<Json<Vec<ApiKeyDto>>> {
     let rows = state
         .store
@@ -94,6 +101,12 @@ async fn list(State(state): State<AppState>, ctx: AuthContext) -> ApiResult<Json
     Ok(Json(rows.into_iter().map(ApiKeyDto::masked).collect()))
 }
 
+#[utoipa::path(
+    post,
+    path = "/api-keys",
+    tag = "api-keys",
+    operation_id = "api_keys_create"
+)]
 async fn create(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -197,6 +210,12 @@ pub(crate) async fn issue(
     Ok(dto)
 }
 
+#[utoipa::path(
+    get,
+    path = "/api-keys/current",
+    tag = "api-keys",
+    operation_id = "api_keys_current"
+)]
 async fn current(State(state): State<AppState>, ctx: AuthContext) -> ApiResult<Json<ApiKeyDto>> {
     let rows = state
         .store
@@ -209,6 +228,7 @@ async fn current(State(state): State<AppState>, ctx: AuthContext) -> ApiResult<J
     Ok(Json(ApiKeyDto::masked(row)))
 }
 
+#[utoipa::path(get, path = "/api-keys/{name}", tag = "api-keys", operation_id = "api_keys_get_one", params(("name" = String, Path)))]
 async fn get_one(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -222,6 +242,7 @@ async fn get_one(
     Ok(Json(ApiKeyDto::masked(row)))
 }
 
+#[utoipa::path(delete, path = "/api-keys/{name}", tag = "api-keys", operation_id = "api_keys_delete", params(("name" = String, Path)))]
 async fn delete(
     State(state): State<AppState>,
     ctx: AuthContext,

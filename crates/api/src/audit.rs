@@ -6,14 +6,15 @@
 //! through an [`AuditSlot`] that the [`AuthContext`] extractor fills: no second authentication.
 
 use std::sync::{Arc, OnceLock};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use axum::Json;
 use axum::body::{Body, HttpBody, to_bytes};
 use axum::extract::{MatchedPath, Path, Query, RawPathParams, Request, State};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::get;
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
@@ -169,8 +170,8 @@ pub async fn record(
 
 // --- listing ----------------------------------------------------------------------------------
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/audit/organizations/{organization_id}", get(list))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list))
 }
 
 #[derive(Deserialize)]
@@ -246,6 +247,7 @@ fn decode_cursor(raw: &str) -> ApiResult<(String, String)> {
         .ok_or_else(|| ApiError::BadRequest("nextToken: not a token this server issued".into()))
 }
 
+#[utoipa::path(get, path = "/audit/organizations/{organization_id}", tag = "audit", operation_id = "audit_list", params(("organization_id" = String, Path)))]
 async fn list(
     State(state): State<AppState>,
     ctx: AuthContext,

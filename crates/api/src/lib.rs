@@ -4,8 +4,11 @@
 
 use std::sync::Arc;
 
-use axum::routing::get;
 use axum::{Json, Router};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use utoipa_swagger_ui::SwaggerUi;
 
 pub mod api_keys;
 pub mod audit;
@@ -40,8 +43,8 @@ pub struct AppState {
 /// Must be called inside a Tokio runtime (the gateway spawns its event forwarder).
 pub fn router(state: AppState) -> Router {
     let events = events::socketio::layer(&state);
-    let api = Router::new()
-        .route("/health", get(health))
+    let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(health))
         .merge(sandbox::routes::router())
         .merge(sandbox::settings::router())
         .merge(snapshot::router())
@@ -50,13 +53,17 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(organization::router())
         .merge(users::router())
-        // After routing, so the audit knows each call's route template.
+        .split_for_parts();
+    // After routing, so the audit knows each call's route template.
+    let api = api
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::record,
         ))
         .fallback(not_found);
     Router::new()
+        // The document is served with the `/api` prefix its paths are relative to.
+        .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", with_server(openapi)))
         .nest("/api", api)
         .fallback(not_found)
         .layer(events)
@@ -64,6 +71,44 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// The OpenAPI document's frame; the paths come from the routers' `#[utoipa::path]` handlers.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Daytona",
+        description = "Control-plane API of the Daytona-compatible sandbox server (paths are under /api)."
+    ),
+    modifiers(&BearerAuth)
+)]
+struct ApiDoc;
+
+/// Every route takes an API key (or, for some, a token) as `Authorization: Bearer`.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        doc.components
+            .get_or_insert_with(Default::default)
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+        doc.security = Some(vec![SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+fn with_server(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    doc.servers = Some(vec![utoipa::openapi::Server::new("/api")]);
+    doc
+}
+
+#[utoipa::path(get, path = "/health", tag = "health", operation_id = "health")]
 async fn health() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }

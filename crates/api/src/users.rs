@@ -5,11 +5,12 @@
 //! user's keys: `POST /admin/users/{id}/api-keys` (this server's addition) creates one for the
 //! user in one of its organizations (the personal one unless `organizationId` says otherwise).
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::api_keys::{self, ApiKeyDto};
@@ -18,12 +19,12 @@ use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::store::{NewUser, OrgQuotas, UserRow};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/users/me", get(me))
-        .route("/admin/users", get(list).post(create))
-        .route("/admin/users/{user_id}", get(get_one))
-        .route("/admin/users/{user_id}/api-keys", post(create_key))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(me))
+        .routes(routes!(list, create))
+        .routes(routes!(get_one))
+        .routes(routes!(create_key))
 }
 
 /// `UserPublicKey`.
@@ -64,16 +65,19 @@ async fn user_or_404(state: &AppState, id: &str) -> ApiResult<UserRow> {
         .ok_or_else(|| ApiError::NotFound(format!("User {id} not found")))
 }
 
+#[utoipa::path(get, path = "/users/me", tag = "users", operation_id = "users_me")]
 async fn me(State(state): State<AppState>, ctx: AuthContext) -> ApiResult<Json<UserDto>> {
     Ok(Json(user_or_404(&state, &ctx.user_id).await?.into()))
 }
 
+#[utoipa::path(get, path = "/admin/users", tag = "users", operation_id = "users_list")]
 async fn list(State(state): State<AppState>, ctx: AuthContext) -> ApiResult<Json<Vec<UserDto>>> {
     ctx.require_system_admin()?;
     let users = state.store.users().await?;
     Ok(Json(users.into_iter().map(UserDto::from).collect()))
 }
 
+#[utoipa::path(get, path = "/admin/users/{user_id}", tag = "users", operation_id = "users_get_one", params(("user_id" = String, Path)))]
 async fn get_one(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -165,6 +169,12 @@ fn valid_user_id(id: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@' | '|'))
 }
 
+#[utoipa::path(
+    post,
+    path = "/admin/users",
+    tag = "users",
+    operation_id = "users_create"
+)]
 async fn create(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -266,6 +276,7 @@ struct CreateUserKey {
     expires_at: Option<String>,
 }
 
+#[utoipa::path(post, path = "/admin/users/{user_id}/api-keys", tag = "users", operation_id = "users_create_key", params(("user_id" = String, Path)))]
 async fn create_key(
     State(state): State<AppState>,
     ctx: AuthContext,

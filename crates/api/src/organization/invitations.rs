@@ -2,11 +2,12 @@
 //! with that email lists, accepts (becoming a member) or declines them; owners list, update
 //! and cancel pending ones. Invitations expire (7 days unless `expiresAt` says otherwise).
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post, put};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::members::parse_member_role;
 use super::roles::{RoleDto, resolve_role_ids};
@@ -21,30 +22,15 @@ const DEFAULT_EXPIRY_DAYS: i64 = 7;
 /// Upstream's default assignment: the Developer role.
 const DEVELOPER_ROLE: &str = "00000000-0000-0000-0000-000000000001";
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/organizations/invitations", get(list_mine))
-        .route("/organizations/invitations/count", get(count_mine))
-        .route(
-            "/organizations/invitations/{invitation_id}/accept",
-            post(accept),
-        )
-        .route(
-            "/organizations/invitations/{invitation_id}/decline",
-            post(decline),
-        )
-        .route(
-            "/organizations/{organization_id}/invitations",
-            get(list_for_org).post(create),
-        )
-        .route(
-            "/organizations/{organization_id}/invitations/{invitation_id}",
-            put(update),
-        )
-        .route(
-            "/organizations/{organization_id}/invitations/{invitation_id}/cancel",
-            post(cancel),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_mine))
+        .routes(routes!(count_mine))
+        .routes(routes!(accept))
+        .routes(routes!(decline))
+        .routes(routes!(list_for_org, create))
+        .routes(routes!(update))
+        .routes(routes!(cancel))
 }
 
 /// `OrganizationInvitation`.
@@ -137,6 +123,12 @@ async fn my_email(state: &AppState, ctx: &AuthContext) -> ApiResult<Option<Strin
         .map(|e| e.to_lowercase()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/organizations/invitations",
+    tag = "organizations",
+    operation_id = "organization_invitations_list_mine"
+)]
 async fn list_mine(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -148,6 +140,12 @@ async fn list_mine(
     Ok(Json(to_dtos(&state, rows).await?))
 }
 
+#[utoipa::path(
+    get,
+    path = "/organizations/invitations/count",
+    tag = "organizations",
+    operation_id = "organization_invitations_count_mine"
+)]
 async fn count_mine(State(state): State<AppState>, ctx: AuthContext) -> ApiResult<Json<usize>> {
     let Some(email) = my_email(&state, &ctx).await? else {
         return Ok(Json(0));
@@ -181,6 +179,7 @@ async fn mine(state: &AppState, ctx: &AuthContext, id: &str) -> ApiResult<Invita
     Ok(row)
 }
 
+#[utoipa::path(post, path = "/organizations/invitations/{invitation_id}/accept", tag = "organizations", operation_id = "organization_invitations_accept", params(("invitation_id" = String, Path)))]
 async fn accept(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -211,6 +210,7 @@ async fn accept(
     Ok(Json(to_dto(&state, row).await?))
 }
 
+#[utoipa::path(post, path = "/organizations/invitations/{invitation_id}/decline", tag = "organizations", operation_id = "organization_invitations_decline", params(("invitation_id" = String, Path)))]
 async fn decline(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -225,6 +225,7 @@ async fn decline(
     Ok(StatusCode::OK)
 }
 
+#[utoipa::path(get, path = "/organizations/{organization_id}/invitations", tag = "organizations", operation_id = "organization_invitations_list_for_org", params(("organization_id" = String, Path)))]
 async fn list_for_org(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -252,6 +253,7 @@ fn member() -> String {
     "member".into()
 }
 
+#[utoipa::path(post, path = "/organizations/{organization_id}/invitations", tag = "organizations", operation_id = "organization_invitations_create", params(("organization_id" = String, Path)))]
 async fn create(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -342,6 +344,7 @@ struct UpdateInvitation {
     expires_at: Option<String>,
 }
 
+#[utoipa::path(put, path = "/organizations/{organization_id}/invitations/{invitation_id}", tag = "organizations", operation_id = "organization_invitations_update", params(("organization_id" = String, Path), ("invitation_id" = String, Path)))]
 async fn update(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -373,6 +376,7 @@ async fn update(
     Ok(Json(to_dto(&state, row).await?))
 }
 
+#[utoipa::path(post, path = "/organizations/{organization_id}/invitations/{invitation_id}/cancel", tag = "organizations", operation_id = "organization_invitations_cancel", params(("organization_id" = String, Path), ("invitation_id" = String, Path)))]
 async fn cancel(
     State(state): State<AppState>,
     ctx: AuthContext,

@@ -2,11 +2,12 @@
 //! Members see the list; only owners change access or remove members.
 
 use std::collections::HashMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::roles::{RoleDto, resolve_role_ids};
@@ -17,17 +18,11 @@ use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::store::MemberRow;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/organizations/{organization_id}/users", get(list))
-        .route(
-            "/organizations/{organization_id}/users/{user_id}/access",
-            post(update_access),
-        )
-        .route(
-            "/organizations/{organization_id}/users/{user_id}",
-            delete(remove),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(update_access))
+        .routes(routes!(remove))
 }
 
 /// `OrganizationUser`.
@@ -58,6 +53,7 @@ fn to_dto(row: MemberRow, assigned_roles: Vec<RoleDto>) -> MemberDto {
     }
 }
 
+#[utoipa::path(get, path = "/organizations/{organization_id}/users", tag = "organizations", operation_id = "organization_members_list", params(("organization_id" = String, Path)))]
 async fn list(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -110,6 +106,7 @@ pub(crate) async fn ensure_owner_remains(
     Ok(())
 }
 
+#[utoipa::path(post, path = "/organizations/{organization_id}/users/{user_id}/access", tag = "organizations", operation_id = "organization_members_update_access", params(("organization_id" = String, Path), ("user_id" = String, Path)))]
 async fn update_access(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -145,6 +142,7 @@ async fn update_access(
     )))
 }
 
+#[utoipa::path(delete, path = "/organizations/{organization_id}/users/{user_id}", tag = "organizations", operation_id = "organization_members_remove", params(("organization_id" = String, Path), ("user_id" = String, Path)))]
 async fn remove(
     State(state): State<AppState>,
     ctx: AuthContext,

@@ -6,11 +6,12 @@
 //! non-member gets 404 (ids stay hidden). Resources (sandboxes, snapshots, keys, audit) are
 //! only ever reached through a key of their own organization.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, patch, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::{AuthContext, MemberRole};
@@ -45,27 +46,15 @@ pub async fn ensure_default_region(
         .await
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/organizations", get(list).post(create))
-        .route(
-            "/organizations/{organization_id}",
-            get(get_one).delete(delete),
-        )
-        .route("/organizations/{organization_id}/leave", post(leave))
-        .route(
-            "/organizations/{organization_id}/default-region",
-            patch(set_default_region),
-        )
-        .route("/organizations/{organization_id}/usage", get(usage))
-        .route(
-            "/organizations/{organization_id}/quota",
-            patch(update_quota),
-        )
-        .route(
-            "/organizations/{organization_id}/quota/{region_id}",
-            patch(update_region_quota),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(get_one, delete))
+        .routes(routes!(leave))
+        .routes(routes!(set_default_region))
+        .routes(routes!(usage))
+        .routes(routes!(update_quota))
+        .routes(routes!(update_region_quota))
         .merge(members::router())
         .merge(roles::router())
         .merge(invitations::router())
@@ -183,6 +172,12 @@ async fn to_dto(state: &AppState, row: OrganizationRow) -> ApiResult<Organizatio
 }
 
 /// The organizations the caller's user belongs to.
+#[utoipa::path(
+    get,
+    path = "/organizations",
+    tag = "organizations",
+    operation_id = "organization_list"
+)]
 async fn list(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -250,6 +245,12 @@ async fn region_of(
     )))
 }
 
+#[utoipa::path(
+    post,
+    path = "/organizations",
+    tag = "organizations",
+    operation_id = "organization_create"
+)]
 async fn create(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -290,6 +291,7 @@ async fn create(
     Ok((StatusCode::CREATED, Json(to_dto(&state, row).await?)))
 }
 
+#[utoipa::path(get, path = "/organizations/{organization_id}", tag = "organizations", operation_id = "organization_get_one", params(("organization_id" = String, Path)))]
 async fn get_one(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -301,6 +303,7 @@ async fn get_one(
 }
 
 /// Deletes a shared organization that holds no sandboxes or snapshots; its keys stop working.
+#[utoipa::path(delete, path = "/organizations/{organization_id}", tag = "organizations", operation_id = "organization_delete", params(("organization_id" = String, Path)))]
 async fn delete(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -326,6 +329,7 @@ async fn delete(
 }
 
 /// The caller's user leaves the organization (its keys there stop working).
+#[utoipa::path(post, path = "/organizations/{organization_id}/leave", tag = "organizations", operation_id = "organization_leave", params(("organization_id" = String, Path)))]
 async fn leave(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -349,6 +353,7 @@ struct DefaultRegion {
     default_region_id: String,
 }
 
+#[utoipa::path(patch, path = "/organizations/{organization_id}/default-region", tag = "organizations", operation_id = "organization_set_default_region", params(("organization_id" = String, Path)))]
 async fn set_default_region(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -398,6 +403,7 @@ struct UsageOverview {
     current_volume_usage: i64,
 }
 
+#[utoipa::path(get, path = "/organizations/{organization_id}/usage", tag = "organizations", operation_id = "organization_usage", params(("organization_id" = String, Path)))]
 async fn usage(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -482,6 +488,7 @@ fn refuse_unsupported(fields: &[(&str, &Option<serde_json::Value>)]) -> ApiResul
 }
 
 /// Admin only, as upstream: members cannot raise their own limits.
+#[utoipa::path(patch, path = "/organizations/{organization_id}/quota", tag = "organizations", operation_id = "organization_update_quota", params(("organization_id" = String, Path)))]
 async fn update_quota(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -560,6 +567,7 @@ struct UpdateRegionQuota {
     max_disk_per_sandbox: Option<i64>,
 }
 
+#[utoipa::path(patch, path = "/organizations/{organization_id}/quota/{region_id}", tag = "organizations", operation_id = "organization_update_region_quota", params(("organization_id" = String, Path), ("region_id" = String, Path)))]
 async fn update_region_quota(
     State(state): State<AppState>,
     ctx: AuthContext,

@@ -2,21 +2,22 @@
 //! the public `GET /shared-regions`. This server runs one shared region, the configured
 //! `DEFAULT_REGION_*`; sandboxes report it as their `target`.
 
+use axum::Json;
 use axum::extract::{Path, State};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Serialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::store::RegionRow;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/regions", get(list))
-        .route("/regions/{region_id}", get(get_one))
-        .route("/shared-regions", get(shared))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(get_one))
+        .routes(routes!(shared))
 }
 
 /// `Region`. The URLs are null: the deployment-wide proxy and SSH gateway serve it.
@@ -50,11 +51,18 @@ impl From<RegionRow> for RegionDto {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/regions",
+    tag = "regions",
+    operation_id = "organization_regions_list"
+)]
 async fn list(State(state): State<AppState>, ctx: AuthContext) -> ApiResult<Json<Vec<RegionDto>>> {
     let rows = state.store.regions(&ctx.organization_id).await?;
     Ok(Json(rows.into_iter().map(RegionDto::from).collect()))
 }
 
+#[utoipa::path(get, path = "/regions/{region_id}", tag = "regions", operation_id = "organization_regions_get_one", params(("region_id" = String, Path)))]
 async fn get_one(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -68,6 +76,12 @@ async fn get_one(
     Ok(Json(row.into()))
 }
 
+#[utoipa::path(
+    get,
+    path = "/shared-regions",
+    tag = "regions",
+    operation_id = "organization_regions_shared"
+)]
 async fn shared(State(state): State<AppState>) -> ApiResult<Json<Vec<RegionDto>>> {
     let rows = state.store.shared_regions().await?;
     Ok(Json(rows.into_iter().map(RegionDto::from).collect()))

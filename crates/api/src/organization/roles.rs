@@ -2,11 +2,12 @@
 //! seeded by the migration) exist in every organization and cannot be changed; owners manage
 //! their organization's own roles.
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, put};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::scope;
 use crate::AppState;
@@ -16,16 +17,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::store::RoleRow;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/organizations/{organization_id}/roles",
-            get(list).post(create),
-        )
-        .route(
-            "/organizations/{organization_id}/roles/{role_id}",
-            put(update).delete(delete),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(update, delete))
 }
 
 /// `OrganizationRole`.
@@ -113,6 +108,7 @@ fn validate(body: &RoleBody) -> ApiResult<(String, String)> {
     Ok((name.to_string(), permissions.join(",")))
 }
 
+#[utoipa::path(get, path = "/organizations/{organization_id}/roles", tag = "organizations", operation_id = "organization_roles_list", params(("organization_id" = String, Path)))]
 async fn list(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -124,6 +120,7 @@ async fn list(
     Ok(Json(roles.into_iter().map(RoleDto::from).collect()))
 }
 
+#[utoipa::path(post, path = "/organizations/{organization_id}/roles", tag = "organizations", operation_id = "organization_roles_create", params(("organization_id" = String, Path)))]
 async fn create(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -164,6 +161,7 @@ async fn own_role(state: &AppState, organization_id: &str, role_id: &str) -> Api
     Ok(role)
 }
 
+#[utoipa::path(put, path = "/organizations/{organization_id}/roles/{role_id}", tag = "organizations", operation_id = "organization_roles_update", params(("organization_id" = String, Path), ("role_id" = String, Path)))]
 async fn update(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -182,6 +180,7 @@ async fn update(
     Ok(Json(own_role(&state, &org.id, &role_id).await?.into()))
 }
 
+#[utoipa::path(delete, path = "/organizations/{organization_id}/roles/{role_id}", tag = "organizations", operation_id = "organization_roles_delete", params(("organization_id" = String, Path), ("role_id" = String, Path)))]
 async fn delete(
     State(state): State<AppState>,
     ctx: AuthContext,

@@ -9,10 +9,11 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use daytona_proxy::{Credential, PreviewTarget, ProxyError, SandboxDirectory};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
@@ -249,24 +250,15 @@ impl SandboxDirectory for AppState {
 
 // --- HTTP -------------------------------------------------------------------------------------
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sandbox/{id}/ports/{port}/preview-url", get(preview_url))
-        .route(
-            "/sandbox/{id}/ports/{port}/signed-preview-url",
-            get(signed_preview_url),
-        )
-        .route(
-            "/sandbox/{id}/ports/{port}/signed-preview-url/{token}/expire",
-            post(expire_signed_preview_url),
-        )
-        .route(
-            "/sandbox/{id}/ssh-access",
-            post(create_ssh_access).delete(revoke_ssh_access),
-        )
-        .route("/sandbox/ssh-access/validate", get(validate_ssh_access))
-        .route("/sandbox/{id}/signing-key", get(signing_key))
-        .route("/sandbox/{id}/signing-key/rotate", post(rotate_signing_key))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(preview_url))
+        .routes(routes!(signed_preview_url))
+        .routes(routes!(expire_signed_preview_url))
+        .routes(routes!(create_ssh_access, revoke_ssh_access))
+        .routes(routes!(validate_ssh_access))
+        .routes(routes!(signing_key))
+        .routes(routes!(rotate_signing_key))
 }
 
 fn parse_port(raw: &str) -> ApiResult<u16> {
@@ -283,6 +275,7 @@ struct PreviewUrl {
     token: String,
 }
 
+#[utoipa::path(get, path = "/sandbox/{id}/ports/{port}/preview-url", tag = "sandbox", operation_id = "sandbox_access_preview_url", params(("id" = String, Path), ("port" = String, Path)))]
 async fn preview_url(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -302,6 +295,7 @@ async fn preview_url(
 }
 
 /// `GET /sandbox/{id}/signing-key`: the key the SDK signs file URLs with (a JSON string).
+#[utoipa::path(get, path = "/sandbox/{id}/signing-key", tag = "sandbox", operation_id = "sandbox_access_signing_key", params(("id" = String, Path)))]
 async fn signing_key(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -317,6 +311,7 @@ async fn signing_key(
 }
 
 /// `POST /sandbox/{id}/signing-key/rotate`: a new key; URLs signed with the old one stop working.
+#[utoipa::path(post, path = "/sandbox/{id}/signing-key/rotate", tag = "sandbox", operation_id = "sandbox_access_rotate_signing_key", params(("id" = String, Path)))]
 async fn rotate_signing_key(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -347,6 +342,7 @@ struct SignedPreviewUrl {
     url: String,
 }
 
+#[utoipa::path(get, path = "/sandbox/{id}/ports/{port}/signed-preview-url", tag = "sandbox", operation_id = "sandbox_access_signed_preview_url", params(("id" = String, Path), ("port" = String, Path)))]
 async fn signed_preview_url(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -380,6 +376,7 @@ async fn signed_preview_url(
     }))
 }
 
+#[utoipa::path(post, path = "/sandbox/{id}/ports/{port}/signed-preview-url/{token}/expire", tag = "sandbox", operation_id = "sandbox_access_expire_signed_preview_url", params(("id" = String, Path), ("port" = String, Path), ("token" = String, Path)))]
 async fn expire_signed_preview_url(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -423,6 +420,7 @@ struct SshAccess {
     ssh_command: String,
 }
 
+#[utoipa::path(post, path = "/sandbox/{id}/ssh-access", tag = "sandbox", operation_id = "sandbox_access_create_ssh_access", params(("id" = String, Path)))]
 async fn create_ssh_access(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -472,6 +470,7 @@ async fn create_ssh_access(
     Ok(Json(access))
 }
 
+#[utoipa::path(delete, path = "/sandbox/{id}/ssh-access", tag = "sandbox", operation_id = "sandbox_access_revoke_ssh_access", params(("id" = String, Path)))]
 async fn revoke_ssh_access(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -511,6 +510,12 @@ struct SshValidation {
     sandbox_id: String,
 }
 
+#[utoipa::path(
+    get,
+    path = "/sandbox/ssh-access/validate",
+    tag = "sandbox",
+    operation_id = "sandbox_access_validate_ssh_access"
+)]
 async fn validate_ssh_access(
     State(state): State<AppState>,
     ctx: AuthContext,

@@ -1,10 +1,11 @@
 //! `/api/sandbox` routes.
 
+use axum::Json;
 use axum::extract::{Path, RawQuery, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::dto::{CreateSandbox, Sandbox, SandboxPage};
 use super::service::parse_label_filter;
@@ -18,23 +19,29 @@ use crate::store::{SandboxFilter, SandboxSort};
 const DEFAULT_PAGE: i64 = 100;
 const MAX_PAGE: i64 = 200;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sandbox", post(create).get(list))
-        .route("/sandbox/{id}", get(get_one).delete(delete))
-        .route("/sandbox/{id}/start", post(start))
-        .route("/sandbox/{id}/stop", post(stop))
-        .route("/sandbox/{id}/recover", post(recover))
-        .route("/sandbox/{id}/pause", post(pause))
-        .route("/sandbox/{id}/resize", post(resize))
-        .route("/sandbox/{id}/snapshot", post(snapshot))
-        .route("/sandbox/{id}/fork", post(fork))
-        .route("/sandbox/{id}/archive", post(archive))
-        .route("/sandbox/{id}/forks", get(forks))
-        .route("/sandbox/{id}/parent", get(parent))
-        .route("/sandbox/{id}/toolbox-proxy-url", get(toolbox_proxy_url))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get_one, delete))
+        .routes(routes!(start))
+        .routes(routes!(stop))
+        .routes(routes!(recover))
+        .routes(routes!(pause))
+        .routes(routes!(resize))
+        .routes(routes!(snapshot))
+        .routes(routes!(fork))
+        .routes(routes!(archive))
+        .routes(routes!(forks))
+        .routes(routes!(parent))
+        .routes(routes!(toolbox_proxy_url))
 }
 
+#[utoipa::path(
+    post,
+    path = "/sandbox",
+    tag = "sandbox",
+    operation_id = "sandbox_routes_create"
+)]
 async fn create(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -47,6 +54,7 @@ async fn create(
     Ok(Json(state.sandboxes.create(&ctx, body).await?))
 }
 
+#[utoipa::path(get, path = "/sandbox/{id}", tag = "sandbox", operation_id = "sandbox_routes_get_one", params(("id" = String, Path)))]
 async fn get_one(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -71,6 +79,7 @@ async fn get_one(
     Ok(Json(dto))
 }
 
+#[utoipa::path(post, path = "/sandbox/{id}/start", tag = "sandbox", operation_id = "sandbox_routes_start", params(("id" = String, Path)))]
 async fn start(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -83,6 +92,7 @@ async fn start(
     Ok(Json(state.sandboxes.start(&ctx, &id).await?))
 }
 
+#[utoipa::path(post, path = "/sandbox/{id}/stop", tag = "sandbox", operation_id = "sandbox_routes_stop", params(("id" = String, Path)))]
 async fn stop(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -95,6 +105,7 @@ async fn stop(
     Ok(Json(state.sandboxes.stop(&ctx, &id).await?))
 }
 
+#[utoipa::path(post, path = "/sandbox/{id}/pause", tag = "sandbox", operation_id = "sandbox_routes_pause", params(("id" = String, Path)))]
 async fn pause(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -116,6 +127,7 @@ struct ResizeBody {
     gpu: Option<u32>,
 }
 
+#[utoipa::path(post, path = "/sandbox/{id}/resize", tag = "sandbox", operation_id = "sandbox_routes_resize", params(("id" = String, Path)))]
 async fn resize(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -149,6 +161,7 @@ struct SnapshotBody {
 }
 
 /// The sandbox's files become a new snapshot (`sandbox.create_snapshot(name)`).
+#[utoipa::path(post, path = "/sandbox/{id}/snapshot", tag = "sandbox", operation_id = "sandbox_routes_snapshot", params(("id" = String, Path)))]
 async fn snapshot(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -175,6 +188,7 @@ struct ForkBody {
 }
 
 /// A new sandbox with a copy of this one's files (`sandbox.fork(name)`); answers with the fork.
+#[utoipa::path(post, path = "/sandbox/{id}/fork", tag = "sandbox", operation_id = "sandbox_routes_fork", params(("id" = String, Path)))]
 async fn fork(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -190,6 +204,7 @@ async fn fork(
 }
 
 /// Moves a stopped sandbox's files to object storage; `start` brings it back.
+#[utoipa::path(post, path = "/sandbox/{id}/archive", tag = "sandbox", operation_id = "sandbox_routes_archive", params(("id" = String, Path)))]
 async fn archive(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -203,6 +218,7 @@ async fn archive(
     Ok(Json(state.sandboxes.archive_sandbox(row).await?))
 }
 
+#[utoipa::path(get, path = "/sandbox/{id}/forks", tag = "sandbox", operation_id = "sandbox_routes_forks", params(("id" = String, Path)))]
 async fn forks(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -212,6 +228,7 @@ async fn forks(
     Ok(Json(state.sandboxes.forks(&row).await?))
 }
 
+#[utoipa::path(get, path = "/sandbox/{id}/parent", tag = "sandbox", operation_id = "sandbox_routes_parent", params(("id" = String, Path)))]
 async fn parent(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -222,6 +239,7 @@ async fn parent(
 }
 
 /// Recovers a sandbox in `error` by starting it again (its files are kept).
+#[utoipa::path(post, path = "/sandbox/{id}/recover", tag = "sandbox", operation_id = "sandbox_routes_recover", params(("id" = String, Path)))]
 async fn recover(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -241,6 +259,7 @@ async fn recover(
     Ok(Json(state.sandboxes.start_sandbox(row).await?))
 }
 
+#[utoipa::path(delete, path = "/sandbox/{id}", tag = "sandbox", operation_id = "sandbox_routes_delete", params(("id" = String, Path)))]
 async fn delete(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -253,6 +272,7 @@ async fn delete(
     Ok(Json(state.sandboxes.delete(&ctx, &id).await?))
 }
 
+#[utoipa::path(get, path = "/sandbox/{id}/toolbox-proxy-url", tag = "sandbox", operation_id = "sandbox_routes_toolbox_proxy_url", params(("id" = String, Path)))]
 async fn toolbox_proxy_url(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -323,6 +343,12 @@ fn list_filter(query: Option<&str>) -> ApiResult<SandboxFilter> {
     Ok(f)
 }
 
+#[utoipa::path(
+    get,
+    path = "/sandbox",
+    tag = "sandbox",
+    operation_id = "sandbox_routes_list"
+)]
 async fn list(
     State(state): State<AppState>,
     ctx: AuthContext,

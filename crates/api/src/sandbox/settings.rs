@@ -2,11 +2,12 @@
 //! TTL, network settings, and activity.
 
 use std::collections::BTreeMap;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{MethodRouter, post, put};
-use axum::{Json, Router};
 use serde::Deserialize;
 
 use super::dto::Sandbox;
@@ -18,29 +19,17 @@ use crate::store::SandboxSetting;
 use daytona_runner::{NetworkPolicy, RunnerError};
 use daytona_runtime::RuntimeError;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/sandbox/{id}/labels", put(labels))
-        .route("/sandbox/{id}/public/{value}", post(public))
-        .route(
-            "/sandbox/{id}/autostop/{minutes}",
-            interval_route(Interval::AutoStop),
-        )
-        .route(
-            "/sandbox/{id}/autoarchive/{minutes}",
-            interval_route(Interval::AutoArchive),
-        )
-        .route(
-            "/sandbox/{id}/autodelete/{minutes}",
-            interval_route(Interval::AutoDelete),
-        )
-        .route(
-            "/sandbox/{id}/autopause/{minutes}",
-            interval_route(Interval::AutoPause),
-        )
-        .route("/sandbox/{id}/ttl/{minutes}", interval_route(Interval::Ttl))
-        .route("/sandbox/{id}/network-settings", post(network_settings))
-        .route("/sandbox/{id}/last-activity", post(last_activity))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(labels))
+        .routes(routes!(public))
+        .routes(routes!(autostop))
+        .routes(routes!(autoarchive))
+        .routes(routes!(autodelete))
+        .routes(routes!(autopause))
+        .routes(routes!(ttl))
+        .routes(routes!(network_settings))
+        .routes(routes!(last_activity))
 }
 
 /// Parses an integer path segment, naming it in the error.
@@ -73,6 +62,7 @@ struct LabelsBody {
     labels: BTreeMap<String, String>,
 }
 
+#[utoipa::path(put, path = "/sandbox/{id}/labels", tag = "sandbox", operation_id = "sandbox_settings_labels", params(("id" = String, Path)))]
 async fn labels(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -85,6 +75,7 @@ async fn labels(
     ))
 }
 
+#[utoipa::path(post, path = "/sandbox/{id}/public/{value}", tag = "sandbox", operation_id = "sandbox_settings_public", params(("id" = String, Path), ("value" = String, Path)))]
 async fn public(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -113,16 +104,29 @@ enum Interval {
     AutoPause,
     Ttl,
 }
-
-fn interval_route(kind: Interval) -> MethodRouter<AppState> {
-    post(
-        move |State(state): State<AppState>,
-              ctx: AuthContext,
-              Path((id, minutes)): Path<(String, String)>| async move {
-            let setting = interval_setting(&state, kind, &minutes)?;
+/// Handlers that set one of the sandbox's intervals (`{minutes}`) and return the updated
+/// sandbox: one function per path, as the OpenAPI document describes each route by its handler.
+macro_rules! interval_handlers {
+    ($($name:ident: $kind:ident at $path:literal,)*) => {$(
+        #[utoipa::path(post, path = $path, tag = "sandbox", operation_id = concat!("sandbox_", stringify!($name)),
+            params(("id" = String, Path), ("minutes" = String, Path)))]
+        async fn $name(
+            State(state): State<AppState>,
+            ctx: AuthContext,
+            Path((id, minutes)): Path<(String, String)>,
+        ) -> ApiResult<Json<Sandbox>> {
+            let setting = interval_setting(&state, Interval::$kind, &minutes)?;
             apply(&state, &ctx, &id, setting).await.map(Json)
-        },
-    )
+        }
+    )*};
+}
+
+interval_handlers! {
+    autostop: AutoStop at "/sandbox/{id}/autostop/{minutes}",
+    autoarchive: AutoArchive at "/sandbox/{id}/autoarchive/{minutes}",
+    autodelete: AutoDelete at "/sandbox/{id}/autodelete/{minutes}",
+    autopause: AutoPause at "/sandbox/{id}/autopause/{minutes}",
+    ttl: Ttl at "/sandbox/{id}/ttl/{minutes}",
 }
 
 /// Validates `raw` minutes for `kind` (0 disables, except: auto-archive 0 = the maximum,
@@ -172,6 +176,7 @@ pub fn network_policy(block_all: bool, allow_list: Option<&str>) -> ApiResult<Ne
     })
 }
 
+#[utoipa::path(post, path = "/sandbox/{id}/network-settings", tag = "sandbox", operation_id = "sandbox_settings_network_settings", params(("id" = String, Path)))]
 async fn network_settings(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -228,6 +233,7 @@ async fn network_settings(
     Ok(Json(apply(&state, &ctx, &row.id, setting).await?))
 }
 
+#[utoipa::path(post, path = "/sandbox/{id}/last-activity", tag = "sandbox", operation_id = "sandbox_settings_last_activity", params(("id" = String, Path)))]
 async fn last_activity(
     State(state): State<AppState>,
     ctx: AuthContext,

@@ -6,11 +6,12 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use daytona_runner::SandboxRunner;
 use serde::{Deserialize, Serialize};
 
@@ -479,14 +480,20 @@ fn new_row(
     }
 }
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/snapshots", post(create).get(list))
-        .route("/snapshots/{id}", get(get_one).delete(delete))
-        .route("/snapshots/{id}/activate", post(activate))
-        .route("/snapshots/{id}/deactivate", post(deactivate))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create, list))
+        .routes(routes!(get_one, delete))
+        .routes(routes!(activate))
+        .routes(routes!(deactivate))
 }
 
+#[utoipa::path(
+    post,
+    path = "/snapshots",
+    tag = "snapshots",
+    operation_id = "snapshot_create"
+)]
 async fn create(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -496,6 +503,7 @@ async fn create(
     Ok(Json(state.snapshots.create(&ctx, body).await?))
 }
 
+#[utoipa::path(get, path = "/snapshots/{id}", tag = "snapshots", operation_id = "snapshot_get_one", params(("id" = String, Path)))]
 async fn get_one(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -504,6 +512,7 @@ async fn get_one(
     Ok(Json(state.snapshots.get(&ctx, &id).await?))
 }
 
+#[utoipa::path(delete, path = "/snapshots/{id}", tag = "snapshots", operation_id = "snapshot_delete", params(("id" = String, Path)))]
 async fn delete(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -514,6 +523,7 @@ async fn delete(
     Ok(StatusCode::OK)
 }
 
+#[utoipa::path(post, path = "/snapshots/{id}/activate", tag = "snapshots", operation_id = "snapshot_activate", params(("id" = String, Path)))]
 async fn activate(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -522,6 +532,7 @@ async fn activate(
     Ok(Json(state.snapshots.set_active(&ctx, &id, true).await?))
 }
 
+#[utoipa::path(post, path = "/snapshots/{id}/deactivate", tag = "snapshots", operation_id = "snapshot_deactivate", params(("id" = String, Path)))]
 async fn deactivate(
     State(state): State<AppState>,
     ctx: AuthContext,
@@ -531,6 +542,12 @@ async fn deactivate(
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(
+    get,
+    path = "/snapshots",
+    tag = "snapshots",
+    operation_id = "snapshot_list"
+)]
 async fn list(
     State(state): State<AppState>,
     ctx: AuthContext,
