@@ -20,6 +20,7 @@ pub mod sandbox;
 pub mod snapshot;
 pub mod store;
 pub mod users;
+pub mod volume;
 
 pub use sandbox::{SandboxService, SandboxSettings};
 pub use store::Store;
@@ -50,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(organization::router())
         .merge(users::router())
+        .merge(volume::routes::router())
         // After routing, so the audit knows each call's route template.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
