@@ -171,7 +171,7 @@ def test_symlinks_in_a_volume_do_not_lead_a_mount_out_of_it(server, daytona, san
         daytona.create(with_volumes(VolumeMount(volume_id=volume.id, mount_path="/data", subpath="escape")), timeout=60)
     assert "symlink" in str(err.value)
     # The failed sandbox is kept in state error (it still names the volume): delete it.
-    for failed in daytona.list().items:
+    for failed in daytona.list():
         if failed.id != writer.id and any(v.volume_id == volume.id for v in failed.volumes or []):
             assert failed.state == SandboxState.ERROR
             daytona.delete(failed, timeout=60)
