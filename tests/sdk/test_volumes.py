@@ -1,7 +1,7 @@
 """Volumes: directories an organization's sandboxes mount and share live (`daytona.volume`, `volumes=[VolumeMount]`).
 
-Another organization's key getting 404 is covered by crates/api/tests/volumes.rs (the API cannot create a
-second organization yet)."""
+Another organization's key being refused is covered by test_tenancy.py (every volume route, and mounting
+another organization's volume by id or name) and crates/api/tests/volumes.rs."""
 
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, DaytonaError, DaytonaNotFoundError, SandboxState, VolumeMount
