@@ -23,6 +23,7 @@ pub mod sandbox;
 pub mod snapshot;
 pub mod store;
 pub mod users;
+pub mod volume;
 
 pub use sandbox::{SandboxService, SandboxSettings};
 pub use store::Store;
@@ -53,6 +54,7 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(organization::router())
         .merge(users::router())
+        .merge(volume::routes::router())
         .split_for_parts();
     // After routing, so the audit knows each call's route template.
     let api = api

@@ -14,6 +14,7 @@ use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
 use daytona_config::{Config, Roles, SandboxDns};
 use daytona_runner::Runner;
 use daytona_runner::image::{ImageStore, RegistryCredentials, RegistrySettings};
+use daytona_runner::volume::VolumeStore;
 use daytona_runtime::native::{NativeConfig, NativeRuntime};
 use daytona_storage::{ObjectStorage, S3Settings};
 use tokio::net::TcpListener;
@@ -148,7 +149,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let images = ImageStore::with_registries(data_dir.join("images"), registry_settings(&config));
     let storage = object_storage(&config, &data_dir)?;
     tracing::info!(?storage, "object storage");
-    let runner = Arc::new(Runner::new("local", images, runtime.clone()).with_storage(storage));
+    let volumes = VolumeStore::open(data_dir.join("volumes"))
+        .with_context(|| format!("cannot open {}", data_dir.join("volumes").display()))?;
+    let runner = Arc::new(
+        Runner::new("local", images, runtime.clone())
+            .with_storage(storage)
+            .with_volumes(volumes),
+    );
 
     let settings = SandboxSettings {
         toolbox_proxy_url: config.toolbox_proxy_url(),

@@ -20,6 +20,7 @@ use crate::events::{Event, EventBus, InProcessEventBus};
 use crate::quota;
 use crate::snapshot::SnapshotService;
 use crate::store::{SandboxFilter, SandboxRow, SecretKind, Store, now};
+use crate::volume::{self, VolumeService};
 
 /// How long a request waits for the runner before answering with the transitional state.
 const WAIT_FOR_RUNNER: Duration = Duration::from_secs(50);
@@ -52,6 +53,7 @@ pub struct SandboxService {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(super) quota_lock: tokio::sync::Mutex<()>,
     pub(super) events: Arc<dyn EventBus>,
+    volumes: Arc<VolumeService>,
 }
 
 fn is_valid_env_key(key: &str) -> bool {
@@ -75,21 +77,37 @@ impl SandboxService {
         snapshots: Arc<SnapshotService>,
         settings: SandboxSettings,
     ) -> Self {
+        let events: Arc<dyn EventBus> = Arc::new(InProcessEventBus::default());
         SandboxService {
+            volumes: Arc::new(VolumeService::new(
+                store.clone(),
+                runner.clone(),
+                events.clone(),
+            )),
             store,
             runner,
             snapshots,
             settings,
             locks: Mutex::new(HashMap::new()),
             quota_lock: tokio::sync::Mutex::new(()),
-            events: Arc::new(InProcessEventBus::default()),
+            events,
         }
     }
 
-    /// Publishes sandbox events to `bus` instead of this process's own bus.
+    /// Publishes sandbox and volume events to `bus` instead of this process's own bus.
     pub fn with_event_bus(mut self, bus: Arc<dyn EventBus>) -> Self {
+        self.volumes = Arc::new(VolumeService::new(
+            self.store.clone(),
+            self.runner.clone(),
+            bus.clone(),
+        ));
         self.events = bus;
         self
+    }
+
+    /// The volumes the sandboxes mount (`/api/volumes`).
+    pub fn volumes(&self) -> &Arc<VolumeService> {
+        &self.volumes
     }
 
     pub fn events(&self) -> &Arc<dyn EventBus> {
@@ -175,11 +193,6 @@ impl SandboxService {
                     .into(),
             ));
         }
-        if !body.volumes.is_empty() {
-            return Err(ApiError::BadRequest(
-                "volumes: volume mounts are not supported by this server yet".into(),
-            ));
-        }
         if body.gpu.unwrap_or(0) > 0 {
             return Err(ApiError::BadRequest("gpu: this server has no GPUs".into()));
         }
@@ -221,6 +234,12 @@ impl SandboxService {
                 .resources
                 .unwrap_or((DEFAULT_CPU, DEFAULT_MEMORY_GIB, DEFAULT_DISK_GIB));
         let image_ref = choice.image;
+        // Held until the sandbox is stored, so its volumes cannot be deleted meanwhile.
+        let mounts_guard = self.volumes.lock_mounts().await;
+        let mounts = self
+            .volumes
+            .resolve_mounts(&ctx.organization_id, &body.volumes)
+            .await?;
         let id = uuid::Uuid::new_v4().to_string();
         let name = body.name.clone().unwrap_or_else(|| id.clone());
         if self
@@ -270,6 +289,7 @@ impl SandboxService {
                 (chrono::Utc::now() + chrono::Duration::minutes(m))
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             }),
+            volumes: serde_json::to_string(&mounts).expect("mounts serialize"),
         };
         // Check and insert under one lock so concurrent creates cannot overrun a quota together.
         let quota_guard = self.quota_lock.lock().await;
@@ -292,6 +312,7 @@ impl SandboxService {
             e => e.into(),
         })?;
         drop(quota_guard);
+        drop(mounts_guard);
         tracing::info!(sandbox = %id, image = %image_ref, "creating sandbox");
         self.events
             .publish(Event::sandbox_created(&self.to_dto(row.clone())));
@@ -637,6 +658,7 @@ impl SandboxService {
     /// for a running sandbox), an interrupted archive whose upload completed ends `archived`, the
     /// others are recorded as stopped.
     pub async fn reconcile(self: &Arc<Self>) -> ApiResult<()> {
+        self.volumes.reconcile().await?;
         for row in self.store.live_sandboxes().await? {
             let running = match self.runner.daemon_address(&row.id).await {
                 Ok(addr) => addr.is_some(),
@@ -725,6 +747,7 @@ pub(super) fn runner_request(row: &SandboxRow) -> ApiResult<SandboxRequest> {
             row.network_block_all,
             row.network_allow_list.as_deref(),
         )?,
+        volumes: volume::runner_mounts(&row.volumes),
     })
 }
 

@@ -15,6 +15,7 @@ mod quotas;
 mod sandboxes;
 mod secrets;
 mod snapshots;
+mod volumes;
 
 pub use accounts::{ApiKeyRow, CredentialRow, NewApiKey};
 pub use organizations::{
@@ -25,6 +26,7 @@ pub use quotas::{OrgQuotas, ResourceUse};
 pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};
 pub use secrets::SecretKind;
 pub use snapshots::{SnapshotFilter, SnapshotRow};
+pub use volumes::{MountingSandbox, VolumeRow};
 
 #[derive(Clone)]
 pub struct Store {
