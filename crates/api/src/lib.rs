@@ -13,6 +13,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 mod json;
+pub mod object_storage;
 pub mod quota;
 pub mod rate_limit;
 pub mod sandbox;
@@ -31,9 +32,12 @@ pub struct AppState {
     pub snapshots: Arc<snapshot::SnapshotService>,
     pub rate_limits: Arc<rate_limit::RateLimitPolicy>,
     pub access: Arc<sandbox::access::AccessService>,
+    /// Where the SDK uploads build contexts (and the embedded S3 endpoint, if any).
+    pub push_access: Arc<object_storage::PushAccess>,
 }
 
-/// The API's router; every route lives under `/api`, including the Socket.IO event gateway.
+/// The API's router; every route lives under `/api`, including the Socket.IO event gateway,
+/// except the embedded S3 endpoint's bucket (`/<bucket>`, see [`object_storage`]).
 /// Must be called inside a Tokio runtime (the gateway spawns its event forwarder).
 pub fn router(state: AppState) -> Router {
     let events = events::socketio::layer(&state);
@@ -45,14 +49,18 @@ pub fn router(state: AppState) -> Router {
         .merge(api_keys::router())
         .merge(sandbox::access::router())
         .merge(audit::router())
+        .merge(object_storage::router())
         // After routing, so the audit knows each call's route template.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::record,
         ))
         .fallback(not_found);
+    // The embedded S3 endpoint signs and routes by path, so it lives beside `/api`, not in it.
+    let s3 = state.push_access.s3_routes();
     Router::new()
         .nest("/api", api)
+        .merge(s3)
         .fallback(not_found)
         .layer(events)
         .layer(tower_http::trace::TraceLayer::new_for_http())

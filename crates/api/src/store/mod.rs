@@ -10,12 +10,14 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 mod accounts;
+mod builds;
 mod quotas;
 mod sandboxes;
 mod secrets;
 mod snapshots;
 
 pub use accounts::{ApiKeyRow, NewApiKey};
+pub use builds::SnapshotBuildRow;
 pub use quotas::{OrgQuotas, ResourceUse};
 pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};
 pub use secrets::SecretKind;
