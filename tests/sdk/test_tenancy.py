@@ -220,6 +220,19 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     ("DELETE", "/api/snapshots/{id}"): lambda w: w.denied("DELETE", f"/snapshots/{w.snapshot['id']}"),
     ("POST", "/api/snapshots/{id}/activate"): lambda w: w.denied("POST", f"/snapshots/{w.snapshot['id']}/activate"),
     ("POST", "/api/snapshots/{id}/deactivate"): lambda w: w.denied("POST", f"/snapshots/{w.snapshot['id']}/deactivate"),
+    ("GET", "/api/snapshots/{id}/build-logs"): lambda w: w.denied("GET", f"/snapshots/{w.snapshot['id']}/build-logs"),
+    ("GET", "/api/snapshots/{id}/build-logs-url"): lambda w: w.denied(
+        "GET", f"/snapshots/{w.snapshot['id']}/build-logs-url"
+    ),
+    ("GET", f"{S}/build-logs"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/build-logs"),
+    ("GET", f"{S}/build-logs-url"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/build-logs-url"),
+    # --- object storage: B's upload credentials are scoped to B's organization only ---
+    ("GET", "/api/object-storage/push-access"): lambda w: (
+        assert_equal(
+            w.b.api.ok("GET", "/object-storage/push-access")["organizationId"] == w.a.personal_org, False
+        ),
+        w.denied("GET", "/object-storage/push-access", headers={"X-Daytona-Organization-ID": w.a.personal_org}),
+    ),
     # --- volumes ---
     ("GET", "/api/volumes"): lambda w: _listing_hides_a(w, "/volumes", w.volume["id"], w.volume["name"]),
     ("POST", "/api/volumes"): lambda w: (

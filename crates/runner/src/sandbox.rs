@@ -15,6 +15,7 @@ use daytona_runtime::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::image::build::{BuildError, BuildLog, BuildRequest, Builder};
 use crate::image::{ImageError, ImageStore, PinnedImage};
 use crate::volume::VolumeStore;
 
@@ -71,6 +72,8 @@ pub enum RunnerError {
     },
     #[error("volume {0} has no files on this runner")]
     VolumeMissing(String),
+    #[error(transparent)]
+    Build(#[from] BuildError),
 }
 
 /// The image a sandbox's files became (`snapshot_sandbox`).
@@ -139,6 +142,16 @@ pub trait SandboxRunner: Send + Sync + 'static {
     ) -> Result<SocketAddr, RunnerError> {
         let _ = (source, fork);
         Err(RunnerError::Unsupported("forking sandboxes"))
+    }
+    /// Builds the image `req` describes (a Dockerfile and its uploaded context), logging to
+    /// `log` as it goes.
+    async fn build_image(
+        &self,
+        req: &BuildRequest,
+        log: Arc<dyn BuildLog>,
+    ) -> Result<CapturedImage, RunnerError> {
+        let _ = (req, log);
+        Err(RunnerError::Unsupported("building images"))
     }
     /// Moves a stopped sandbox's files to object storage under `key` and removes the sandbox
     /// from this runner; returns the archive's size in bytes.
@@ -402,6 +415,24 @@ impl SandboxRunner for Runner {
         let status = self.runtime.fork(source, &spec).await?;
         drop(pinned);
         daemon_address_of(&status)
+    }
+
+    async fn build_image(
+        &self,
+        req: &BuildRequest,
+        log: Arc<dyn BuildLog>,
+    ) -> Result<CapturedImage, RunnerError> {
+        let builder = Builder::new(
+            self.images.clone(),
+            self.runtime.clone(),
+            self.storage.clone(),
+        );
+        let built = builder.build(req, log.as_ref()).await?;
+        let image = self.pull_image(&built.reference).await?;
+        Ok(CapturedImage {
+            reference: built.reference,
+            image,
+        })
     }
 
     async fn archive_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {

@@ -18,6 +18,7 @@ use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{Event, EventBus, InProcessEventBus};
 use crate::quota;
+use crate::snapshot::BuildInfo;
 use crate::snapshot::SnapshotService;
 use crate::store::{SandboxFilter, SandboxRow, SecretKind, Store, now};
 use crate::volume::{self, VolumeService};
@@ -186,11 +187,9 @@ impl SandboxService {
             body.network_block_all.unwrap_or(false),
             body.network_allow_list.as_deref(),
         )?;
-        if body.build_info.is_some() {
+        if body.build_info.is_some() && body.snapshot.is_some() {
             return Err(ApiError::BadRequest(
-                "buildInfo: building sandboxes from an image definition is not supported by this server yet; \
-                 create from a snapshot"
-                    .into(),
+                "snapshot: a sandbox is created from a snapshot or from buildInfo, not both".into(),
             ));
         }
         if body.gpu.unwrap_or(0) > 0 {
@@ -225,10 +224,31 @@ impl SandboxService {
             .snapshot
             .as_deref()
             .unwrap_or(&self.settings.default_snapshot);
-        let choice = self
-            .snapshots
-            .resolve_for_sandbox(ctx, snapshot_name)
-            .await?;
+        // From an image definition: the snapshot of that definition, built first if need be.
+        let build = match &body.build_info {
+            Some(info) => Some(
+                self.snapshots
+                    .snapshot_for_build(&ctx.organization_id, BuildInfo::parse(info)?)
+                    .await?,
+            ),
+            None => None,
+        };
+        let choice = match &build {
+            Some(snapshot) => crate::snapshot::SnapshotChoice {
+                name: snapshot.name.clone(),
+                image: snapshot.image_name.clone(),
+                resources: None,
+            },
+            None => {
+                self.snapshots
+                    .resolve_for_sandbox(ctx, snapshot_name)
+                    .await?
+            }
+        };
+        let pending_build = build
+            .as_ref()
+            .filter(|s| s.state != "active")
+            .map(|s| s.id.clone());
         let (cpu, memory, disk) =
             choice
                 .resources
@@ -271,7 +291,11 @@ impl SandboxService {
             gpu: 0,
             memory: body.memory.unwrap_or(memory).into(),
             disk: body.disk.unwrap_or(disk).into(),
-            state: "creating".into(),
+            state: if pending_build.is_some() {
+                "pending_build".into()
+            } else {
+                "creating".into()
+            },
             desired_state: "started".into(),
             error_reason: None,
             auto_stop_interval: body.auto_stop_interval.unwrap_or(DEFAULT_AUTO_STOP_MIN),
@@ -318,8 +342,40 @@ impl SandboxService {
             .publish(Event::sandbox_created(&self.to_dto(row.clone())));
 
         let request = runner_request(&row)?;
-        self.run_transition(&id, self.clone().provision(request))
-            .await
+        // A build takes long: answer `pending_build` at once, the SDK follows the build's log.
+        let wait = if pending_build.is_some() {
+            Duration::ZERO
+        } else {
+            WAIT_FOR_RUNNER
+        };
+        let this = self.clone();
+        self.transition(
+            &id,
+            async move {
+                let mut request = request;
+                if let Some(snapshot) = pending_build {
+                    match this.snapshots.wait_for_build(&snapshot).await {
+                        Ok(image) => {
+                            this.store.set_sandbox_image(&request.id, &image).await?;
+                            this.store
+                                .set_sandbox_state(&request.id, "creating", None)
+                                .await?;
+                            request.image = image;
+                        }
+                        Err(reason) => {
+                            tracing::warn!(sandbox = %request.id, %reason, "sandbox image build failed");
+                            return this
+                                .store
+                                .set_sandbox_state(&request.id, "build_failed", Some(&reason))
+                                .await;
+                        }
+                    }
+                }
+                this.provision(request).await
+            },
+            wait,
+        )
+        .await
     }
 
     /// The runner's part of a create: make the sandbox and record it started, or the reason it
@@ -355,6 +411,16 @@ impl SandboxService {
         id: &str,
         work: impl Future<Output = Result<(), sqlx::Error>> + Send + 'static,
     ) -> ApiResult<Sandbox> {
+        self.transition(id, work, WAIT_FOR_RUNNER).await
+    }
+
+    /// [`Self::run_transition`], waiting at most `wait`.
+    async fn transition(
+        self: &Arc<Self>,
+        id: &str,
+        work: impl Future<Output = Result<(), sqlx::Error>> + Send + 'static,
+        wait: Duration,
+    ) -> ApiResult<Sandbox> {
         let lock = self.lock_for(id);
         let sandbox_id = id.to_string();
         let this = self.clone();
@@ -368,7 +434,7 @@ impl SandboxService {
                 this.announce(&before).await;
             }
         });
-        let _ = tokio::time::timeout(WAIT_FOR_RUNNER, task).await;
+        let _ = tokio::time::timeout(wait, task).await;
         let row = self.store.sandbox_by_id(id).await?;
         match row {
             Some(row) => Ok(self.to_dto(row)),

@@ -10,6 +10,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 mod accounts;
+mod builds;
 mod organizations;
 mod quotas;
 mod sandboxes;
@@ -18,6 +19,7 @@ mod snapshots;
 mod volumes;
 
 pub use accounts::{ApiKeyRow, CredentialRow, NewApiKey};
+pub use builds::SnapshotBuildRow;
 pub use organizations::{
     Holdings, InvitationRow, MemberRow, NewInvitation, NewUser, OrganizationRow, RegionRow,
     RoleRow, UserRow,
