@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -372,22 +373,41 @@ impl NativeRuntime {
                 });
             }
         }
-        let output = command.output();
+        let mut child = command
+            .spawn()
+            .map_err(|e| RuntimeError::io(format!("run {}", config.init_exe.display()), e))?;
         let remaining = config
             .daemon_start_timeout
             .saturating_sub(started.elapsed());
-        let output = match tokio::time::timeout(remaining, output).await {
-            Ok(result) => result
-                .map_err(|e| RuntimeError::io(format!("run {}", config.init_exe.display()), e))?,
-            Err(_) => {
-                return Err(RuntimeError::DaemonTimeout {
-                    id: id.to_owned(),
-                    secs: config.daemon_start_timeout.as_secs(),
-                    reason: "the sandbox init did not finish".to_owned(),
-                });
-            }
+        let timed_out = || RuntimeError::DaemonTimeout {
+            id: id.to_owned(),
+            secs: config.daemon_start_timeout.as_secs(),
+            reason: "the sandbox init did not finish".to_owned(),
         };
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        // The init prints `pid=` and, once PID 1 has exec'd the daemon, its marks: that line
+        // means success, so the create goes on without waiting for the init to exit and be
+        // reaped (which a busy host delays by milliseconds). Anything else: its exit status
+        // and stderr tell.
+        let mut stdout = String::new();
+        let mut marks = None;
+        if let Some(out) = child.stdout.take() {
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            let read = async {
+                while let Some(line) = lines.next_line().await? {
+                    if let Some(m) = line.strip_prefix(MARKS_PREFIX) {
+                        marks = Some(m.to_owned());
+                        break;
+                    }
+                    stdout.push_str(&line);
+                    stdout.push('\n');
+                }
+                Ok::<_, io::Error>(())
+            };
+            tokio::time::timeout(remaining, read)
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| RuntimeError::io("read the sandbox init's output", e))?;
+        }
         let pid = stdout
             .lines()
             .find_map(|l| l.strip_prefix("pid="))
@@ -397,29 +417,42 @@ impl NativeRuntime {
             id: id.to_owned(),
             reason,
         };
-        if !output.status.success() {
-            if let Some(p) = process {
-                // Setup failed in PID 1, which is exiting: collect it.
-                let _ = tokio::task::spawn_blocking(move || p.wait_exit(KILL_TIMEOUT)).await;
+        let Some(marks) = marks else {
+            let output = tokio::time::timeout(remaining, child.wait_with_output())
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| RuntimeError::io(format!("run {}", config.init_exe.display()), e))?;
+            if !output.status.success() {
+                if let Some(p) = process {
+                    // Setup failed in PID 1, which is exiting: collect it.
+                    let _ = tokio::task::spawn_blocking(move || p.wait_exit(KILL_TIMEOUT)).await;
+                }
+                return Err(failure(format!(
+                    "sandbox init ({}) failed: {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )));
             }
-            return Err(failure(format!(
-                "sandbox init ({}) failed: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
-        }
+            return process.ok_or_else(|| {
+                failure(format!(
+                    "sandbox init reported no live PID 1 (stdout {stdout:?})"
+                ))
+            });
+        };
+        // The init exits right after printing its marks; reap it in the background.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
         let process = process.ok_or_else(|| {
             failure(format!(
                 "sandbox init reported no live PID 1 (stdout {stdout:?})"
             ))
         })?;
-        if let Some(marks) = stdout.lines().find_map(|l| l.strip_prefix(MARKS_PREFIX)) {
-            let mut last = spawned_ns;
-            for (step, at) in Marks::parse(marks) {
-                let took = Duration::from_nanos(at.saturating_sub(last));
-                timeline.record(format!("init.{step}"), took);
-                last = at;
-            }
+        let mut last = spawned_ns;
+        for (step, at) in Marks::parse(&marks) {
+            let took = Duration::from_nanos(at.saturating_sub(last));
+            timeline.record(format!("init.{step}"), took);
+            last = at;
         }
         timeline.mark("init");
         Ok(process)
