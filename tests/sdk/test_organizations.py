@@ -231,8 +231,8 @@ def test_organization_header_cannot_move_a_key_to_another_organization(owner, ot
     assert owner.api("GET", "/users/me", headers={"X-Daytona-Organization-ID": owner.personal_org}).status == 200
     # As upstream, a key ignores the header (it selects the organization of JWT logins only).
     mine = owner.api.ok("GET", "/sandbox")
-    moved = owner.api.ok("GET", "/sandbox", headers={"X-Daytona-Organization-ID": other.personal_org})
-    assert moved == mine
+    moved = owner.api("GET", "/sandbox", headers={"X-Daytona-Organization-ID": other.personal_org})
+    assert moved.status == 200 and moved.json() == mine
 
 
 def test_regions_and_sandbox_target(owner):
