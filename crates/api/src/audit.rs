@@ -24,7 +24,7 @@ use crate::AppState;
 use crate::auth::{AuthContext, client_address};
 use crate::error::{ApiError, ApiResult};
 use crate::json::bounded;
-use crate::store::now;
+use crate::store::{JsonText, now};
 
 /// Response bodies larger than this are not inspected (for a created id or an error message).
 const INSPECT_LIMIT: usize = 64 * 1024;
@@ -143,8 +143,8 @@ pub async fn record(
     let result = sqlx::query(
         "INSERT INTO audit_log (id, organization_id, actor_id, actor_email, actor_api_key_prefix, action,
              target_type, target_id, status_code, error_message, ip_address, user_agent, source, metadata, created_at)
-         SELECT ?, ?, u.id, COALESCE(u.email, u.name), k.key_prefix, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
-         FROM users u LEFT JOIN api_keys k ON k.id = ? WHERE u.id = ?",
+         SELECT $1, $2, u.id, COALESCE(u.email, u.name), k.key_prefix, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12
+         FROM users u LEFT JOIN api_keys k ON k.id = $13 WHERE u.id = $14",
     )
     .bind(uuid::Uuid::new_v4().to_string())
     .bind(&ctx.organization_id)
@@ -200,7 +200,7 @@ struct AuditEntry {
     ip_address: Option<String>,
     user_agent: Option<String>,
     source: Option<String>,
-    #[sqlx(json)]
+    #[sqlx(try_from = "JsonText")]
     metadata: Value,
     created_at: String,
 }
@@ -268,13 +268,11 @@ async fn list(
     let cursor = query.next_token.as_deref().map(decode_cursor).transpose()?;
 
     let total: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM audit_log WHERE organization_id = ?
-           AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at <= ?)",
+        "SELECT COUNT(*) FROM audit_log WHERE organization_id = $1
+           AND ($2 IS NULL OR created_at >= $2) AND ($3 IS NULL OR created_at <= $3)",
     )
     .bind(&organization_id)
     .bind(&from)
-    .bind(&from)
-    .bind(&to)
     .bind(&to)
     .fetch_one(state.store.pool())
     .await?;
@@ -286,18 +284,14 @@ async fn list(
         (page as i64 - 1) * limit as i64
     };
     let mut items: Vec<AuditEntry> = sqlx::query_as(
-        "SELECT * FROM audit_log WHERE organization_id = ?
-           AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at <= ?)
-           AND (? IS NULL OR created_at < ? OR (created_at = ? AND id < ?))
-         ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+        "SELECT * FROM audit_log WHERE organization_id = $1
+           AND ($2 IS NULL OR created_at >= $2) AND ($3 IS NULL OR created_at <= $3)
+           AND ($4 IS NULL OR created_at < $4 OR (created_at = $4 AND id < $5))
+         ORDER BY created_at DESC, id DESC LIMIT $6 OFFSET $7",
     )
     .bind(&organization_id)
     .bind(&from)
-    .bind(&from)
     .bind(&to)
-    .bind(&to)
-    .bind(&cursor_time)
-    .bind(&cursor_time)
     .bind(&cursor_time)
     .bind(&cursor_id)
     .bind(limit as i64 + 1)

@@ -85,7 +85,7 @@ impl AccessService {
         port: u16,
     ) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar(
-            "SELECT sandbox_id FROM signed_preview_tokens WHERE token_hash = ? AND port = ? AND expires_at > ?",
+            "SELECT sandbox_id FROM signed_preview_tokens WHERE token_hash = $1 AND port = $2 AND expires_at > $3",
         )
         .bind(hash_key(token))
         .bind(i64::from(port))
@@ -102,7 +102,7 @@ impl AccessService {
     ) -> Result<Option<String>, sqlx::Error> {
         sqlx::query_scalar(
             "SELECT a.sandbox_id FROM ssh_access a JOIN sandboxes s ON s.id = a.sandbox_id
-             WHERE a.token_hash = ? AND a.expires_at > ? AND s.state <> 'destroyed'",
+             WHERE a.token_hash = $1 AND a.expires_at > $2 AND s.state <> 'destroyed'",
         )
         .bind(hash_key(token))
         .bind(now())
@@ -125,7 +125,7 @@ impl AccessService {
             touched.insert(sandbox_id.to_string(), now);
         }
         let result = sqlx::query(
-            "UPDATE sandboxes SET last_activity_at = ? WHERE id = ? AND state <> 'destroyed'",
+            "UPDATE sandboxes SET last_activity_at = $1 WHERE id = $2 AND state <> 'destroyed'",
         )
         .bind(now())
         .bind(sandbox_id)
@@ -359,7 +359,7 @@ async fn signed_preview_url(
     let row = state.sandboxes.find(&ctx, &id).await?;
     let token = random_token();
     sqlx::query(
-        "INSERT INTO signed_preview_tokens (token_hash, sandbox_id, port, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
+        "INSERT INTO signed_preview_tokens (token_hash, sandbox_id, port, expires_at, created_at) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(hash_key(&token))
     .bind(&row.id)
@@ -385,7 +385,7 @@ async fn expire_signed_preview_url(
     let port = parse_port(&port)?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     let done = sqlx::query(
-        "DELETE FROM signed_preview_tokens WHERE token_hash = ? AND sandbox_id = ? AND port = ?",
+        "DELETE FROM signed_preview_tokens WHERE token_hash = $1 AND sandbox_id = $2 AND port = $3",
     )
     .bind(hash_key(&token))
     .bind(&row.id)
@@ -451,12 +451,12 @@ async fn create_ssh_access(
     };
     // As upstream: a new token replaces the sandbox's earlier ones.
     let mut tx = state.store.pool().begin().await?;
-    sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = ?")
+    sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = $1")
         .bind(&access.sandbox_id)
         .execute(&mut *tx)
         .await?;
     sqlx::query(
-        "INSERT INTO ssh_access (id, sandbox_id, token_hash, expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO ssh_access (id, sandbox_id, token_hash, expires_at, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(&access.id)
     .bind(&access.sandbox_id)
@@ -481,7 +481,7 @@ async fn revoke_ssh_access(
     match q.token.as_deref().filter(|t| !t.is_empty()) {
         Some(token) => {
             let done =
-                sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = ? AND token_hash = ?")
+                sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = $1 AND token_hash = $2")
                     .bind(&row.id)
                     .bind(hash_key(token))
                     .execute(state.store.pool())
@@ -494,7 +494,7 @@ async fn revoke_ssh_access(
             }
         }
         None => {
-            sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = ?")
+            sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = $1")
                 .bind(&row.id)
                 .execute(state.store.pool())
                 .await?;

@@ -354,7 +354,7 @@ impl SandboxService {
             // Destroyed: answer with the final state (the SDK treats it as gone).
             None => {
                 let mut row =
-                    sqlx::query_as::<_, SandboxRow>("SELECT * FROM sandboxes WHERE id = ?")
+                    sqlx::query_as::<_, SandboxRow>("SELECT * FROM sandboxes WHERE id = $1")
                         .bind(id)
                         .fetch_one(self.store.pool())
                         .await?;
