@@ -24,6 +24,7 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
@@ -52,11 +53,14 @@ POSTGRES_MODULES = {
     "test_errors",
     "test_events",
     "test_lifecycle",
+    "test_organizations",
     "test_preview",
     "test_quotas",
+    "test_restart",
     "test_settings",
     "test_snapshots",
     "test_ssh",
+    "test_tenancy",
 }
 
 
@@ -85,6 +89,7 @@ class Server:
     bridge: str
     env: dict[str, str]
     run_dir: Path
+    database_url: str | None = None  # PostgreSQL database of this server; None: SQLite in data_dir
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Stops the server with `sig` (by default as a crash would) and waits for it to exit."""
@@ -96,6 +101,21 @@ class Server:
         is healthy."""
         self.process = _launch(self.binary, self.env, self.run_dir, self.log_path)
         _wait_healthy(self)
+
+    def execute_sql(self, sql: str, **params: str) -> None:
+        """Runs one statement on the server's database, behind its back (tests that need a state
+        no API call makes). `:name` in `sql` is replaced by `params[name]`, bound as text."""
+        if self.database_url is None:
+            with sqlite3.connect(self.data_dir / "daytona.db") as db:
+                db.execute(sql, params)
+            return
+        # psql: `\set` the values, then `:'name'` interpolates one as a quoted literal.
+        unsafe = [k for k, v in params.items() if not re.fullmatch(r"[\w.:-]*", v)]
+        if unsafe:
+            raise ValueError(f"execute_sql: parameters {unsafe} hold characters psql would need quoted")
+        script = "".join(f"\\set {k} '{v}'\n" for k, v in params.items())
+        script += re.sub(r":(\w+)", lambda m: f":'{m[1]}'" if m[1] in params else m[0], sql) + ";\n"
+        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", self.database_url], input=script.encode(), check=True)
 
     def __repr__(self) -> str:
         return f"Server(pid={self.pid}, api_url={self.api_url!r}, log={str(self.log_path)!r})"
@@ -133,11 +153,11 @@ def _required_path(var: str) -> Path:
 
 
 @contextlib.contextmanager
-def _database_env() -> Iterator[dict[str, str]]:
-    """The DB_* variables of a fresh PostgreSQL database when DAYTONA_TEST_DB=postgres, else none
-    (SQLite in the data dir). The database is dropped afterwards."""
+def _database_env() -> Iterator[tuple[dict[str, str], str | None]]:
+    """The DB_* variables and URL of a fresh PostgreSQL database when DAYTONA_TEST_DB=postgres,
+    else none (SQLite in the data dir). The database is dropped afterwards."""
     if os.environ.get("DAYTONA_TEST_DB", "sqlite") == "sqlite":
-        yield {}
+        yield {}, None
         return
     if os.environ["DAYTONA_TEST_DB"] != "postgres":
         pytest.exit(f"DAYTONA_TEST_DB={os.environ['DAYTONA_TEST_DB']}: expected sqlite or postgres", returncode=2)
@@ -159,7 +179,7 @@ def _database_env() -> Iterator[dict[str, str]]:
             DB_USERNAME=urllib.parse.unquote(url.username or ""),
             DB_PASSWORD=urllib.parse.unquote(url.password or ""),
             DB_DATABASE=name,
-        )
+        ), urllib.parse.urlunsplit(url._replace(path=f"/{name}"))
     finally:
         with contextlib.suppress(subprocess.CalledProcessError):
             psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
@@ -272,11 +292,11 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
     """Starts a `daytona server` of our own, yields it, stops it and checks nothing is left.
 
     `failed()` says whether tests failed (the run directory is then kept for inspection)."""
-    with _database_env() as db_env:
-        yield from _run_server(failed, {**db_env, **(extra_env or {})})
+    with _database_env() as (db_env, database_url):
+        yield from _run_server(failed, {**db_env, **(extra_env or {})}, database_url)
 
 
-def _run_server(failed: Callable[[], bool], extra_env: dict[str, str]) -> Iterator[Server]:
+def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_url: str | None) -> Iterator[Server]:
     binary = _required_path("DAYTONA_BIN")
     daemon = _required_path("DAYTONA_DAEMON_PATH")
     base_image = _required_path("DAYTONA_BASE_IMAGE")
@@ -330,6 +350,7 @@ def _run_server(failed: Callable[[], bool], extra_env: dict[str, str]) -> Iterat
         bridge=env["DAYTONA_BRIDGE_NAME"],
         env=env,
         run_dir=run_dir,
+        database_url=database_url,
     )
     _wait_healthy(srv)
 

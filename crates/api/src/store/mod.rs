@@ -14,7 +14,9 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
+mod access;
 mod accounts;
+mod audit;
 mod organizations;
 mod quotas;
 mod sandboxes;
@@ -22,7 +24,9 @@ mod secrets;
 mod snapshots;
 mod types;
 
+pub use access::NewSshAccess;
 pub use accounts::{ApiKeyRow, CredentialRow, NewApiKey};
+pub use audit::{AuditEntry, AuditSelection, NewAuditEntry};
 pub use organizations::{
     Holdings, InvitationRow, MemberRow, NewInvitation, NewUser, OrganizationRow, RegionRow,
     RoleRow, UserRow,
