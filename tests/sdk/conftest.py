@@ -45,10 +45,12 @@ SHUTDOWN_TIMEOUT_S = 30
 # How much of the server log a failure report shows.
 LOG_TAIL_LINES = 200
 # With DAYTONA_TEST_DB=postgres only these modules run: the control plane's tests (every table the
-# store has is written and read by them); the toolbox tests do not touch the database.
+# store has is written and read by them); the toolbox tests (and test_openapi, which only reads the
+# generated document) do not touch the database.
 POSTGRES_MODULES = {
     "test_api_keys",
     "test_audit",
+    "test_builds",
     "test_capture",
     "test_errors",
     "test_events",
@@ -61,6 +63,7 @@ POSTGRES_MODULES = {
     "test_snapshots",
     "test_ssh",
     "test_tenancy",
+    "test_volumes",
 }
 
 

@@ -66,6 +66,7 @@ class World:
     invitation_id: str
     ssh_token: str
     signed_token: str
+    volume: dict
 
     def denied(self, method: str, path: str, body: object | None = None, headers: dict | None = None) -> None:
         result = self.b.api(method, path, body, headers)
@@ -104,6 +105,7 @@ def world(server) -> World:
         )
         ssh = a.api.ok("POST", f"/sandbox/{sandbox.id}/ssh-access")
         signed = a.api.ok("GET", f"/sandbox/{sandbox.id}/ports/8080/signed-preview-url")
+        volume = a.api.ok("POST", "/volumes", {"name": unique("a-vol")})
         yield World(
             server=server,
             admin=admin,
@@ -118,9 +120,12 @@ def world(server) -> World:
             invitation_id=invitation["id"],
             ssh_token=ssh["token"],
             signed_token=signed["token"],
+            volume=volume,
         )
     finally:
         client.delete(sandbox, timeout=60)
+        if "volume" in locals():
+            a.api("DELETE", f"/volumes/{volume['id']}")
         a.api("DELETE", f"/snapshots/{snapshot_name}")
 
 
@@ -215,6 +220,30 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     ("DELETE", "/api/snapshots/{id}"): lambda w: w.denied("DELETE", f"/snapshots/{w.snapshot['id']}"),
     ("POST", "/api/snapshots/{id}/activate"): lambda w: w.denied("POST", f"/snapshots/{w.snapshot['id']}/activate"),
     ("POST", "/api/snapshots/{id}/deactivate"): lambda w: w.denied("POST", f"/snapshots/{w.snapshot['id']}/deactivate"),
+    ("GET", "/api/snapshots/{id}/build-logs"): lambda w: w.denied("GET", f"/snapshots/{w.snapshot['id']}/build-logs"),
+    ("GET", "/api/snapshots/{id}/build-logs-url"): lambda w: w.denied(
+        "GET", f"/snapshots/{w.snapshot['id']}/build-logs-url"
+    ),
+    ("GET", f"{S}/build-logs"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/build-logs"),
+    ("GET", f"{S}/build-logs-url"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/build-logs-url"),
+    # --- object storage: B's upload credentials are scoped to B's organization only ---
+    ("GET", "/api/object-storage/push-access"): lambda w: (
+        assert_equal(
+            w.b.api.ok("GET", "/object-storage/push-access")["organizationId"] == w.a.personal_org, False
+        ),
+        w.denied("GET", "/object-storage/push-access", headers={"X-Daytona-Organization-ID": w.a.personal_org}),
+    ),
+    # --- volumes ---
+    ("GET", "/api/volumes"): lambda w: _listing_hides_a(w, "/volumes", w.volume["id"], w.volume["name"]),
+    ("POST", "/api/volumes"): lambda w: (
+        _own_org_create(w, "/volumes", {"name": unique("b")}),
+        # Mounting A's volume, by id or by name, in a sandbox of B.
+        w.denied("POST", "/sandbox", {"volumes": [{"volumeId": w.volume["id"], "mountPath": "/data"}]}),
+        w.denied("POST", "/sandbox", {"volumes": [{"volumeId": w.volume["name"], "mountPath": "/data"}]}),
+    ),
+    ("GET", "/api/volumes/{id}"): lambda w: w.denied("GET", f"/volumes/{w.volume['id']}"),
+    ("DELETE", "/api/volumes/{id}"): lambda w: w.denied("DELETE", f"/volumes/{w.volume['id']}"),
+    ("GET", "/api/volumes/by-name/{name}"): lambda w: w.denied("GET", f"/volumes/by-name/{w.volume['name']}"),
     # --- API keys (a user's own, in the key's organization) ---
     ("GET", "/api/api-keys"): lambda w: _listing_hides_a(w, "/api-keys", w.key_name),
     ("POST", "/api/api-keys"): lambda w: _own_org_create(w, "/api-keys", {"name": unique("b"), "permissions": []}),

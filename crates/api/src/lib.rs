@@ -16,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 mod json;
+pub mod object_storage;
 pub mod organization;
 pub mod quota;
 pub mod rate_limit;
@@ -23,6 +24,7 @@ pub mod sandbox;
 pub mod snapshot;
 pub mod store;
 pub mod users;
+pub mod volume;
 
 pub use sandbox::{SandboxService, SandboxSettings};
 pub use store::Store;
@@ -37,9 +39,12 @@ pub struct AppState {
     pub rate_limits: Arc<rate_limit::RateLimitPolicy>,
     pub access: Arc<sandbox::access::AccessService>,
     pub organizations: Arc<organization::OrganizationSettings>,
+    /// Where the SDK uploads build contexts (and the embedded S3 endpoint, if any).
+    pub push_access: Arc<object_storage::PushAccess>,
 }
 
-/// The API's router; every route lives under `/api`, including the Socket.IO event gateway.
+/// The API's router; every route lives under `/api`, including the Socket.IO event gateway,
+/// except the embedded S3 endpoint's bucket (`/<bucket>`, see [`object_storage`]).
 /// Must be called inside a Tokio runtime (the gateway spawns its event forwarder).
 pub fn router(state: AppState) -> Router {
     let events = events::socketio::layer(&state);
@@ -53,6 +58,8 @@ pub fn router(state: AppState) -> Router {
         .merge(audit::router())
         .merge(organization::router())
         .merge(users::router())
+        .merge(volume::routes::router())
+        .merge(object_storage::router())
         .split_for_parts();
     // After routing, so the audit knows each call's route template.
     let api = api
@@ -61,10 +68,13 @@ pub fn router(state: AppState) -> Router {
             audit::record,
         ))
         .fallback(not_found);
+    // The embedded S3 endpoint signs and routes by path, so it lives beside `/api`, not in it.
+    let s3 = state.push_access.s3_routes();
     Router::new()
         // The document is served with the `/api` prefix its paths are relative to.
         .merge(SwaggerUi::new("/api/docs").url("/api/openapi.json", with_server(openapi)))
         .nest("/api", api)
+        .merge(s3)
         .fallback(not_found)
         .layer(events)
         .layer(tower_http::trace::TraceLayer::new_for_http())

@@ -72,6 +72,13 @@ async fn start_server() -> (Server, Org, Org) {
             default_quotas: Default::default(),
             default_region: "us".into(),
         }),
+        push_access: Arc::new(daytona_api::object_storage::PushAccess::External {
+            endpoint: "http://127.0.0.1:9".into(),
+            bucket: "daytona".into(),
+            region: "us-east-1".into(),
+            access_key: "key".into(),
+            secret_key: "secret".into(),
+        }),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -7,7 +7,7 @@ use std::collections::HashSet;
 use daytona_api::Store;
 use daytona_api::store::{
     OpenError, OrgQuotas, ResourceUse, SandboxFilter, SandboxRow, SandboxSetting, SandboxSort,
-    SecretKind, SnapshotFilter, SnapshotRow, now,
+    SecretKind, SnapshotBuildRow, SnapshotFilter, SnapshotRow, now,
 };
 
 mod common;
@@ -46,6 +46,7 @@ fn sandbox(org: &str, name: &str, labels: &str) -> SandboxRow {
         updated_at: ts.clone(),
         last_activity_at: ts,
         auto_destroy_at: None,
+        volumes: "[]".into(),
     }
 }
 
@@ -384,6 +385,64 @@ async fn snapshots_are_found_and_listed_alike() {
                 .await
                 .unwrap()
                 .is_none()
+        );
+    }
+}
+
+#[tokio::test]
+async fn snapshot_builds_are_found_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let alice = add_org(&store, "alice").await.ctx.organization_id;
+        let bob = add_org(&store, "bob").await.ctx.organization_id;
+        let build = |snapshot: &SnapshotRow, build_ref: &str| SnapshotBuildRow {
+            snapshot_id: snapshot.id.clone(),
+            organization_id: snapshot.organization_id.clone(),
+            build_ref: build_ref.into(),
+            dockerfile: "FROM base\n".into(),
+            context_hashes: r#"["h1"]"#.into(),
+            created_at: snapshot.created_at.clone(),
+            updated_at: snapshot.updated_at.clone(),
+        };
+        let mut failed = snapshot(&alice, "built-1", false);
+        failed.state = "error".into();
+        failed.created_at = "2026-01-01T00:00:02.000Z".into();
+        let mut building = snapshot(&alice, "built-2", false);
+        building.state = "building".into();
+        building.created_at = "2026-01-01T00:00:01.000Z".into();
+        let mut other = snapshot(&bob, "built-3", false);
+        other.state = "active".into();
+        for (row, build_ref) in [(&failed, "r1"), (&building, "r1"), (&other, "r1")] {
+            store.insert_snapshot(row).await.unwrap();
+            store
+                .insert_snapshot_build(&build(row, build_ref))
+                .await
+                .unwrap();
+        }
+
+        let stored = store.snapshot_build(&building.id).await.unwrap().unwrap();
+        assert_eq!(stored.context_hashes, r#"["h1"]"#, "{backend}");
+        let usable = store.snapshot_for_build(&alice, "r1").await.unwrap();
+        assert_eq!(
+            usable.unwrap().id,
+            building.id,
+            "{backend}: failed builds are skipped"
+        );
+        let theirs = store.snapshot_for_build(&bob, "r1").await.unwrap();
+        assert_eq!(theirs.unwrap().id, other.id, "{backend}: per organization");
+        assert!(
+            store
+                .snapshot_for_build(&alice, "r2")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let by_id = store.snapshot_by_id(&other.id).await.unwrap().unwrap();
+        assert_eq!(by_id.organization_id, bob, "{backend}");
+        assert!(
+            store
+                .insert_snapshot_build(&build(&other, "r9"))
+                .await
+                .is_err()
         );
     }
 }

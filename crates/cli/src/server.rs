@@ -7,15 +7,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use daytona_api::object_storage::PushAccess;
 use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
 use daytona_api::sandbox::access::{AccessService, AccessSettings};
-use daytona_api::snapshot::SnapshotService;
+use daytona_api::snapshot::{BuildSettings, Builds, SnapshotService};
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
 use daytona_config::{Config, Roles, SandboxDns};
 use daytona_runner::Runner;
 use daytona_runner::image::{ImageStore, RegistryCredentials, RegistrySettings};
+use daytona_runner::volume::VolumeStore;
 use daytona_runtime::native::{NativeConfig, NativeRuntime};
-use daytona_storage::{ObjectStorage, S3Settings};
+use daytona_storage::{CredentialAuthority, ObjectStorage, S3Settings};
 use tokio::net::TcpListener;
 
 pub fn main() -> ExitCode {
@@ -148,7 +150,14 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let images = ImageStore::with_registries(data_dir.join("images"), registry_settings(&config));
     let storage = object_storage(&config, &data_dir)?;
     tracing::info!(?storage, "object storage");
-    let runner = Arc::new(Runner::new("local", images, runtime.clone()).with_storage(storage));
+    let push_access = Arc::new(push_access(&config, storage.clone()));
+    let volumes = VolumeStore::open(data_dir.join("volumes"))
+        .with_context(|| format!("cannot open {}", data_dir.join("volumes").display()))?;
+    let runner = Arc::new(
+        Runner::new("local", images, runtime.clone())
+            .with_storage(storage)
+            .with_volumes(volumes),
+    );
 
     let settings = SandboxSettings {
         toolbox_proxy_url: config.toolbox_proxy_url(),
@@ -156,7 +165,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         default_region: config.region.id.clone(),
         max_auto_archive_minutes: config.api.max_auto_archive_interval.into(),
     };
-    let snapshots = Arc::new(SnapshotService::new(store.clone(), runner.clone()));
+    let builds = Builds::new(BuildSettings {
+        log_dir: data_dir.join("build-logs"),
+        timeout: config.build.timeout,
+        cpu: config.build.cpu_cores,
+        memory_gib: config.build.memory_gb,
+        disk_gib: BUILD_DISK_GIB,
+    });
+    let snapshots =
+        Arc::new(SnapshotService::new(store.clone(), runner.clone()).with_builds(builds));
     // The default snapshot is pulled in the background so the first sandbox does not wait for it.
     snapshots
         .ensure_default(&admin_org, &config.api.default_snapshot)
@@ -193,6 +210,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             default_quotas: (&config.org_quotas).into(),
             default_region: config.region.id.clone(),
         }),
+        push_access,
     };
     let proxy_settings = proxy_settings(&config)?;
 
@@ -274,6 +292,35 @@ fn object_storage(config: &Config, data_dir: &Path) -> anyhow::Result<ObjectStor
     };
     storage.context("cannot set up object storage")
 }
+
+/// Push access for build contexts: the configured S3, else the embedded endpoint over `storage`
+/// (credentials signed with a key derived from `ENCRYPTION_KEY`).
+fn push_access(config: &Config, storage: ObjectStorage) -> PushAccess {
+    match &config.s3 {
+        Some(s3) => PushAccess::External {
+            endpoint: s3.storage.endpoint.clone(),
+            bucket: s3.storage.bucket.clone(),
+            region: s3.storage.region.clone(),
+            access_key: s3.storage.access_key.expose().to_owned(),
+            secret_key: s3.storage.secret_key.expose().to_owned(),
+        },
+        None => PushAccess::Embedded {
+            storage,
+            authority: CredentialAuthority::new(config.api.encryption_key.expose().as_bytes()),
+            bucket: EMBEDDED_BUCKET.to_owned(),
+            region: EMBEDDED_REGION.to_owned(),
+            ttl: config.server.push_access_ttl,
+        },
+    }
+}
+
+/// Disk of each build step's sandbox (a sparse file: only what the step writes takes space).
+const BUILD_DISK_GIB: u32 = 20;
+
+/// Bucket and region of the embedded S3 endpoint (the seed's `S3_DEFAULT_BUCKET`/`S3_REGION`
+/// defaults; those variables configure an external S3).
+const EMBEDDED_BUCKET: &str = "daytona";
+const EMBEDDED_REGION: &str = "us-east-1";
 
 /// The SSH gateway's view of the API state: tokens and sandbox addresses.
 struct SshAccess(AppState);

@@ -25,6 +25,7 @@
 //! | `DAYTONA_SANDBOX_SUBNET` | `100.100.0.0/16` | IPv4 network for sandboxes; must lie inside `100.64.0.0/10`, at most /30 |
 //! | `DAYTONA_INSECURE_REGISTRIES` | (none) | Comma-separated `host[:port]` of image registries pulled over plain HTTP; loopback registries always are |
 //! | `DAYTONA_ROLES` | `api,proxy,runner,ssh-gateway` | Comma-separated services this process runs |
+//! | `DAYTONA_PUSH_ACCESS_TTL` | `3600` | Seconds the temporary credentials of `GET /api/object-storage/push-access` for the embedded S3 endpoint stay valid |
 //! | `DAYTONA_LOG` | `info` | `tracing` filter directives, e.g. `info,daytona_runner=debug` |
 //!
 //! ## Deliberate differences from the seed's defaults

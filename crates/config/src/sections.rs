@@ -53,6 +53,9 @@ pub struct ServerConfig {
     pub roles: Roles,
     /// `DAYTONA_LOG`: a `tracing_subscriber::EnvFilter` directive string.
     pub log: String,
+    /// `DAYTONA_PUSH_ACCESS_TTL` (3600 s): how long the temporary credentials of
+    /// `GET /object-storage/push-access` for the embedded S3 endpoint stay valid.
+    pub push_access_ttl: Duration,
 }
 
 impl ServerConfig {
@@ -83,6 +86,7 @@ impl ServerConfig {
                 |v| v.parse().ok(),
             ),
             log: r.string("DAYTONA_LOG", "info"),
+            push_access_ttl: r.whole("DAYTONA_PUSH_ACCESS_TTL", 3600, 1, Unit::Seconds),
         }
     }
 

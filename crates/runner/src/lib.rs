@@ -3,8 +3,10 @@
 
 pub mod image;
 mod sandbox;
+pub mod volume;
 
 pub use daytona_runtime::NetworkPolicy;
 pub use sandbox::{
     CapturedImage, PulledImage, Resize, Runner, RunnerError, SandboxRequest, SandboxRunner,
+    VolumeMount,
 };

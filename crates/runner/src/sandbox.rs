@@ -10,11 +10,14 @@ use daytona_storage::{ObjectStorage, StorageError};
 
 pub use daytona_runtime::Resize;
 use daytona_runtime::{
-    DAEMON_PORT, NetworkPolicy, Runtime, RuntimeError, RuntimeState, SandboxSpec, SandboxStatus,
+    DAEMON_PORT, Mount, NetworkPolicy, Runtime, RuntimeError, RuntimeState, SandboxSpec,
+    SandboxStatus,
 };
 use serde::{Deserialize, Serialize};
 
+use crate::image::build::{BuildError, BuildLog, BuildRequest, Builder};
 use crate::image::{ImageError, ImageStore, PinnedImage};
+use crate::volume::VolumeStore;
 
 /// What the control plane asks a runner to create.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -31,6 +34,20 @@ pub struct SandboxRequest {
     /// Egress policy (`networkBlockAll`, `networkAllowList`).
     #[serde(default)]
     pub network: NetworkPolicy,
+    /// Volumes to mount, in order.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+}
+
+/// A volume mounted into a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeMount {
+    pub volume_id: String,
+    /// Absolute path inside the sandbox.
+    pub mount_path: String,
+    /// Directory beneath the volume's root to mount instead of the root (created if missing).
+    #[serde(default)]
+    pub subpath: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +64,16 @@ pub enum RunnerError {
     NoStorage(&'static str),
     #[error("{0} is not supported by this runner")]
     Unsupported(&'static str),
+    #[error("volume {id}: {source}")]
+    Volume {
+        id: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("volume {0} has no files on this runner")]
+    VolumeMissing(String),
+    #[error(transparent)]
+    Build(#[from] BuildError),
 }
 
 /// The image a sandbox's files became (`snapshot_sandbox`).
@@ -116,6 +143,16 @@ pub trait SandboxRunner: Send + Sync + 'static {
         let _ = (source, fork);
         Err(RunnerError::Unsupported("forking sandboxes"))
     }
+    /// Builds the image `req` describes (a Dockerfile and its uploaded context), logging to
+    /// `log` as it goes.
+    async fn build_image(
+        &self,
+        req: &BuildRequest,
+        log: Arc<dyn BuildLog>,
+    ) -> Result<CapturedImage, RunnerError> {
+        let _ = (req, log);
+        Err(RunnerError::Unsupported("building images"))
+    }
     /// Moves a stopped sandbox's files to object storage under `key` and removes the sandbox
     /// from this runner; returns the archive's size in bytes.
     async fn archive_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
@@ -141,6 +178,17 @@ pub trait SandboxRunner: Send + Sync + 'static {
         let _ = key;
         Err(RunnerError::Unsupported("archives"))
     }
+    /// Makes the (empty) storage of volume `id`; an existing one is kept.
+    async fn create_volume(&self, id: &str) -> Result<(), RunnerError> {
+        let _ = id;
+        Err(RunnerError::Unsupported("volumes"))
+    }
+    /// Removes volume `id` and its files (a missing one is fine). The caller makes sure no
+    /// sandbox mounts it.
+    async fn delete_volume(&self, id: &str) -> Result<(), RunnerError> {
+        let _ = id;
+        Err(RunnerError::Unsupported("volumes"))
+    }
 }
 
 /// A runner on this host: an image store plus a runtime backend.
@@ -150,6 +198,8 @@ pub struct Runner {
     runtime: Arc<dyn Runtime>,
     /// Where archived sandboxes go.
     storage: Option<ObjectStorage>,
+    /// Where volumes live.
+    volumes: Option<VolumeStore>,
 }
 
 /// zstd level of sandbox archives: fast; the zeros of a sparse disk compress away at any level.
@@ -169,7 +219,47 @@ impl Runner {
             images,
             runtime,
             storage: None,
+            volumes: None,
         }
+    }
+
+    /// Keeps volumes in `volumes`.
+    pub fn with_volumes(mut self, volumes: VolumeStore) -> Self {
+        self.volumes = Some(volumes);
+        self
+    }
+
+    fn volume_store(&self) -> Result<&VolumeStore, RunnerError> {
+        self.volumes
+            .as_ref()
+            .ok_or(RunnerError::NoStorage("volumes"))
+    }
+
+    /// Runtime mounts of the request's volumes; each volume must exist here.
+    fn mounts_for(&self, volumes: &[VolumeMount]) -> Result<Vec<Mount>, RunnerError> {
+        if volumes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let store = self.volume_store()?;
+        volumes
+            .iter()
+            .map(|v| {
+                let source = store
+                    .path(&v.volume_id)
+                    .map_err(|source| RunnerError::Volume {
+                        id: v.volume_id.clone(),
+                        source,
+                    })?;
+                if !source.is_dir() {
+                    return Err(RunnerError::VolumeMissing(v.volume_id.clone()));
+                }
+                Ok(Mount {
+                    source,
+                    subpath: v.subpath.clone().filter(|s| !s.is_empty()),
+                    target: v.mount_path.clone(),
+                })
+            })
+            .collect()
     }
 
     /// Archives sandboxes to `storage`.
@@ -191,6 +281,7 @@ impl Runner {
         &self,
         req: &SandboxRequest,
     ) -> Result<(PinnedImage, SandboxSpec), RunnerError> {
+        let mounts = self.mounts_for(&req.volumes)?;
         let pinned = self.images.resolve_pinned(&req.image).await?;
         let image = &pinned.image;
         // Image env first, so the request's variables win.
@@ -216,6 +307,7 @@ impl Runner {
             memory_gib: req.memory_gib,
             disk_gib: req.disk_gib,
             network: req.network.clone(),
+            mounts,
         };
         Ok((pinned, spec))
     }
@@ -325,6 +417,24 @@ impl SandboxRunner for Runner {
         daemon_address_of(&status)
     }
 
+    async fn build_image(
+        &self,
+        req: &BuildRequest,
+        log: Arc<dyn BuildLog>,
+    ) -> Result<CapturedImage, RunnerError> {
+        let builder = Builder::new(
+            self.images.clone(),
+            self.runtime.clone(),
+            self.storage.clone(),
+        );
+        let built = builder.build(req, log.as_ref()).await?;
+        let image = self.pull_image(&built.reference).await?;
+        Ok(CapturedImage {
+            reference: built.reference,
+            image,
+        })
+    }
+
     async fn archive_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
         let storage = self.storage("archiving")?;
         let started = Instant::now();
@@ -383,6 +493,18 @@ impl SandboxRunner for Runner {
             .is_some())
     }
 
+    async fn create_volume(&self, id: &str) -> Result<(), RunnerError> {
+        let store = self.volume_store()?.clone();
+        let owned = id.to_owned();
+        blocking_volume(id, move || store.create(&owned)).await
+    }
+
+    async fn delete_volume(&self, id: &str) -> Result<(), RunnerError> {
+        let store = self.volume_store()?.clone();
+        let owned = id.to_owned();
+        blocking_volume(id, move || store.remove(&owned)).await
+    }
+
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError> {
         match self.runtime.status(id).await? {
             Some(status) if status.state == RuntimeState::Running => {
@@ -391,6 +513,21 @@ impl SandboxRunner for Runner {
             _ => Ok(None),
         }
     }
+}
+
+/// Runs a volume's file work off the async threads.
+async fn blocking_volume(
+    id: &str,
+    work: impl FnOnce() -> std::io::Result<()> + Send + 'static,
+) -> Result<(), RunnerError> {
+    let volume_error = |source| RunnerError::Volume {
+        id: id.to_owned(),
+        source,
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| volume_error(std::io::Error::other(e)))?
+        .map_err(volume_error)
 }
 
 /// Bytes in regular files under `dir` (symlinks not followed; unreadable entries skipped).

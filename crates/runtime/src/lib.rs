@@ -43,6 +43,125 @@ pub struct SandboxSpec {
     /// Egress policy; absent in state files written before it existed (= unrestricted).
     #[serde(default)]
     pub network: NetworkPolicy,
+    /// Host directories shared into the sandbox (volumes), mounted in this order.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+}
+
+/// A host directory made visible inside a sandbox (a volume): every sandbox that mounts it sees
+/// the same files, live. Mounted `nosuid,nodev`; with a user namespace, idmapped so files keep
+/// the same owners (uid 1000 inside is uid 1000 on the disk) whichever sandbox wrote them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mount {
+    /// Host directory (a volume's root), absolute; it must exist.
+    pub source: PathBuf,
+    /// Directory beneath `source` to mount instead of its root: relative, without `.` or `..`,
+    /// created (mode 0777) if missing. Resolved without following symlinks, because the
+    /// sandboxes that share `source` control what is in it.
+    #[serde(default)]
+    pub subpath: Option<String>,
+    /// Absolute path inside the sandbox; created if missing (symlinks there resolve inside the
+    /// sandbox's own root).
+    pub target: String,
+}
+
+impl Mount {
+    /// Checks the shapes the runtime relies on; the API names the same problems to its callers.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |what: String| Err(RuntimeError::InvalidSpec(what));
+        if !self.source.is_absolute() {
+            return bad(format!(
+                "mount source {} is not absolute",
+                self.source.display()
+            ));
+        }
+        if let Err(reason) = check_mount_target(&self.target) {
+            return bad(format!("mount target {:?} {reason}", self.target));
+        }
+        if let Some(sub) = &self.subpath
+            && let Err(reason) = check_subpath(sub)
+        {
+            return bad(format!("mount subpath {sub:?} {reason}"));
+        }
+        Ok(())
+    }
+
+    /// The components of [`Mount::subpath`] (none for the volume's root).
+    pub fn subpath_components(&self) -> Vec<&str> {
+        self.subpath
+            .as_deref()
+            .map(|s| s.split('/').filter(|c| !c.is_empty()).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// Directories a volume may not cover or sit under: the kernel's interfaces, which the runtime
+/// mounts inside every sandbox.
+const RESERVED_TARGETS: [&str; 3] = ["/proc", "/sys", "/dev"];
+/// Directories a volume may sit under but not replace: the system's own files, and where the
+/// runtime puts the daemon binary.
+const SYSTEM_DIRS: [&str; 12] = [
+    "/bin",
+    "/boot",
+    "/etc",
+    "/lib",
+    "/lib32",
+    "/lib64",
+    "/libx32",
+    "/sbin",
+    "/usr",
+    "/usr/local",
+    "/usr/local/bin",
+    "/var",
+];
+
+/// Why `target` cannot be a mount path inside a sandbox, if it cannot: it must be absolute and
+/// normalized (no `.`, `..`, empty components or trailing `/`), not `/`, outside `/proc`,
+/// `/sys` and `/dev`, not a system directory itself, at most 4096 bytes and without NUL.
+pub fn check_mount_target(target: &str) -> std::result::Result<(), String> {
+    if !target.starts_with('/') {
+        return Err("is not an absolute path".into());
+    }
+    if target == "/" {
+        return Err("would cover the root directory".into());
+    }
+    if target.len() > 4096 || target.contains('\0') {
+        return Err("is too long or contains NUL".into());
+    }
+    if target[1..]
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return Err("must be normalized (no '.', '..', '//' or trailing '/')".into());
+    }
+    if let Some(reserved) = RESERVED_TARGETS
+        .iter()
+        .find(|r| target == **r || target.starts_with(&format!("{r}/")))
+    {
+        return Err(format!(
+            "is inside {reserved}, which the sandbox's system mounts own"
+        ));
+    }
+    if SYSTEM_DIRS.contains(&target) {
+        return Err("would hide a system directory".into());
+    }
+    Ok(())
+}
+
+/// Why `subpath` cannot name a directory beneath a volume's root, if it cannot: relative, no
+/// `.` or `..` components, at most 1024 bytes, no NUL. Empty components (`a//b`, a trailing
+/// `/`) are ignored.
+pub fn check_subpath(subpath: &str) -> std::result::Result<(), String> {
+    if subpath.starts_with('/') {
+        return Err("must be relative to the volume's root".into());
+    }
+    if subpath.len() > 1024 || subpath.contains('\0') {
+        return Err("is too long or contains NUL".into());
+    }
+    if subpath.split('/').any(|c| c == "." || c == "..") {
+        return Err("must not contain '.' or '..'".into());
+    }
+    Ok(())
 }
 
 /// A list of paths, or (older state files) a single path.
@@ -325,12 +444,58 @@ mod tests {
     }
 
     #[test]
+    fn mount_targets_and_subpaths_are_checked() {
+        for good in [
+            "/data",
+            "/home/daytona/volume",
+            "/usr/local/share/x",
+            "/tmp/v",
+        ] {
+            assert_eq!(check_mount_target(good), Ok(()), "{good}");
+        }
+        for (bad, why) in [
+            ("data", "absolute"),
+            ("/", "root"),
+            ("/data/", "normalized"),
+            ("/a//b", "normalized"),
+            ("/a/../etc", "normalized"),
+            ("/proc", "/proc"),
+            ("/proc/sys/x", "/proc"),
+            ("/dev/shm", "/dev"),
+            ("/sys", "/sys"),
+            ("/etc", "system directory"),
+            ("/usr/local/bin", "system directory"),
+        ] {
+            let err = check_mount_target(bad).unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+        assert_eq!(check_subpath("a/b"), Ok(()));
+        assert_eq!(check_subpath("a//b/"), Ok(()));
+        for bad in ["/a", "..", "a/../b", "./a"] {
+            assert!(check_subpath(bad).is_err(), "{bad}");
+        }
+        let mount = Mount {
+            source: PathBuf::from("/v"),
+            subpath: Some("a//b/".into()),
+            target: "/data".into(),
+        };
+        assert_eq!(mount.subpath_components(), ["a", "b"]);
+        assert!(mount.validate().is_ok());
+        let relative = Mount {
+            source: PathBuf::from("v"),
+            ..mount
+        };
+        assert!(relative.validate().is_err());
+    }
+
+    #[test]
     fn specs_without_a_network_policy_still_load() {
         let old = r#"{"id":"x","image_rootfs":"/r","user":"root","env":{},"workdir":null,
             "cpu":1,"memory_gib":1,"disk_gib":3}"#;
         let spec: SandboxSpec = serde_json::from_str(old).unwrap();
         assert_eq!(spec.image_layers, [PathBuf::from("/r")]);
         assert_eq!(spec.network, NetworkPolicy::default());
+        assert!(spec.mounts.is_empty());
         assert!(!spec.network.is_restricted());
 
         let policy = NetworkPolicy {

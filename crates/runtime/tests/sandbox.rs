@@ -116,7 +116,7 @@ fn main() {
         .skip(1)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let tests: [(&str, TestFn); 17] = [
+    let tests: [(&str, TestFn); 18] = [
         ("lifecycle_leaves_no_trace", |e| {
             Box::pin(lifecycle_leaves_no_trace(e))
         }),
@@ -158,6 +158,9 @@ fn main() {
         }),
         ("sandbox_without_disk_limit", |e| {
             Box::pin(sandbox_without_disk_limit(e))
+        }),
+        ("volumes_are_shared_live_and_confined", |e| {
+            Box::pin(volumes_are_shared_live_and_confined(e))
         }),
         ("network_policies", |e| {
             Box::pin(network::network_policies(e))
@@ -239,6 +242,7 @@ impl Env {
             memory_gib: 1,
             disk_gib: 3,
             network: Default::default(),
+            mounts: Vec::new(),
         }
     }
 }
@@ -1352,6 +1356,122 @@ async fn sandbox_without_disk_limit(env: &Env) {
     ));
     rt.destroy(&id).await.expect("destroy");
     assert_no_trace(&rt, &id, &[], false);
+}
+
+/// Two sandboxes share a volume (one mounts a subpath of it), see each other's writes at
+/// once, keep it across stop/start; symlinks in the volume never lead a mount to host files;
+/// with a user namespace the files keep their on-disk owners.
+async fn volumes_are_shared_live_and_confined(env: &Env) {
+    use daytona_runtime::Mount;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if !needs_real_daemon(env) {
+        return;
+    }
+    let rt = env.runtime(|_| {});
+    let volume = env.state_dir.join(format!("volume-{}", new_id()));
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::set_permissions(&volume, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mount = |subpath: Option<&str>, target: &str| Mount {
+        source: volume.clone(),
+        subpath: subpath.map(str::to_owned),
+        target: target.to_owned(),
+    };
+    let (a, b) = (new_id(), new_id());
+    let mut spec_a = env.spec(&a);
+    spec_a.mounts = vec![mount(None, "/data")];
+    let mut spec_b = env.spec(&b);
+    spec_b.mounts = vec![mount(Some("sub/dir"), "/mnt/deep/sub")];
+    let ip_a = rt.create(&spec_a).await.expect("create a").ip.unwrap();
+    let ip_b = rt.create(&spec_b).await.expect("create b").ip.unwrap();
+
+    // The subpath was created for b, writable by every user.
+    let sub = volume.join("sub/dir");
+    assert_eq!(std::fs::metadata(&sub).unwrap().mode() & 0o777, 0o777);
+    run_ok(ip_a, "echo from-a > /data/sub/dir/a.txt");
+    assert_eq!(run_ok(ip_b, "cat /mnt/deep/sub/a.txt").trim(), "from-a");
+    run_ok(ip_b, "echo from-b > /mnt/deep/sub/b.txt");
+    assert_eq!(run_ok(ip_a, "cat /data/sub/dir/b.txt").trim(), "from-b");
+    assert_eq!(
+        std::fs::read_to_string(sub.join("b.txt")).unwrap(),
+        "from-b\n"
+    );
+    // nosuid,nodev; the rest of the volume is not visible to b.
+    let options = run_ok(ip_a, "grep ' /data ' /proc/self/mountinfo");
+    assert!(
+        options.contains("nosuid") && options.contains("nodev"),
+        "{options}"
+    );
+    assert_eq!(run_ok(ip_b, "ls /mnt/deep").trim(), "sub");
+
+    // A symlink planted in the volume does not lead a later mount out of it.
+    run_ok(
+        ip_a,
+        "ln -s /etc /data/escape && mkdir -p /data/real && ln -s ../real /data/sub/inner",
+    );
+    for subpath in ["escape", "sub/inner"] {
+        let c = new_id();
+        let mut spec = env.spec(&c);
+        spec.mounts = vec![mount(Some(subpath), "/data")];
+        let err = rt
+            .create(&spec)
+            .await
+            .expect_err("symlinked subpath")
+            .to_string();
+        assert!(err.contains("symlink"), "{subpath}: {err}");
+        assert_no_trace(&rt, &c, &[], false);
+    }
+    // A mount path that is a file in the image is refused clearly.
+    let c = new_id();
+    let mut spec = env.spec(&c);
+    spec.mounts = vec![mount(None, "/etc/hostname")];
+    let err = rt.create(&spec).await.expect_err("file target").to_string();
+    assert!(err.contains("not a directory"), "{err}");
+
+    // A restarted runtime adopts the sandbox with its mounts (they are in its spec): stop and
+    // start keep them; the files live in the volume, not in the sandbox's disk.
+    let rt = env.runtime(|_| {});
+    rt.stop(&a).await.expect("stop");
+    run_ok(ip_b, "echo while-stopped > /mnt/deep/sub/c.txt");
+    let ip_a = rt.start(&a).await.expect("start").ip.unwrap();
+    assert_eq!(
+        run_ok(ip_a, "cat /data/sub/dir/c.txt").trim(),
+        "while-stopped"
+    );
+    rt.destroy(&a).await.expect("destroy a");
+    rt.destroy(&b).await.expect("destroy b");
+    assert!(
+        sub.join("c.txt").is_file(),
+        "destroy keeps the volume's files"
+    );
+
+    // In a user namespace: idmapped, so on-disk owners are the ids inside.
+    let ranges = native::IdRanges {
+        first_host_id: 1 << 29,
+        slots: 4,
+    };
+    let rt = env.runtime(|c| c.user_namespaces = Some(ranges));
+    let d = new_id();
+    let mut spec = env.spec(&d);
+    spec.mounts = vec![mount(None, "/data")];
+    let ip = rt
+        .create(&spec)
+        .await
+        .expect("create in userns")
+        .ip
+        .unwrap();
+    run_ok(
+        ip,
+        "echo x > /data/u.txt && chown 1000:1000 /data/u.txt && echo y > /data/r.txt",
+    );
+    let owner = |name: &str| {
+        let meta = std::fs::metadata(volume.join(name)).unwrap();
+        (meta.uid(), meta.gid())
+    };
+    assert_eq!(owner("u.txt"), (1000, 1000));
+    assert_eq!(owner("r.txt"), (0, 0));
+    assert_eq!(run_ok(ip, "stat -c %u /data/sub/dir/a.txt").trim(), "0");
+    rt.destroy(&d).await.expect("destroy d");
+    std::fs::remove_dir_all(&volume).unwrap();
 }
 
 fn median(mut v: Vec<Duration>) -> Duration {

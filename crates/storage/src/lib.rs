@@ -20,6 +20,11 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
 use tokio::sync::mpsc;
 
+pub mod push_access;
+pub mod s3;
+
+pub use push_access::{CredentialAuthority, CredentialError, PushCredentials};
+
 /// Bytes a blocking writer hands to the uploader at a time.
 const CHUNK: usize = 1 << 20;
 /// Chunks in flight between a blocking side and the async side (bounds memory use).
@@ -71,6 +76,8 @@ pub struct ObjectInfo {
     pub key: String,
     pub size: u64,
     pub last_modified: SystemTime,
+    /// The backend's entity tag (what S3 clients see as `ETag`).
+    pub e_tag: Option<String>,
 }
 
 impl From<object_store::ObjectMeta> for ObjectInfo {
@@ -79,6 +86,7 @@ impl From<object_store::ObjectMeta> for ObjectInfo {
             key: meta.location.to_string(),
             size: meta.size,
             last_modified: meta.last_modified.into(),
+            e_tag: meta.e_tag,
         }
     }
 }

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use crate::sandbox::dto::Sandbox;
+use crate::volume::VolumeDto;
 
 /// Something that happened, addressed to one organization.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -47,6 +48,15 @@ pub enum EventKind {
         sandbox: Value,
         old_desired_state: String,
         new_desired_state: String,
+    },
+    /// Payload: the Volume DTO.
+    #[serde(rename = "volume.created")]
+    VolumeCreated(Value),
+    #[serde(rename = "volume.state.updated", rename_all = "camelCase")]
+    VolumeStateUpdated {
+        volume: Value,
+        old_state: String,
+        new_state: String,
     },
 }
 
@@ -98,6 +108,31 @@ impl Event {
     }
 }
 
+impl Event {
+    pub fn volume_created(volume: &VolumeDto) -> Event {
+        Event {
+            organization_id: volume.organization_id.clone(),
+            kind: EventKind::VolumeCreated(volume_json(volume)),
+        }
+    }
+
+    /// `volume` as stored now, which was in `old_state` before.
+    pub fn volume_state_updated(old_state: &str, volume: &VolumeDto) -> Event {
+        Event {
+            organization_id: volume.organization_id.clone(),
+            kind: EventKind::VolumeStateUpdated {
+                volume: volume_json(volume),
+                old_state: old_state.to_string(),
+                new_state: volume.state.clone(),
+            },
+        }
+    }
+}
+
+fn volume_json(volume: &VolumeDto) -> Value {
+    serde_json::to_value(volume).expect("volume DTO serializes")
+}
+
 impl EventKind {
     /// The event name clients listen for.
     pub fn name(&self) -> &'static str {
@@ -105,6 +140,8 @@ impl EventKind {
             EventKind::SandboxCreated(_) => "sandbox.created",
             EventKind::SandboxStateUpdated { .. } => "sandbox.state.updated",
             EventKind::SandboxDesiredStateUpdated { .. } => "sandbox.desired-state.updated",
+            EventKind::VolumeCreated(_) => "volume.created",
+            EventKind::VolumeStateUpdated { .. } => "volume.state.updated",
         }
     }
 

@@ -146,7 +146,7 @@ impl Sandbox {
             auto_archive_interval: row.auto_archive_interval,
             auto_delete_interval: row.auto_delete_interval,
             auto_destroy_at: row.auto_destroy_at,
-            volumes: Vec::new(),
+            volumes: serde_json::from_str(&row.volumes).unwrap_or_default(),
             created_at: row.created_at,
             updated_at: row.updated_at,
             last_activity_at: row.last_activity_at,
@@ -205,6 +205,7 @@ pub(crate) mod tests {
             updated_at: "2026-01-01T00:00:00.000Z".into(),
             last_activity_at: "2026-01-01T00:00:00.000Z".into(),
             auto_destroy_at: None,
+            volumes: r#"[{"volumeId":"v-1","mountPath":"/data","subpath":"a/b"}]"#.into(),
         }
     }
 
@@ -233,6 +234,10 @@ pub(crate) mod tests {
         assert_eq!(v["env"]["A"], "1");
         assert_eq!(v["labels"]["code-toolbox-language"], "python");
         assert_eq!(v["toolboxProxyUrl"], "http://127.0.0.1:4000/toolbox");
+        assert_eq!(
+            v["volumes"],
+            serde_json::json!([{"volumeId": "v-1", "mountPath": "/data", "subpath": "a/b"}])
+        );
     }
 
     #[test]

@@ -18,8 +18,10 @@ use crate::auth::AuthContext;
 use crate::error::{ApiError, ApiResult};
 use crate::events::{Event, EventBus, InProcessEventBus};
 use crate::quota;
+use crate::snapshot::BuildInfo;
 use crate::snapshot::SnapshotService;
 use crate::store::{SandboxFilter, SandboxRow, SecretKind, Store, now};
+use crate::volume::{self, VolumeService};
 
 /// How long a request waits for the runner before answering with the transitional state.
 const WAIT_FOR_RUNNER: Duration = Duration::from_secs(50);
@@ -52,6 +54,7 @@ pub struct SandboxService {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     pub(super) quota_lock: tokio::sync::Mutex<()>,
     pub(super) events: Arc<dyn EventBus>,
+    volumes: Arc<VolumeService>,
 }
 
 fn is_valid_env_key(key: &str) -> bool {
@@ -75,21 +78,37 @@ impl SandboxService {
         snapshots: Arc<SnapshotService>,
         settings: SandboxSettings,
     ) -> Self {
+        let events: Arc<dyn EventBus> = Arc::new(InProcessEventBus::default());
         SandboxService {
+            volumes: Arc::new(VolumeService::new(
+                store.clone(),
+                runner.clone(),
+                events.clone(),
+            )),
             store,
             runner,
             snapshots,
             settings,
             locks: Mutex::new(HashMap::new()),
             quota_lock: tokio::sync::Mutex::new(()),
-            events: Arc::new(InProcessEventBus::default()),
+            events,
         }
     }
 
-    /// Publishes sandbox events to `bus` instead of this process's own bus.
+    /// Publishes sandbox and volume events to `bus` instead of this process's own bus.
     pub fn with_event_bus(mut self, bus: Arc<dyn EventBus>) -> Self {
+        self.volumes = Arc::new(VolumeService::new(
+            self.store.clone(),
+            self.runner.clone(),
+            bus.clone(),
+        ));
         self.events = bus;
         self
+    }
+
+    /// The volumes the sandboxes mount (`/api/volumes`).
+    pub fn volumes(&self) -> &Arc<VolumeService> {
+        &self.volumes
     }
 
     pub fn events(&self) -> &Arc<dyn EventBus> {
@@ -168,16 +187,9 @@ impl SandboxService {
             body.network_block_all.unwrap_or(false),
             body.network_allow_list.as_deref(),
         )?;
-        if body.build_info.is_some() {
+        if body.build_info.is_some() && body.snapshot.is_some() {
             return Err(ApiError::BadRequest(
-                "buildInfo: building sandboxes from an image definition is not supported by this server yet; \
-                 create from a snapshot"
-                    .into(),
-            ));
-        }
-        if !body.volumes.is_empty() {
-            return Err(ApiError::BadRequest(
-                "volumes: volume mounts are not supported by this server yet".into(),
+                "snapshot: a sandbox is created from a snapshot or from buildInfo, not both".into(),
             ));
         }
         if body.gpu.unwrap_or(0) > 0 {
@@ -212,15 +224,42 @@ impl SandboxService {
             .snapshot
             .as_deref()
             .unwrap_or(&self.settings.default_snapshot);
-        let choice = self
-            .snapshots
-            .resolve_for_sandbox(ctx, snapshot_name)
-            .await?;
+        // From an image definition: the snapshot of that definition, built first if need be.
+        let build = match &body.build_info {
+            Some(info) => Some(
+                self.snapshots
+                    .snapshot_for_build(&ctx.organization_id, BuildInfo::parse(info)?)
+                    .await?,
+            ),
+            None => None,
+        };
+        let choice = match &build {
+            Some(snapshot) => crate::snapshot::SnapshotChoice {
+                name: snapshot.name.clone(),
+                image: snapshot.image_name.clone(),
+                resources: None,
+            },
+            None => {
+                self.snapshots
+                    .resolve_for_sandbox(ctx, snapshot_name)
+                    .await?
+            }
+        };
+        let pending_build = build
+            .as_ref()
+            .filter(|s| s.state != "active")
+            .map(|s| s.id.clone());
         let (cpu, memory, disk) =
             choice
                 .resources
                 .unwrap_or((DEFAULT_CPU, DEFAULT_MEMORY_GIB, DEFAULT_DISK_GIB));
         let image_ref = choice.image;
+        // Held until the sandbox is stored, so its volumes cannot be deleted meanwhile.
+        let mounts_guard = self.volumes.lock_mounts().await;
+        let mounts = self
+            .volumes
+            .resolve_mounts(&ctx.organization_id, &body.volumes)
+            .await?;
         let id = uuid::Uuid::new_v4().to_string();
         let name = body.name.clone().unwrap_or_else(|| id.clone());
         if self
@@ -252,7 +291,11 @@ impl SandboxService {
             gpu: 0,
             memory: body.memory.unwrap_or(memory).into(),
             disk: body.disk.unwrap_or(disk).into(),
-            state: "creating".into(),
+            state: if pending_build.is_some() {
+                "pending_build".into()
+            } else {
+                "creating".into()
+            },
             desired_state: "started".into(),
             error_reason: None,
             auto_stop_interval: body.auto_stop_interval.unwrap_or(DEFAULT_AUTO_STOP_MIN),
@@ -270,6 +313,7 @@ impl SandboxService {
                 (chrono::Utc::now() + chrono::Duration::minutes(m))
                     .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
             }),
+            volumes: serde_json::to_string(&mounts).expect("mounts serialize"),
         };
         // Check and insert under one lock so concurrent creates cannot overrun a quota together.
         let quota_guard = self.quota_lock.lock().await;
@@ -292,13 +336,46 @@ impl SandboxService {
             e => e.into(),
         })?;
         drop(quota_guard);
+        drop(mounts_guard);
         tracing::info!(sandbox = %id, image = %image_ref, "creating sandbox");
         self.events
             .publish(Event::sandbox_created(&self.to_dto(row.clone())));
 
         let request = runner_request(&row)?;
-        self.run_transition(&id, self.clone().provision(request))
-            .await
+        // A build takes long: answer `pending_build` at once, the SDK follows the build's log.
+        let wait = if pending_build.is_some() {
+            Duration::ZERO
+        } else {
+            WAIT_FOR_RUNNER
+        };
+        let this = self.clone();
+        self.transition(
+            &id,
+            async move {
+                let mut request = request;
+                if let Some(snapshot) = pending_build {
+                    match this.snapshots.wait_for_build(&snapshot).await {
+                        Ok(image) => {
+                            this.store.set_sandbox_image(&request.id, &image).await?;
+                            this.store
+                                .set_sandbox_state(&request.id, "creating", None)
+                                .await?;
+                            request.image = image;
+                        }
+                        Err(reason) => {
+                            tracing::warn!(sandbox = %request.id, %reason, "sandbox image build failed");
+                            return this
+                                .store
+                                .set_sandbox_state(&request.id, "build_failed", Some(&reason))
+                                .await;
+                        }
+                    }
+                }
+                this.provision(request).await
+            },
+            wait,
+        )
+        .await
     }
 
     /// The runner's part of a create: make the sandbox and record it started, or the reason it
@@ -334,6 +411,16 @@ impl SandboxService {
         id: &str,
         work: impl Future<Output = Result<(), sqlx::Error>> + Send + 'static,
     ) -> ApiResult<Sandbox> {
+        self.transition(id, work, WAIT_FOR_RUNNER).await
+    }
+
+    /// [`Self::run_transition`], waiting at most `wait`.
+    async fn transition(
+        self: &Arc<Self>,
+        id: &str,
+        work: impl Future<Output = Result<(), sqlx::Error>> + Send + 'static,
+        wait: Duration,
+    ) -> ApiResult<Sandbox> {
         let lock = self.lock_for(id);
         let sandbox_id = id.to_string();
         let this = self.clone();
@@ -347,7 +434,7 @@ impl SandboxService {
                 this.announce(&before).await;
             }
         });
-        let _ = tokio::time::timeout(WAIT_FOR_RUNNER, task).await;
+        let _ = tokio::time::timeout(wait, task).await;
         let row = self.store.sandbox_by_id(id).await?;
         match row {
             Some(row) => Ok(self.to_dto(row)),
@@ -637,6 +724,7 @@ impl SandboxService {
     /// for a running sandbox), an interrupted archive whose upload completed ends `archived`, the
     /// others are recorded as stopped.
     pub async fn reconcile(self: &Arc<Self>) -> ApiResult<()> {
+        self.volumes.reconcile().await?;
         for row in self.store.live_sandboxes().await? {
             let running = match self.runner.daemon_address(&row.id).await {
                 Ok(addr) => addr.is_some(),
@@ -725,6 +813,7 @@ pub(super) fn runner_request(row: &SandboxRow) -> ApiResult<SandboxRequest> {
             row.network_block_all,
             row.network_allow_list.as_deref(),
         )?,
+        volumes: volume::runner_mounts(&row.volumes),
     })
 }
 

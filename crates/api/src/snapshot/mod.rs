@@ -21,6 +21,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::store::{SnapshotFilter, SnapshotRow, Store, now};
 
+mod build;
+pub use build::{BuildInfo, BuildSettings, Builds};
+
 /// How long `POST /snapshots` waits for the pull before answering with the pending state.
 const WAIT_FOR_PULL: Duration = Duration::from_secs(50);
 const DEFAULT_PAGE: i64 = 100;
@@ -105,6 +108,8 @@ pub struct SnapshotPage {
 pub struct SnapshotService {
     store: Store,
     runner: Arc<dyn SandboxRunner>,
+    /// Image builds (`buildInfo`); `None` refuses them.
+    builds: Option<Arc<Builds>>,
 }
 
 pub(crate) fn is_valid_snapshot_name(name: &str) -> bool {
@@ -115,7 +120,17 @@ pub(crate) fn is_valid_snapshot_name(name: &str) -> bool {
 
 impl SnapshotService {
     pub fn new(store: Store, runner: Arc<dyn SandboxRunner>) -> Self {
-        SnapshotService { store, runner }
+        SnapshotService {
+            store,
+            runner,
+            builds: None,
+        }
+    }
+
+    /// Builds images from `buildInfo` as `builds` says.
+    pub fn with_builds(mut self, builds: Builds) -> Self {
+        self.builds = Some(Arc::new(builds));
+        self
     }
 
     /// Registers `DEFAULT_SNAPSHOT` as a general snapshot of `org` (once) and makes sure the
@@ -180,26 +195,32 @@ impl SnapshotService {
                 body.name
             )));
         }
-        if body.build_info.is_some() {
-            return Err(ApiError::BadRequest(
-                "buildInfo: building snapshots from an image definition is not supported by this server yet; \
-                 create it from an image reference (imageName)"
-                    .into(),
-            ));
+        let build = body.build_info.as_ref().map(BuildInfo::parse).transpose()?;
+        if build.is_some() {
+            self.builds()?;
         }
         if body.gpu.unwrap_or(0) > 0 {
             return Err(ApiError::BadRequest("gpu: this server has no GPUs".into()));
         }
-        let image = body
-            .image_name
-            .clone()
-            .filter(|i| !i.trim().is_empty())
-            .ok_or_else(|| {
-                ApiError::BadRequest("imageName: required (an image reference)".into())
-            })?;
-        if is_local_reference(&image) {
-            local_reference_allowed(ctx, "imageName", &image)?;
-        }
+        let image = match &build {
+            // Known once built.
+            Some(_) => String::new(),
+            None => {
+                let image = body
+                    .image_name
+                    .clone()
+                    .filter(|i| !i.trim().is_empty())
+                    .ok_or_else(|| {
+                        ApiError::BadRequest(
+                            "imageName: required (an image reference), or buildInfo".into(),
+                        )
+                    })?;
+                if is_local_reference(&image) {
+                    local_reference_allowed(ctx, "imageName", &image)?;
+                }
+                image
+            }
+        };
         if self
             .store
             .find_snapshot(&ctx.organization_id, &body.name)
@@ -229,7 +250,7 @@ impl SnapshotService {
             body.memory.unwrap_or(1),
             body.disk.unwrap_or(3),
         );
-        let row = new_row(
+        let mut row = new_row(
             &ctx.organization_id,
             false,
             &body.name,
@@ -237,6 +258,9 @@ impl SnapshotService {
             entrypoint,
             resources,
         );
+        if build.is_some() {
+            row.state = "building".into();
+        }
         self.store
             .insert_snapshot(&row)
             .await
@@ -247,6 +271,16 @@ impl SnapshotService {
                 e => e.into(),
             })?;
         let id = row.id.clone();
+        if let Some(build) = build {
+            // The SDK follows the build (state, logs) itself.
+            if let Err(e) = self.start_build(&row, build).await {
+                self.store
+                    .set_snapshot_state(&id, "error", Some(&e.to_string()))
+                    .await?;
+                return Err(e);
+            }
+            return self.get(ctx, &id).await;
+        }
         let this = self.clone();
         let task = tokio::spawn(async move { this.pull(row).await });
         let _ = tokio::time::timeout(WAIT_FOR_PULL, task).await;
@@ -449,7 +483,7 @@ pub struct SnapshotChoice {
     pub resources: Option<(u32, u32, u32)>,
 }
 
-fn new_row(
+pub(crate) fn new_row(
     org: &str,
     general: bool,
     name: &str,
@@ -486,6 +520,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(get_one, delete))
         .routes(routes!(activate))
         .routes(routes!(deactivate))
+        .merge(build::router())
 }
 
 #[utoipa::path(

@@ -17,16 +17,19 @@ use sqlx::{AnyPool, Executor};
 mod access;
 mod accounts;
 mod audit;
+mod builds;
 mod organizations;
 mod quotas;
 mod sandboxes;
 mod secrets;
 mod snapshots;
 mod types;
+mod volumes;
 
 pub use access::NewSshAccess;
 pub use accounts::{ApiKeyRow, CredentialRow, NewApiKey};
 pub use audit::{AuditEntry, AuditSelection, NewAuditEntry};
+pub use builds::SnapshotBuildRow;
 pub use organizations::{
     Holdings, InvitationRow, MemberRow, NewInvitation, NewUser, OrganizationRow, RegionRow,
     RoleRow, UserRow,
@@ -36,6 +39,7 @@ pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};
 pub use secrets::SecretKind;
 pub use snapshots::{SnapshotFilter, SnapshotRow};
 pub use types::{Flag, JsonText};
+pub use volumes::{MountingSandbox, VolumeRow};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

@@ -11,11 +11,13 @@ use daytona_api::store::NewApiKey;
 use daytona_runner::{PulledImage, RunnerError, SandboxRequest, SandboxRunner};
 
 /// A runner whose sandboxes only exist as state transitions; `archives` are the archive keys
-/// its storage holds, `destroyed` the sandboxes it was asked to destroy.
+/// its storage holds, `destroyed` the sandboxes it was asked to destroy, `volumes` the volumes
+/// it stores.
 #[derive(Default)]
 pub struct NullRunner {
     pub archives: Mutex<HashSet<String>>,
     pub destroyed: Mutex<Vec<String>>,
+    pub volumes: Mutex<HashSet<String>>,
 }
 
 #[async_trait::async_trait]
@@ -71,6 +73,14 @@ impl SandboxRunner for NullRunner {
     }
     async fn archive_exists(&self, key: &str) -> Result<bool, RunnerError> {
         Ok(self.archives.lock().unwrap().contains(key))
+    }
+    async fn create_volume(&self, id: &str) -> Result<(), RunnerError> {
+        self.volumes.lock().unwrap().insert(id.to_owned());
+        Ok(())
+    }
+    async fn delete_volume(&self, id: &str) -> Result<(), RunnerError> {
+        self.volumes.lock().unwrap().remove(id);
+        Ok(())
     }
 }
 

@@ -37,14 +37,14 @@ const MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 /// zstd level for new layers: fast, and still much smaller than gzip -6.
 const ZSTD_LEVEL: i32 = 3;
 
-/// An image made by [`super::ImageStore::commit`].
+/// An image made by [`super::ImageStore::commit`] (or a build step).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CommittedImage {
     /// `oci:<dir>`: resolvable by the store, usable as a snapshot's image.
     pub reference: String,
     /// `sha256:<hex>` of the manifest.
     pub digest: String,
-    /// Compressed size of the new layer.
+    /// Compressed size of the new layer (0 when only the config changed).
     pub layer_bytes: u64,
 }
 
@@ -315,11 +315,12 @@ fn convert_layer(
     })
 }
 
-/// Writes the image `base` plus the layer `changes` into the store (see the module docs).
+/// Writes the image `base` plus the layer `changes` (none: a new config only) into the store
+/// (see the module docs).
 pub(crate) fn commit(
     inner: &Inner,
     base: Base,
-    changes: impl Read,
+    changes: Option<impl Read>,
 ) -> Result<CommittedImage, ImageError> {
     let committed = inner.root.join("committed");
     let blobs = Blobs {
@@ -328,8 +329,8 @@ pub(crate) fn commit(
     fs::create_dir_all(&blobs.dir).ctx(|| format!("create {}", blobs.dir.display()))?;
 
     // The changes first: a sandbox stays frozen until its changes are read to the end.
-    let new_layer = blobs.write_layer(changes)?;
-    let layer_bytes = new_layer.size;
+    let new_layer = changes.map(|c| blobs.write_layer(c)).transpose()?;
+    let layer_bytes = new_layer.as_ref().map_or(0, |l| l.size);
     let mut layers = base
         .layers
         .iter()
@@ -338,19 +339,12 @@ pub(crate) fn commit(
             BaseLayer::Unpacked { diff_id, dir } => convert_layer(inner, &blobs, diff_id, dir),
         })
         .collect::<Result<Vec<_>, _>>()?;
-    layers.push(new_layer);
+    layers.extend(new_layer);
 
-    let run = &base.config;
     let config = json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {
-            "Env": run.env,
-            "Entrypoint": run.entrypoint,
-            "Cmd": run.cmd,
-            "WorkingDir": run.working_dir,
-            "User": run.user,
-        },
+        "config": base.config,
         "rootfs": {
             "type": "layers",
             "diff_ids": layers.iter().map(|l| format!("sha256:{}", l.diff_id)).collect::<Vec<_>>(),

@@ -11,11 +11,15 @@
 //! - `layer-aliases/<diff id hex>.json`: a layer whose files another layer directory already
 //!   holds (a registry layer written back as a blob for a committed image has a diff id of its
 //!   own; resolving that image reuses the directory it came from);
-//! - `committed/`: images made by [`ImageStore::commit`] (see `commit.rs`);
+//! - `committed/`: images made by [`ImageStore::commit`] and by builds (see `commit.rs`);
+//! - `build-cache/<key>.json`: the image each build step produced (see `build.rs`);
+//! - `builds/<id>/`: scratch space of a build in progress;
 //! - `tmp/`: downloads and unpacks in progress (emptied by [`ImageStore::gc`]);
 //! - `rootfs/<digest hex>/`: flattened images of earlier versions, kept while sandboxes use them.
 
+pub mod build;
 mod commit;
+pub mod dockerfile;
 mod error;
 mod reference;
 mod registry;
@@ -45,7 +49,8 @@ use error::IoContext;
 use reference::{ImageReference, LocalReference, Located, Transport};
 pub use registry::{RegistryCredentials, RegistrySettings};
 use registry::{Remote, RemoteManifest};
-use source::{BlobLocation, LayerPlan, Plan, RunConfig};
+pub use source::RunConfig;
+use source::{BlobLocation, LayerPlan, Plan};
 
 /// A resolved image: its unpacked layers and the runtime part of its config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,6 +120,12 @@ struct ImageRecord {
 #[derive(Debug, Serialize, Deserialize)]
 struct LayerAlias {
     layer: String,
+}
+
+/// `build-cache/<key>.json`: the image a build step produced (see `build.rs`).
+#[derive(Debug, Serialize, Deserialize)]
+struct BuildCacheEntry {
+    reference: String,
 }
 
 /// `refs/<hash>.json`: the image a registry reference resolved to when last pulled.
@@ -382,6 +393,17 @@ impl ImageStore {
         base: &str,
         changes: Box<dyn std::io::Read + Send>,
     ) -> Result<CommittedImage, ImageError> {
+        self.commit_with(base, Some(changes), None).await
+    }
+
+    /// [`ImageStore::commit`] with an optional layer and, when given, `config` instead of the
+    /// base's (a build step: `RUN`/`COPY` add a layer, `ENV` & co only change the config).
+    pub async fn commit_with(
+        &self,
+        base: &str,
+        changes: Option<Box<dyn std::io::Read + Send>>,
+        config: Option<RunConfig>,
+    ) -> Result<CommittedImage, ImageError> {
         let parsed = reference::parse(base)?;
         // Held to the end: the base's layer directories are read while converting them.
         let _lease = self.inner.gc_lock.read().await;
@@ -393,8 +415,48 @@ impl ImageStore {
                 blocking(move || inner.unpacked_base(&image)).await?
             }
         };
+        let mut base = base;
+        if let Some(config) = config {
+            base.config = config;
+        }
         let inner = self.inner.clone();
         blocking(move || commit::commit(&inner, base, changes)).await
+    }
+
+    /// The full runtime config of an image of the store (labels and ports included).
+    pub async fn config_of(&self, image: &Image) -> Result<RunConfig, ImageError> {
+        let inner = self.inner.clone();
+        let digest = image.digest.clone();
+        blocking(move || {
+            let id = source::sha256_hex_of(&digest)?;
+            let record = inner
+                .read_record(&id)?
+                .ok_or_else(|| ImageError::malformed(&digest, "the store has no record of it"))?;
+            Ok(record.config)
+        })
+        .await
+    }
+
+    /// The image reference a build step with cache key `key` produced earlier, if any.
+    pub async fn cached_step(&self, key: &str) -> Result<Option<String>, ImageError> {
+        let path = self.inner.build_cache_path(key);
+        blocking(move || Ok(read_json::<BuildCacheEntry>(&path)?.map(|e| e.reference))).await
+    }
+
+    /// Records that the build step with cache key `key` produced `reference`.
+    pub async fn record_step(&self, key: &str, reference: &str) -> Result<(), ImageError> {
+        let inner = self.inner.clone();
+        let path = inner.build_cache_path(key);
+        let entry = BuildCacheEntry {
+            reference: reference.to_owned(),
+        };
+        blocking(move || inner.write_json(&path, &entry)).await
+    }
+
+    /// The scratch directory of build `id` (its context and layer tars), not under `tmp/`:
+    /// garbage collection empties that while builds run. Builds remove theirs when done.
+    pub fn build_scratch(&self, id: &str) -> PathBuf {
+        self.inner.root.join("builds").join(id)
     }
 
     /// Pulls `reference` unless the store has it (`refresh`: a tag is looked up again).
@@ -589,6 +651,10 @@ impl Inner {
         self.root
             .join("tmp")
             .join(format!("{kind}-{}-{seq}", std::process::id()))
+    }
+
+    fn build_cache_path(&self, key: &str) -> PathBuf {
+        self.root.join("build-cache").join(format!("{key}.json"))
     }
 
     fn alias_path(&self, diff_id: &str) -> PathBuf {

@@ -107,7 +107,7 @@ pub(crate) struct ConfigFile {
 /// The runtime part of an image config (`config` in the OCI config JSON).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase")]
-pub(crate) struct RunConfig {
+pub struct RunConfig {
     #[serde(default)]
     pub env: Option<Vec<String>>,
     #[serde(default)]
@@ -118,6 +118,13 @@ pub(crate) struct RunConfig {
     pub working_dir: Option<String>,
     #[serde(default)]
     pub user: Option<String>,
+    /// `LABEL`s; absent (not serialized) when there are none, so configs written before
+    /// labels were kept hash the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<std::collections::BTreeMap<String, String>>,
+    /// `EXPOSE`d ports as `{"8080/tcp": {}}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exposed_ports: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -65,6 +65,9 @@ pub struct InitConfig {
     /// Run the sandbox in a user namespace with these ids (see `userns`); `None`: host ids.
     #[serde(default)]
     pub id_map: Option<IdMap>,
+    /// Volumes to mount, in order.
+    #[serde(default)]
+    pub mounts: Vec<crate::Mount>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -233,8 +236,17 @@ fn sandbox_pid1(
             rootfs::idmap_over(lower, ns)?;
         }
     }
+    // Opened while host paths are reachable; attached once the sandbox's root is in place and
+    // before its system mounts, which then cover any volume a symlink led below /proc or /dev.
+    let volumes = cfg
+        .mounts
+        .iter()
+        .map(|m| rootfs::open_volume(m, user_ns.map(|(_, ns)| ns)).map(|tree| (m, tree)))
+        .collect::<StepResult<Vec<_>>>()?;
     let disk = disk.zip(cfg.disk.as_ref().map(|d| d.mountpoint.as_path()));
     rootfs::enter_overlay(&cfg.lowers, &cfg.upper, &cfg.work, &cfg.rootfs, disk)?;
+    rootfs::attach_volumes(&volumes, user_ns.map(|(map, _)| map.host(0)))?;
+    drop(volumes);
     rootfs::mount_system(&host)?;
     drop(host);
     rootfs::write_etc(&cfg.hostname, cfg.ip, cfg.gateway)?;

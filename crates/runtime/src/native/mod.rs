@@ -959,6 +959,7 @@ impl Inner {
             disk,
             no_new_privs: self.config.no_new_privs,
             id_map: state.id_map,
+            mounts: spec.mounts.clone(),
         };
         let json = serde_json::to_vec_pretty(&init)
             .map_err(|e| RuntimeError::Other(format!("encode init config: {e}")))?;
@@ -1143,6 +1144,15 @@ fn validate_spec(spec: &SandboxSpec) -> Result<()> {
             return Err(RuntimeError::InvalidSpec(format!(
                 "image layer {} is not a directory",
                 layer.display()
+            )));
+        }
+    }
+    for mount in &spec.mounts {
+        mount.validate()?;
+        if !mount.source.is_dir() {
+            return Err(RuntimeError::InvalidSpec(format!(
+                "mount source {} is not a directory",
+                mount.source.display()
             )));
         }
     }

@@ -211,28 +211,141 @@ pub fn idmap_over(path: &Path, userns: &OwnedFd) -> StepResult {
         propagation: 0,
         userns_fd: userns.as_raw_fd() as u64,
     };
-    // SAFETY: valid descriptors; the kernel reads `size_of::<MountAttr>()` bytes of `attr`.
+    set_mount_attr(&tree, &attr).map_err(|e| format!("idmap {}: {e}", path.display()))?;
+    let target = path
+        .to_str()
+        .ok_or_else(|| format!("non-UTF-8 path {}", path.display()))?;
+    attach(&tree, target)
+}
+
+const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
+const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+
+/// A volume, opened before `pivot_root` (its source is a host path) as a detached bind mount of
+/// its root or subpath: `nosuid,nodev`, and idmapped through `userns` when the sandbox has one,
+/// so on-disk ids are the ids the sandbox sees. Subpath directories are opened one component
+/// at a time without following symlinks (other sandboxes sharing the volume control its
+/// contents, and a symlink must not lead to host files) and created, mode 0777, when missing.
+pub fn open_volume(mount: &crate::Mount, userns: Option<&OwnedFd>) -> StepResult<OwnedFd> {
+    use nix::fcntl::{OFlag, open, openat};
+    use nix::sys::stat::{Mode, fchmod, mkdirat};
+    let dir_flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let mut dir = step(
+        || format!("open volume {}", mount.source.display()),
+        open(&mount.source, dir_flags, Mode::empty()),
+    )?;
+    for component in mount.subpath_components() {
+        let open_child =
+            |dir: &OwnedFd| openat(dir, component, dir_flags | OFlag::O_NOFOLLOW, Mode::empty());
+        dir = match open_child(&dir) {
+            Ok(child) => child,
+            Err(nix::errno::Errno::ENOENT) => {
+                match mkdirat(&dir, component, Mode::from_bits_truncate(0o777)) {
+                    Ok(()) | Err(nix::errno::Errno::EEXIST) => {}
+                    Err(e) => {
+                        return Err(format!(
+                            "create volume subpath component {component:?}: {e}"
+                        ));
+                    }
+                }
+                let child = step(
+                    || format!("open volume subpath component {component:?}"),
+                    open_child(&dir),
+                )?;
+                // mkdirat's mode went through the umask.
+                step(
+                    || format!("chmod volume subpath component {component:?}"),
+                    fchmod(&child, Mode::from_bits_truncate(0o777)),
+                )?;
+                child
+            }
+            Err(nix::errno::Errno::ELOOP | nix::errno::Errno::ENOTDIR) => {
+                return Err(format!(
+                    "volume subpath component {component:?} is a symlink or not a directory"
+                ));
+            }
+            Err(e) => return Err(format!("open volume subpath component {component:?}: {e}")),
+        };
+    }
+    let flags = libc::OPEN_TREE_CLONE | libc::OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as u32;
+    // SAFETY: valid descriptor and an empty NUL-terminated path; the result is owned below.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dir.as_raw_fd(), c"".as_ptr(), flags) };
+    if fd < 0 {
+        return Err(format!(
+            "open_tree volume {}: {}",
+            mount.source.display(),
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the kernel returned a new descriptor that nothing else owns.
+    let tree = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_NOSUID
+            | MOUNT_ATTR_NODEV
+            | if userns.is_some() {
+                MOUNT_ATTR_IDMAP
+            } else {
+                0
+            },
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: userns.map_or(0, |ns| ns.as_raw_fd() as u64),
+    };
+    set_mount_attr(&tree, &attr)
+        .map_err(|e| format!("set attributes of volume {}: {e}", mount.source.display()))?;
+    Ok(tree)
+}
+
+/// Attaches the volumes [`open_volume`] opened at their targets, creating the targets (and
+/// missing parents) inside the sandbox. Runs after `pivot_root`, so a symlink on the way
+/// resolves inside the sandbox. Directories created here are given to `owner` (the sandbox's
+/// root, when it is not host root).
+pub fn attach_volumes(volumes: &[(&crate::Mount, OwnedFd)], owner: Option<u32>) -> StepResult {
+    for (mount, tree) in volumes {
+        let target = mount.target.as_str();
+        let mut path = PathBuf::from("/");
+        for component in target.split('/').filter(|c| !c.is_empty()) {
+            path.push(component);
+            match fs::DirBuilder::new().mode(0o755).create(&path) {
+                Ok(()) => {
+                    if let Some(id) = owner {
+                        step(
+                            || format!("chown {}", path.display()),
+                            std::os::unix::fs::lchown(&path, Some(id), Some(id)),
+                        )?;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(format!("create mount path {}: {e}", path.display())),
+            }
+        }
+        if !Path::new(target).is_dir() {
+            return Err(format!(
+                "mount path {target} exists in the image and is not a directory"
+            ));
+        }
+        attach(tree, target)?;
+    }
+    Ok(())
+}
+
+fn set_mount_attr(tree: &OwnedFd, attr: &MountAttr) -> io::Result<()> {
+    // SAFETY: valid descriptor; the kernel reads `size_of::<MountAttr>()` bytes of `attr`.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_mount_setattr,
             tree.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH,
-            &attr as *const MountAttr,
+            attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
     };
     if ret < 0 {
-        return Err(format!(
-            "idmap {}: {}",
-            path.display(),
-            io::Error::last_os_error()
-        ));
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
     }
-    let target = path
-        .to_str()
-        .ok_or_else(|| format!("non-UTF-8 path {}", path.display()))?;
-    attach(&tree, target)
 }
 
 /// Mount options must fit in one page.
