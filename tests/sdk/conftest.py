@@ -244,6 +244,16 @@ def _mounts_under(path: Path) -> list[str]:
     return found
 
 
+def _loops_of(path: Path) -> list[str]:
+    """Loop devices whose backing file is under `path` (a deleted file still names its path)."""
+    prefix = str(path).rstrip("/") + "/"
+    return sorted(
+        p.parent.parent.name
+        for p in Path("/sys/block").glob("loop*/loop/backing_file")
+        if p.read_text(errors="replace").startswith(prefix)
+    )
+
+
 def _stop(process: subprocess.Popen) -> str | None:
     """SIGTERM the server we started and wait; returns a problem description, if any."""
     if process.poll() is not None:
@@ -361,6 +371,7 @@ def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_
 
     problem = _stop(srv.process)
     leftover_mounts = _mounts_under(data_dir)
+    leftover_loops = _loops_of(data_dir)
     leftover_processes = sandbox_processes_on_host(data_dir)
     if not leftover_processes:
         # The server keeps its bridge for sandboxes that outlive it; this run's sandboxes are
@@ -376,6 +387,8 @@ def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_
     problems = [p for p in (problem,) if p]
     if leftover_mounts:
         problems.append(f"mounts left under the data dir: {leftover_mounts}")
+    if leftover_loops:
+        problems.append(f"loop devices still attached to files of the data dir: {leftover_loops}")
     if leftover_processes:
         problems.append(
             f"sandbox processes left after every sandbox was deleted and the server stopped: {leftover_processes}"

@@ -68,6 +68,10 @@ def traces(server: Server, sandbox_id: str) -> list[str]:
     return found
 
 
+# The runtime's disk pool: 2 disks for each of at most 4 sizes.
+MAX_POOLED_DISKS = 8
+
+
 @dataclass
 class HostView:
     """Everything of one server on the host, for comparisons before and after a run."""
@@ -79,6 +83,8 @@ class HostView:
     firewall: list[str]
     sandbox_chains: set[str]
     loops: list[str]
+    # Disks the runtime keeps attached and formatted ahead of demand (bounded, fresh per sandbox).
+    pool_loops: list[str]
     mounts: list[str]
     processes: dict[int, str]
 
@@ -87,15 +93,20 @@ class HostView:
         status = Path(f"/proc/{server.pid}/status").read_text()
         rss_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS:")))
         runtime_dir = server.data_dir / "runtime"
-        files = {str(p.relative_to(runtime_dir)) for p in runtime_dir.rglob("*")}
+        files = {
+            str(p.relative_to(runtime_dir))
+            for p in runtime_dir.rglob("*")
+            if p.relative_to(runtime_dir).parts[0] != "disk-pool"
+        }
         bridge = Path(f"/sys/class/net/{server.bridge}/brif")
         rules = _output("iptables-save") + _output("ebtables-save")
         data_dir = str(server.data_dir)
-        loops = [
-            p.parent.parent.name
+        backing = {
+            p.parent.parent.name: p.read_text(errors="replace")
             for p in Path("/sys/block").glob("loop*/loop/backing_file")
-            if data_dir in p.read_text(errors="replace")
-        ]
+        }
+        ours = {loop: file for loop, file in backing.items() if data_dir in file}
+        pool_dir = str(runtime_dir / "disk-pool") + "/"
         mounts = []
         for mountinfo in Path("/proc").glob("[0-9]*/mountinfo"):
             try:
@@ -110,7 +121,8 @@ class HostView:
             # The bridge's own chains and hooks (other servers on this host have other bridges).
             firewall=sorted(line for line in rules.splitlines() if server.bridge in line and not line.startswith("#")),
             sandbox_chains={word for word in rules.split() if word.startswith("DTS-")},
-            loops=loops,
+            loops=sorted(loop for loop, file in ours.items() if not file.startswith(pool_dir)),
+            pool_loops=sorted(loop for loop, file in ours.items() if file.startswith(pool_dir)),
             mounts=mounts,
             processes=sandbox_processes_on_host(server.data_dir),
         )
@@ -166,6 +178,7 @@ def test_create_delete_cycles_leave_nothing_behind(leak_server: Server):
     assert after.processes == {}, f"sandbox processes left: {after.processes}"
     assert after.mounts == [], f"mounts of the data dir left: {after.mounts[:5]}"
     assert after.loops == [], f"loop devices left: {after.loops}"
+    assert len(after.pool_loops) <= MAX_POOLED_DISKS, f"the disk pool grew: {after.pool_loops}"
     assert after.bridge_ports == set(), f"veths left on the bridge: {after.bridge_ports}"
     assert after.firewall == before.firewall, "the bridge's firewall rules changed"
     ours = {net_names(sandbox_id)[1] for sandbox_id in ids}

@@ -14,9 +14,6 @@ use crate::store::{NewApiKey, Store};
 
 pub const KEY_PREFIX: &str = "dtn_";
 
-/// Header naming the organization a user-level credential acts for (upstream's name).
-pub const ORGANIZATION_HEADER: &str = "x-daytona-organization-id";
-
 /// A user's role in an organization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MemberRole {
@@ -204,17 +201,9 @@ impl FromRequestParts<AppState> for AuthContext {
             ));
         };
         let ctx = authenticate_limited(state, token, &client).await?;
-        // An API key acts only in its own organization; the header cannot move it elsewhere.
-        if let Some(requested) = parts.headers.get(ORGANIZATION_HEADER) {
-            let requested = requested.to_str().unwrap_or_default().trim();
-            if requested != ctx.organization_id {
-                return Err(ApiError::Forbidden(format!(
-                    "X-Daytona-Organization-ID names organization '{requested}', but this API key \
-                     belongs to organization {}",
-                    ctx.organization_id
-                )));
-            }
-        }
+        // An API key acts only in its own organization. As upstream, `X-Daytona-Organization-ID`
+        // selects the organization for user logins (JWT) only and is ignored for keys: SDK 0.226.1
+        // even puts an SSH token there (`revoke_ssh_access(id, token)` fills the header slot).
         if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
             slot.record(&ctx);
         }

@@ -57,6 +57,11 @@ pub struct SandboxService {
     volumes: Arc<VolumeService>,
 }
 
+/// Milliseconds with two decimals, for timing logs.
+fn ms(d: Duration) -> f64 {
+    (d.as_secs_f64() * 100_000.0).round() / 100.0
+}
+
 fn is_valid_env_key(key: &str) -> bool {
     let mut chars = key.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
@@ -212,6 +217,7 @@ impl SandboxService {
         ctx: &AuthContext,
         body: CreateSandbox,
     ) -> ApiResult<Sandbox> {
+        let started = std::time::Instant::now();
         self.validate(&body)?;
         let target = crate::organization::sandbox_region(
             &self.store,
@@ -337,6 +343,7 @@ impl SandboxService {
         })?;
         drop(quota_guard);
         drop(mounts_guard);
+        let recorded = started.elapsed();
         tracing::info!(sandbox = %id, image = %image_ref, "creating sandbox");
         self.events
             .publish(Event::sandbox_created(&self.to_dto(row.clone())));
@@ -349,7 +356,8 @@ impl SandboxService {
             WAIT_FOR_RUNNER
         };
         let this = self.clone();
-        self.transition(
+        let sandbox = self
+            .transition(
             &id,
             async move {
                 let mut request = request;
@@ -375,13 +383,27 @@ impl SandboxService {
             },
             wait,
         )
-        .await
+        .await;
+        tracing::debug!(
+            sandbox = %id,
+            record_ms = ms(recorded),
+            total_ms = ms(started.elapsed()),
+            "create answered"
+        );
+        sandbox
     }
 
     /// The runner's part of a create: make the sandbox and record it started, or the reason it
     /// could not be made.
     async fn provision(self: Arc<Self>, request: SandboxRequest) -> Result<(), sqlx::Error> {
-        match self.runner.create_sandbox(&request).await {
+        let runner_started = std::time::Instant::now();
+        let created = self.runner.create_sandbox(&request).await;
+        tracing::debug!(
+            sandbox = %request.id,
+            runner_ms = ms(runner_started.elapsed()),
+            "runner finished the create"
+        );
+        match created {
             Ok(_) => {
                 self.store
                     .set_sandbox_started(&request.id, self.runner.id(), None)

@@ -25,11 +25,16 @@
 //!
 //! Each change is one `iptables-restore --noflush` transaction: a chain declared in it is created
 //! or emptied, so rewriting a chain is atomic and idempotent.
+//!
+//! A bridge's chains belong to the one server process that runs its sandboxes, so the rules of
+//! `DTN-<br>-SB` are read once and then kept in memory (updated with every transaction,
+//! forgotten when one fails): creating an unrestricted sandbox then runs no `iptables` at all.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
 
 use tracing::{debug, info};
 
@@ -47,6 +52,22 @@ const BUILTINS: [(&str, &str); 5] = [
 const REJECT: &str = "-j REJECT --reject-with icmp-admin-prohibited";
 /// Replies to connections someone else opened towards the sandbox.
 const REPLIES: &str = "-m conntrack --ctstate RELATED,ESTABLISHED --ctdir REPLY";
+
+/// The rules (`-A …` lines) of each bridge's `DTN-<br>-SB` chain as last written or read by
+/// this process, by chain name: shared by every runtime of the process on that bridge.
+static SANDBOX_JUMPS: Mutex<Option<HashMap<String, Vec<String>>>> = Mutex::new(None);
+
+fn sandbox_jumps() -> MutexGuard<'static, Option<HashMap<String, Vec<String>>>> {
+    // The map is only a cache of iptables; a panic while it was held leaves it usable.
+    SANDBOX_JUMPS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Forgets what is known of `chain` (it was rewritten as a whole, or a change failed).
+fn forget_jumps(chain: &str) {
+    if let Some(map) = sandbox_jumps().as_mut() {
+        map.remove(chain);
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Firewall {
@@ -203,6 +224,7 @@ impl Firewall {
         nat.declare(&ch.postrouting);
         nat.line(format!("-A {} ! -o {br} -j MASQUERADE", ch.postrouting));
 
+        forget_jumps(&ch.sandboxes);
         tx.commit()?;
         enable_forwarding()?;
         debug!(bridge = %br, subnet = %net, inter_sandbox = self.inter_sandbox,
@@ -245,12 +267,17 @@ impl Firewall {
         policy: Option<(&str, Ipv4Addr, &NetworkPolicy)>,
     ) -> io::Result<bool> {
         let ch = self.chains();
+        // Held until the transaction is done, so rewrites of one bridge never interleave.
+        let mut known = sandbox_jumps();
+        let rules = match known.as_ref().and_then(|m| m.get(&ch.sandboxes)) {
+            Some(rules) => rules.clone(),
+            None => list_chain(&ch.sandboxes)?,
+        };
         let jump = format!("-j {}", names.chain);
         let source = policy.map(|(_, ip, _)| format!("-s {ip}/32 "));
-        let stale: Vec<String> = list_chain(&ch.sandboxes)?
+        let (stale, mut kept): (Vec<String>, Vec<String>) = rules
             .into_iter()
-            .filter(|r| r.ends_with(&jump) || source.as_ref().is_some_and(|s| r.contains(s)))
-            .collect();
+            .partition(|r| r.ends_with(&jump) || source.as_ref().is_some_and(|s| r.contains(s)));
         let had_policy = stale.iter().any(|r| r.ends_with(&jump));
         let mut filter = Batch::new("filter");
         for rule in &stale {
@@ -277,10 +304,12 @@ impl Firewall {
                 }
             }
             filter.line(format!("-A {chain} {REJECT}"));
-            filter.line(format!(
+            let rule = format!(
                 "-A {} -s {ip}/32 -m comment --comment \"sandbox {id}\" {jump}",
                 ch.sandboxes
-            ));
+            );
+            filter.line(rule.clone());
+            kept.push(rule);
         }
         let stale_chains: HashSet<&str> = stale
             .iter()
@@ -291,7 +320,12 @@ impl Firewall {
             filter.line(format!("-F {chain}"));
             filter.line(format!("-X {chain}"));
         }
-        restore(&[filter])?;
+        let map = known.get_or_insert_with(HashMap::new);
+        if let Err(e) = restore(&[filter]) {
+            map.remove(&ch.sandboxes);
+            return Err(e);
+        }
+        map.insert(ch.sandboxes.clone(), kept);
         Ok(had_policy)
     }
 
@@ -299,6 +333,7 @@ impl Firewall {
     pub fn remove(&self) -> io::Result<()> {
         let existing = Ruleset::load()?;
         let ch = self.chains();
+        forget_jumps(&ch.sandboxes);
         let mut tx = Transaction::default();
         for (table, builtin, rule) in self.hooks_in(&existing, false) {
             tx.table(table).line(format!("-D {builtin} {rule}"));

@@ -28,7 +28,7 @@ use nix::unistd::{
 };
 use serde::{Deserialize, Serialize};
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use super::disk;
 use super::rootfs::{self, DAEMON_PATH, HostFiles, StepResult};
@@ -37,6 +37,59 @@ use super::userns::{self, IdMap};
 
 /// `argv[1]` that selects the init entry point.
 pub const INIT_ARG: &str = "__sandbox-init";
+
+/// When the init's steps (and PID 1's) ended, on `CLOCK_MONOTONIC` (the clock of
+/// `std::time::Instant`, shared by every process), so the runtime can log how long each took
+/// from its own spawn time. Reported as `<step>:<ns>,…`: by the init on stdout after
+/// [`MARKS_PREFIX`], by PID 1 through the error pipe before it execs the daemon.
+#[derive(Debug, Default)]
+pub struct Marks(String);
+
+/// Stdout line prefix of the init's (and PID 1's) step marks.
+pub const MARKS_PREFIX: &str = "marks=";
+
+impl Marks {
+    pub fn mark(&mut self, step: &str) {
+        if !self.0.is_empty() {
+            self.0.push(',');
+        }
+        self.0.push_str(&format!("{step}:{}", monotonic_ns()));
+    }
+
+    fn append(&mut self, encoded: &str) {
+        if !encoded.is_empty() {
+            if !self.0.is_empty() {
+                self.0.push(',');
+            }
+            self.0.push_str(encoded);
+        }
+    }
+
+    /// Parses what [`Marks`] printed; malformed entries are skipped (marks are diagnostics).
+    pub fn parse(encoded: &str) -> Vec<(&str, u64)> {
+        encoded
+            .split(',')
+            .filter_map(|m| {
+                let (step, ns) = m.split_once(':')?;
+                Some((step, ns.parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// Now on `CLOCK_MONOTONIC`, in nanoseconds.
+pub fn monotonic_ns() -> u64 {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes the timespec it is given; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut t) };
+    t.tv_sec as u64 * 1_000_000_000 + t.tv_nsec as u64
+}
+
+/// PID 1 writes its marks into the error pipe as one line starting with this, before execve.
+const PID1_MARKS: &str = "\u{1}marks ";
 
 /// What the runtime tells the init (written to `init.json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -49,7 +102,9 @@ pub struct InitConfig {
     pub rootfs: PathBuf,
     pub daemon_bin: PathBuf,
     pub log: PathBuf,
-    pub cgroup_procs: Vec<PathBuf>,
+    /// Files the init writes `0` into to move itself (it is single-threaded) into the
+    /// sandbox's cgroups.
+    pub cgroup_join: Vec<PathBuf>,
     pub netns: PathBuf,
     pub ip: Ipv4Addr,
     pub gateway: Ipv4Addr,
@@ -76,6 +131,10 @@ pub struct DiskConfig {
     pub image: PathBuf,
     /// Where PID 1 mounts it (inside its own mount namespace only).
     pub mountpoint: PathBuf,
+    /// Descriptor (inherited from the runtime) of a detached mount of `image`'s filesystem,
+    /// made ahead by the disk pool; `None`: the init attaches and mounts `image` itself.
+    #[serde(default)]
+    pub mounted_fd: Option<RawFd>,
 }
 
 /// If this process was started as a sandbox init, performs it and exits; otherwise returns.
@@ -102,6 +161,8 @@ pub fn run_if_requested() {
 }
 
 fn run(config_path: PathBuf) -> StepResult {
+    let mut marks = Marks::default();
+    marks.mark("exec");
     // Descriptors the runtime's process leaked to us (opened without O_CLOEXEC) must not reach
     // the sandbox: mark all of them close-on-exec.
     // SAFETY: plain syscall on descriptor numbers; nothing in this process relies on them.
@@ -127,15 +188,23 @@ fn run(config_path: PathBuf) -> StepResult {
         .truncate(true)
         .open(&cfg.log)
         .map_err(|e| step(&format!("open {}", cfg.log.display()), &e))?;
+    marks.mark("config");
 
     // Before joining the cgroups: their device allow-list has no loop devices.
     let disk = cfg
         .disk
         .as_ref()
-        .map(|d| disk::mount_image(&d.image))
+        .map(|d| match d.mounted_fd {
+            // SAFETY: the runtime passed us this descriptor for this purpose and keeps no
+            // claim on it in this process.
+            Some(fd) => Ok(unsafe { OwnedFd::from_raw_fd(fd) }),
+            None => disk::mount_image(&d.image),
+        })
         .transpose()
         .map_err(|e| step("mount the disk image", &e))?;
+    marks.mark("disk");
     let seccomp = security::seccomp_program()?;
+    marks.mark("seccomp");
     // Before the pid namespace is unshared: its first child would become the sandbox's PID 1.
     let user_ns = cfg
         .id_map
@@ -143,12 +212,15 @@ fn run(config_path: PathBuf) -> StepResult {
         .map(userns::create)
         .transpose()
         .map_err(|e| step("create the user namespace", &e))?;
+    if user_ns.is_some() {
+        marks.mark("userns");
+    }
 
     // Cgroups before the cgroup namespace, which is rooted at the current cgroup.
-    let me = std::process::id().to_string();
-    for procs in &cfg.cgroup_procs {
-        std::fs::write(procs, &me).map_err(|e| step(&format!("join {}", procs.display()), &e))?;
+    for join in &cfg.cgroup_join {
+        std::fs::write(join, "0").map_err(|e| step(&format!("join {}", join.display()), &e))?;
     }
+    marks.mark("cgroups");
     let netns =
         File::open(&cfg.netns).map_err(|e| step(&format!("open {}", cfg.netns.display()), &e))?;
     setns(&netns, CloneFlags::CLONE_NEWNET).map_err(|e| step("setns net", &e))?;
@@ -162,15 +234,17 @@ fn run(config_path: PathBuf) -> StepResult {
             | CloneFlags::CLONE_NEWCGROUP,
     )
     .map_err(|e| step("unshare", &e))?;
+    marks.mark("namespaces");
 
     // PID 1 reports setup errors here; a successful exec closes the pipe (O_CLOEXEC) unwritten.
     let (errors_r, errors_w) = pipe2(OFlag::O_CLOEXEC).map_err(|e| step("pipe", &e))?;
     let pid = clone_parent().map_err(|e| step("clone", &e))?;
     if pid == 0 {
         drop(errors_r);
+        let mut errors = File::from(errors_w);
         let user_ns = cfg.id_map.zip(user_ns.as_ref());
-        let Err(e) = sandbox_pid1(&cfg, log, disk.as_ref(), user_ns, &seccomp);
-        let _ = File::from(errors_w).write_all(e.as_bytes());
+        let Err(e) = sandbox_pid1(&cfg, log, disk.as_ref(), user_ns, &seccomp, &mut errors);
+        let _ = errors.write_all(e.as_bytes());
         // SAFETY: _exit in the child ends it without running the parent's exit handlers.
         unsafe { libc::_exit(1) };
     }
@@ -182,9 +256,24 @@ fn run(config_path: PathBuf) -> StepResult {
     writeln!(out, "pid={pid}")
         .and_then(|()| out.flush())
         .map_err(|e| step("report pid", &e))?;
-    let mut error = String::new();
-    let _ = File::from(errors_r).read_to_string(&mut error);
-    if error.is_empty() { Ok(()) } else { Err(error) }
+    marks.mark("clone");
+    let mut report = String::new();
+    let _ = File::from(errors_r).read_to_string(&mut report);
+    // PID 1's marks come first (when it got that far), then its error, if any.
+    let error = match report.strip_prefix(PID1_MARKS) {
+        Some(rest) => {
+            let (pid1, error) = rest.split_once('\n').unwrap_or((rest, ""));
+            marks.append(pid1);
+            error
+        }
+        None => report.as_str(),
+    };
+    if !error.is_empty() {
+        return Err(error.to_owned());
+    }
+    // Diagnostics only: a closed stdout here does not fail the sandbox.
+    let _ = writeln!(out, "{MARKS_PREFIX}{}", marks.0).and_then(|()| out.flush());
+    Ok(())
 }
 
 /// Settings of the sandbox's own network namespace, which this process has joined (the host's
@@ -225,7 +314,9 @@ fn sandbox_pid1(
     disk: Option<&OwnedFd>,
     user_ns: Option<(IdMap, &OwnedFd)>,
     seccomp: &seccompiler::BpfProgram,
+    report: &mut File,
 ) -> StepResult<Infallible> {
+    let mut marks = Marks::default();
     // Its own session: signals aimed at the runtime's process group must not reach the sandbox.
     setsid().map_err(|e| format!("setsid: {e}"))?;
     umask(Mode::from_bits_truncate(0o022));
@@ -244,11 +335,15 @@ fn sandbox_pid1(
         .map(|m| rootfs::open_volume(m, user_ns.map(|(_, ns)| ns)).map(|tree| (m, tree)))
         .collect::<StepResult<Vec<_>>>()?;
     let disk = disk.zip(cfg.disk.as_ref().map(|d| d.mountpoint.as_path()));
+    marks.mark("pid1_start");
     rootfs::enter_overlay(&cfg.lowers, &cfg.upper, &cfg.work, &cfg.rootfs, disk)?;
+    marks.mark("overlay");
     rootfs::attach_volumes(&volumes, user_ns.map(|(map, _)| map.host(0)))?;
     drop(volumes);
+    marks.mark("volumes");
     rootfs::mount_system(&host)?;
     drop(host);
+    marks.mark("mounts");
     rootfs::write_etc(&cfg.hostname, cfg.ip, cfg.gateway)?;
     if let Some((map, _)) = user_ns {
         userns::give_to_root(&map)?;
@@ -283,6 +378,9 @@ fn sandbox_pid1(
         security::set_no_new_privs()?;
     }
     security::install_seccomp(seccomp)?;
+    marks.mark("pid1_ready");
+    // One write, so the line arrives whole; the pipe closes unwritten-to on exec.
+    let _ = report.write_all(format!("{PID1_MARKS}{}\n", marks.0).as_bytes());
     let e = execve(&argv[0], &argv, &envp).unwrap_err();
     Err(format!("exec {DAEMON_PATH}: {e}"))
 }

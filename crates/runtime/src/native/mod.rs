@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
+use tokio::io::AsyncBufReadExt;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
@@ -31,25 +33,30 @@ use crate::{
 mod capture;
 pub mod cgroup;
 mod disk;
+mod disk_pool;
 mod firewall;
 pub mod init;
 pub mod layer;
+mod netlink;
 pub mod network;
 mod process;
 mod rootfs;
 pub mod security;
 pub mod sparse;
 mod state;
+mod timeline;
 pub mod userns;
 
 use cgroup::{Cgroups, Limits};
+use disk_pool::DiskPool;
 use firewall::Firewall;
 pub use init::run_if_requested;
-use init::{DiskConfig, INIT_ARG, InitConfig};
+use init::{DiskConfig, INIT_ARG, InitConfig, MARKS_PREFIX, Marks};
 use network::Network;
 pub use network::{Ipv4Cidr, NetNames};
 use process::ProcessIdentity;
 use state::{SandboxPaths, SandboxState};
+use timeline::Timeline;
 pub use userns::{IdMap, IdRanges};
 
 /// Cgroup (below each hierarchy's root) holding every sandbox's cgroup.
@@ -58,7 +65,9 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// How long processes get to die after SIGKILL before the runtime reports an error.
 const KILL_TIMEOUT: Duration = Duration::from_secs(5);
-const READY_POLL_INTERVAL: Duration = Duration::from_millis(5);
+/// Between attempts to connect to a starting daemon: a refused connect costs microseconds, and
+/// every millisecond waited here is added to the create.
+const READY_POLL_INTERVAL: Duration = Duration::from_millis(1);
 
 #[derive(Debug, Clone)]
 pub struct NativeConfig {
@@ -130,6 +139,8 @@ struct Inner {
     /// Held while the bridge and firewall are checked and set up.
     network_setup: Mutex<()>,
     bridge_ready: AtomicBool,
+    /// Mounted disks made ahead for creates; `None` if the pool could not start.
+    disks: Option<DiskPool>,
 }
 
 impl NativeRuntime {
@@ -163,6 +174,14 @@ impl NativeRuntime {
             .map_err(|e| RuntimeError::io(format!("chmod {}", sandboxes_dir.display()), e))?;
         let cgroups = cgroup::detect(Path::new(CGROUP_ROOT), CGROUP_PARENT);
         debug!(?cgroups, "native runtime cgroups");
+        let disks = DiskPool::new(
+            config.state_dir.join("disk-pool"),
+            config.state_dir.join("disk-templates"),
+        )
+        .inspect_err(
+            |e| warn!(error = %e, "sandbox disk pool unavailable; creates mount their own disks"),
+        )
+        .ok();
         Ok(NativeRuntime {
             inner: Arc::new(Inner {
                 network: Network {
@@ -183,6 +202,7 @@ impl NativeRuntime {
                 allocation: Mutex::default(),
                 network_setup: Mutex::default(),
                 bridge_ready: AtomicBool::new(false),
+                disks,
             }),
         })
     }
@@ -250,15 +270,30 @@ impl NativeRuntime {
     }
 
     /// Sets up cgroups and network, starts the init and waits for the daemon. On error the
-    /// caller cleans up.
-    async fn launch(&self, state: SandboxState) -> Result<SandboxStatus> {
-        let started = Instant::now();
+    /// caller cleans up. `fresh`: the sandbox was just made, so no earlier run left anything.
+    /// `mounted`: a detached mount of the sandbox's disk, made ahead (disk pool).
+    async fn launch(
+        &self,
+        state: SandboxState,
+        fresh: bool,
+        mounted: Option<OwnedFd>,
+        timeline: Timeline,
+    ) -> Result<SandboxStatus> {
         let id = state.spec.id.clone();
-        let state = self.blocking(move |inner| inner.provision(state)).await?;
-        let provisioned = started.elapsed();
+        let mounted_fd = mounted.as_ref().map(|m| m.as_raw_fd());
+        let (state, mut timeline) = self
+            .blocking(move |inner| {
+                let mut timeline = timeline;
+                let state = inner.provision(state, fresh, mounted_fd, &mut timeline)?;
+                Ok((state, timeline))
+            })
+            .await?;
         let paths = self.inner.paths(&id);
-        let process = self.spawn_init(&id, &paths, started).await?;
-        let spawned = started.elapsed();
+        let process = self
+            .spawn_init(&id, &paths, mounted_fd, &mut timeline)
+            .await?;
+        // The init has its own copy (or failed, and the mount goes with ours).
+        drop(mounted);
         let ip = state.ip;
         let saved = SandboxState {
             process: Some(process.clone()),
@@ -267,13 +302,14 @@ impl NativeRuntime {
         paths
             .save(&saved)
             .map_err(|e| RuntimeError::io("save sandbox state", e))?;
-        self.wait_ready(&id, ip, &process, &paths.log, started)
+        timeline.mark("save_state");
+        self.wait_ready(&id, ip, &process, &paths.log, timeline.started())
             .await?;
+        timeline.mark("daemon_ready");
         info!(
             sandbox = %id, %ip, pid = process.pid,
-            provision_ms = provisioned.as_millis() as u64,
-            init_ms = (spawned - provisioned).as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
+            total_ms = format!("{:.1}", timeline.total().as_secs_f64() * 1000.0),
+            steps = %timeline,
             "sandbox running"
         );
         Ok(SandboxStatus {
@@ -286,9 +322,14 @@ impl NativeRuntime {
     }
 
     /// Launches a sandbox that `prepare_create` just made; on failure it is removed again.
-    async fn launch_new(&self, state: SandboxState) -> Result<SandboxStatus> {
+    async fn launch_new(
+        &self,
+        state: SandboxState,
+        mounted: Option<OwnedFd>,
+        timeline: Timeline,
+    ) -> Result<SandboxStatus> {
         let id = state.spec.id.clone();
-        match self.launch(state).await {
+        match self.launch(state, true, mounted, timeline).await {
             Ok(status) => Ok(status),
             Err(e) => {
                 warn!(sandbox = %id, error = %e, "create failed; removing the sandbox");
@@ -306,32 +347,67 @@ impl NativeRuntime {
         &self,
         id: &str,
         paths: &SandboxPaths,
-        started: Instant,
+        mounted_fd: Option<std::os::fd::RawFd>,
+        timeline: &mut Timeline,
     ) -> Result<ProcessIdentity> {
         let config = &self.inner.config;
-        let output = tokio::process::Command::new(&config.init_exe)
+        let started = timeline.started();
+        let spawned_ns = init::monotonic_ns();
+        let mut command = tokio::process::Command::new(&config.init_exe);
+        command
             .arg(INIT_ARG)
             .arg(&paths.init_config)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .output();
+            .kill_on_drop(true);
+        if let Some(fd) = mounted_fd {
+            // SAFETY: fcntl is async-signal-safe; it changes the child's copy of the descriptor
+            // table only, so the mount reaches this init and no other child.
+            unsafe {
+                command.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| RuntimeError::io(format!("run {}", config.init_exe.display()), e))?;
         let remaining = config
             .daemon_start_timeout
             .saturating_sub(started.elapsed());
-        let output = match tokio::time::timeout(remaining, output).await {
-            Ok(result) => result
-                .map_err(|e| RuntimeError::io(format!("run {}", config.init_exe.display()), e))?,
-            Err(_) => {
-                return Err(RuntimeError::DaemonTimeout {
-                    id: id.to_owned(),
-                    secs: config.daemon_start_timeout.as_secs(),
-                    reason: "the sandbox init did not finish".to_owned(),
-                });
-            }
+        let timed_out = || RuntimeError::DaemonTimeout {
+            id: id.to_owned(),
+            secs: config.daemon_start_timeout.as_secs(),
+            reason: "the sandbox init did not finish".to_owned(),
         };
-        let stdout = String::from_utf8_lossy(&output.stdout);
+        // The init prints `pid=` and, once PID 1 has exec'd the daemon, its marks: that line
+        // means success, so the create goes on without waiting for the init to exit and be
+        // reaped (which a busy host delays by milliseconds). Anything else: its exit status
+        // and stderr tell.
+        let mut stdout = String::new();
+        let mut marks = None;
+        if let Some(out) = child.stdout.take() {
+            let mut lines = tokio::io::BufReader::new(out).lines();
+            let read = async {
+                while let Some(line) = lines.next_line().await? {
+                    if let Some(m) = line.strip_prefix(MARKS_PREFIX) {
+                        marks = Some(m.to_owned());
+                        break;
+                    }
+                    stdout.push_str(&line);
+                    stdout.push('\n');
+                }
+                Ok::<_, io::Error>(())
+            };
+            tokio::time::timeout(remaining, read)
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| RuntimeError::io("read the sandbox init's output", e))?;
+        }
         let pid = stdout
             .lines()
             .find_map(|l| l.strip_prefix("pid="))
@@ -341,22 +417,45 @@ impl NativeRuntime {
             id: id.to_owned(),
             reason,
         };
-        if !output.status.success() {
-            if let Some(p) = process {
-                // Setup failed in PID 1, which is exiting: collect it.
-                let _ = tokio::task::spawn_blocking(move || p.wait_exit(KILL_TIMEOUT)).await;
+        let Some(marks) = marks else {
+            let output = tokio::time::timeout(remaining, child.wait_with_output())
+                .await
+                .map_err(|_| timed_out())?
+                .map_err(|e| RuntimeError::io(format!("run {}", config.init_exe.display()), e))?;
+            if !output.status.success() {
+                if let Some(p) = process {
+                    // Setup failed in PID 1, which is exiting: collect it.
+                    let _ = tokio::task::spawn_blocking(move || p.wait_exit(KILL_TIMEOUT)).await;
+                }
+                return Err(failure(format!(
+                    "sandbox init ({}) failed: {}",
+                    output.status,
+                    String::from_utf8_lossy(&output.stderr).trim()
+                )));
             }
-            return Err(failure(format!(
-                "sandbox init ({}) failed: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
-        }
-        process.ok_or_else(|| {
+            return process.ok_or_else(|| {
+                failure(format!(
+                    "sandbox init reported no live PID 1 (stdout {stdout:?})"
+                ))
+            });
+        };
+        // The init exits right after printing its marks; reap it in the background.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        let process = process.ok_or_else(|| {
             failure(format!(
                 "sandbox init reported no live PID 1 (stdout {stdout:?})"
             ))
-        })
+        })?;
+        let mut last = spawned_ns;
+        for (step, at) in Marks::parse(&marks) {
+            let took = Duration::from_nanos(at.saturating_sub(last));
+            timeline.record(format!("init.{step}"), took);
+            last = at;
+        }
+        timeline.mark("init");
+        Ok(process)
     }
 
     /// Polls the daemon's TCP port until it accepts a connection.
@@ -411,20 +510,26 @@ impl Runtime for NativeRuntime {
         validate_spec(spec)?;
         let _guard = self.lock(&spec.id).await;
         let spec = spec.clone();
-        let id = spec.id.clone();
-        let started = Instant::now();
-        let state = self
+        let (state, mounted, timeline) = self
             .blocking(move |inner| {
+                let mut timeline = Timeline::start();
                 let gib = spec.disk_gib;
                 let templates = inner.config.state_dir.join("disk-templates");
-                inner.prepare_create(spec, |image| {
+                let (state, mounted) = inner.prepare_create(spec, &mut timeline, |image| {
+                    if let Some(pooled) = inner.disks.as_ref().and_then(|p| p.take(gib)) {
+                        match pooled.install(image) {
+                            Ok(mount) => return Ok(Some(mount)),
+                            Err(e) => warn!(error = %e, "cannot use a pooled disk; making one"),
+                        }
+                    }
                     disk::create_image(image, gib, &templates)
+                        .map(|()| None)
                         .map_err(|e| RuntimeError::io(format!("create a {gib} GiB disk image"), e))
-                })
+                })?;
+                Ok((state, mounted, timeline))
             })
             .await?;
-        debug!(sandbox = %id, prepare_ms = started.elapsed().as_millis() as u64, "sandbox prepared");
-        self.launch_new(state).await
+        self.launch_new(state, mounted, timeline).await
     }
 
     async fn start(&self, id: &str) -> Result<SandboxStatus> {
@@ -444,7 +549,7 @@ impl Runtime for NativeRuntime {
                 })
                 .await;
         }
-        match self.launch(state).await {
+        match self.launch(state, false, None, Timeline::start()).await {
             Ok(status) => Ok(status),
             Err(e) => {
                 warn!(sandbox = %id, error = %e, "start failed; stopping the sandbox");
@@ -572,8 +677,9 @@ impl Runtime for NativeRuntime {
         let source_guard = self.lock(source).await;
         let _guard = self.lock(&spec.id).await;
         let (source_id, spec) = (source.to_owned(), spec.clone());
-        let state = self
+        let (state, timeline) = self
             .blocking(move |inner| {
+                let mut timeline = Timeline::start();
                 let source = inner
                     .load(&source_id)?
                     .ok_or_else(|| RuntimeError::NotFound(source_id.clone()))?;
@@ -582,11 +688,14 @@ impl Runtime for NativeRuntime {
                     disk_gib: source.spec.disk_gib,
                     ..spec
                 };
-                inner.prepare_create(spec, |image| inner.copy_disk(&source, image))
+                let (state, _) = inner.prepare_create(spec, &mut timeline, |image| {
+                    inner.copy_disk(&source, image).map(|()| None)
+                })?;
+                Ok((state, timeline))
             })
             .await?;
         drop(source_guard);
-        self.launch_new(state).await
+        self.launch_new(state, None, timeline).await
     }
 
     async fn export_filesystem(&self, id: &str) -> Result<Box<dyn std::io::Read + Send>> {
@@ -616,7 +725,7 @@ impl Runtime for NativeRuntime {
         let want = u64::from(spec.disk_gib) << 30;
         let imported = self
             .blocking(move |inner| {
-                inner.prepare_create(spec, move |image| {
+                inner.prepare_create(spec, &mut Timeline::start(), move |image| {
                     let tmp = image.with_extension("img.tmp");
                     let len = sparse::restore(input, &tmp)
                         .map_err(|e| RuntimeError::io("write the imported disk image", e))?;
@@ -627,6 +736,7 @@ impl Runtime for NativeRuntime {
                         )));
                     }
                     std::fs::rename(&tmp, image)
+                        .map(|()| None)
                         .map_err(|e| RuntimeError::io("move the imported disk into place", e))
                 })
             })
@@ -806,8 +916,9 @@ impl Inner {
     fn prepare_create(
         &self,
         spec: SandboxSpec,
-        make_disk: impl FnOnce(&Path) -> Result<()>,
-    ) -> Result<SandboxState> {
+        timeline: &mut Timeline,
+        make_disk: impl FnOnce(&Path) -> Result<Option<OwnedFd>>,
+    ) -> Result<(SandboxState, Option<OwnedFd>)> {
         let paths = self.paths(&spec.id);
         if paths.state.exists() {
             return Err(RuntimeError::AlreadyExists(spec.id));
@@ -827,8 +938,15 @@ impl Inner {
             std::fs::create_dir_all(dir)
                 .map_err(|e| RuntimeError::io(format!("create {}", dir.display()), e))?;
         }
+        timeline.mark("dirs");
+        let mut mounted = None;
         if disk_image {
-            make_disk(&paths.disk_image)?;
+            mounted = make_disk(&paths.disk_image)?;
+            timeline.mark(if mounted.is_some() {
+                "disk_image(pooled)"
+            } else {
+                "disk_image"
+            });
         }
         let _allocation = self.allocation.lock().expect("allocation lock poisoned");
         let others: Vec<SandboxState> = self
@@ -860,6 +978,7 @@ impl Inner {
                 })?)
             }
         };
+        timeline.mark("allocate");
         let state = SandboxState {
             spec,
             ip,
@@ -870,22 +989,34 @@ impl Inner {
         paths
             .save(&state)
             .map_err(|e| RuntimeError::io("save sandbox state", e))?;
-        Ok(state)
+        timeline.mark("save_state");
+        Ok((state, mounted))
     }
 
     /// Brings up everything the init needs: cgroups with limits, the network, `init.json`.
-    /// Leftovers of an interrupted run (processes, cgroups, veth) are removed first.
-    fn provision(&self, mut state: SandboxState) -> Result<SandboxState> {
-        self.terminate(&state.spec.id, state.process.as_ref(), None)?;
-        if state.disk_image {
-            self.finish_interrupted_resize(&mut state)?;
+    /// Leftovers of an interrupted run (processes, cgroups, veth) are removed first, unless
+    /// the sandbox is `fresh` (`prepare_create` removed whatever an earlier sandbox of that id
+    /// left, and nothing has run since).
+    fn provision(
+        &self,
+        mut state: SandboxState,
+        fresh: bool,
+        mounted_fd: Option<std::os::fd::RawFd>,
+        timeline: &mut Timeline,
+    ) -> Result<SandboxState> {
+        if !fresh {
+            self.terminate(&state.spec.id, state.process.as_ref(), None)?;
+            if state.disk_image {
+                self.finish_interrupted_resize(&mut state)?;
+            }
+            // Fresh cgroups for every run, so counters such as OOM kills start from zero.
+            self.cgroups
+                .remove(&state.spec.id)
+                .map_err(|e| RuntimeError::io("remove the previous run's cgroups", e))?;
+            timeline.mark("leftovers");
         }
         let id = &state.spec.id;
         let paths = self.paths(id);
-        // Fresh cgroups for every run, so counters such as OOM kills start from zero.
-        self.cgroups
-            .remove(id)
-            .map_err(|e| RuntimeError::io("remove the previous run's cgroups", e))?;
         let (upper, work) = paths.layer(state.disk_image);
         let dirs = if state.disk_image {
             vec![&paths.disk_mount, &paths.rootfs]
@@ -903,12 +1034,16 @@ impl Inner {
                     reason: format!("disk image {} is missing", paths.disk_image.display()),
                 });
             }
-            // The previous run's filesystem must be gone before the image is mounted again.
-            disk::wait_detached(&paths.disk_image, KILL_TIMEOUT)
-                .map_err(|e| RuntimeError::io("wait for the previous run's disk", e))?;
+            if !fresh {
+                // The previous run's filesystem must be gone before the image is mounted again.
+                disk::wait_detached(&paths.disk_image, KILL_TIMEOUT)
+                    .map_err(|e| RuntimeError::io("wait for the previous run's disk", e))?;
+                timeline.mark("disk_detached");
+            }
             Some(DiskConfig {
                 image: paths.disk_image.clone(),
                 mountpoint: paths.disk_mount.clone(),
+                mounted_fd,
             })
         } else {
             None
@@ -923,15 +1058,18 @@ impl Inner {
         self.cgroups
             .create(id, &limits)
             .map_err(|e| RuntimeError::io("create cgroups", e))?;
+        timeline.mark("cgroups");
         self.ensure_network()?;
         let names = NetNames::for_sandbox(id);
         self.network
             .setup(&names, state.ip)
             .map_err(|e| RuntimeError::io("set up sandbox network", e))?;
+        timeline.mark("network");
         // Before the init runs: the sandbox never sends a packet outside its policy.
         self.firewall
             .apply(&names, id, state.ip, &state.spec.network)
             .map_err(|e| RuntimeError::io("apply network policy", e))?;
+        timeline.mark("firewall");
 
         let spec = &state.spec;
         let mut env: BTreeMap<String, String> = spec.env.clone();
@@ -950,7 +1088,7 @@ impl Inner {
             rootfs: paths.rootfs.clone(),
             daemon_bin: self.config.daemon_bin.clone(),
             log: paths.log.clone(),
-            cgroup_procs: self.cgroups.procs_files(id),
+            cgroup_join: self.cgroups.join_files(id),
             netns: names.netns_path(),
             ip: state.ip,
             gateway: self.config.subnet.gateway(),
@@ -965,6 +1103,7 @@ impl Inner {
             .map_err(|e| RuntimeError::Other(format!("encode init config: {e}")))?;
         std::fs::write(&paths.init_config, json)
             .map_err(|e| RuntimeError::io("write init config", e))?;
+        timeline.mark("init_config");
         Ok(state)
     }
 
@@ -979,6 +1118,10 @@ impl Inner {
                 .network_setup
                 .lock()
                 .expect("network setup lock poisoned");
+            // Concurrent first creates wait here for one setup rather than each doing it again.
+            if bridge_present && self.bridge_ready.load(Ordering::Acquire) {
+                return Ok(());
+            }
             self.network
                 .ensure_bridge()
                 .map_err(|e| RuntimeError::io("set up bridge", e))?;

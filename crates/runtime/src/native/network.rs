@@ -1,9 +1,9 @@
 //! Sandbox networking: one host bridge holding the gateway address, and per sandbox a named
 //! network namespace with a veth pair (host end on the bridge, peer `eth0` inside).
 //!
-//! Driven by the `ip` command (iproute2) in batch mode, a few forks per sandbox; everything
-//! netlink-specific stays in this module so rtnetlink can replace it later. Filtering and NAT
-//! are the firewall module's.
+//! A sandbox's namespace and veth pair are made through netlink (`netlink`), no process
+//! forked; the bridge, set up once per runtime, through the `ip` command (iproute2). Filtering
+//! and NAT are the firewall module's.
 
 use std::io::{self, Write};
 use std::net::Ipv4Addr;
@@ -11,6 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 pub use daytona_config::Ipv4Cidr;
+
+use super::netlink::{self, Netlink};
 
 /// Where iproute2 keeps named network namespaces (bind mounts of `/proc/<pid>/ns/net`).
 const NETNS_DIR: &str = "/run/netns";
@@ -52,13 +54,26 @@ impl NetNames {
 }
 
 /// A locally administered MAC derived from an address of the subnet.
-fn mac_for(addr: Ipv4Addr) -> String {
+fn mac_for(addr: Ipv4Addr) -> [u8; 6] {
     let [a, b, c, d] = addr.octets();
-    format!("02:64:{a:02x}:{b:02x}:{c:02x}:{d:02x}")
+    [0x02, 0x64, a, b, c, d]
+}
+
+fn mac_text(mac: [u8; 6]) -> String {
+    mac.map(|b| format!("{b:02x}")).join(":")
 }
 
 fn link_exists(name: &str) -> bool {
     Path::new("/sys/class/net").join(name).exists()
+}
+
+fn bridge_index(name: &str) -> io::Result<u32> {
+    let index = std::fs::read_to_string(Path::new("/sys/class/net").join(name).join("ifindex"))
+        .map_err(|e| io::Error::new(e.kind(), format!("bridge {name}: {e}")))?;
+    index
+        .trim()
+        .parse()
+        .map_err(|_| io::Error::other(format!("bridge {name}: bad ifindex {index:?}")))
 }
 
 /// The host bridge and the subnet sandboxes get addresses from.
@@ -95,7 +110,7 @@ impl Network {
         batch.push(format!(
             "link set {} address {}",
             self.bridge,
-            mac_for(self.subnet.gateway())
+            mac_text(mac_for(self.subnet.gateway()))
         ));
         batch.push(format!("link set {} up", self.bridge));
         ip(&[], &batch)
@@ -104,38 +119,27 @@ impl Network {
     /// Creates the sandbox's netns and veth pair and configures `eth0` with `addr`.
     /// Leftovers of an interrupted earlier attempt are replaced.
     pub fn setup(&self, names: &NetNames, addr: Ipv4Addr) -> io::Result<()> {
-        if names.veth_exists() {
-            ip(&[], &[format!("link del {}", names.veth)])?;
-        }
-        if !names.netns_path().exists() {
-            ip(&[], &[format!("netns add {}", names.netns)])?;
-        }
-        let (veth, netns, bridge) = (&names.veth, &names.netns, &self.bridge);
-        let isolated = if self.inter_sandbox { "off" } else { "on" };
+        let mut host = Netlink::open()?;
+        host.delete_link(&names.veth)?;
+        netlink::delete_netns(&names.netns_path())?;
+        let bridge = bridge_index(&self.bridge)?;
+        let (netns, mut inside) = netlink::create_netns(&names.netns_path())?;
         // The MAC is derived from the address, so the host's neighbour cache stays right when an
         // address is reused by a later sandbox (a random MAC leaves a stale entry that black-holes
         // traffic for seconds).
-        let mac = mac_for(addr);
-        ip(
-            &[],
-            &[
-                format!("link add {veth} type veth peer name eth0 address {mac} netns {netns}"),
-                format!("link set {veth} master {bridge}"),
-                // Isolated ports only talk to non-isolated ports (the host side), so sandboxes
-                // cannot reach each other at layer 2; the firewall covers the gateway detour.
-                format!("link set dev {veth} type bridge_slave isolated {isolated}"),
-                format!("link set {veth} up"),
-            ],
-        )?;
-        ip(
-            &["-n", netns],
-            &[
-                "link set lo up".to_owned(),
-                format!("addr add {addr}/{} dev eth0", self.subnet.prefix_len()),
-                "link set eth0 up".to_owned(),
-                format!("route add default via {}", self.subnet.gateway()),
-            ],
-        )
+        host.add_veth(&names.veth, bridge, "eth0", mac_for(addr), &netns)?;
+        // Isolated ports only talk to non-isolated ports (the host side), so sandboxes cannot
+        // reach each other at layer 2; the firewall covers the gateway detour.
+        let isolated = Path::new("/sys/class/net")
+            .join(&names.veth)
+            .join("brport/isolated");
+        std::fs::write(&isolated, if self.inter_sandbox { "0" } else { "1" })
+            .map_err(|e| io::Error::new(e.kind(), format!("write {}: {e}", isolated.display())))?;
+        inside.set_loopback_up()?;
+        let eth0 = inside.link_index("eth0")?;
+        inside.add_address(eth0, addr, self.subnet.prefix_len())?;
+        inside.set_up(eth0)?;
+        inside.add_default_route(self.subnet.gateway())
     }
 
     /// Deletes the bridge if it exists (its sandboxes' veths go with it).
@@ -149,12 +153,9 @@ impl Network {
     /// Deletes the veth pair and the netns if they exist; idempotent.
     pub fn teardown(&self, names: &NetNames) -> io::Result<()> {
         if names.veth_exists() {
-            ip(&[], &[format!("link del {}", names.veth)])?;
+            Netlink::open()?.delete_link(&names.veth)?;
         }
-        if names.netns_path().exists() {
-            ip(&[], &[format!("netns del {}", names.netns)])?;
-        }
-        Ok(())
+        netlink::delete_netns(&names.netns_path())
     }
 }
 

@@ -71,8 +71,8 @@ pub trait Cgroups: Send + Sync + std::fmt::Debug {
     fn thaw(&self, id: &str) -> io::Result<()>;
     /// Whether the sandbox's processes are frozen.
     fn is_frozen(&self, id: &str) -> io::Result<bool>;
-    /// `cgroup.procs` files a process writes its PID into to join every hierarchy.
-    fn procs_files(&self, id: &str) -> Vec<PathBuf>;
+    /// Files a single-threaded process writes `0` into to move itself into every hierarchy.
+    fn join_files(&self, id: &str) -> Vec<PathBuf>;
     /// Directories that exist for the sandbox while it has cgroups (used by leak checks too).
     fn dirs(&self, id: &str) -> Vec<PathBuf>;
     /// SIGKILLs every process in the sandbox's cgroup and waits until it is empty.

@@ -124,11 +124,11 @@ impl Cgroups for CgroupV1 {
         Ok(())
     }
 
-    fn procs_files(&self, id: &str) -> Vec<PathBuf> {
-        self.dirs(id)
-            .into_iter()
-            .map(|d| d.join("cgroup.procs"))
-            .collect()
+    /// `tasks`, not `cgroup.procs`: moving only the calling thread skips the kernel's global
+    /// threadgroup lock (since Linux 6.0), whose write side waits for an RCU grace period
+    /// (milliseconds) on every join. For a single-threaded process the result is the same.
+    fn join_files(&self, id: &str) -> Vec<PathBuf> {
+        self.dirs(id).into_iter().map(|d| d.join("tasks")).collect()
     }
 
     fn dirs(&self, id: &str) -> Vec<PathBuf> {

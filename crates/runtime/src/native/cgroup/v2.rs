@@ -84,7 +84,7 @@ impl Cgroups for CgroupV2 {
         Self::write_if_present(&dir.join("pids.max"), &pids)
     }
 
-    fn procs_files(&self, id: &str) -> Vec<PathBuf> {
+    fn join_files(&self, id: &str) -> Vec<PathBuf> {
         vec![self.parent.join(id).join("cgroup.procs")]
     }
 
