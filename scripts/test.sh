@@ -8,6 +8,8 @@
 #   CARGO_TARGET_DIR          build directory (default: ./target)
 #   DAYTONA_CACHE_DIR         venv, base image and other caches (default: ~/.cache/daytona)
 #   DAYTONA_TEST_SKIP_CARGO=1 skip `cargo test` (SDK suite only)
+#   DAYTONA_TEST_SKIP_POSTGRES=1 skip the PostgreSQL runs (the store's cargo tests on PostgreSQL and
+#                             the SDK suite's control-plane tests against a server on PostgreSQL)
 # Exits non-zero if any stage fails; later test stages still run so one report shows everything.
 set -euo pipefail
 
@@ -29,6 +31,10 @@ for pair in "${needed[@]}"; do
         || missing+=("${pair%%:*}")
 done
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [[ ${DAYTONA_TEST_SKIP_POSTGRES:-} != 1 ]]; then
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+    command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+fi
 if ((${#missing[@]})); then
     step "installing ${missing[*]}"
     if [[ $(id -u) -ne 0 ]]; then
@@ -80,6 +86,20 @@ PY
 fi
 export DAYTONA_TEST_ROOTFS=$test_rootfs
 
+# --- PostgreSQL ----------------------------------------------------------------------------------
+# A throwaway server of our own (data dir under /tmp, loopback port), stopped by its PID on exit.
+# The store's cargo tests and the SDK suite's PostgreSQL run create a fresh database in it each.
+use_postgres=$([[ ${DAYTONA_TEST_SKIP_POSTGRES:-} == 1 ]] && echo 0 || echo 1)
+if ((use_postgres)); then
+    step "starting a throwaway PostgreSQL"
+    pg_dir=$(mktemp -d /tmp/daytona-test-pg.XXXXXX)
+    trap 'scripts/test-postgres.sh stop "$pg_dir"' EXIT
+    DAYTONA_TEST_POSTGRES_URL=$(scripts/test-postgres.sh start "$pg_dir")
+    export DAYTONA_TEST_POSTGRES_URL
+else
+    unset DAYTONA_TEST_POSTGRES_URL
+fi
+
 # --- Rust tests ------------------------------------------------------------------------------------
 # Plain `cargo test` rather than nextest: it also runs doctests and custom-harness tests as they are.
 if [[ ${DAYTONA_TEST_SKIP_CARGO:-} != 1 ]]; then
@@ -100,8 +120,16 @@ if [[ ! -x $venv/bin/python || $(cat "$venv/.requirements-stamp" 2>/dev/null) !=
 fi
 
 export DAYTONA_BIN=$daytona_bin DAYTONA_DAEMON_PATH=$daemon_bin DAYTONA_BASE_IMAGE=$base_image DAYTONA_BENCH_BIN=$bench_bin
-step "pytest tests/sdk"
-"$venv/bin/python" -m pytest tests/sdk -v "$@" || failures+=("SDK suite")
+step "pytest tests/sdk (SQLite)"
+DAYTONA_TEST_DB=sqlite "$venv/bin/python" -m pytest tests/sdk -v "$@" || failures+=("SDK suite (SQLite)")
+if ((use_postgres)); then
+    # conftest keeps only the control-plane modules here; exit code 5 means the caller's own
+    # selection left none of them, which is not a failure.
+    step "pytest tests/sdk (PostgreSQL: control-plane tests)"
+    rc=0
+    DAYTONA_TEST_DB=postgres "$venv/bin/python" -m pytest tests/sdk -v "$@" || rc=$?
+    ((rc == 0 || rc == 5)) || failures+=("SDK suite (PostgreSQL)")
+fi
 
 if ((${#failures[@]})); then
     step "FAILED: ${failures[*]}"

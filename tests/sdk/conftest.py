@@ -7,6 +7,9 @@ Required environment (scripts/test.sh sets all three):
 Optional:
   DAYTONA_TEST_TMPDIR  where the per-run directory (data dir + server log) goes (default: system temp)
   DAYTONA_TEST_SUBNET  sandbox subnet (default: a random free /16 inside 100.96.0.0/11)
+  DAYTONA_TEST_DB      `postgres`: each server keeps its state in a fresh database on the PostgreSQL
+                       server DAYTONA_TEST_POSTGRES_URL names (an admin URL; scripts/test.sh starts
+                       one) instead of SQLite in its data dir
 """
 
 from __future__ import annotations
@@ -21,10 +24,12 @@ import secrets
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +44,36 @@ HEALTH_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 30
 # How much of the server log a failure report shows.
 LOG_TAIL_LINES = 200
+# With DAYTONA_TEST_DB=postgres only these modules run: the control plane's tests (every table the
+# store has is written and read by them); the toolbox tests (and test_openapi, which only reads the
+# generated document) do not touch the database.
+POSTGRES_MODULES = {
+    "test_api_keys",
+    "test_audit",
+    "test_builds",
+    "test_capture",
+    "test_errors",
+    "test_events",
+    "test_lifecycle",
+    "test_organizations",
+    "test_preview",
+    "test_quotas",
+    "test_restart",
+    "test_settings",
+    "test_snapshots",
+    "test_ssh",
+    "test_tenancy",
+    "test_volumes",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("DAYTONA_TEST_DB") != "postgres":
+        return
+    keep = [i for i in items if i.module is not None and i.module.__name__.rsplit(".", 1)[-1] in POSTGRES_MODULES]
+    if dropped := [i for i in items if i not in keep]:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
 
 
 @dataclass
@@ -57,6 +92,7 @@ class Server:
     bridge: str
     env: dict[str, str]
     run_dir: Path
+    database_url: str | None = None  # PostgreSQL database of this server; None: SQLite in data_dir
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Stops the server with `sig` (by default as a crash would) and waits for it to exit."""
@@ -68,6 +104,21 @@ class Server:
         is healthy."""
         self.process = _launch(self.binary, self.env, self.run_dir, self.log_path)
         _wait_healthy(self)
+
+    def execute_sql(self, sql: str, **params: str) -> None:
+        """Runs one statement on the server's database, behind its back (tests that need a state
+        no API call makes). `:name` in `sql` is replaced by `params[name]`, bound as text."""
+        if self.database_url is None:
+            with sqlite3.connect(self.data_dir / "daytona.db") as db:
+                db.execute(sql, params)
+            return
+        # psql: `\set` the values, then `:'name'` interpolates one as a quoted literal.
+        unsafe = [k for k, v in params.items() if not re.fullmatch(r"[\w.:-]*", v)]
+        if unsafe:
+            raise ValueError(f"execute_sql: parameters {unsafe} hold characters psql would need quoted")
+        script = "".join(f"\\set {k} '{v}'\n" for k, v in params.items())
+        script += re.sub(r":(\w+)", lambda m: f":'{m[1]}'" if m[1] in params else m[0], sql) + ";\n"
+        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", self.database_url], input=script.encode(), check=True)
 
     def __repr__(self) -> str:
         return f"Server(pid={self.pid}, api_url={self.api_url!r}, log={str(self.log_path)!r})"
@@ -102,6 +153,39 @@ def _required_path(var: str) -> Path:
     if not path.exists():
         pytest.exit(f"{var}={value} does not exist", returncode=2)
     return path.resolve()
+
+
+@contextlib.contextmanager
+def _database_env() -> Iterator[tuple[dict[str, str], str | None]]:
+    """The DB_* variables and URL of a fresh PostgreSQL database when DAYTONA_TEST_DB=postgres,
+    else none (SQLite in the data dir). The database is dropped afterwards."""
+    if os.environ.get("DAYTONA_TEST_DB", "sqlite") == "sqlite":
+        yield {}, None
+        return
+    if os.environ["DAYTONA_TEST_DB"] != "postgres":
+        pytest.exit(f"DAYTONA_TEST_DB={os.environ['DAYTONA_TEST_DB']}: expected sqlite or postgres", returncode=2)
+    admin_url = os.environ.get("DAYTONA_TEST_POSTGRES_URL")
+    if not admin_url:
+        pytest.exit("DAYTONA_TEST_DB=postgres needs DAYTONA_TEST_POSTGRES_URL", returncode=2)
+    url = urllib.parse.urlsplit(admin_url)
+    name = f"daytona_sdk_{secrets.token_hex(6)}"
+
+    def psql(sql: str) -> None:
+        subprocess.run(["psql", "-q", "-v", "ON_ERROR_STOP=1", admin_url, "-c", sql], check=True, capture_output=True)
+
+    psql(f"CREATE DATABASE {name}")
+    print(f"[sdk-tests] PostgreSQL database {name} on {url.hostname}:{url.port}")
+    try:
+        yield dict(
+            DB_HOST=url.hostname or "127.0.0.1",
+            DB_PORT=str(url.port or 5432),
+            DB_USERNAME=urllib.parse.unquote(url.username or ""),
+            DB_PASSWORD=urllib.parse.unquote(url.password or ""),
+            DB_DATABASE=name,
+        ), urllib.parse.urlunsplit(url._replace(path=f"/{name}"))
+    finally:
+        with contextlib.suppress(subprocess.CalledProcessError):
+            psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def _free_port() -> int:
@@ -221,6 +305,11 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
     """Starts a `daytona server` of our own, yields it, stops it and checks nothing is left.
 
     `failed()` says whether tests failed (the run directory is then kept for inspection)."""
+    with _database_env() as (db_env, database_url):
+        yield from _run_server(failed, {**db_env, **(extra_env or {})}, database_url)
+
+
+def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_url: str | None) -> Iterator[Server]:
     binary = _required_path("DAYTONA_BIN")
     daemon = _required_path("DAYTONA_DAEMON_PATH")
     base_image = _required_path("DAYTONA_BASE_IMAGE")
@@ -254,7 +343,7 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
         # Sandbox traffic never leaves the machine in tests: no DNS forwarding to the host's resolver.
         DAYTONA_SANDBOX_DNS="none",
     )
-    env.update(extra_env or {})
+    env.update(extra_env)
     print(f"\n[sdk-tests] run dir {run_dir}; server log {log_path}")
     print(
         f"[sdk-tests] API :{port} proxy :{proxy_port} bridge {env['DAYTONA_BRIDGE_NAME']} "
@@ -274,6 +363,7 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
         bridge=env["DAYTONA_BRIDGE_NAME"],
         env=env,
         run_dir=run_dir,
+        database_url=database_url,
     )
     _wait_healthy(srv)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-import sqlite3
 import subprocess
 import time
 import urllib.request
@@ -100,8 +99,9 @@ def test_revoked_and_expired_tokens(server, sandbox):
     expired = sandbox.create_ssh_access(expires_in_minutes=5)
     assert ssh(server, expired.token, "true").returncode == 0
     # Let the token's lifetime pass: move its expiry into the past.
-    with sqlite3.connect(server.data_dir / "daytona.db") as db:
-        db.execute("UPDATE ssh_access SET expires_at = '2000-01-01T00:00:00.000Z' WHERE sandbox_id = ?", (sandbox.id,))
+    server.execute_sql(
+        "UPDATE ssh_access SET expires_at = '2000-01-01T00:00:00.000Z' WHERE sandbox_id = :sandbox", sandbox=sandbox.id
+    )
     r = ssh(server, expired.token, "true")
     assert r.returncode == 255 and b"Permission denied" in r.stderr, r
     assert not sandbox.validate_ssh_access(expired.token).valid

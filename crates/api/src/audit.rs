@@ -24,7 +24,7 @@ use crate::AppState;
 use crate::auth::{AuthContext, client_address};
 use crate::error::{ApiError, ApiResult};
 use crate::json::bounded;
-use crate::store::now;
+use crate::store::{AuditEntry, AuditSelection, NewAuditEntry};
 
 /// Response bodies larger than this are not inspected (for a created id or an error message).
 const INSPECT_LIMIT: usize = 64 * 1024;
@@ -140,28 +140,21 @@ pub async fn record(
     let error_message = (!status.is_success()).then(|| field("message")).flatten();
     let metadata = serde_json::json!({ "method": method.as_str(), "route": template });
 
-    let result = sqlx::query(
-        "INSERT INTO audit_log (id, organization_id, actor_id, actor_email, actor_api_key_prefix, action,
-             target_type, target_id, status_code, error_message, ip_address, user_agent, source, metadata, created_at)
-         SELECT ?, ?, u.id, COALESCE(u.email, u.name), k.key_prefix, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?
-         FROM users u LEFT JOIN api_keys k ON k.id = ? WHERE u.id = ?",
-    )
-    .bind(uuid::Uuid::new_v4().to_string())
-    .bind(&ctx.organization_id)
-    .bind(&action)
-    .bind(&target_type)
-    .bind(&target_id)
-    .bind(i64::from(status.as_u16()))
-    .bind(&error_message)
-    .bind(&ip)
-    .bind(&user_agent)
-    .bind(&source)
-    .bind(metadata.to_string())
-    .bind(now())
-    .bind(&ctx.api_key_id)
-    .bind(&ctx.user_id)
-    .execute(state.store.pool())
-    .await;
+    let entry = NewAuditEntry {
+        organization_id: &ctx.organization_id,
+        user_id: &ctx.user_id,
+        api_key_id: &ctx.api_key_id,
+        action: &action,
+        target_type: &target_type,
+        target_id: target_id.as_deref(),
+        status_code: status.as_u16(),
+        error_message: error_message.as_deref(),
+        ip_address: &ip,
+        user_agent: user_agent.as_deref(),
+        source: source.as_deref(),
+        metadata: &metadata,
+    };
+    let result = state.store.insert_audit_entry(&entry).await;
     if let Err(e) = result {
         tracing::warn!(error = %e, %action, "audit: entry not recorded");
     }
@@ -182,27 +175,6 @@ struct ListQuery {
     from: Option<String>,
     to: Option<String>,
     next_token: Option<String>,
-}
-
-#[derive(Serialize, sqlx::FromRow)]
-#[serde(rename_all = "camelCase")]
-struct AuditEntry {
-    id: String,
-    organization_id: String,
-    actor_id: String,
-    actor_email: String,
-    actor_api_key_prefix: Option<String>,
-    action: String,
-    target_type: Option<String>,
-    target_id: Option<String>,
-    status_code: i64,
-    error_message: Option<String>,
-    ip_address: Option<String>,
-    user_agent: Option<String>,
-    source: Option<String>,
-    #[sqlx(json)]
-    metadata: Value,
-    created_at: String,
 }
 
 #[derive(Serialize)]
@@ -267,43 +239,23 @@ async fn list(
     let to = timestamp("to", query.to.as_deref())?;
     let cursor = query.next_token.as_deref().map(decode_cursor).transpose()?;
 
-    let total: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM audit_log WHERE organization_id = ?
-           AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at <= ?)",
-    )
-    .bind(&organization_id)
-    .bind(&from)
-    .bind(&from)
-    .bind(&to)
-    .bind(&to)
-    .fetch_one(state.store.pool())
-    .await?;
+    let selection = AuditSelection {
+        organization_id: &organization_id,
+        from: from.as_deref(),
+        to: to.as_deref(),
+        before: cursor.as_ref().map(|(t, id)| (t.as_str(), id.as_str())),
+    };
+    let total = state.store.count_audit_entries(&selection).await?;
     // A cursor takes precedence over the page number.
-    let (cursor_time, cursor_id) = cursor.unzip();
-    let offset = if cursor_time.is_some() {
+    let offset = if cursor.is_some() {
         0
     } else {
         (page as i64 - 1) * limit as i64
     };
-    let mut items: Vec<AuditEntry> = sqlx::query_as(
-        "SELECT * FROM audit_log WHERE organization_id = ?
-           AND (? IS NULL OR created_at >= ?) AND (? IS NULL OR created_at <= ?)
-           AND (? IS NULL OR created_at < ? OR (created_at = ? AND id < ?))
-         ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-    )
-    .bind(&organization_id)
-    .bind(&from)
-    .bind(&from)
-    .bind(&to)
-    .bind(&to)
-    .bind(&cursor_time)
-    .bind(&cursor_time)
-    .bind(&cursor_time)
-    .bind(&cursor_id)
-    .bind(limit as i64 + 1)
-    .bind(offset)
-    .fetch_all(state.store.pool())
-    .await?;
+    let mut items = state
+        .store
+        .audit_entries(&selection, offset, limit as i64 + 1)
+        .await?;
     let more = items.len() > limit as usize;
     items.truncate(limit as usize);
     let next_token = more.then(|| items.last().map(encode_cursor)).flatten();

@@ -107,7 +107,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }
     }
 
-    let store = Store::open(&data_dir)
+    let store = Store::connect(&config)
         .await
         .context("cannot open the database")?;
     let admin_key = config

@@ -23,7 +23,7 @@ use crate::AppState;
 use crate::auth::{self, AuthContext, hash_key};
 use crate::error::{ApiError, ApiResult};
 use crate::json::bounded;
-use crate::store::{SandboxRow, SecretKind, Store, now};
+use crate::store::{NewSshAccess, SandboxRow, SecretKind, Store, now};
 
 const SIGNED_DEFAULT_S: u64 = 60;
 const SIGNED_MAX_S: u64 = 24 * 60 * 60;
@@ -84,14 +84,7 @@ impl AccessService {
         token: &str,
         port: u16,
     ) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT sandbox_id FROM signed_preview_tokens WHERE token_hash = ? AND port = ? AND expires_at > ?",
-        )
-        .bind(hash_key(token))
-        .bind(i64::from(port))
-        .bind(now())
-        .fetch_optional(store.pool())
-        .await
+        store.signed_preview_sandbox(&hash_key(token), port).await
     }
 
     /// The sandbox an SSH token opens, while it has not expired.
@@ -100,14 +93,7 @@ impl AccessService {
         store: &Store,
         token: &str,
     ) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT a.sandbox_id FROM ssh_access a JOIN sandboxes s ON s.id = a.sandbox_id
-             WHERE a.token_hash = ? AND a.expires_at > ? AND s.state <> 'destroyed'",
-        )
-        .bind(hash_key(token))
-        .bind(now())
-        .fetch_optional(store.pool())
-        .await
+        store.ssh_access_sandbox(&hash_key(token)).await
     }
 
     /// Records activity on the sandbox, at most once per [`TOUCH_INTERVAL`].
@@ -124,14 +110,7 @@ impl AccessService {
             touched.retain(|_, t| now.duration_since(*t) < TOUCH_INTERVAL);
             touched.insert(sandbox_id.to_string(), now);
         }
-        let result = sqlx::query(
-            "UPDATE sandboxes SET last_activity_at = ? WHERE id = ? AND state <> 'destroyed'",
-        )
-        .bind(now())
-        .bind(sandbox_id)
-        .execute(store.pool())
-        .await;
-        if let Err(e) = result {
+        if let Err(e) = store.touch_sandbox(sandbox_id).await {
             tracing::warn!(sandbox = %sandbox_id, error = %e, "could not record sandbox activity");
         }
     }
@@ -358,16 +337,11 @@ async fn signed_preview_url(
     )?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     let token = random_token();
-    sqlx::query(
-        "INSERT INTO signed_preview_tokens (token_hash, sandbox_id, port, expires_at, created_at) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(hash_key(&token))
-    .bind(&row.id)
-    .bind(i64::from(port))
-    .bind(timestamp_in(Duration::from_secs(seconds)))
-    .bind(now())
-    .execute(state.store.pool())
-    .await?;
+    let expires_at = timestamp_in(Duration::from_secs(seconds));
+    state
+        .store
+        .insert_signed_preview_token(&hash_key(&token), &row.id, port, &expires_at)
+        .await?;
     Ok(Json(SignedPreviewUrl {
         url: state.access.preview_url(port, &token),
         sandbox_id: row.id,
@@ -384,15 +358,11 @@ async fn expire_signed_preview_url(
 ) -> ApiResult<Json<serde_json::Value>> {
     let port = parse_port(&port)?;
     let row = state.sandboxes.find(&ctx, &id).await?;
-    let done = sqlx::query(
-        "DELETE FROM signed_preview_tokens WHERE token_hash = ? AND sandbox_id = ? AND port = ?",
-    )
-    .bind(hash_key(&token))
-    .bind(&row.id)
-    .bind(i64::from(port))
-    .execute(state.store.pool())
-    .await?;
-    if done.rows_affected() == 0 {
+    let existed = state
+        .store
+        .delete_signed_preview_token(&hash_key(&token), &row.id, port)
+        .await?;
+    if !existed {
         return Err(ApiError::NotFound(format!(
             "No signed preview URL with that token for port {port} of sandbox {}",
             row.id
@@ -450,23 +420,17 @@ async fn create_ssh_access(
         token,
     };
     // As upstream: a new token replaces the sandbox's earlier ones.
-    let mut tx = state.store.pool().begin().await?;
-    sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = ?")
-        .bind(&access.sandbox_id)
-        .execute(&mut *tx)
+    state
+        .store
+        .replace_ssh_access(&NewSshAccess {
+            id: &access.id,
+            sandbox_id: &access.sandbox_id,
+            token_hash: &hash_key(&access.token),
+            expires_at: &access.expires_at,
+            created_at: &access.created_at,
+            updated_at: &access.updated_at,
+        })
         .await?;
-    sqlx::query(
-        "INSERT INTO ssh_access (id, sandbox_id, token_hash, expires_at, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-    )
-    .bind(&access.id)
-    .bind(&access.sandbox_id)
-    .bind(hash_key(&access.token))
-    .bind(&access.expires_at)
-    .bind(&access.created_at)
-    .bind(&access.updated_at)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
     Ok(Json(access))
 }
 
@@ -478,27 +442,16 @@ async fn revoke_ssh_access(
     Query(q): Query<SshQuery>,
 ) -> ApiResult<Json<Sandbox>> {
     let row = state.sandboxes.find(&ctx, &id).await?;
-    match q.token.as_deref().filter(|t| !t.is_empty()) {
-        Some(token) => {
-            let done =
-                sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = ? AND token_hash = ?")
-                    .bind(&row.id)
-                    .bind(hash_key(token))
-                    .execute(state.store.pool())
-                    .await?;
-            if done.rows_affected() == 0 {
-                return Err(ApiError::NotFound(format!(
-                    "No SSH access with that token for sandbox {}",
-                    row.id
-                )));
-            }
-        }
-        None => {
-            sqlx::query("DELETE FROM ssh_access WHERE sandbox_id = ?")
-                .bind(&row.id)
-                .execute(state.store.pool())
-                .await?;
-        }
+    let token_hash = q.token.as_deref().filter(|t| !t.is_empty()).map(hash_key);
+    let revoked = state
+        .store
+        .revoke_ssh_access(&row.id, token_hash.as_deref())
+        .await?;
+    if token_hash.is_some() && revoked == 0 {
+        return Err(ApiError::NotFound(format!(
+            "No SSH access with that token for sandbox {}",
+            row.id
+        )));
     }
     Ok(Json(state.sandboxes.to_dto(row)))
 }

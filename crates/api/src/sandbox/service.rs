@@ -462,11 +462,11 @@ impl SandboxService {
             Some(row) => Ok(self.to_dto(row)),
             // Destroyed: answer with the final state (the SDK treats it as gone).
             None => {
-                let mut row =
-                    sqlx::query_as::<_, SandboxRow>("SELECT * FROM sandboxes WHERE id = ?")
-                        .bind(id)
-                        .fetch_one(self.store.pool())
-                        .await?;
+                let mut row = self
+                    .store
+                    .sandbox_record(id)
+                    .await?
+                    .ok_or(sqlx::Error::RowNotFound)?;
                 row.state = "destroyed".into();
                 Ok(self.to_dto(row))
             }

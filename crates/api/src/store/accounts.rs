@@ -43,7 +43,7 @@ impl Store {
     /// The admin user's personal organization id, if initial setup already ran.
     pub async fn admin_organization(&self) -> Result<Option<(String, String)>, sqlx::Error> {
         sqlx::query_as::<_, (String, String)>(
-            "SELECT o.id, u.id FROM users u JOIN organizations o ON o.created_by = u.id AND o.personal = 1
+            "SELECT o.id, u.id FROM users u JOIN organizations o ON o.created_by = u.id AND o.personal = TRUE
              WHERE u.role = 'admin' ORDER BY u.created_at LIMIT 1",
         )
         .fetch_optional(&self.pool)

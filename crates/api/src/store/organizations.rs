@@ -1,11 +1,12 @@
 //! Organizations, their members, permission roles, invitations and the regions they run in.
 
-use super::{OrgQuotas, Store, now};
+use super::{Flag, OrgQuotas, Store, now};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OrganizationRow {
     pub id: String,
     pub name: String,
+    #[sqlx(try_from = "Flag")]
     pub personal: bool,
     pub created_by: String,
     pub created_at: String,
@@ -722,7 +723,7 @@ impl Store {
     }
 }
 
-type Tx<'a> = sqlx::Transaction<'a, sqlx::Sqlite>;
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
 #[allow(clippy::too_many_arguments)]
 async fn insert_organization(

@@ -47,7 +47,7 @@ impl Store {
         sqlx::query_as::<_, OrgQuotas>(
             "SELECT total_cpu_quota, total_memory_quota, total_disk_quota, max_cpu_per_sandbox,
              max_memory_per_sandbox, max_disk_per_sandbox, snapshot_quota, max_snapshot_size, volume_quota
-             FROM organizations WHERE id = ?",
+             FROM organizations WHERE id = $1",
         )
         .bind(org)
         .fetch_one(self.pool())
@@ -60,9 +60,9 @@ impl Store {
         q: &OrgQuotas,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE organizations SET total_cpu_quota = ?, total_memory_quota = ?, total_disk_quota = ?,
-             max_cpu_per_sandbox = ?, max_memory_per_sandbox = ?, max_disk_per_sandbox = ?, snapshot_quota = ?,
-             max_snapshot_size = ?, volume_quota = ? WHERE id = ?",
+            "UPDATE organizations SET total_cpu_quota = $1, total_memory_quota = $2, total_disk_quota = $3,
+             max_cpu_per_sandbox = $4, max_memory_per_sandbox = $5, max_disk_per_sandbox = $6, snapshot_quota = $7,
+             max_snapshot_size = $8, volume_quota = $9 WHERE id = $10",
         )
         .bind(q.total_cpu_quota)
         .bind(q.total_memory_quota)
@@ -87,10 +87,10 @@ impl Store {
     ) -> Result<ResourceUse, sqlx::Error> {
         let (cpu, memory, disk): (i64, i64, i64) = sqlx::query_as(
             "SELECT
-               COALESCE(SUM(CASE WHEN state NOT IN ('stopped', 'error', 'archived') THEN cpu ELSE 0 END), 0),
-               COALESCE(SUM(CASE WHEN state NOT IN ('stopped', 'error', 'archived') THEN memory ELSE 0 END), 0),
-               COALESCE(SUM(CASE WHEN state <> 'archived' THEN disk ELSE 0 END), 0)
-             FROM sandboxes WHERE organization_id = ? AND state <> 'destroyed' AND id <> ?",
+               CAST(COALESCE(SUM(CASE WHEN state NOT IN ('stopped', 'error', 'archived') THEN cpu ELSE 0 END), 0) AS BIGINT),
+               CAST(COALESCE(SUM(CASE WHEN state NOT IN ('stopped', 'error', 'archived') THEN memory ELSE 0 END), 0) AS BIGINT),
+               CAST(COALESCE(SUM(CASE WHEN state <> 'archived' THEN disk ELSE 0 END), 0) AS BIGINT)
+             FROM sandboxes WHERE organization_id = $1 AND state <> 'destroyed' AND id <> $2",
         )
         .bind(org)
         .bind(except.unwrap_or(""))

@@ -2,7 +2,7 @@
 
 use sqlx::AssertSqlSafe;
 
-use super::{Store, now};
+use super::{Flag, Store, now};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SandboxRow {
@@ -16,7 +16,9 @@ pub struct SandboxRow {
     pub env: String,
     /// JSON object of strings.
     pub labels: String,
+    #[sqlx(try_from = "Flag")]
     pub public: bool,
+    #[sqlx(try_from = "Flag")]
     pub network_block_all: bool,
     pub network_allow_list: Option<String>,
     pub domain_allow_list: Option<String>,
@@ -96,15 +98,10 @@ const COLUMNS: &str = "id, organization_id, name, snapshot, image_ref, os_user, 
     error_reason, auto_stop_interval, auto_archive_interval, auto_delete_interval, auto_pause_interval,
     runner_id, daemon_version, created_at, updated_at, last_activity_at, auto_destroy_at, volumes";
 
-/// JSON path selecting one label key, quoted so any key text is safe.
-fn label_path(key: &str) -> String {
-    format!("$.\"{}\"", key.replace('\\', "\\\\").replace('"', "\\\""))
-}
-
 impl Store {
     pub async fn insert_sandbox(&self, row: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO sandboxes ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
         )))
         .bind(&row.id)
         .bind(&row.organization_id)
@@ -149,12 +146,10 @@ impl Store {
         id_or_name: &str,
     ) -> Result<Option<SandboxRow>, sqlx::Error> {
         sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM sandboxes WHERE organization_id = ? AND state <> 'destroyed'
-             AND (id = ? OR name = ?) ORDER BY (id = ?) DESC LIMIT 1"
+            "SELECT {COLUMNS} FROM sandboxes WHERE organization_id = $1 AND state <> 'destroyed'
+             AND (id = $2 OR name = $2) ORDER BY (id = $2) DESC LIMIT 1"
         )))
         .bind(org)
-        .bind(id_or_name)
-        .bind(id_or_name)
         .bind(id_or_name)
         .fetch_optional(self.pool())
         .await
@@ -163,7 +158,7 @@ impl Store {
     /// Any live sandbox by id, whatever its organization (for the proxy and the reconciler).
     pub async fn sandbox_by_id(&self, id: &str) -> Result<Option<SandboxRow>, sqlx::Error> {
         sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM sandboxes WHERE id = ? AND state <> 'destroyed'"
+            "SELECT {COLUMNS} FROM sandboxes WHERE id = $1 AND state <> 'destroyed'"
         )))
         .bind(id)
         .fetch_optional(self.pool())
@@ -173,7 +168,7 @@ impl Store {
     /// The sandbox in any state, `destroyed` included (it is then only a record).
     pub async fn sandbox_record(&self, id: &str) -> Result<Option<SandboxRow>, sqlx::Error> {
         sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM sandboxes WHERE id = ?"
+            "SELECT {COLUMNS} FROM sandboxes WHERE id = $1"
         )))
         .bind(id)
         .fetch_optional(self.pool())
@@ -196,26 +191,33 @@ impl Store {
         f: &SandboxFilter,
     ) -> Result<Vec<SandboxRow>, sqlx::Error> {
         let mut sql = format!(
-            "SELECT {COLUMNS} FROM sandboxes WHERE organization_id = ? AND state <> 'destroyed'"
+            "SELECT {COLUMNS} FROM sandboxes WHERE organization_id = $1 AND state <> 'destroyed'"
         );
+        let mut params = 1;
+        let mut param = || {
+            params += 1;
+            params
+        };
         if f.id.is_some() {
-            sql.push_str(" AND id = ?");
+            sql.push_str(&format!(" AND id = ${}", param()));
         }
         if f.name.is_some() {
-            sql.push_str(" AND name = ?");
+            sql.push_str(&format!(" AND name = ${}", param()));
         }
         for _ in &f.labels {
-            sql.push_str(" AND json_extract(labels, ?) = ?");
+            let (key, value) = (param(), param());
+            sql.push_str(" AND ");
+            sql.push_str(&self.backend.label_condition(key, value));
         }
         if !f.states.is_empty() {
-            sql.push_str(" AND state IN (");
-            sql.push_str(&vec!["?"; f.states.len()].join(", "));
-            sql.push(')');
+            let states: Vec<String> = f.states.iter().map(|_| format!("${}", param())).collect();
+            sql.push_str(&format!(" AND state IN ({})", states.join(", ")));
         }
         let column = f.sort.unwrap_or(SandboxSort::CreatedAt).column();
         let dir = if f.descending { "DESC" } else { "ASC" };
+        let (limit, offset) = (param(), param());
         sql.push_str(&format!(
-            " ORDER BY {column} {dir}, id {dir} LIMIT ? OFFSET ?"
+            " ORDER BY {column} {dir}, id {dir} LIMIT ${limit} OFFSET ${offset}"
         ));
 
         let mut q = sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(sql)).bind(org);
@@ -226,7 +228,7 @@ impl Store {
             q = q.bind(name);
         }
         for (k, v) in &f.labels {
-            q = q.bind(label_path(k)).bind(v);
+            q = q.bind(self.backend.label_key(k)).bind(v);
         }
         for s in &f.states {
             q = q.bind(s);
@@ -244,7 +246,7 @@ impl Store {
         error_reason: Option<&str>,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE sandboxes SET state = ?, error_reason = ?, updated_at = ? WHERE id = ?",
+            "UPDATE sandboxes SET state = $1, error_reason = $2, updated_at = $3 WHERE id = $4",
         )
         .bind(state)
         .bind(error_reason)
@@ -260,7 +262,7 @@ impl Store {
         id: &str,
         desired: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE sandboxes SET desired_state = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE sandboxes SET desired_state = $1, updated_at = $2 WHERE id = $3")
             .bind(desired)
             .bind(now())
             .bind(id)
@@ -277,8 +279,8 @@ impl Store {
     ) -> Result<(), sqlx::Error> {
         let ts = now();
         sqlx::query(
-            "UPDATE sandboxes SET state = 'started', error_reason = NULL, runner_id = ?,
-             daemon_version = COALESCE(?, daemon_version), updated_at = ?, last_activity_at = ? WHERE id = ?",
+            "UPDATE sandboxes SET state = 'started', error_reason = NULL, runner_id = $1,
+             daemon_version = COALESCE($2, daemon_version), updated_at = $3, last_activity_at = $4 WHERE id = $5",
         )
         .bind(runner_id)
         .bind(daemon_version)
@@ -316,26 +318,26 @@ impl Store {
     ) -> Result<(), sqlx::Error> {
         let ts = now();
         let q = match setting {
-            SandboxSetting::Labels(json) => sqlx::query("UPDATE sandboxes SET labels = ?, updated_at = ? WHERE id = ?").bind(json.clone()),
-            SandboxSetting::Public(v) => sqlx::query("UPDATE sandboxes SET public = ?, updated_at = ? WHERE id = ?").bind(*v),
+            SandboxSetting::Labels(json) => sqlx::query("UPDATE sandboxes SET labels = $1, updated_at = $2 WHERE id = $3").bind(json.clone()),
+            SandboxSetting::Public(v) => sqlx::query("UPDATE sandboxes SET public = $1, updated_at = $2 WHERE id = $3").bind(*v),
             SandboxSetting::AutoStop(v) => {
-                sqlx::query("UPDATE sandboxes SET auto_stop_interval = ?, updated_at = ? WHERE id = ?").bind(*v)
+                sqlx::query("UPDATE sandboxes SET auto_stop_interval = $1, updated_at = $2 WHERE id = $3").bind(*v)
             }
             SandboxSetting::AutoArchive(v) => {
-                sqlx::query("UPDATE sandboxes SET auto_archive_interval = ?, updated_at = ? WHERE id = ?").bind(*v)
+                sqlx::query("UPDATE sandboxes SET auto_archive_interval = $1, updated_at = $2 WHERE id = $3").bind(*v)
             }
             SandboxSetting::AutoDelete(v) => {
-                sqlx::query("UPDATE sandboxes SET auto_delete_interval = ?, updated_at = ? WHERE id = ?").bind(*v)
+                sqlx::query("UPDATE sandboxes SET auto_delete_interval = $1, updated_at = $2 WHERE id = $3").bind(*v)
             }
             SandboxSetting::AutoPause(v) => {
-                sqlx::query("UPDATE sandboxes SET auto_pause_interval = ?, updated_at = ? WHERE id = ?").bind(*v)
+                sqlx::query("UPDATE sandboxes SET auto_pause_interval = $1, updated_at = $2 WHERE id = $3").bind(*v)
             }
             SandboxSetting::AutoDestroyAt(at) => {
-                sqlx::query("UPDATE sandboxes SET auto_destroy_at = ?, updated_at = ? WHERE id = ?").bind(at.clone())
+                sqlx::query("UPDATE sandboxes SET auto_destroy_at = $1, updated_at = $2 WHERE id = $3").bind(at.clone())
             }
             SandboxSetting::Network { block_all, allow_list, domain_allow_list } => sqlx::query(
-                "UPDATE sandboxes SET network_block_all = ?, network_allow_list = ?, domain_allow_list = ?,
-                 updated_at = ? WHERE id = ?",
+                "UPDATE sandboxes SET network_block_all = $1, network_allow_list = $2, domain_allow_list = $3,
+                 updated_at = $4 WHERE id = $5",
             )
             .bind(*block_all)
             .bind(allow_list.clone())
@@ -353,7 +355,7 @@ impl Store {
         disk: i64,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE sandboxes SET cpu = ?, memory = ?, disk = ?, updated_at = ? WHERE id = ?",
+            "UPDATE sandboxes SET cpu = $1, memory = $2, disk = $3, updated_at = $4 WHERE id = $5",
         )
         .bind(cpu)
         .bind(memory)
@@ -368,7 +370,7 @@ impl Store {
     /// Records activity (toolbox use, SDK `refresh_activity`) that postpones auto-stop.
     pub async fn touch_sandbox(&self, id: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE sandboxes SET last_activity_at = ? WHERE id = ? AND state <> 'destroyed'",
+            "UPDATE sandboxes SET last_activity_at = $1 WHERE id = $2 AND state <> 'destroyed'",
         )
         .bind(now())
         .bind(id)
@@ -381,12 +383,14 @@ impl Store {
 impl Store {
     /// Records that `child` was forked from `parent`.
     pub async fn insert_fork(&self, parent: &str, child: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("INSERT INTO sandbox_forks (child_id, parent_id, created_at) VALUES (?, ?, ?)")
-            .bind(child)
-            .bind(parent)
-            .bind(now())
-            .execute(self.pool())
-            .await?;
+        sqlx::query(
+            "INSERT INTO sandbox_forks (child_id, parent_id, created_at) VALUES ($1, $2, $3)",
+        )
+        .bind(child)
+        .bind(parent)
+        .bind(now())
+        .execute(self.pool())
+        .await?;
         Ok(())
     }
 
@@ -394,7 +398,7 @@ impl Store {
     pub async fn forks_of(&self, parent: &str) -> Result<Vec<SandboxRow>, sqlx::Error> {
         sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM sandboxes WHERE state <> 'destroyed'
-             AND id IN (SELECT child_id FROM sandbox_forks WHERE parent_id = ?) ORDER BY created_at"
+             AND id IN (SELECT child_id FROM sandbox_forks WHERE parent_id = $1) ORDER BY created_at"
         )))
         .bind(parent)
         .fetch_all(self.pool())
@@ -403,7 +407,7 @@ impl Store {
 
     /// The id of the sandbox `child` was forked from, if it is a fork.
     pub async fn parent_of(&self, child: &str) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar("SELECT parent_id FROM sandbox_forks WHERE child_id = ?")
+        sqlx::query_scalar("SELECT parent_id FROM sandbox_forks WHERE child_id = $1")
             .bind(child)
             .fetch_optional(self.pool())
             .await
@@ -413,7 +417,7 @@ impl Store {
     pub async fn set_sandbox_archived(&self, id: &str) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE sandboxes SET state = 'archived', error_reason = NULL, runner_id = NULL,
-             updated_at = ? WHERE id = ?",
+             updated_at = $1 WHERE id = $2",
         )
         .bind(now())
         .bind(id)

@@ -30,7 +30,7 @@ impl Store {
     ) -> Result<String, sqlx::Error> {
         let read = || {
             sqlx::query_scalar(
-                "SELECT value FROM sandbox_secrets WHERE sandbox_id = ? AND kind = ?",
+                "SELECT value FROM sandbox_secrets WHERE sandbox_id = $1 AND kind = $2",
             )
             .bind(sandbox_id)
             .bind(kind.as_str())
@@ -40,7 +40,7 @@ impl Store {
             return Ok(value);
         }
         sqlx::query(
-            "INSERT INTO sandbox_secrets (sandbox_id, kind, value, created_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO sandbox_secrets (sandbox_id, kind, value, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (sandbox_id, kind) DO NOTHING",
         )
         .bind(sandbox_id)
@@ -61,7 +61,7 @@ impl Store {
         value: String,
     ) -> Result<String, sqlx::Error> {
         sqlx::query(
-            "INSERT INTO sandbox_secrets (sandbox_id, kind, value, created_at) VALUES (?, ?, ?, ?)
+            "INSERT INTO sandbox_secrets (sandbox_id, kind, value, created_at) VALUES ($1, $2, $3, $4)
              ON CONFLICT (sandbox_id, kind) DO UPDATE SET value = excluded.value, created_at = excluded.created_at",
         )
         .bind(sandbox_id)
@@ -79,7 +79,7 @@ impl Store {
         sandbox_id: &str,
         kind: SecretKind,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM sandbox_secrets WHERE sandbox_id = ? AND kind = ?")
+        sqlx::query("DELETE FROM sandbox_secrets WHERE sandbox_id = $1 AND kind = $2")
             .bind(sandbox_id)
             .bind(kind.as_str())
             .execute(self.pool())

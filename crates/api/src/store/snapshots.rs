@@ -1,11 +1,12 @@
 //! Snapshot rows.
 
-use super::{Store, now};
+use super::{Flag, Store, now};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SnapshotRow {
     pub id: String,
     pub organization_id: String,
+    #[sqlx(try_from = "Flag")]
     pub general: bool,
     pub name: String,
     pub image_name: String,
@@ -40,7 +41,7 @@ impl Store {
         sqlx::query(
             "INSERT INTO snapshots (id, organization_id, general, name, image_name, state, error_reason, digest,
              size_bytes, entrypoint, cpu, gpu, mem, disk, created_at, updated_at, last_used_at, source_sandbox_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)",
         )
         .bind(&row.id)
         .bind(&row.organization_id)
@@ -72,14 +73,11 @@ impl Store {
         id_or_name: &str,
     ) -> Result<Option<SnapshotRow>, sqlx::Error> {
         sqlx::query_as::<_, SnapshotRow>(
-            "SELECT * FROM snapshots WHERE (organization_id = ? OR general = 1) AND (id = ? OR name = ?)
-             ORDER BY (id = ?) DESC, (organization_id = ?) DESC LIMIT 1",
+            "SELECT * FROM snapshots WHERE (organization_id = $1 OR general = TRUE) AND (id = $2 OR name = $2)
+             ORDER BY (id = $2) DESC, (organization_id = $1) DESC LIMIT 1",
         )
         .bind(org)
         .bind(id_or_name)
-        .bind(id_or_name)
-        .bind(id_or_name)
-        .bind(org)
         .fetch_optional(self.pool())
         .await
     }
@@ -88,10 +86,12 @@ impl Store {
         &self,
         name: &str,
     ) -> Result<Option<SnapshotRow>, sqlx::Error> {
-        sqlx::query_as::<_, SnapshotRow>("SELECT * FROM snapshots WHERE general = 1 AND name = ?")
-            .bind(name)
-            .fetch_optional(self.pool())
-            .await
+        sqlx::query_as::<_, SnapshotRow>(
+            "SELECT * FROM snapshots WHERE general = TRUE AND name = $1",
+        )
+        .bind(name)
+        .fetch_optional(self.pool())
+        .await
     }
 
     /// One page of the snapshots `org` can see, and the total count.
@@ -106,13 +106,19 @@ impl Store {
     ) -> Result<(Vec<SnapshotRow>, i64), sqlx::Error> {
         let pattern = format!("%{}%", filter.name.unwrap_or(""));
         let dir = if descending { "DESC" } else { "ASC" };
-        let mut condition = "(organization_id = ? OR general = 1) AND name LIKE ?".to_owned();
+        // LOWER on both sides: SQLite's LIKE ignores ASCII case, PostgreSQL's does not.
+        let mut condition =
+            "(organization_id = $1 OR general = TRUE) AND LOWER(name) LIKE LOWER($2)".to_owned();
+        let mut params = 2;
         if filter.source_sandbox_id.is_some() {
-            condition.push_str(" AND source_sandbox_id = ?");
+            params += 1;
+            condition.push_str(&format!(" AND source_sandbox_id = ${params}"));
         }
         // `order_by` comes from a fixed set of column names chosen by the caller.
         let sql = format!(
-            "SELECT * FROM snapshots WHERE {condition} ORDER BY {order_by} {dir}, id {dir} LIMIT ? OFFSET ?"
+            "SELECT * FROM snapshots WHERE {condition} ORDER BY {order_by} {dir}, id {dir} LIMIT ${} OFFSET ${}",
+            params + 1,
+            params + 2
         );
         let mut rows = sqlx::query_as::<_, SnapshotRow>(sqlx::AssertSqlSafe(sql))
             .bind(org)
@@ -139,7 +145,7 @@ impl Store {
         error_reason: Option<&str>,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE snapshots SET state = ?, error_reason = ?, updated_at = ? WHERE id = ?",
+            "UPDATE snapshots SET state = $1, error_reason = $2, updated_at = $3 WHERE id = $4",
         )
         .bind(state)
         .bind(error_reason)
@@ -158,8 +164,8 @@ impl Store {
         entrypoint: &str,
     ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE snapshots SET state = 'active', error_reason = NULL, digest = ?, size_bytes = ?, entrypoint = ?,
-             updated_at = ? WHERE id = ?",
+            "UPDATE snapshots SET state = 'active', error_reason = NULL, digest = $1, size_bytes = $2, entrypoint = $3,
+             updated_at = $4 WHERE id = $5",
         )
         .bind(digest)
         .bind(size_bytes)
@@ -180,7 +186,7 @@ impl Store {
         size_bytes: i64,
         entrypoint: &str,
     ) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE snapshots SET image_name = ?, updated_at = ? WHERE id = ?")
+        sqlx::query("UPDATE snapshots SET image_name = $1, updated_at = $2 WHERE id = $3")
             .bind(image_name)
             .bind(now())
             .bind(id)
@@ -191,7 +197,7 @@ impl Store {
     }
 
     pub async fn mark_snapshot_used(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE snapshots SET last_used_at = ? WHERE id = ?")
+        sqlx::query("UPDATE snapshots SET last_used_at = $1 WHERE id = $2")
             .bind(now())
             .bind(id)
             .execute(self.pool())
@@ -208,7 +214,7 @@ impl Store {
     }
 
     pub async fn delete_snapshot(&self, id: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("DELETE FROM snapshots WHERE id = ?")
+        sqlx::query("DELETE FROM snapshots WHERE id = $1")
             .bind(id)
             .execute(self.pool())
             .await?;

@@ -114,3 +114,59 @@ pub async fn add_org(store: &Store, user: &str) -> Org {
     assert_eq!(ctx.organization_id, organization_id);
     Org { ctx, key }
 }
+
+/// A store a test runs against; `backend` names it in assertion messages.
+pub struct TestStore {
+    pub backend: &'static str,
+    pub store: Store,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// SQLite in a temporary directory, always.
+pub async fn sqlite_store() -> TestStore {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).await.unwrap();
+    TestStore {
+        backend: "sqlite",
+        store,
+        _dir: Some(dir),
+    }
+}
+
+/// The URL of a new, empty database on the PostgreSQL server `DAYTONA_TEST_POSTGRES_URL` names
+/// (an admin URL; scripts/test.sh starts a throwaway server and sets it), or `None` when unset.
+pub async fn fresh_postgres_url() -> Option<String> {
+    use sqlx::Connection;
+    let admin_url = std::env::var("DAYTONA_TEST_POSTGRES_URL").ok()?;
+    sqlx::any::install_default_drivers();
+    let name = format!("daytona_test_{}", uuid::Uuid::new_v4().simple());
+    let mut admin = sqlx::AnyConnection::connect(&admin_url)
+        .await
+        .expect("DAYTONA_TEST_POSTGRES_URL: cannot connect");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    let mut url = url::Url::parse(&admin_url).unwrap();
+    url.set_path(&name);
+    Some(url.into())
+}
+
+/// A migrated fresh PostgreSQL database (see [`fresh_postgres_url`]).
+pub async fn postgres_store() -> Option<TestStore> {
+    let url = fresh_postgres_url().await?;
+    let store = Store::open_url(&url, true).await.unwrap();
+    Some(TestStore {
+        backend: "postgres",
+        store,
+        _dir: None,
+    })
+}
+
+/// Every backend available to this run: SQLite, plus PostgreSQL when configured.
+pub async fn test_stores() -> Vec<TestStore> {
+    let mut stores = vec![sqlite_store().await];
+    stores.extend(postgres_store().await);
+    stores
+}

@@ -1,0 +1,23 @@
+-- Snapshots: named images sandboxes are created from. `general` ones are visible to every
+-- organization (the default snapshot is one).
+CREATE TABLE snapshots (
+    id TEXT PRIMARY KEY,
+    organization_id TEXT NOT NULL,
+    general BOOLEAN NOT NULL,
+    name TEXT NOT NULL,
+    image_name TEXT NOT NULL,
+    state TEXT NOT NULL,
+    error_reason TEXT,
+    digest TEXT,
+    size_bytes BIGINT,
+    entrypoint TEXT,
+    cpu BIGINT NOT NULL,
+    gpu BIGINT NOT NULL,
+    mem BIGINT NOT NULL,
+    disk BIGINT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    last_used_at TEXT
+);
+
+CREATE UNIQUE INDEX snapshots_org_name ON snapshots (organization_id, name);

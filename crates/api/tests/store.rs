@@ -1,0 +1,501 @@
+//! The store's queries on every backend: SQLite always, PostgreSQL when
+//! `DAYTONA_TEST_POSTGRES_URL` names a server (scripts/test.sh starts one). The same assertions run
+//! on both, so a query that only one dialect accepts, or that answers differently, fails here.
+
+use std::collections::HashSet;
+
+use daytona_api::Store;
+use daytona_api::store::{
+    OpenError, OrgQuotas, ResourceUse, SandboxFilter, SandboxRow, SandboxSetting, SandboxSort,
+    SecretKind, SnapshotBuildRow, SnapshotFilter, SnapshotRow, now,
+};
+
+mod common;
+use common::{TestStore, add_org, fresh_postgres_url, test_stores};
+
+fn sandbox(org: &str, name: &str, labels: &str) -> SandboxRow {
+    let ts = now();
+    SandboxRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        organization_id: org.into(),
+        name: name.into(),
+        snapshot: None,
+        image_ref: "oci-archive:/base.tar".into(),
+        os_user: "daytona".into(),
+        env: "{}".into(),
+        labels: labels.into(),
+        public: false,
+        network_block_all: false,
+        network_allow_list: None,
+        domain_allow_list: None,
+        target: "us".into(),
+        cpu: 1,
+        gpu: 0,
+        memory: 2,
+        disk: 3,
+        state: "started".into(),
+        desired_state: "started".into(),
+        error_reason: None,
+        auto_stop_interval: 15,
+        auto_archive_interval: 0,
+        auto_delete_interval: -1,
+        auto_pause_interval: 0,
+        runner_id: None,
+        daemon_version: None,
+        created_at: ts.clone(),
+        updated_at: ts.clone(),
+        last_activity_at: ts,
+        auto_destroy_at: None,
+        volumes: "[]".into(),
+    }
+}
+
+fn names(rows: &[SandboxRow]) -> Vec<&str> {
+    rows.iter().map(|r| r.name.as_str()).collect()
+}
+
+#[tokio::test]
+async fn sandboxes_are_stored_found_and_listed_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let org = add_org(&store, "alice").await.ctx.organization_id;
+        // A label key with a quote and a dot must be matched as one key, not a JSON path.
+        let odd = r#"{"team":"a","k.\"q":"v"}"#;
+        let mut rows = vec![
+            sandbox(&org, "bravo", r#"{"team":"a"}"#),
+            sandbox(&org, "alpha", odd),
+            sandbox(&org, "charlie", r#"{"team":"b"}"#),
+        ];
+        rows[2].state = "stopped".into();
+        rows[2].cpu = 4;
+        for row in &rows {
+            store.insert_sandbox(row).await.unwrap();
+        }
+
+        let by_name = store.find_sandbox(&org, "alpha").await.unwrap().unwrap();
+        assert_eq!(by_name.id, rows[1].id, "{backend}");
+        assert_eq!(by_name.labels, odd, "{backend}");
+        assert!(!by_name.public && !by_name.network_block_all, "{backend}");
+        let by_id = store.find_sandbox(&org, &rows[0].id).await.unwrap();
+        assert_eq!(by_id.unwrap().name, "bravo", "{backend}");
+        assert!(
+            store
+                .find_sandbox("other", "alpha")
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        let list = |f: SandboxFilter| {
+            let store = store.clone();
+            let org = org.clone();
+            async move { store.list_sandboxes(&org, &f).await.unwrap() }
+        };
+        let all = list(SandboxFilter {
+            limit: 10,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(all.len(), 3, "{backend}");
+        let team_a = list(SandboxFilter {
+            labels: vec![("team".into(), "a".into())],
+            sort: Some(SandboxSort::Name),
+            limit: 10,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(names(&team_a), ["alpha", "bravo"], "{backend}");
+        let odd_key = list(SandboxFilter {
+            labels: vec![("k.\"q".into(), "v".into()), ("team".into(), "a".into())],
+            limit: 10,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(names(&odd_key), ["alpha"], "{backend}");
+        let stopped = list(SandboxFilter {
+            states: vec!["stopped".into(), "error".into()],
+            limit: 10,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(names(&stopped), ["charlie"], "{backend}");
+        // One page of one row fetches two: the caller learns that more follow.
+        let page = list(SandboxFilter {
+            sort: Some(SandboxSort::Cpu),
+            descending: true,
+            offset: 0,
+            limit: 1,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(page[0].name, "charlie", "{backend}");
+        assert_eq!(page.len(), 2, "{backend}");
+        let by_id_and_name = list(SandboxFilter {
+            id: Some(rows[0].id.clone()),
+            name: Some("bravo".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await;
+        assert_eq!(names(&by_id_and_name), ["bravo"], "{backend}");
+
+        // Names are unique among live sandboxes only.
+        let dup = store
+            .insert_sandbox(&sandbox(&org, "alpha", "{}"))
+            .await
+            .unwrap_err();
+        match dup {
+            sqlx::Error::Database(d) => assert!(d.is_unique_violation(), "{backend}: {d}"),
+            e => panic!("{backend}: {e}"),
+        }
+        store
+            .set_sandbox_state(&rows[1].id, "destroyed", None)
+            .await
+            .unwrap();
+        store
+            .insert_sandbox(&sandbox(&org, "alpha", "{}"))
+            .await
+            .unwrap();
+        assert!(store.sandbox_by_id(&rows[1].id).await.unwrap().is_none());
+        let record = store.sandbox_record(&rows[1].id).await.unwrap().unwrap();
+        assert_eq!(record.state, "destroyed", "{backend}");
+
+        // Settings, flags included, read back as written.
+        let id = &rows[0].id;
+        for setting in [
+            SandboxSetting::Public(true),
+            SandboxSetting::AutoStop(0),
+            SandboxSetting::AutoDestroyAt(Some("2030-01-01T00:00:00.000Z".into())),
+            SandboxSetting::Network {
+                block_all: true,
+                allow_list: Some("100.64.0.0/10".into()),
+                domain_allow_list: None,
+            },
+        ] {
+            store.update_sandbox_setting(id, &setting).await.unwrap();
+        }
+        store
+            .set_sandbox_started(id, "runner-1", Some("v1"))
+            .await
+            .unwrap();
+        store
+            .set_sandbox_started(id, "runner-1", None)
+            .await
+            .unwrap();
+        let row = store.sandbox_by_id(id).await.unwrap().unwrap();
+        assert!(row.public && row.network_block_all, "{backend}");
+        assert_eq!(row.auto_stop_interval, 0, "{backend}");
+        assert_eq!(row.network_allow_list.as_deref(), Some("100.64.0.0/10"));
+        assert_eq!(row.daemon_version.as_deref(), Some("v1"), "{backend}");
+        assert_eq!(row.runner_id.as_deref(), Some("runner-1"), "{backend}");
+
+        // Forks and archiving.
+        store.insert_fork(id, &rows[2].id).await.unwrap();
+        assert_eq!(names(&store.forks_of(id).await.unwrap()), ["charlie"]);
+        assert_eq!(
+            store.parent_of(&rows[2].id).await.unwrap().as_deref(),
+            Some(id.as_str())
+        );
+        store.set_sandbox_archived(id).await.unwrap();
+        let row = store.sandbox_by_id(id).await.unwrap().unwrap();
+        assert_eq!((row.state.as_str(), row.runner_id), ("archived", None));
+    }
+}
+
+#[tokio::test]
+async fn quotas_and_resource_use_are_counted_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let org = add_org(&store, "alice").await.ctx.organization_id;
+        let quotas = OrgQuotas {
+            total_cpu_quota: 10,
+            max_disk_per_sandbox: 7,
+            snapshot_quota: 3,
+            ..Default::default()
+        };
+        store.set_organization_quotas(&org, &quotas).await.unwrap();
+        assert_eq!(store.organization_quotas(&org).await.unwrap(), quotas);
+
+        let mut running = sandbox(&org, "running", "{}");
+        running.cpu = 2;
+        let mut stopped = sandbox(&org, "stopped", "{}");
+        stopped.state = "stopped".into();
+        let mut archived = sandbox(&org, "archived", "{}");
+        archived.state = "archived".into();
+        for row in [&running, &stopped, &archived] {
+            store.insert_sandbox(row).await.unwrap();
+        }
+        // Running sandboxes hold cpu and memory, every unarchived one its disk.
+        let used = store.resource_use(&org, None).await.unwrap();
+        let expected = ResourceUse {
+            cpu: 2,
+            memory: 2,
+            disk: 6,
+        };
+        assert_eq!(used, expected, "{backend}");
+        let without = store.resource_use(&org, Some(&running.id)).await.unwrap();
+        let expected = ResourceUse {
+            cpu: 0,
+            memory: 0,
+            disk: 3,
+        };
+        assert_eq!(without, expected, "{backend}");
+        let none = store.resource_use("nobody", None).await.unwrap();
+        assert_eq!(none, ResourceUse::default(), "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_first_uses_of_a_secret_agree() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let org = add_org(&store, "alice").await.ctx.organization_id;
+        let row = sandbox(&org, "s", "{}");
+        store.insert_sandbox(&row).await.unwrap();
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let store = store.clone();
+                let id = row.id.clone();
+                tokio::spawn(async move {
+                    store
+                        .sandbox_secret(&id, SecretKind::PreviewToken, || format!("token-{i}"))
+                        .await
+                        .unwrap()
+                })
+            })
+            .collect();
+        let mut values = HashSet::new();
+        for task in tasks {
+            values.insert(task.await.unwrap());
+        }
+        assert_eq!(values.len(), 1, "{backend}: {values:?}");
+        let rotated = store
+            .rotate_sandbox_secret(&row.id, SecretKind::PreviewToken, "new".into())
+            .await
+            .unwrap();
+        let read = store
+            .sandbox_secret(&row.id, SecretKind::PreviewToken, || unreachable!())
+            .await
+            .unwrap();
+        assert_eq!(
+            (rotated.as_str(), read.as_str()),
+            ("new", "new"),
+            "{backend}"
+        );
+        let signing = store
+            .sandbox_secret(&row.id, SecretKind::SigningKey, || "key".into())
+            .await
+            .unwrap();
+        assert_eq!(signing, "key", "{backend}");
+        store
+            .forget_sandbox_secret(&row.id, SecretKind::PreviewToken)
+            .await
+            .unwrap();
+        let fresh = store
+            .sandbox_secret(&row.id, SecretKind::PreviewToken, || "again".into())
+            .await
+            .unwrap();
+        assert_eq!(fresh, "again", "{backend}");
+    }
+}
+
+fn snapshot(org: &str, name: &str, general: bool) -> SnapshotRow {
+    let ts = now();
+    SnapshotRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        organization_id: org.into(),
+        general,
+        name: name.into(),
+        image_name: format!("{name}:latest"),
+        state: "pending".into(),
+        error_reason: None,
+        digest: None,
+        size_bytes: None,
+        entrypoint: None,
+        cpu: 1,
+        gpu: 0,
+        mem: 1,
+        disk: 3,
+        created_at: ts.clone(),
+        updated_at: ts,
+        last_used_at: None,
+        source_sandbox_id: None,
+    }
+}
+
+#[tokio::test]
+async fn snapshots_are_found_and_listed_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let alice = add_org(&store, "alice").await.ctx.organization_id;
+        let bob = add_org(&store, "bob").await.ctx.organization_id;
+        let general = snapshot("", "Base-Image", true);
+        let own = snapshot(&alice, "Base-Image", false);
+        let mut taken = snapshot(&alice, "taken", false);
+        taken.source_sandbox_id = Some("sbx-1".into());
+        for row in [&general, &own, &taken, &snapshot(&bob, "bobs", false)] {
+            store.insert_snapshot(row).await.unwrap();
+        }
+
+        let found = store.find_snapshot(&alice, "Base-Image").await.unwrap();
+        assert_eq!(found.unwrap().id, own.id, "{backend}: own before general");
+        let found = store.find_snapshot(&bob, "Base-Image").await.unwrap();
+        let found = found.unwrap();
+        assert!(found.general, "{backend}");
+        assert_eq!(found.id, general.id, "{backend}");
+        let by_id = store.find_snapshot(&bob, &general.id).await.unwrap();
+        assert_eq!(by_id.unwrap().name, "Base-Image", "{backend}");
+        assert!(store.find_snapshot(&bob, "taken").await.unwrap().is_none());
+        let general_by_name = store.general_snapshot_by_name("Base-Image").await.unwrap();
+        assert_eq!(general_by_name.unwrap().id, general.id, "{backend}");
+
+        // The name filter ignores case on both backends.
+        let filter = SnapshotFilter {
+            name: Some("base"),
+            ..Default::default()
+        };
+        let (rows, total) = store
+            .list_snapshots(&alice, &filter, "created_at", false, 0, 1)
+            .await
+            .unwrap();
+        assert_eq!((rows.len(), total), (1, 2), "{backend}");
+        let from_sandbox = SnapshotFilter {
+            source_sandbox_id: Some("sbx-1"),
+            ..Default::default()
+        };
+        let (rows, total) = store
+            .list_snapshots(&alice, &from_sandbox, "name", true, 0, 10)
+            .await
+            .unwrap();
+        assert_eq!((rows[0].id.as_str(), total), (taken.id.as_str(), 1));
+
+        store
+            .set_snapshot_captured(&taken.id, "img", "sha256:1", 42, "[]")
+            .await
+            .unwrap();
+        store.mark_snapshot_used(&taken.id).await.unwrap();
+        let row = store.find_snapshot(&alice, "taken").await.unwrap().unwrap();
+        assert_eq!(
+            (row.state.as_str(), row.size_bytes, row.image_name.as_str()),
+            ("active", Some(42), "img"),
+            "{backend}"
+        );
+        assert!(row.last_used_at.is_some(), "{backend}");
+        assert_eq!(store.snapshot_digests().await.unwrap(), ["sha256:1"]);
+        store.delete_snapshot(&taken.id).await.unwrap();
+        assert!(
+            store
+                .find_snapshot(&alice, "taken")
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+}
+
+#[tokio::test]
+async fn snapshot_builds_are_found_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let alice = add_org(&store, "alice").await.ctx.organization_id;
+        let bob = add_org(&store, "bob").await.ctx.organization_id;
+        let build = |snapshot: &SnapshotRow, build_ref: &str| SnapshotBuildRow {
+            snapshot_id: snapshot.id.clone(),
+            organization_id: snapshot.organization_id.clone(),
+            build_ref: build_ref.into(),
+            dockerfile: "FROM base\n".into(),
+            context_hashes: r#"["h1"]"#.into(),
+            created_at: snapshot.created_at.clone(),
+            updated_at: snapshot.updated_at.clone(),
+        };
+        let mut failed = snapshot(&alice, "built-1", false);
+        failed.state = "error".into();
+        failed.created_at = "2026-01-01T00:00:02.000Z".into();
+        let mut building = snapshot(&alice, "built-2", false);
+        building.state = "building".into();
+        building.created_at = "2026-01-01T00:00:01.000Z".into();
+        let mut other = snapshot(&bob, "built-3", false);
+        other.state = "active".into();
+        for (row, build_ref) in [(&failed, "r1"), (&building, "r1"), (&other, "r1")] {
+            store.insert_snapshot(row).await.unwrap();
+            store
+                .insert_snapshot_build(&build(row, build_ref))
+                .await
+                .unwrap();
+        }
+
+        let stored = store.snapshot_build(&building.id).await.unwrap().unwrap();
+        assert_eq!(stored.context_hashes, r#"["h1"]"#, "{backend}");
+        let usable = store.snapshot_for_build(&alice, "r1").await.unwrap();
+        assert_eq!(
+            usable.unwrap().id,
+            building.id,
+            "{backend}: failed builds are skipped"
+        );
+        let theirs = store.snapshot_for_build(&bob, "r1").await.unwrap();
+        assert_eq!(theirs.unwrap().id, other.id, "{backend}: per organization");
+        assert!(
+            store
+                .snapshot_for_build(&alice, "r2")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let by_id = store.snapshot_by_id(&other.id).await.unwrap().unwrap();
+        assert_eq!(by_id.organization_id, bob, "{backend}");
+        assert!(
+            store
+                .insert_snapshot_build(&build(&other, "r9"))
+                .await
+                .is_err()
+        );
+    }
+}
+
+#[tokio::test]
+async fn accounts_and_keys_are_stored_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        assert!(store.admin_organization().await.unwrap().is_none());
+        let org = store
+            .create_user_with_personal_org("root", "Admin", "admin")
+            .await
+            .unwrap();
+        let (admin_org, admin) = store.admin_organization().await.unwrap().unwrap();
+        assert_eq!((admin_org.as_str(), admin.as_str()), (org.as_str(), "root"));
+        let alice = add_org(&store, "alice").await;
+        let key = store
+            .api_key_by_name(&alice.ctx.organization_id, "alice", "test")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(key.permissions, "*", "{backend}");
+        store.touch_api_key(&key.id).await.unwrap();
+        let keys = store
+            .api_keys_of(&alice.ctx.organization_id, "alice")
+            .await
+            .unwrap();
+        assert_eq!(keys.len(), 1, "{backend}");
+        assert!(keys[0].last_used_at.is_some(), "{backend}");
+        store.delete_api_key(&key.id).await.unwrap();
+        assert!(
+            daytona_api::auth::authenticate(&store, &alice.key)
+                .await
+                .is_err(),
+            "{backend}: a deleted key no longer opens anything"
+        );
+    }
+}
+
+/// With `RUN_MIGRATIONS=false` the server refuses a database whose schema is behind, and accepts
+/// one that is current.
+#[tokio::test]
+async fn an_unmigrated_database_is_refused_without_run_migrations() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}/daytona.db?mode=rwc", dir.path().display());
+    let mut urls = vec![sqlite];
+    urls.extend(fresh_postgres_url().await);
+    for url in urls {
+        match Store::open_url(&url, false).await {
+            Err(OpenError::NotMigrated { missing }) => assert!(missing.contains(&1), "{missing:?}"),
+            Err(e) => panic!("{url}: {e}"),
+            Ok(_) => panic!("{url}: an empty database was accepted"),
+        }
+        Store::open_url(&url, true).await.unwrap();
+        Store::open_url(&url, false).await.unwrap();
+    }
+}
