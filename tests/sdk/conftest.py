@@ -367,9 +367,11 @@ def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_
     )
     _wait_healthy(srv)
 
-    yield srv
-
-    problem = _stop(srv.process)
+    try:
+        yield srv
+    finally:
+        # Also when the body failed: a server left running would outlive the test session.
+        problem = _stop(srv.process)
     leftover_mounts = _mounts_under(data_dir)
     leftover_loops = _loops_of(data_dir)
     leftover_processes = sandbox_processes_on_host(data_dir)
