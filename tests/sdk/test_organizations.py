@@ -267,6 +267,8 @@ def test_usage_and_admin_quotas(admin, owner):
 
     for path, body, field in [
         (f"/organizations/{org}/quota", {"maxCpuPerSandbox": -1}, "maxCpuPerSandbox"),
+        (f"/organizations/{org}/quota/us", {"maxDiskPerSandbox": -2}, "maxDiskPerSandbox"),
+        (f"/organizations/{org}/quota", {"maxMemoryPerSandbox": "x"}, "maxMemoryPerSandbox"),
         (f"/organizations/{org}/quota", {"authenticatedRateLimit": 10}, "authenticatedRateLimit"),
         (f"/organizations/{org}/quota/mars", {"totalCpuQuota": 1}, "regionId"),
     ]:

@@ -467,6 +467,37 @@ struct UpdateQuota {
     snapshot_deactivation_timeout_minutes: Option<serde_json::Value>,
 }
 
+/// The per-sandbox maxima both quota routes accept; null keeps a value. (Not flattened into the
+/// bodies: serde's flatten would lose the field name in type errors.)
+struct PerSandboxMaxima {
+    max_cpu_per_sandbox: Option<i64>,
+    max_memory_per_sandbox: Option<i64>,
+    max_disk_per_sandbox: Option<i64>,
+}
+
+impl PerSandboxMaxima {
+    fn apply(&self, q: OrgQuotas) -> ApiResult<OrgQuotas> {
+        Ok(OrgQuotas {
+            max_cpu_per_sandbox: quota_value(
+                "maxCpuPerSandbox",
+                self.max_cpu_per_sandbox,
+                q.max_cpu_per_sandbox,
+            )?,
+            max_memory_per_sandbox: quota_value(
+                "maxMemoryPerSandbox",
+                self.max_memory_per_sandbox,
+                q.max_memory_per_sandbox,
+            )?,
+            max_disk_per_sandbox: quota_value(
+                "maxDiskPerSandbox",
+                self.max_disk_per_sandbox,
+                q.max_disk_per_sandbox,
+            )?,
+            ..q
+        })
+    }
+}
+
 fn quota_value(field: &str, value: Option<i64>, current: i64) -> ApiResult<i64> {
     match value {
         None => Ok(current),
@@ -522,22 +553,13 @@ async fn update_quota(
         ),
     ])?;
     let q = state.store.organization_quotas(&org.id).await?;
+    let q = PerSandboxMaxima {
+        max_cpu_per_sandbox: body.max_cpu_per_sandbox,
+        max_memory_per_sandbox: body.max_memory_per_sandbox,
+        max_disk_per_sandbox: body.max_disk_per_sandbox,
+    }
+    .apply(q)?;
     let updated = OrgQuotas {
-        max_cpu_per_sandbox: quota_value(
-            "maxCpuPerSandbox",
-            body.max_cpu_per_sandbox,
-            q.max_cpu_per_sandbox,
-        )?,
-        max_memory_per_sandbox: quota_value(
-            "maxMemoryPerSandbox",
-            body.max_memory_per_sandbox,
-            q.max_memory_per_sandbox,
-        )?,
-        max_disk_per_sandbox: quota_value(
-            "maxDiskPerSandbox",
-            body.max_disk_per_sandbox,
-            q.max_disk_per_sandbox,
-        )?,
         snapshot_quota: quota_value("snapshotQuota", body.snapshot_quota, q.snapshot_quota)?,
         max_snapshot_size: quota_value(
             "maxSnapshotSize",
@@ -583,6 +605,12 @@ async fn update_region_quota(
         ));
     }
     let q = state.store.organization_quotas(&org.id).await?;
+    let q = PerSandboxMaxima {
+        max_cpu_per_sandbox: body.max_cpu_per_sandbox,
+        max_memory_per_sandbox: body.max_memory_per_sandbox,
+        max_disk_per_sandbox: body.max_disk_per_sandbox,
+    }
+    .apply(q)?;
     let updated = OrgQuotas {
         total_cpu_quota: quota_value("totalCpuQuota", body.total_cpu_quota, q.total_cpu_quota)?,
         total_memory_quota: quota_value(
@@ -591,21 +619,6 @@ async fn update_region_quota(
             q.total_memory_quota,
         )?,
         total_disk_quota: quota_value("totalDiskQuota", body.total_disk_quota, q.total_disk_quota)?,
-        max_cpu_per_sandbox: quota_value(
-            "maxCpuPerSandbox",
-            body.max_cpu_per_sandbox,
-            q.max_cpu_per_sandbox,
-        )?,
-        max_memory_per_sandbox: quota_value(
-            "maxMemoryPerSandbox",
-            body.max_memory_per_sandbox,
-            q.max_memory_per_sandbox,
-        )?,
-        max_disk_per_sandbox: quota_value(
-            "maxDiskPerSandbox",
-            body.max_disk_per_sandbox,
-            q.max_disk_per_sandbox,
-        )?,
         ..q
     };
     state
