@@ -277,6 +277,9 @@ def test_simultaneous_creates_download_once_and_delete_collects_the_layer(dayton
     registry = images.registry
     reference = f"{registry.host}/base:extra"
     results, errors = [], []
+    image_records = server.data_dir / "images" / "images"
+    # Earlier tests leave other two-layer images (builds, snapshots of sandboxes): look at new ones only.
+    earlier = set(image_records.iterdir()) if image_records.exists() else set()
 
     def create():
         try:
@@ -297,7 +300,7 @@ def test_simultaneous_creates_download_once_and_delete_collects_the_layer(dayton
 
     layers = server.data_dir / "images" / "layers"
     extra_diff = json.loads(
-        next(p for p in (server.data_dir / "images" / "images").iterdir() if len(json.loads(p.read_text())["layers"]) == 2)
+        next(p for p in set(image_records.iterdir()) - earlier if len(json.loads(p.read_text())["layers"]) == 2)
         .read_text()
     )["layers"][1]
     assert (layers / extra_diff).is_dir()
