@@ -55,6 +55,7 @@ POSTGRES_MODULES = {
     "test_errors",
     "test_events",
     "test_lifecycle",
+    "test_metrics",
     "test_organizations",
     "test_preview",
     "test_quotas",
@@ -342,6 +343,8 @@ def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_
         DAYTONA_LOG=os.environ.get("DAYTONA_LOG", "info"),
         # Sandbox traffic never leaves the machine in tests: no DNS forwarding to the host's resolver.
         DAYTONA_SANDBOX_DNS="none",
+        # Sandbox metrics every 2 s (default 15 s), so metrics tests see samples soon.
+        DAYTONA_METRICS_INTERVAL="2s",
     )
     env.update(extra_env)
     print(f"\n[sdk-tests] run dir {run_dir}; server log {log_path}")

@@ -3,8 +3,10 @@ API accepted ends `started` and runs commands, with nothing half-made left behin
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -78,6 +80,52 @@ def test_sandboxes_created_during_a_crash_end_started(request):
                     break
             else:
                 pytest.fail(f"no create was caught mid-way in {ATTEMPTS} attempts; the test proved nothing")
+        finally:
+            for sandbox in list(client.list()):
+                client.delete(sandbox, timeout=60)
+
+
+def test_sandbox_waiting_for_its_build_ends_started_after_a_crash(request):
+    """SIGKILL while a sandbox waits in `pending_build` for its image's build: after the restart the
+    build runs again and the sandbox ends `started` from the built image."""
+    failed = lambda: bool(request.session.testsfailed)  # noqa: E731
+    base = f"oci-archive:{Path(os.environ['DAYTONA_BASE_IMAGE']).resolve()}"
+    marker = unique("built")
+    dockerfile = f"FROM {base}\nRUN sleep 4 && echo {marker} > /marker.txt\n"
+    with run_server(failed) as srv:
+        client = make_client(srv)
+        try:
+            name = unique("pending-build")
+            created = http(
+                "POST",
+                f"{srv.api_url}/sandbox",
+                srv.api_key,
+                {"name": name, "buildInfo": {"dockerfileContent": dockerfile}},
+            )
+            assert created.status in (200, 201), created.json()
+            assert created.json()["state"] == "pending_build"
+            snapshot = created.json()["snapshot"]
+            # Kill once the build is under way (its log shows the RUN step).
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                snap = http("GET", f"{srv.api_url}/snapshots/{snapshot}", srv.api_key).json()
+                log = http("GET", f"{srv.api_url}/snapshots/{snap['id']}/build-logs", srv.api_key)
+                if log.status == 200 and "RUN sleep 4" in log.body.decode(errors="replace"):
+                    break
+                time.sleep(0.1)
+            assert _states(srv, {name}) == {name: "pending_build"}
+            srv.kill()
+            srv.start()
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                state = _states(srv, {name}).get(name)
+                if state in ("started", "error", "build_failed"):
+                    break
+                time.sleep(0.5)
+            assert state == "started", http("GET", f"{srv.api_url}/sandbox/{name}", srv.api_key).json()
+            snap = http("GET", f"{srv.api_url}/snapshots/{snapshot}", srv.api_key).json()
+            assert snap["state"] == "active", snap
+            assert client.get(name).process.exec("cat /marker.txt").result.strip() == marker
         finally:
             for sandbox in list(client.list()):
                 client.delete(sandbox, timeout=60)

@@ -191,6 +191,9 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", f"{S}/forks"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/forks"),
     ("GET", f"{S}/parent"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/parent"),
     ("GET", f"{S}/toolbox-proxy-url"): lambda w: w.denied("GET", f"/sandbox/{w.sandbox_id}/toolbox-proxy-url"),
+    ("GET", f"{S}/telemetry/metrics"): lambda w: w.denied(
+        "GET", f"/sandbox/{w.sandbox_id}/telemetry/metrics?from=2020-01-01T00:00:00Z&to=2100-01-01T00:00:00Z"
+    ),
     ("PUT", f"{S}/labels"): lambda w: w.denied("PUT", f"/sandbox/{w.sandbox_id}/labels", {"labels": {"b": "1"}}),
     ("POST", f"{S}/public/{{value}}"): lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/public/true"),
     **{

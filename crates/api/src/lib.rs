@@ -52,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .routes(routes!(health))
         .merge(sandbox::routes::router())
         .merge(sandbox::settings::router())
+        .merge(sandbox::telemetry::router())
         .merge(snapshot::router())
         .merge(api_keys::router())
         .merge(sandbox::access::router())

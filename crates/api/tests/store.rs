@@ -6,8 +6,8 @@ use std::collections::HashSet;
 
 use daytona_api::Store;
 use daytona_api::store::{
-    OpenError, OrgQuotas, ResourceUse, SandboxFilter, SandboxRow, SandboxSetting, SandboxSort,
-    SecretKind, SnapshotBuildRow, SnapshotFilter, SnapshotRow, now,
+    MetricSample, OpenError, OrgQuotas, ResourceUse, SandboxFilter, SandboxRow, SandboxSetting,
+    SandboxSort, SecretKind, SnapshotBuildRow, SnapshotFilter, SnapshotRow, now,
 };
 
 mod common;
@@ -444,6 +444,78 @@ async fn snapshot_builds_are_found_alike() {
                 .await
                 .is_err()
         );
+    }
+}
+
+#[tokio::test]
+async fn metric_samples_are_stored_ranged_and_pruned_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let org = add_org(&store, "alice").await.ctx.organization_id;
+        let running = sandbox(&org, "running", "{}");
+        let mut stopped = sandbox(&org, "stopped", "{}");
+        stopped.state = "stopped".into();
+        store.insert_sandbox(&running).await.unwrap();
+        store.insert_sandbox(&stopped).await.unwrap();
+        assert_eq!(
+            store.started_sandbox_ids().await.unwrap(),
+            vec![running.id.clone()],
+            "{backend}"
+        );
+
+        let sample = |at: &str, cpu: f64| MetricSample {
+            sandbox_id: running.id.clone(),
+            sampled_at: at.into(),
+            cpu_utilization: cpu,
+            cpu_limit: 1.5,
+            memory_usage: 3 << 30,
+            memory_limit: 4 << 30,
+            memory_cache: 1 << 20,
+            filesystem_usage: 5_000_000_000,
+            filesystem_total: 10_000_000_000,
+        };
+        let samples = [
+            sample("2026-01-01T00:00:00.000Z", 12.5),
+            sample("2026-01-01T00:00:15.000Z", 99.25),
+            sample("2026-01-01T00:00:30.000Z", 0.0),
+        ];
+        store.insert_metric_samples(&samples).await.unwrap();
+        // A repeated round is ignored, not an error.
+        store.insert_metric_samples(&samples[..1]).await.unwrap();
+        let all = store
+            .metric_samples(
+                &running.id,
+                "2026-01-01T00:00:00.000Z",
+                "2026-01-01T00:00:30.000Z",
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(all, samples, "{backend}: values and bounds are inclusive");
+        let limited = store
+            .metric_samples(
+                &running.id,
+                "2025-12-31T00:00:00.000Z",
+                "2026-01-02T00:00:00.000Z",
+                2,
+            )
+            .await
+            .unwrap();
+        assert_eq!(limited, samples[..2], "{backend}: oldest first, limited");
+        let pruned = store
+            .prune_metric_samples("2026-01-01T00:00:15.000Z")
+            .await
+            .unwrap();
+        assert_eq!(pruned, 1, "{backend}");
+        let left = store
+            .metric_samples(
+                &running.id,
+                "2025-12-31T00:00:00.000Z",
+                "2026-01-02T00:00:00.000Z",
+                100,
+            )
+            .await
+            .unwrap();
+        assert_eq!(left, samples[1..], "{backend}");
     }
 }
 

@@ -184,6 +184,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         snapshots.clone(),
         settings,
     ));
+    snapshots
+        .reconcile()
+        .await
+        .context("cannot reconcile snapshot states")?;
     sandboxes
         .reconcile()
         .await
@@ -192,6 +196,11 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let collector = snapshots.clone();
     tokio::spawn(async move { collector.collect_garbage().await });
     daytona_api::sandbox::lifecycle::spawn(sandboxes.clone(), std::time::Duration::from_secs(30));
+    daytona_api::sandbox::telemetry::spawn(
+        sandboxes.clone(),
+        config.server.metrics_interval,
+        config.server.metrics_retention,
+    );
     let rate_limits = Arc::new(RateLimitPolicy::new(
         config.rate_limits.clone(),
         Box::new(InProcessLimiter::default()),

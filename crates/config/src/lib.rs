@@ -26,6 +26,8 @@
 //! | `DAYTONA_INSECURE_REGISTRIES` | (none) | Comma-separated `host[:port]` of image registries pulled over plain HTTP; loopback registries always are |
 //! | `DAYTONA_ROLES` | `api,proxy,runner,ssh-gateway` | Comma-separated services this process runs |
 //! | `DAYTONA_PUSH_ACCESS_TTL` | `3600` | Seconds the temporary credentials of `GET /api/object-storage/push-access` for the embedded S3 endpoint stay valid |
+//! | `DAYTONA_METRICS_INTERVAL` | `15s` | How often the usage of every running sandbox is sampled for `GET /api/sandbox/{id}/telemetry/metrics` |
+//! | `DAYTONA_METRICS_RETENTION` | `6h` | How long those samples are kept |
 //! | `DAYTONA_LOG` | `info` | `tracing` filter directives, e.g. `info,daytona_runner=debug` |
 //!
 //! ## Deliberate differences from the seed's defaults

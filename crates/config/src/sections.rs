@@ -56,6 +56,11 @@ pub struct ServerConfig {
     /// `DAYTONA_PUSH_ACCESS_TTL` (3600 s): how long the temporary credentials of
     /// `GET /object-storage/push-access` for the embedded S3 endpoint stay valid.
     pub push_access_ttl: Duration,
+    /// `DAYTONA_METRICS_INTERVAL` (15s): how often the usage of every running sandbox is sampled
+    /// for `GET /sandbox/{id}/telemetry/metrics`.
+    pub metrics_interval: Duration,
+    /// `DAYTONA_METRICS_RETENTION` (6h): how long samples are kept.
+    pub metrics_retention: Duration,
 }
 
 impl ServerConfig {
@@ -87,6 +92,16 @@ impl ServerConfig {
             ),
             log: r.string("DAYTONA_LOG", "info"),
             push_access_ttl: r.whole("DAYTONA_PUSH_ACCESS_TTL", 3600, 1, Unit::Seconds),
+            metrics_interval: r.duration(
+                "DAYTONA_METRICS_INTERVAL",
+                Duration::from_secs(15),
+                Duration::from_secs(1),
+            ),
+            metrics_retention: r.duration(
+                "DAYTONA_METRICS_RETENTION",
+                Duration::from_secs(6 * 3600),
+                Duration::from_secs(60),
+            ),
         }
     }
 

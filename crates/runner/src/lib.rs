@@ -8,5 +8,5 @@ pub mod volume;
 pub use daytona_runtime::NetworkPolicy;
 pub use sandbox::{
     CapturedImage, PulledImage, Resize, Runner, RunnerError, SandboxRequest, SandboxRunner,
-    VolumeMount,
+    SandboxUsage, VolumeMount,
 };

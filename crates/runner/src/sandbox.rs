@@ -8,11 +8,11 @@ use std::time::Instant;
 
 use daytona_storage::{ObjectStorage, StorageError};
 
-pub use daytona_runtime::Resize;
 use daytona_runtime::{
     DAEMON_PORT, Mount, NetworkPolicy, Runtime, RuntimeError, RuntimeState, SandboxSpec,
     SandboxStatus,
 };
+pub use daytona_runtime::{Resize, SandboxUsage};
 use serde::{Deserialize, Serialize};
 
 use crate::image::build::{BuildError, BuildLog, BuildRequest, Builder};
@@ -115,6 +115,12 @@ pub trait SandboxRunner: Send + Sync + 'static {
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError>;
     /// Processes the out-of-memory killer has killed in the sandbox since it last started.
     async fn oom_kills(&self, id: &str) -> Result<u64, RunnerError>;
+    /// What a running sandbox uses now (CPU time counter, memory, disk); `None` when it does
+    /// not run.
+    async fn usage(&self, id: &str) -> Result<Option<SandboxUsage>, RunnerError> {
+        let _ = id;
+        Err(RunnerError::Unsupported("usage metrics"))
+    }
     /// Freezes a running sandbox (processes and memory kept).
     async fn pause_sandbox(&self, id: &str) -> Result<(), RunnerError>;
     /// Thaws a paused sandbox.
@@ -369,6 +375,10 @@ impl SandboxRunner for Runner {
 
     async fn oom_kills(&self, id: &str) -> Result<u64, RunnerError> {
         Ok(self.runtime.status(id).await?.map_or(0, |s| s.oom_kills))
+    }
+
+    async fn usage(&self, id: &str) -> Result<Option<SandboxUsage>, RunnerError> {
+        Ok(self.runtime.usage(id).await?)
     }
 
     async fn pause_sandbox(&self, id: &str) -> Result<(), RunnerError> {

@@ -280,6 +280,24 @@ pub struct SandboxStatus {
     pub oom_kills: u64,
 }
 
+/// What a sandbox uses right now, as its cgroups and its disk account it.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct SandboxUsage {
+    /// CPU time used since the sandbox last started, in nanoseconds (a counter: rates come from
+    /// two readings).
+    pub cpu_ns: u64,
+    /// CPU cores the sandbox may use; `None`: no limit.
+    pub cpu_limit: Option<f64>,
+    /// Memory charged to the sandbox, page cache included.
+    pub memory_bytes: u64,
+    /// The page-cache part of `memory_bytes`.
+    pub memory_cache_bytes: u64,
+    /// `None`: no limit.
+    pub memory_limit_bytes: Option<u64>,
+    pub disk_used_bytes: u64,
+    pub disk_total_bytes: u64,
+}
+
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RuntimeState {
@@ -369,6 +387,11 @@ pub trait Runtime: Send + Sync + 'static {
     async fn resize(&self, id: &str, resize: &Resize) -> Result<()> {
         let _ = (id, resize);
         Err(self.unsupported("resize"))
+    }
+    /// What a running (or paused) sandbox uses; `None` when it does not run.
+    async fn usage(&self, id: &str) -> Result<Option<SandboxUsage>> {
+        let _ = id;
+        Err(self.unsupported("usage"))
     }
     /// Short name of the backend, for messages.
     fn backend(&self) -> &'static str {

@@ -7,5 +7,6 @@ pub mod lifecycle;
 pub mod routes;
 pub mod service;
 pub mod settings;
+pub mod telemetry;
 
 pub use service::{SandboxService, SandboxSettings};

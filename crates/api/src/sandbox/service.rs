@@ -358,32 +358,16 @@ impl SandboxService {
         let this = self.clone();
         let sandbox = self
             .transition(
-            &id,
-            async move {
-                let mut request = request;
-                if let Some(snapshot) = pending_build {
-                    match this.snapshots.wait_for_build(&snapshot).await {
-                        Ok(image) => {
-                            this.store.set_sandbox_image(&request.id, &image).await?;
-                            this.store
-                                .set_sandbox_state(&request.id, "creating", None)
-                                .await?;
-                            request.image = image;
-                        }
-                        Err(reason) => {
-                            tracing::warn!(sandbox = %request.id, %reason, "sandbox image build failed");
-                            return this
-                                .store
-                                .set_sandbox_state(&request.id, "build_failed", Some(&reason))
-                                .await;
-                        }
+                &id,
+                async move {
+                    match pending_build {
+                        Some(snapshot) => this.provision_after_build(request, snapshot).await,
+                        None => this.provision(request).await,
                     }
-                }
-                this.provision(request).await
-            },
-            wait,
-        )
-        .await;
+                },
+                wait,
+            )
+            .await;
         tracing::debug!(
             sandbox = %id,
             record_ms = ms(recorded),
@@ -391,6 +375,32 @@ impl SandboxService {
             "create answered"
         );
         sandbox
+    }
+
+    /// A create from an image definition: waits for the build of `snapshot` (the sandbox is
+    /// `pending_build` meanwhile), then provisions from its image; a failed build ends the
+    /// sandbox in `build_failed` with the build's reason.
+    async fn provision_after_build(
+        self: Arc<Self>,
+        mut request: SandboxRequest,
+        snapshot: String,
+    ) -> Result<(), sqlx::Error> {
+        match self.snapshots.wait_for_build(&snapshot).await {
+            Ok(image) => {
+                self.store.set_sandbox_image(&request.id, &image).await?;
+                self.store
+                    .set_sandbox_state(&request.id, "creating", None)
+                    .await?;
+                request.image = image;
+                self.provision(request).await
+            }
+            Err(reason) => {
+                tracing::warn!(sandbox = %request.id, %reason, "sandbox image build failed");
+                self.store
+                    .set_sandbox_state(&request.id, "build_failed", Some(&reason))
+                    .await
+            }
+        }
     }
 
     /// The runner's part of a create: make the sandbox and record it started, or the reason it
@@ -748,6 +758,10 @@ impl SandboxService {
     pub async fn reconcile(self: &Arc<Self>) -> ApiResult<()> {
         self.volumes.reconcile().await?;
         for row in self.store.live_sandboxes().await? {
+            if row.state == "pending_build" && row.desired_state == "started" {
+                self.resume_pending_build(&row).await?;
+                continue;
+            }
             let running = match self.runner.daemon_address(&row.id).await {
                 Ok(addr) => addr.is_some(),
                 Err(e) => {
@@ -786,6 +800,37 @@ impl SandboxService {
             self.store.set_sandbox_state(&row.id, state, None).await?;
             self.announce(&row).await;
         }
+        Ok(())
+    }
+
+    /// Goes on, in the background, with a create that a restart interrupted while it waited
+    /// for its image's build (which the snapshot reconcile has started again).
+    async fn resume_pending_build(self: &Arc<Self>, row: &SandboxRow) -> ApiResult<()> {
+        tracing::info!(sandbox = %row.id, "resuming a create that waits for its build");
+        let request = runner_request(row)?;
+        let snapshot = match &row.snapshot {
+            Some(name) => self.store.find_snapshot(&row.organization_id, name).await?,
+            None => None,
+        };
+        let id = row.id.clone();
+        let Some(snapshot) = snapshot else {
+            self.store
+                .set_sandbox_state(
+                    &id,
+                    "build_failed",
+                    Some("the snapshot being built for this sandbox no longer exists"),
+                )
+                .await?;
+            self.announce(row).await;
+            return Ok(());
+        };
+        let (this, work_this) = (self.clone(), self.clone());
+        let work = work_this.provision_after_build(request, snapshot.id);
+        tokio::spawn(async move {
+            if let Err(e) = this.run_transition(&id, work).await {
+                tracing::error!(sandbox = %id, error = %e, "resuming a create after a restart failed");
+            }
+        });
         Ok(())
     }
 

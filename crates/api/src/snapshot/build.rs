@@ -148,7 +148,7 @@ impl SnapshotService {
         row: &SnapshotRow,
         info: BuildInfo,
     ) -> ApiResult<()> {
-        let builds = self.builds()?.clone();
+        self.builds()?;
         let ts = now();
         self.store
             .insert_snapshot_build(&SnapshotBuildRow {
@@ -162,6 +162,13 @@ impl SnapshotService {
                 updated_at: ts,
             })
             .await?;
+        self.launch_build(row, info)
+    }
+
+    /// Starts the build of snapshot `row` from its recorded definition `info`, in the
+    /// background, with a fresh log.
+    fn launch_build(self: &Arc<Self>, row: &SnapshotRow, info: BuildInfo) -> ApiResult<()> {
+        let builds = self.builds()?.clone();
         std::fs::create_dir_all(&builds.settings.log_dir).map_err(|e| {
             ApiError::Internal(format!(
                 "cannot create {}: {e}",
@@ -275,6 +282,25 @@ impl SnapshotService {
         }
         self.start_build(&row, info).await?;
         Ok(row)
+    }
+
+    /// Builds again a snapshot whose build a restart interrupted (the layer cache keeps what
+    /// the first attempt finished); one without a recorded definition ends in `error`.
+    pub(super) async fn resume_build(self: &Arc<Self>, row: &SnapshotRow) -> ApiResult<()> {
+        let Some(build) = self.store.snapshot_build(&row.id).await? else {
+            return self
+                .interrupted(row, "its build definition is missing")
+                .await;
+        };
+        let info = BuildInfo {
+            dockerfile_content: build.dockerfile,
+            context_hashes: serde_json::from_str(&build.context_hashes).unwrap_or_default(),
+        };
+        tracing::info!(snapshot = %row.name, "resuming a build the restart interrupted");
+        if let Err(e) = self.launch_build(row, info) {
+            return self.interrupted(row, &e.to_string()).await;
+        }
+        Ok(())
     }
 
     /// Waits for the build of snapshot `id` to end: its image, or why there is none.

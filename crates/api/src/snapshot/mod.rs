@@ -184,6 +184,36 @@ impl SnapshotService {
         }
     }
 
+    /// Carries on, after a restart, what the previous process left in progress: pulls start
+    /// again, builds run again (their finished layers are cached), and a snapshot of a sandbox
+    /// that was being taken ends in `error` with the reason (its copy was not finished).
+    pub async fn reconcile(self: &Arc<Self>) -> ApiResult<()> {
+        for row in self.store.snapshots_in_progress().await? {
+            match row.state.as_str() {
+                "building" => self.resume_build(&row).await?,
+                "snapshotting" => {
+                    self.interrupted(&row, "the server restarted while it was being taken")
+                        .await?
+                }
+                _ => {
+                    tracing::info!(snapshot = %row.name, "pulling again after a restart");
+                    let this = self.clone();
+                    tokio::spawn(async move { this.pull(row).await });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Ends a snapshot whose work cannot go on in `error`, saying why.
+    pub(super) async fn interrupted(&self, row: &SnapshotRow, why: &str) -> ApiResult<()> {
+        tracing::warn!(snapshot = %row.name, reason = why, "snapshot interrupted");
+        self.store
+            .set_snapshot_state(&row.id, "error", Some(&format!("interrupted: {why}")))
+            .await?;
+        Ok(())
+    }
+
     pub async fn create(
         self: &Arc<Self>,
         ctx: &AuthContext,

@@ -18,6 +18,7 @@ mod access;
 mod accounts;
 mod audit;
 mod builds;
+mod metrics;
 mod organizations;
 mod quotas;
 mod sandboxes;
@@ -30,6 +31,7 @@ pub use access::NewSshAccess;
 pub use accounts::{ApiKeyRow, CredentialRow, NewApiKey};
 pub use audit::{AuditEntry, AuditSelection, NewAuditEntry};
 pub use builds::SnapshotBuildRow;
+pub use metrics::MetricSample;
 pub use organizations::{
     Holdings, InvitationRow, MemberRow, NewInvitation, NewUser, OrganizationRow, RegionRow,
     RoleRow, UserRow,

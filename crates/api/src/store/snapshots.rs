@@ -138,6 +138,17 @@ impl Store {
         Ok((rows, total))
     }
 
+    /// Snapshots (of every organization) in a state that only a running task of this
+    /// process moves on: after a restart, nothing does unless reconcile picks them up.
+    pub async fn snapshots_in_progress(&self) -> Result<Vec<SnapshotRow>, sqlx::Error> {
+        sqlx::query_as::<_, SnapshotRow>(
+            "SELECT * FROM snapshots WHERE state IN ('pending', 'pulling', 'building', 'snapshotting')
+             ORDER BY created_at",
+        )
+        .fetch_all(self.pool())
+        .await
+    }
+
     pub async fn set_snapshot_state(
         &self,
         id: &str,

@@ -27,7 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     DAEMON_PORT, NetworkPolicy, Resize, Result, Runtime, RuntimeError, RuntimeState, SandboxSpec,
-    SandboxStatus,
+    SandboxStatus, SandboxUsage,
 };
 
 mod capture;
@@ -600,6 +600,12 @@ impl Runtime for NativeRuntime {
         self.inner.status(id)
     }
 
+    async fn usage(&self, id: &str) -> Result<Option<SandboxUsage>> {
+        validate_id(id)?;
+        let id = id.to_owned();
+        self.blocking(move |inner| inner.usage(&id)).await
+    }
+
     async fn sandbox_specs(&self) -> Result<Vec<SandboxSpec>> {
         self.blocking(|inner| {
             // An unreadable state file fails the whole listing: callers use it to decide what
@@ -770,6 +776,30 @@ impl Inner {
             .filter_map(|e| e.ok()?.file_name().into_string().ok())
             .filter(|id| self.paths(id).state.exists())
             .collect())
+    }
+
+    /// Cgroup accounting plus the disk as the sandbox sees its root (overlayfs reports its
+    /// upper layer's filesystem: the sandbox's disk).
+    fn usage(&self, id: &str) -> Result<Option<SandboxUsage>> {
+        let Some(pid) = self.status(id)?.and_then(|s| s.pid) else {
+            return Ok(None);
+        };
+        let Some(mut usage) = self
+            .cgroups
+            .usage(id)
+            .map_err(|e| RuntimeError::io("read cgroup usage", e))?
+        else {
+            return Ok(None);
+        };
+        // The sandbox may exit between the two reads; then it has no disk to report.
+        if let Ok(fs) = nix::sys::statvfs::statvfs(&PathBuf::from(format!("/proc/{pid}/root"))) {
+            let block = fs.fragment_size();
+            usage.disk_total_bytes = fs.blocks() * block;
+            usage.disk_used_bytes = usage
+                .disk_total_bytes
+                .saturating_sub(fs.blocks_free() * block);
+        }
+        Ok(Some(usage))
     }
 
     fn status(&self, id: &str) -> Result<Option<SandboxStatus>> {

@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use crate::SandboxUsage;
+
 mod v1;
 mod v2;
 
@@ -65,6 +67,9 @@ pub trait Cgroups: Send + Sync + std::fmt::Debug {
     /// How many processes the kernel's OOM killer has killed in the sandbox since its cgroups
     /// were created (i.e. since it last started); `None` if it has no cgroups.
     fn oom_kills(&self, id: &str) -> io::Result<Option<u64>>;
+    /// CPU time and memory the sandbox's cgroups account, with their limits (disk fields
+    /// zero); `None` if it has no cgroups.
+    fn usage(&self, id: &str) -> io::Result<Option<SandboxUsage>>;
     /// Stops every process of the sandbox (the freezer); returns once all are frozen.
     fn freeze(&self, id: &str) -> io::Result<()>;
     /// Undoes [`Cgroups::freeze`]; a no-op for a sandbox that is not frozen or has no cgroups.
@@ -150,6 +155,27 @@ fn remove_dir(dir: &Path) -> io::Result<()> {
 
 /// Reads the counter `key` from a flat-keyed control file (`memory.events`,
 /// `memory.oom_control`); a missing file means no cgroup.
+/// The trimmed contents of a cgroup file; `None` if it does not exist.
+fn read_value(path: &Path) -> io::Result<Option<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t.trim().to_owned())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// A number in a cgroup file; `None` if it does not exist or holds no number (`max`, `-1`).
+fn read_number(path: &Path) -> io::Result<Option<u64>> {
+    Ok(read_value(path)?.and_then(|v| v.parse().ok()))
+}
+
+/// Cores from a CFS quota and period in microseconds; no quota (`max`, `-1`) is no limit.
+fn cpu_cores(quota: Option<&str>, period: Option<&str>) -> Option<f64> {
+    let quota: f64 = quota?.parse().ok().filter(|q: &f64| *q > 0.0)?;
+    let period: f64 = period?.parse().ok().filter(|p: &f64| *p > 0.0)?;
+    Some(quota / period)
+}
+
 fn read_counter(path: &Path, key: &str) -> io::Result<Option<u64>> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,

@@ -5,13 +5,17 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    ALLOWED_DEVICES, CPU_PERIOD_US, Cgroups, FREEZE_TIMEOUT, Limits, kill_until_empty, no_cgroup,
-    read_counter, read_pids, remove_dir, sigkill, wait_until, write_file,
+    ALLOWED_DEVICES, CPU_PERIOD_US, Cgroups, FREEZE_TIMEOUT, Limits, SandboxUsage, cpu_cores,
+    kill_until_empty, no_cgroup, read_counter, read_number, read_pids, read_value, remove_dir,
+    sigkill, wait_until, write_file,
 };
 
 /// Controllers a sandbox joins: the three we limit, the freezer (pause, and kills that cannot
-/// race with forks) and the device allow-list.
-const CONTROLLERS: [&str; 5] = ["cpu", "memory", "pids", "freezer", "devices"];
+/// race with forks), the device allow-list and CPU accounting (telemetry).
+const CONTROLLERS: [&str; 6] = ["cpu", "memory", "pids", "freezer", "devices", "cpuacct"];
+
+/// `memory.limit_in_bytes` of an unlimited cgroup is the page counter's maximum (about 2^63).
+const UNLIMITED_MEMORY: u64 = 1 << 60;
 
 #[derive(Debug)]
 pub struct CgroupV1 {
@@ -158,6 +162,35 @@ impl Cgroups for CgroupV1 {
             Some(dir) => read_counter(&dir.join("memory.oom_control"), "oom_kill"),
             None => Ok(None),
         }
+    }
+
+    fn usage(&self, id: &str) -> io::Result<Option<SandboxUsage>> {
+        let Some(memory) = self.dir("memory", id).filter(|d| d.exists()) else {
+            return Ok(None);
+        };
+        let cpu = self.dir("cpu", id);
+        // `cpuacct` is its own hierarchy here unless the host co-mounts it with `cpu`.
+        let cpuacct = self.dir("cpuacct", id).or_else(|| cpu.clone());
+        let cpu_ns = match &cpuacct {
+            Some(dir) => read_number(&dir.join("cpuacct.usage"))?.unwrap_or(0),
+            None => 0,
+        };
+        let cpu_limit = match &cpu {
+            Some(dir) => cpu_cores(
+                read_value(&dir.join("cpu.cfs_quota_us"))?.as_deref(),
+                read_value(&dir.join("cpu.cfs_period_us"))?.as_deref(),
+            ),
+            None => None,
+        };
+        Ok(Some(SandboxUsage {
+            cpu_ns,
+            cpu_limit,
+            memory_bytes: read_number(&memory.join("memory.usage_in_bytes"))?.unwrap_or(0),
+            memory_cache_bytes: read_counter(&memory.join("memory.stat"), "cache")?.unwrap_or(0),
+            memory_limit_bytes: read_number(&memory.join("memory.limit_in_bytes"))?
+                .filter(|l| *l < UNLIMITED_MEMORY),
+            ..SandboxUsage::default()
+        }))
     }
 
     fn freeze(&self, id: &str) -> io::Result<()> {

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::{
-    CPU_PERIOD_US, Cgroups, FREEZE_TIMEOUT, Limits, kill_until_empty, no_cgroup, read_counter,
-    remove_dir, wait_until, write_file,
+    CPU_PERIOD_US, Cgroups, FREEZE_TIMEOUT, Limits, SandboxUsage, cpu_cores, kill_until_empty,
+    no_cgroup, read_counter, read_number, read_value, remove_dir, wait_until, write_file,
 };
 
 const CONTROLLERS: [&str; 3] = ["cpu", "memory", "pids"];
@@ -111,6 +111,23 @@ impl Cgroups for CgroupV2 {
 
     fn oom_kills(&self, id: &str) -> io::Result<Option<u64>> {
         read_counter(&self.parent.join(id).join("memory.events"), "oom_kill")
+    }
+
+    fn usage(&self, id: &str) -> io::Result<Option<SandboxUsage>> {
+        let dir = self.parent.join(id);
+        if !dir.exists() {
+            return Ok(None);
+        }
+        let cpu_max = read_value(&dir.join("cpu.max"))?.unwrap_or_default();
+        let mut cpu_max = cpu_max.split_whitespace();
+        Ok(Some(SandboxUsage {
+            cpu_ns: read_counter(&dir.join("cpu.stat"), "usage_usec")?.unwrap_or(0) * 1000,
+            cpu_limit: cpu_cores(cpu_max.next(), cpu_max.next()),
+            memory_bytes: read_number(&dir.join("memory.current"))?.unwrap_or(0),
+            memory_cache_bytes: read_counter(&dir.join("memory.stat"), "file")?.unwrap_or(0),
+            memory_limit_bytes: read_number(&dir.join("memory.max"))?,
+            ..SandboxUsage::default()
+        }))
     }
 
     fn freeze(&self, id: &str) -> io::Result<()> {
