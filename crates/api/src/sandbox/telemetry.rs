@@ -26,7 +26,10 @@ use crate::error::{ApiError, ApiResult};
 use crate::store::{MetricSample, Store};
 
 /// The metrics, in the order the route lists them, with how each is read from a sample.
-const METRICS: [(&str, fn(&MetricSample) -> f64); 7] = [
+/// Reads one metric's value from a sample.
+type Reading = fn(&MetricSample) -> f64;
+
+const METRICS: [(&str, Reading); 7] = [
     ("daytona.sandbox.cpu.utilization", |s| s.cpu_utilization),
     ("daytona.sandbox.cpu.limit", |s| s.cpu_limit),
     ("daytona.sandbox.memory.usage", |s| s.memory_usage as f64),
