@@ -55,6 +55,7 @@ POSTGRES_MODULES = {
     "test_errors",
     "test_events",
     "test_lifecycle",
+    "test_mail",
     "test_metrics",
     "test_organizations",
     "test_preview",

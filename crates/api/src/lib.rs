@@ -16,6 +16,7 @@ pub mod auth;
 pub mod error;
 pub mod events;
 mod json;
+pub mod mail;
 pub mod object_storage;
 pub mod organization;
 pub mod quota;

@@ -71,6 +71,7 @@ async fn start_server() -> (Server, Org, Org) {
         organizations: Arc::new(daytona_api::organization::OrganizationSettings {
             default_quotas: Default::default(),
             default_region: "us".into(),
+            mailer: None,
         }),
         push_access: Arc::new(daytona_api::object_storage::PushAccess::External {
             endpoint: "http://127.0.0.1:9".into(),

@@ -218,6 +218,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         organizations: Arc::new(daytona_api::organization::OrganizationSettings {
             default_quotas: (&config.org_quotas).into(),
             default_region: config.region.id.clone(),
+            mailer: config
+                .smtp
+                .as_ref()
+                .map(|smtp| daytona_api::mail::Mailer::new(smtp, &config.api.dashboard_url))
+                .transpose()
+                .context("cannot set up outgoing mail")?
+                .map(Arc::new),
         }),
         push_access,
     };

@@ -315,6 +315,27 @@ async fn create(
         })
         .await?;
     let row = org_invitation(&state, &org.id, &id).await?;
+    if let Some(mailer) = state.organizations.mailer.clone() {
+        // In the background: a slow or failing mail server does not fail the invitation, which
+        // the invitee also sees through the API.
+        let (row, organization) = (row.clone(), org.name.clone());
+        tokio::spawn(async move {
+            let mail = crate::mail::Invitation {
+                id: &row.id,
+                email: &row.email,
+                organization: &organization,
+                role: &row.role,
+                invited_by: &row.invited_by,
+                expires_at: &row.expires_at,
+            };
+            match mailer.send_invitation(&mail).await {
+                Ok(()) => tracing::info!(invitation = %row.id, "invitation mail sent"),
+                Err(e) => {
+                    tracing::warn!(invitation = %row.id, error = %e, "invitation mail not sent")
+                }
+            }
+        });
+    }
     Ok((StatusCode::CREATED, Json(to_dto(&state, row).await?)))
 }
 

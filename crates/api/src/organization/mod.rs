@@ -34,6 +34,8 @@ pub struct OrganizationSettings {
     pub default_quotas: OrgQuotas,
     /// `DEFAULT_REGION_ID`: the region of organizations that name none.
     pub default_region: String,
+    /// Sends invitation mails when `SMTP_HOST` is set.
+    pub mailer: Option<std::sync::Arc<crate::mail::Mailer>>,
 }
 
 /// Records the configured default region, so `GET /regions` and sandbox targets know it.
