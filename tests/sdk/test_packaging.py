@@ -55,7 +55,9 @@ REQUIRED = {
 SECRET_NAME = re.compile(r"(KEY|SECRET|PASSWORD|TOKEN|SALT)(_ID)?$")
 NOT_SECRET = {"SSH_GATEWAY_PUBLIC_KEY", "POSTHOG_API_KEY"}
 # Public URLs the setup script must move to https on the domain.
-PUBLIC_URLS = {"PROXY_TEMPLATE_URL", "DASHBOARD_URL", "DASHBOARD_BASE_API_URL", "PUBLIC_OIDC_DOMAIN", "OIDC_PUBLIC_DOMAIN"}
+PUBLIC_URLS = {
+    "PROXY_TEMPLATE_URL", "DASHBOARD_URL", "DASHBOARD_BASE_API_URL", "PUBLIC_OIDC_DOMAIN", "OIDC_PUBLIC_DOMAIN",
+}
 # Where a published UI lives inside its container, by service.
 UI_PORTS = {"pgadmin": 80, "minio": 9001, "registry-ui": 80}
 
