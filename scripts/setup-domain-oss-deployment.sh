@@ -292,23 +292,43 @@ rewrite() {
     mv "$file.tmp" "$file"
 }
 
-# compose_env NAME VALUE: sets NAME in every service's environment list that has it. Values that
-# YAML or compose would read differently are double-quoted; `$` is doubled against interpolation.
+# compose_env NAME VALUE: queues NAME=VALUE for every service's environment list that has NAME
+# (apply_compose_env writes them in one pass). Values that YAML or compose would read differently
+# are double-quoted; `$` is doubled against compose's interpolation.
+compose_items=''
 compose_env() {
-    local name=$1 value=$2 item
+    local name=$1 value=$2
     local plain='^[A-Za-z0-9_./:@{}%+,=<>-]([A-Za-z0-9_./:@{}%+,=<> -]*[A-Za-z0-9_./:@{}%+,=<>-])?$'
     value=${value//\$/\$\$}
     if [[ $value =~ $plain && $value != *': '* ]]; then
-        item="$name=$value"
+        compose_items+="$name=$value"$'\n'
     else
         value=${value//\\/\\\\}
         value=${value//\"/\\\"}
-        item="\"$name=$value\""
+        compose_items+="\"$name=$value\""$'\n'
     fi
-    grep -Eq "^ *- \"?$name=" "$compose" || die "$compose has no $name to set (is it the repository's template?)"
-    SETUP_ITEM=$item rewrite "$compose" '
-        match($0, "^ *- \"?" name "=") { sub(/-.*/, ""); print $0 "- " ENVIRON["SETUP_ITEM"]; next }
-        { print }' -v name="$name"
+}
+
+apply_compose_env() {
+    SETUP_ITEMS=$compose_items rewrite "$compose" '
+        BEGIN {
+            n = split(ENVIRON["SETUP_ITEMS"], items, "\n")
+            for (i = 1; i <= n; i++) if (items[i] != "") {
+                name = items[i]; sub(/^"/, "", name); sub(/=.*/, "", name)
+                item[name] = items[i]
+            }
+        }
+        match($0, /^ *- "?[A-Za-z0-9_]+=/) {
+            name = $0; sub(/^ *- "?/, "", name); sub(/=.*/, "", name)
+            if (name in item) { sub(/-.*/, ""); print $0 "- " item[name]; found[name] = 1; next }
+        }
+        { print }
+        END {
+            for (name in item) if (!(name in found)) missing = missing " " name
+            if (missing == "") exit 0
+            print "the compose file has no" missing " to set; is it the template from docker/?" > "/dev/stderr"
+            exit 1
+        }'
 }
 
 note "writing $compose"
@@ -350,6 +370,7 @@ compose_env PGADMIN_DEFAULT_EMAIL "$pgadmin_email"
 compose_env PGADMIN_DEFAULT_PASSWORD "$pgadmin_password"
 # Behind a domain PgAdmin asks for its own login too.
 compose_env PGADMIN_CONFIG_SERVER_MODE True
+apply_compose_env
 
 # Published ports: only the SSH gateway stays reachable directly; Caddy fronts the rest. The UIs
 # Caddy serves on their usual ports move to loopback ports of their own, since Caddy binds those.
