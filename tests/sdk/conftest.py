@@ -56,6 +56,7 @@ POSTGRES_MODULES = {
     "test_events",
     "test_lifecycle",
     "test_metrics",
+    "test_oidc",
     "test_organizations",
     "test_preview",
     "test_quotas",

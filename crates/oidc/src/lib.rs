@@ -133,7 +133,7 @@ pub struct TokenResponse {
 
 struct KeyCache {
     keys: HashMap<String, Arc<DecodingKey>>,
-    /// Keys without a `kid`, tried when a token names none.
+    /// Keys published without a `kid`.
     anonymous: Vec<Arc<DecodingKey>>,
     fetched: Option<Instant>,
 }
@@ -284,11 +284,21 @@ impl Provider {
         Ok(())
     }
 
+    /// The keys a token may be signed with: the one its `kid` names, else those published
+    /// without a `kid`; every key when the token names none (issuers with one key often omit it).
     async fn keys_for(&self, kid: Option<&str>) -> Vec<Arc<DecodingKey>> {
         let cache = self.keys.read().await;
         match kid {
-            Some(kid) => cache.keys.get(kid).cloned().into_iter().collect(),
-            None => cache.anonymous.clone(),
+            Some(kid) => match cache.keys.get(kid) {
+                Some(key) => vec![key.clone()],
+                None => cache.anonymous.clone(),
+            },
+            None => cache
+                .keys
+                .values()
+                .chain(&cache.anonymous)
+                .cloned()
+                .collect(),
         }
     }
 
