@@ -57,6 +57,7 @@ POSTGRES_MODULES = {
     "test_lifecycle",
     "test_mail",
     "test_metrics",
+    "test_oidc",
     "test_organizations",
     "test_preview",
     "test_quotas",

@@ -342,6 +342,11 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
         "POST", f"/admin/users/{w.a.id}/api-keys", {"name": unique("b")}
     ),
     # --- the proxy: toolbox paths and preview hosts ---
+    # The browser login's callback: without OIDC configured it is not served; with it, only a login
+    # this browser started completes, and a non-member is refused (test_oidc.py).
+    ("GET", "/callback"): lambda w: assert_equal(
+        w.proxy("GET", "/callback?code=x&state=y", w.b.api.key).status, 404
+    ),
     ("ANY", "/toolbox/{sandbox_id}"): lambda w: assert_in(
         w.proxy("GET", f"/toolbox/{w.sandbox_id}", w.b.api.key).status, DENIED
     ),

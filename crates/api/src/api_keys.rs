@@ -223,7 +223,7 @@ async fn current(State(state): State<AppState>, ctx: AuthContext) -> ApiResult<J
         .await?;
     let row = rows
         .into_iter()
-        .find(|r| r.id == ctx.api_key_id)
+        .find(|r| ctx.api_key_id.as_ref() == Some(&r.id))
         .ok_or_else(|| ApiError::NotFound("The current credential is not an API key".into()))?;
     Ok(Json(ApiKeyDto::masked(row)))
 }

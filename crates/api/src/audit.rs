@@ -143,7 +143,7 @@ pub async fn record(
     let entry = NewAuditEntry {
         organization_id: &ctx.organization_id,
         user_id: &ctx.user_id,
-        api_key_id: &ctx.api_key_id,
+        api_key_id: ctx.api_key_id.as_deref(),
         action: &action,
         target_type: &target_type,
         target_id: target_id.as_deref(),

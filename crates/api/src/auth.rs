@@ -1,4 +1,4 @@
-//! API-key authentication.
+//! Authentication: API keys, and with an OIDC issuer configured users' tokens (`oidc.rs`).
 //!
 //! Keys look like `dtn_<64 hex>`; only their SHA-256 is stored (keys are high-entropy, so a
 //! plain digest is enough and keeps every request's lookup one indexed query).
@@ -13,6 +13,8 @@ use crate::error::ApiError;
 use crate::store::{NewApiKey, Store};
 
 pub const KEY_PREFIX: &str = "dtn_";
+/// Selects the organization a user's token acts in.
+pub const ORGANIZATION_HEADER: &str = "x-daytona-organization-id";
 
 /// A user's role in an organization.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,12 +43,15 @@ impl MemberRole {
 /// Who is calling: resolved from the bearer credential.
 #[derive(Debug, Clone)]
 pub struct AuthContext {
-    /// The organization the call acts in (an API key's own).
+    /// The organization the call acts in (an API key's own; for a user's token the one
+    /// `X-Daytona-Organization-ID` names, or the personal one).
     pub organization_id: String,
     pub user_id: String,
-    pub api_key_id: String,
+    /// None for a user's token.
+    pub api_key_id: Option<String>,
     /// Effective permissions: the key's, narrowed to the member's assigned roles unless the
-    /// user owns the organization; `*` grants all.
+    /// user owns the organization (a user's token: all for owners, the roles' for members);
+    /// `*` grants all.
     pub permissions: Vec<String>,
     pub member_role: MemberRole,
     /// System role `admin` (the `/admin` routes).
@@ -147,7 +152,7 @@ pub async fn authenticate(store: &Store, token: &str) -> Result<AuthContext, Api
     Ok(AuthContext {
         organization_id: key.organization_id,
         user_id: key.user_id,
-        api_key_id: key.id,
+        api_key_id: Some(key.id),
         permissions,
         member_role,
         system_admin: credential.system_role == "admin",
@@ -162,15 +167,32 @@ pub fn client_address(extensions: &axum::http::Extensions) -> String {
         .unwrap_or_else(|| "unknown".into())
 }
 
-/// [`authenticate`], counted against the rate limits: per organization when the token is
-/// valid, per client address when it is not.
+/// Resolves a bearer credential: a user's token (a JWT, when an OIDC issuer is configured)
+/// acting in `requested_org` or the user's personal organization, otherwise an API key, which
+/// acts in its own organization whatever `requested_org` says.
+pub async fn authenticate_bearer(
+    state: &AppState,
+    token: &str,
+    requested_org: Option<&str>,
+) -> Result<AuthContext, ApiError> {
+    match &state.oidc {
+        Some(provider) if daytona_oidc::looks_like_jwt(token) => {
+            crate::oidc::authenticate(state, provider, token, requested_org).await
+        }
+        _ => authenticate(&state.store, token).await,
+    }
+}
+
+/// [`authenticate_bearer`], counted against the rate limits: per organization when the token
+/// is valid, per client address when it is not.
 pub async fn authenticate_limited(
     state: &AppState,
     token: &str,
+    requested_org: Option<&str>,
     client: &str,
 ) -> Result<AuthContext, ApiError> {
     use crate::rate_limit::Kind;
-    match authenticate(&state.store, token).await {
+    match authenticate_bearer(state, token, requested_org).await {
         Ok(ctx) => {
             state
                 .rate_limits
@@ -197,13 +219,19 @@ impl FromRequestParts<AppState> for AuthContext {
         let Some(token) = bearer(&parts.headers) else {
             state.rate_limits.check(Kind::Anonymous, &client)?;
             return Err(ApiError::Unauthorized(
-                "Missing credentials: send 'Authorization: Bearer <API key>'".into(),
+                "Missing credentials: send 'Authorization: Bearer <API key or token>'".into(),
             ));
         };
-        let ctx = authenticate_limited(state, token, &client).await?;
         // An API key acts only in its own organization. As upstream, `X-Daytona-Organization-ID`
         // selects the organization for user logins (JWT) only and is ignored for keys: SDK 0.226.1
         // even puts an SSH token there (`revoke_ssh_access(id, token)` fills the header slot).
+        let requested_org = parts
+            .headers
+            .get(ORGANIZATION_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty());
+        let ctx = authenticate_limited(state, token, requested_org, &client).await?;
         if let Some(slot) = parts.extensions.get::<crate::audit::AuditSlot>() {
             slot.record(&ctx);
         }

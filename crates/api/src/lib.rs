@@ -18,6 +18,7 @@ pub mod events;
 mod json;
 pub mod mail;
 pub mod object_storage;
+pub mod oidc;
 pub mod organization;
 pub mod quota;
 pub mod rate_limit;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub organizations: Arc<organization::OrganizationSettings>,
     /// Where the SDK uploads build contexts (and the embedded S3 endpoint, if any).
     pub push_access: Arc<object_storage::PushAccess>,
+    /// The OIDC issuer whose tokens authenticate users besides API keys (`OIDC_ISSUER_BASE_URL`).
+    pub oidc: Option<Arc<daytona_oidc::Provider>>,
 }
 
 /// The API's router; every route lives under `/api`, including the Socket.IO event gateway,

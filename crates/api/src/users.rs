@@ -1,9 +1,10 @@
 //! Users: `GET /users/me`, and for system administrators `/admin/users` (list, create, get).
 //! Every user gets a personal organization when it is created.
 //!
-//! Until OIDC login exists, API keys are the only credential, so administrators also issue a
-//! user's keys: `POST /admin/users/{id}/api-keys` (this server's addition) creates one for the
-//! user in one of its organizations (the personal one unless `organizationId` says otherwise).
+//! Users who log in through OIDC are created at their first request (`oidc.rs`) and create their
+//! own keys; for deployments without an issuer, administrators issue a user's keys:
+//! `POST /admin/users/{id}/api-keys` (this server's addition) creates one for the user in one of
+//! its organizations (the personal one unless `organizationId` says otherwise).
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -181,33 +182,6 @@ async fn create(
     JsonBody(body): JsonBody<CreateUser>,
 ) -> ApiResult<(StatusCode, Json<UserDto>)> {
     ctx.require_system_admin()?;
-    if !valid_user_id(&body.id) {
-        return Err(ApiError::BadRequest(format!(
-            "id: '{}' must be 1-128 characters of letters, digits, '-', '_', '.', '@' or '|'",
-            body.id
-        )));
-    }
-    let name = body.name.trim();
-    if name.is_empty() || name.len() > 255 {
-        return Err(ApiError::BadRequest(
-            "name: must be 1-255 characters".into(),
-        ));
-    }
-    let email = body
-        .email
-        .as_deref()
-        .map(str::trim)
-        .filter(|e| !e.is_empty())
-        .map(|e| {
-            if e.contains('@') && !e.contains(char::is_whitespace) {
-                Ok(e.to_lowercase())
-            } else {
-                Err(ApiError::BadRequest(format!(
-                    "email: '{e}' is not an email address"
-                )))
-            }
-        })
-        .transpose()?;
     let role = match body.role.as_deref().unwrap_or("user") {
         r @ ("admin" | "user") => r,
         other => {
@@ -231,10 +205,55 @@ async fn create(
         }
         None => state.organizations.default_region.clone(),
     };
-    if state.store.user(&body.id).await?.is_some() {
+    let user = provision(
+        &state,
+        NewUser {
+            id: &body.id,
+            name: &body.name,
+            email: body.email.as_deref(),
+            role,
+            quotas: &quotas,
+            default_region: Some(&region),
+        },
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(user.into())))
+}
+
+/// Creates a user with its personal organization: users created by an administrator and users
+/// logging in through OIDC for the first time. Checks the id, name and email (which it
+/// lower-cases) and refuses an id or email that is taken.
+pub(crate) async fn provision(state: &AppState, user: NewUser<'_>) -> ApiResult<UserRow> {
+    if !valid_user_id(user.id) {
+        return Err(ApiError::BadRequest(format!(
+            "id: '{}' must be 1-128 characters of letters, digits, '-', '_', '.', '@' or '|'",
+            user.id
+        )));
+    }
+    let name = user.name.trim();
+    if name.is_empty() || name.len() > 255 {
+        return Err(ApiError::BadRequest(
+            "name: must be 1-255 characters".into(),
+        ));
+    }
+    let email = user
+        .email
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(|e| {
+            if e.contains('@') && !e.contains(char::is_whitespace) {
+                Ok(e.to_lowercase())
+            } else {
+                Err(ApiError::BadRequest(format!(
+                    "email: '{e}' is not an email address"
+                )))
+            }
+        })
+        .transpose()?;
+    if state.store.user(user.id).await?.is_some() {
         return Err(ApiError::Conflict(format!(
             "User {} already exists",
-            body.id
+            user.id
         )));
     }
     if let Some(email) = &email
@@ -252,18 +271,12 @@ async fn create(
     state
         .store
         .create_user(NewUser {
-            id: &body.id,
             name,
             email: email.as_deref(),
-            role,
-            quotas: &quotas,
-            default_region: Some(&region),
+            ..user
         })
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(user_or_404(&state, &body.id).await?.into()),
-    ))
+    user_or_404(state, user.id).await
 }
 
 #[derive(Debug, Deserialize)]

@@ -80,6 +80,7 @@ async fn start_server() -> (Server, Org, Org) {
             access_key: "key".into(),
             secret_key: "secret".into(),
         }),
+        oidc: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

@@ -227,8 +227,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
                 .map(Arc::new),
         }),
         push_access,
+        oidc: oidc_provider(&config)?,
     };
-    let proxy_settings = proxy_settings(&config)?;
+    let proxy_settings = proxy_settings(&config, state.oidc.clone())?;
 
     let bind = config.server.bind_address;
     let api_addr = SocketAddr::new(bind, config.api.port);
@@ -405,7 +406,34 @@ fn registry_settings(config: &Config) -> RegistrySettings {
     settings
 }
 
-fn proxy_settings(config: &Config) -> anyhow::Result<daytona_proxy::ProxySettings> {
+/// The OIDC issuer, when `OIDC_ISSUER_BASE_URL` (or `OIDC_DOMAIN`) is set. In one process the
+/// API and the proxy share it (and its key cache).
+fn oidc_provider(config: &Config) -> anyhow::Result<Option<Arc<daytona_oidc::Provider>>> {
+    let Some(oidc) = &config.oidc else {
+        return Ok(None);
+    };
+    let provider = daytona_oidc::Provider::new(daytona_oidc::ProviderSettings {
+        issuer_url: oidc.issuer_base_url.clone(),
+        public_url: oidc.public_domain.clone(),
+        audiences: audiences(oidc),
+    })?;
+    tracing::info!(issuer = %oidc.issuer_base_url, "OIDC login enabled");
+    Ok(Some(Arc::new(provider)))
+}
+
+/// `OIDC_AUDIENCE` (access tokens) and the client id (ID tokens).
+fn audiences(oidc: &daytona_config::OidcConfig) -> Vec<String> {
+    let mut audiences = vec![oidc.audience.clone()];
+    if oidc.client_id != oidc.audience {
+        audiences.push(oidc.client_id.clone());
+    }
+    audiences
+}
+
+fn proxy_settings(
+    config: &Config,
+    oidc: Option<Arc<daytona_oidc::Provider>>,
+) -> anyhow::Result<daytona_proxy::ProxySettings> {
     use daytona_proxy::HostPattern;
     let mut preview_hosts = vec![HostPattern::for_domain(&config.proxy.domain)];
     let template =
@@ -418,7 +446,48 @@ fn proxy_settings(config: &Config) -> anyhow::Result<daytona_proxy::ProxySetting
         toolbox_only: config.proxy.toolbox_only_mode,
         preview_warning: config.proxy.preview_warning_enabled,
         cookie_domain: Some(config.proxy.cookie_domain.clone()),
+        login: proxy_login(config, oidc)?,
     })
+}
+
+/// The proxy's browser login: the API's issuer unless `OIDC_DOMAIN`/`OIDC_PUBLIC_DOMAIN` name
+/// another one.
+fn proxy_login(
+    config: &Config,
+    api_provider: Option<Arc<daytona_oidc::Provider>>,
+) -> anyhow::Result<Option<daytona_proxy::BrowserLogin>> {
+    let Some(oidc) = &config.oidc else {
+        return Ok(None);
+    };
+    let provider = match api_provider {
+        Some(p)
+            if oidc.proxy_domain == oidc.issuer_base_url
+                && oidc.proxy_public_domain == oidc.public_domain =>
+        {
+            p
+        }
+        _ => Arc::new(daytona_oidc::Provider::new(
+            daytona_oidc::ProviderSettings {
+                issuer_url: oidc.proxy_domain.clone(),
+                public_url: oidc.proxy_public_domain.clone(),
+                audiences: audiences(oidc),
+            },
+        )?),
+    };
+    // The callback is on the proxy's own host (`PROXY_DOMAIN`), as the seed's issuer
+    // configuration lists it.
+    Ok(Some(daytona_proxy::BrowserLogin {
+        provider,
+        client: daytona_oidc::OidcClient {
+            client_id: oidc.client_id.clone(),
+            client_secret: oidc.client_secret.as_ref().map(|s| s.expose().to_string()),
+            redirect_uri: format!(
+                "{}://{}/callback",
+                config.proxy.protocol, config.proxy.domain
+            ),
+        },
+        cookie_key: config.proxy.api_key.expose().as_bytes().to_vec(),
+    }))
 }
 
 async fn wait(mut rx: tokio::sync::watch::Receiver<()>) {

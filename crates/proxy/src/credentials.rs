@@ -14,7 +14,7 @@ const SKIP_ACTIVITY_HEADER: &str = "x-daytona-skip-last-activity-update";
 /// A credential offered for one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Credential {
-    /// An API key (or, later, a user token) of someone who may see the sandbox.
+    /// An API key or a user's token (JWT) of someone who may see the sandbox.
     ApiKey(String),
     /// The sandbox's own preview token.
     PreviewToken(String),

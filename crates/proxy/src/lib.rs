@@ -18,11 +18,13 @@ use axum::{Json, Router};
 mod credentials;
 mod forward;
 pub mod host;
+mod login;
 mod preview;
 mod signed_file;
 
 pub use credentials::Credential;
 pub use host::{HostPattern, PreviewHost};
+pub use login::BrowserLogin;
 pub use signed_file::SignedFile;
 
 use forward::{HttpClient, Upstream};
@@ -32,6 +34,8 @@ pub const TOOLBOX_PORT: u16 = 2280;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    #[error("{0}")]
+    BadRequest(String),
     #[error("{0}")]
     Unauthorized(String),
     #[error("{0}")]
@@ -49,6 +53,7 @@ pub enum ProxyError {
 impl ProxyError {
     fn status(&self) -> (StatusCode, &'static str) {
         match self {
+            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "BAD_REQUEST"),
             ProxyError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             ProxyError::Forbidden(_) => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             ProxyError::NotFound(_) => (StatusCode::NOT_FOUND, "NOT_FOUND"),
@@ -117,6 +122,9 @@ pub struct PreviewTarget {
 pub trait SandboxDirectory: Send + Sync + 'static {
     /// Checks that `credential` may reach `sandbox_id` (its toolbox or its previews).
     async fn authorize(&self, sandbox_id: &str, credential: &Credential) -> Result<(), ProxyError>;
+    /// Checks that the user `user_id` (an OIDC subject, logged in through the browser) is a
+    /// member of the organization that owns `sandbox_id`.
+    async fn authorize_user(&self, sandbox_id: &str, user_id: &str) -> Result<(), ProxyError>;
     /// Resolves the label of a preview host (a sandbox id, or a signed preview token valid for
     /// `port`).
     async fn preview_target(&self, label: &str, port: u16) -> Result<PreviewTarget, ProxyError>;
@@ -137,6 +145,8 @@ pub struct ProxySettings {
     pub preview_warning: bool,
     /// `COOKIE_DOMAIN` (any `:port` is ignored).
     pub cookie_domain: Option<String>,
+    /// Browser login through the OIDC issuer for private previews (`OIDC_DOMAIN` set).
+    pub login: Option<BrowserLogin>,
 }
 
 #[derive(Clone)]
@@ -157,6 +167,7 @@ pub fn router(directory: Arc<dyn SandboxDirectory>, settings: ProxySettings) -> 
             "/health",
             get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
         )
+        .route("/callback", get(login::callback))
         .route("/toolbox/{sandbox_id}", any(toolbox_root))
         .route("/toolbox/{sandbox_id}/{*path}", any(toolbox))
         .fallback(

@@ -1,8 +1,9 @@
 //! Preview requests: `{port}-{sandboxIdOrSignedToken}.{domain}` → `<sandbox ip>:<port>`.
 //!
-//! Public sandboxes are open; otherwise a signed-token host, an API key, the sandbox's preview
-//! token (header, query parameter or cookie) grants access. Errors are pages for browsers and
-//! JSON for everyone else.
+//! Public sandboxes are open; otherwise a signed-token host, an API key or a user's token, the
+//! sandbox's preview token (header, query parameter or cookie), or a browser login's session
+//! cookie (`login.rs`) grants access; a browser without any is sent to log in when OIDC is
+//! configured. Errors are pages for browsers and JSON for everyone else.
 
 use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, header};
@@ -10,7 +11,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 
 use crate::credentials::{self, AUTH_KEY_PARAM, Credential};
 use crate::forward::{self, Upstream};
-use crate::{PreviewHost, ProxyError, ProxyState, TOOLBOX_PORT, html_escape, wants_html};
+use crate::{PreviewHost, ProxyError, ProxyState, TOOLBOX_PORT, html_escape, login, wants_html};
 
 const WARNING_COOKIE: &str = "daytona-preview-page-accepted";
 const WARNING_SKIP_HEADER: &str = "x-daytona-skip-preview-warning";
@@ -27,7 +28,11 @@ pub(crate) async fn handle(state: ProxyState, host: PreviewHost, req: Request) -
     }
 }
 
-async fn serve(state: ProxyState, host: PreviewHost, req: Request) -> Result<Response, ProxyError> {
+async fn serve(
+    state: ProxyState,
+    host: PreviewHost,
+    mut req: Request,
+) -> Result<Response, ProxyError> {
     let settings = &state.settings;
     if settings.toolbox_only {
         return Err(ProxyError::NotFound(
@@ -48,26 +53,38 @@ async fn serve(state: ProxyState, host: PreviewHost, req: Request) -> Result<Res
     let mut strip = Vec::new();
     let mut set_cookie = None;
     if !target.public && !target.signed {
-        let Some(found) = credentials::find(&req, &sandbox_id) else {
-            // Issue 7 hooks the OIDC browser login in here (redirect instead of 401).
-            return Err(ProxyError::Unauthorized(format!(
-                "Sandbox {sandbox_id} is private: send 'Authorization: Bearer <API key>', the \
-                 X-Daytona-Preview-Token header or the {AUTH_KEY_PARAM} query parameter, or use a signed preview URL"
-            )));
-        };
-        state
-            .directory
-            .authorize(&sandbox_id, &found.credential)
-            .await?;
-        if let (true, Credential::PreviewToken(token)) = (found.from_query, &found.credential) {
-            set_cookie = Some(auth_cookie(
-                &sandbox_id,
-                token,
-                settings.cookie_domain.as_deref(),
-            ));
+        match credentials::find(&req, &sandbox_id) {
+            Some(found) => {
+                state
+                    .directory
+                    .authorize(&sandbox_id, &found.credential)
+                    .await?;
+                if let (true, Credential::PreviewToken(token)) =
+                    (found.from_query, &found.credential)
+                {
+                    set_cookie = Some(auth_cookie(
+                        &sandbox_id,
+                        token,
+                        settings.cookie_domain.as_deref(),
+                    ));
+                }
+                strip = found.strip;
+            }
+            None => match &settings.login {
+                Some(login) => match login.session_user(req.headers(), &sandbox_id) {
+                    Some(user) => state.directory.authorize_user(&sandbox_id, &user).await?,
+                    // Page loads go to the issuer; everything else gets the 401.
+                    None if wants_html(req.headers()) && req.method() == Method::GET => {
+                        let domain = settings.cookie_domain.as_deref();
+                        return login::start(login, domain, req.headers(), req.uri()).await;
+                    }
+                    None => return Err(missing_credentials(&sandbox_id)),
+                },
+                None => return Err(missing_credentials(&sandbox_id)),
+            },
         }
-        strip = found.strip;
     }
+    login::strip_cookies(req.headers_mut());
 
     if settings.preview_warning && needs_warning(&req) {
         return Ok(warning_response(&req));
@@ -117,14 +134,27 @@ async fn serve(state: ProxyState, host: PreviewHost, req: Request) -> Result<Res
     Ok(resp)
 }
 
+fn missing_credentials(sandbox_id: &str) -> ProxyError {
+    ProxyError::Unauthorized(format!(
+        "Sandbox {sandbox_id} is private: send 'Authorization: Bearer <API key or token>', the \
+         X-Daytona-Preview-Token header or the {AUTH_KEY_PARAM} query parameter, or use a signed preview URL"
+    ))
+}
+
+/// The `Domain` attribute for `COOKIE_DOMAIN`: without its port, and only for a name with a dot
+/// (browsers refuse a cookie for a single-label domain).
+pub(crate) fn cookie_domain(domain: Option<&str>) -> Option<&str> {
+    domain
+        .map(|d| d.rsplit_once(':').map_or(d, |(h, _)| h))
+        .filter(|d| d.contains('.'))
+}
+
 fn auth_cookie(sandbox_id: &str, token: &str, domain: Option<&str>) -> HeaderValue {
     let mut cookie = format!(
         "{}={token}; Path=/; Max-Age={AUTH_COOKIE_MAX_AGE_S}; HttpOnly; SameSite=Lax",
         credentials::cookie_name(sandbox_id)
     );
-    if let Some(domain) = domain.map(|d| d.rsplit_once(':').map_or(d, |(h, _)| h))
-        && domain.contains('.')
-    {
+    if let Some(domain) = cookie_domain(domain) {
         cookie.push_str(&format!("; Domain={domain}"));
     }
     HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""))

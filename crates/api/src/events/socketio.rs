@@ -82,10 +82,11 @@ async fn authenticate(
             .map_err(refused)?;
         return Err(ConnectError::MissingToken);
     };
-    let ctx = auth::authenticate_limited(state, &token, &client)
+    let requested = requested_organization(socket);
+    let ctx = auth::authenticate_limited(state, &token, requested.as_deref(), &client)
         .await
         .map_err(refused)?;
-    if let Some(requested) = requested_organization(socket)
+    if let Some(requested) = requested
         && requested != ctx.organization_id
     {
         return Err(ConnectError::WrongOrganization(requested));

@@ -149,10 +149,14 @@ impl SandboxDirectory for AppState {
         let row = live_sandbox(&self.store, sandbox_id).await?;
         match credential {
             Credential::ApiKey(key) => {
-                let ctx = auth::authenticate(&self.store, key)
+                // A user's token is checked for membership of the sandbox's organization.
+                let ctx = auth::authenticate_bearer(self, key, Some(&row.organization_id))
                     .await
                     .map_err(|e| match e {
                         ApiError::Unauthorized(m) => ProxyError::Unauthorized(m),
+                        ApiError::NotFound(_) => {
+                            ProxyError::NotFound(format!("Sandbox {sandbox_id} not found"))
+                        }
                         other => ProxyError::Unavailable(other.to_string()),
                     })?;
                 if ctx.organization_id != row.organization_id {
@@ -190,6 +194,21 @@ impl SandboxDirectory for AppState {
             }
         }
         Ok(())
+    }
+
+    async fn authorize_user(&self, sandbox_id: &str, user_id: &str) -> Result<(), ProxyError> {
+        let row = live_sandbox(&self.store, sandbox_id).await?;
+        let member = self
+            .store
+            .member_role(&row.organization_id, user_id)
+            .await
+            .map_err(|e| ProxyError::Unavailable(e.to_string()))?;
+        match member {
+            Some(_) => Ok(()),
+            None => Err(ProxyError::Forbidden(format!(
+                "User {user_id} is not a member of the organization that owns sandbox {sandbox_id}"
+            ))),
+        }
     }
 
     async fn preview_target(&self, label: &str, port: u16) -> Result<PreviewTarget, ProxyError> {

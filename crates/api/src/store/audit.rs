@@ -31,7 +31,8 @@ pub struct AuditEntry {
 pub struct NewAuditEntry<'a> {
     pub organization_id: &'a str,
     pub user_id: &'a str,
-    pub api_key_id: &'a str,
+    /// None for a user's token.
+    pub api_key_id: Option<&'a str>,
     pub action: &'a str,
     pub target_type: &'a str,
     pub target_id: Option<&'a str>,
