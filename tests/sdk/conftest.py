@@ -66,6 +66,7 @@ POSTGRES_MODULES = {
     "test_ssh",
     "test_tenancy",
     "test_volumes",
+    "test_warm_pools",
 }
 
 
