@@ -67,6 +67,7 @@ POSTGRES_MODULES = {
     "test_ssh",
     "test_tenancy",
     "test_volumes",
+    "test_warm_pools",
 }
 
 

@@ -67,6 +67,7 @@ class World:
     ssh_token: str
     signed_token: str
     volume: dict
+    warm_pool: dict
 
     def denied(self, method: str, path: str, body: object | None = None, headers: dict | None = None) -> None:
         result = self.b.api(method, path, body, headers)
@@ -106,6 +107,7 @@ def world(server) -> World:
         ssh = a.api.ok("POST", f"/sandbox/{sandbox.id}/ssh-access")
         signed = a.api.ok("GET", f"/sandbox/{sandbox.id}/ports/8080/signed-preview-url")
         volume = a.api.ok("POST", "/volumes", {"name": unique("a-vol")})
+        warm_pool = a.api.ok("POST", "/warm-pools", {"snapshot": snapshot_name, "pool": 1}, status=201)
         yield World(
             server=server,
             admin=admin,
@@ -121,11 +123,14 @@ def world(server) -> World:
             ssh_token=ssh["token"],
             signed_token=signed["token"],
             volume=volume,
+            warm_pool=warm_pool,
         )
     finally:
         client.delete(sandbox, timeout=60)
         if "volume" in locals():
             a.api("DELETE", f"/volumes/{volume['id']}")
+        if "warm_pool" in locals():
+            a.api("DELETE", f"/warm-pools/{warm_pool['id']}")
         a.api("DELETE", f"/snapshots/{snapshot_name}")
 
 
@@ -148,6 +153,18 @@ def _own_org_create(w: World, path: str, body: dict) -> None:
         w.b.api("DELETE", f"/api-keys/{body['name']}")
     elif path == "/organizations":
         w.b.api("DELETE", f"/organizations/{created['id']}")
+
+
+def _waiting_in(w: World, pool_id: str) -> set[str]:
+    """A's sandboxes waiting in its pool (once the pool has made one)."""
+    deadline = time.monotonic() + 60
+    while True:
+        items = w.a.api.ok("GET", "/sandbox?includeWarm=true")["items"]
+        found = {s["id"] for s in items if s.get("warmPoolId") == pool_id}
+        if found or time.monotonic() > deadline:
+            assert found, "A's warm pool made no sandbox"
+            return found
+        time.sleep(0.5)
 
 
 def _listing_hides_a(w: World, path: str, *secrets: str) -> None:
@@ -263,6 +280,20 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", "/api/volumes/{id}"): lambda w: w.denied("GET", f"/volumes/{w.volume['id']}"),
     ("DELETE", "/api/volumes/{id}"): lambda w: w.denied("DELETE", f"/volumes/{w.volume['id']}"),
     ("GET", "/api/volumes/by-name/{name}"): lambda w: w.denied("GET", f"/volumes/by-name/{w.volume['name']}"),
+    # --- warm pools ---
+    ("GET", "/api/warm-pools"): lambda w: (
+        _listing_hides_a(w, "/warm-pools", w.warm_pool["id"]),
+        # Nor are A's waiting sandboxes among B's, when B lists its own waiting ones.
+        _listing_hides_a(w, "/sandbox?includeWarm=true", *_waiting_in(w, w.warm_pool["id"])),
+    ),
+    ("POST", "/api/warm-pools"): lambda w: (
+        w.denied("POST", "/warm-pools", {"snapshot": w.snapshot["name"], "pool": 1}),
+        w.denied("POST", "/warm-pools", {"snapshot": w.snapshot["id"], "pool": 1}),
+    ),
+    ("PATCH", "/api/warm-pools/{id}"): lambda w: w.denied("PATCH", f"/warm-pools/{w.warm_pool['id']}", {"pool": 3}),
+    ("DELETE", "/api/warm-pools/{id}"): lambda w: w.denied("DELETE", f"/warm-pools/{w.warm_pool['id']}"),
+    # --- configuration: public, the same for everyone ---
+    ("GET", "/api/config"): lambda w: assert_equal(w.b.api.ok("GET", "/config"), w.a.api.ok("GET", "/config")),
     # --- API keys (a user's own, in the key's organization) ---
     ("GET", "/api/api-keys"): lambda w: _listing_hides_a(w, "/api-keys", w.key_name),
     ("POST", "/api/api-keys"): lambda w: _own_org_create(w, "/api-keys", {"name": unique("b"), "permissions": []}),

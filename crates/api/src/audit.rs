@@ -52,6 +52,7 @@ fn describe(method: &Method, template: &str) -> (String, String) {
         "snapshots" => "snapshot",
         "api-keys" => "api_key",
         "volumes" => "volume",
+        "warm-pools" => "warm_pool",
         "organizations" => "organization",
         other => other,
     }

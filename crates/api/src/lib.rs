@@ -13,6 +13,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod configuration;
 pub mod error;
 pub mod events;
 mod json;
@@ -27,6 +28,7 @@ pub mod snapshot;
 pub mod store;
 pub mod users;
 pub mod volume;
+pub mod warm_pool;
 
 pub use sandbox::{SandboxService, SandboxSettings};
 pub use store::Store;
@@ -45,6 +47,8 @@ pub struct AppState {
     pub push_access: Arc<object_storage::PushAccess>,
     /// The OIDC issuer whose tokens authenticate users besides API keys (`OIDC_ISSUER_BASE_URL`).
     pub oidc: Option<Arc<daytona_oidc::Provider>>,
+    /// What `GET /config` shows.
+    pub configuration: Arc<configuration::PublicConfiguration>,
 }
 
 /// The API's router; every route lives under `/api`, including the Socket.IO event gateway,
@@ -65,6 +69,8 @@ pub fn router(state: AppState) -> Router {
         .merge(users::router())
         .merge(volume::routes::router())
         .merge(object_storage::router())
+        .merge(warm_pool::routes::router())
+        .merge(configuration::router())
         .split_for_parts();
     // After routing, so the audit knows each call's route template.
     let api = api

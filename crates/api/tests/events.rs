@@ -81,6 +81,9 @@ async fn start_server() -> (Server, Org, Org) {
             secret_key: "secret".into(),
         }),
         oidc: None,
+        configuration: Arc::new(daytona_api::configuration::PublicConfiguration::new(
+            &daytona_config::Config::from_lookup(|_| None).expect("defaults are valid"),
+        )),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

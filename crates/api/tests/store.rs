@@ -6,8 +6,9 @@ use std::collections::HashSet;
 
 use daytona_api::Store;
 use daytona_api::store::{
-    MetricSample, OpenError, OrgQuotas, ResourceUse, SandboxFilter, SandboxRow, SandboxSetting,
-    SandboxSort, SecretKind, SnapshotBuildRow, SnapshotFilter, SnapshotRow, now,
+    Claim, MetricSample, OpenError, OrgQuotas, ResourceUse, SandboxFilter, SandboxRow,
+    SandboxSetting, SandboxSort, SecretKind, SnapshotBuildRow, SnapshotFilter, SnapshotRow,
+    WarmPoolRow, now,
 };
 
 mod common;
@@ -47,6 +48,8 @@ fn sandbox(org: &str, name: &str, labels: &str) -> SandboxRow {
         last_activity_at: ts,
         auto_destroy_at: None,
         volumes: "[]".into(),
+        warm_pool_id: None,
+        pooled: false,
     }
 }
 
@@ -240,6 +243,264 @@ async fn quotas_and_resource_use_are_counted_alike() {
         assert_eq!(without, expected, "{backend}");
         let none = store.resource_use("nobody", None).await.unwrap();
         assert_eq!(none, ResourceUse::default(), "{backend}");
+    }
+}
+
+fn warm_pool(org: &str, snapshot_id: &str) -> WarmPoolRow {
+    let ts = now();
+    WarmPoolRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        organization_id: org.into(),
+        snapshot_id: snapshot_id.into(),
+        snapshot: "base".into(),
+        target: "us".into(),
+        pool: 2,
+        cpu: 1,
+        mem: 2,
+        disk: 3,
+        os_user: "daytona".into(),
+        env: "{}".into(),
+        error_reason: None,
+        created_at: ts.clone(),
+        updated_at: ts,
+    }
+}
+
+fn claim(name: &str) -> Claim {
+    Claim {
+        name: name.into(),
+        labels: r#"{"team":"a"}"#.into(),
+        public: true,
+        auto_stop_interval: 15,
+        auto_archive_interval: 60,
+        auto_delete_interval: -1,
+        auto_pause_interval: 0,
+        auto_destroy_at: None,
+    }
+}
+
+#[tokio::test]
+async fn warm_pools_and_their_sandboxes_are_kept_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let org = add_org(&store, "alice").await.ctx.organization_id;
+        let pool = warm_pool(&org, "snap-1");
+        store.insert_warm_pool(&pool).await.unwrap();
+        let twin = warm_pool(&org, "snap-1");
+        let dup = store.insert_warm_pool(&twin).await.unwrap_err();
+        assert!(
+            matches!(&dup, sqlx::Error::Database(d) if d.is_unique_violation()),
+            "{backend}: one pool per snapshot and region: {dup}"
+        );
+        let found = store
+            .warm_pool_for(&org, "snap-1", "us")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (found.id.as_str(), found.pool, found.mem),
+            (pool.id.as_str(), 2, 2),
+            "{backend}"
+        );
+        assert!(
+            store
+                .warm_pool_for(&org, "snap-1", "eu")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            store.warm_pool("other", &pool.id).await.unwrap().is_none(),
+            "{backend}"
+        );
+        store.set_warm_pool_size(&pool.id, 3).await.unwrap();
+        store
+            .set_warm_pool_error(&pool.id, Some("quota"))
+            .await
+            .unwrap();
+        let row = store.warm_pool(&org, &pool.id).await.unwrap().unwrap();
+        assert_eq!(
+            (row.pool, row.error_reason.as_deref()),
+            (3, Some("quota")),
+            "{backend}"
+        );
+        store.set_warm_pool_error(&pool.id, None).await.unwrap();
+        assert_eq!(
+            store.warm_pools(&org).await.unwrap()[0].error_reason,
+            None,
+            "{backend}"
+        );
+
+        // Two waiting sandboxes (one still being made) and one of the organization's own.
+        let mut ready = sandbox(&org, "ready", "{}");
+        let mut making = sandbox(&org, "making", "{}");
+        making.state = "creating".into();
+        for row in [&mut ready, &mut making] {
+            row.name = row.id.clone();
+            row.warm_pool_id = Some(pool.id.clone());
+            row.pooled = true;
+        }
+        let own = sandbox(&org, "own", "{}");
+        for row in [&ready, &making, &own] {
+            store.insert_sandbox(row).await.unwrap();
+        }
+        assert_eq!(
+            store.pooled_sandboxes().await.unwrap().len(),
+            2,
+            "{backend}"
+        );
+        assert_eq!(
+            store.ready_pooled_sandboxes(&pool.id).await.unwrap(),
+            [ready.id.clone()]
+        );
+        assert_eq!(
+            store.ready_pooled_count(&pool.id).await.unwrap(),
+            1,
+            "{backend}"
+        );
+        // Hidden from the organization, but it pays for them.
+        assert!(
+            store.find_sandbox(&org, &ready.id).await.unwrap().is_none(),
+            "{backend}"
+        );
+        let f = SandboxFilter {
+            limit: 10,
+            ..Default::default()
+        };
+        assert_eq!(
+            names(&store.list_sandboxes(&org, &f).await.unwrap()),
+            ["own"],
+            "{backend}"
+        );
+        let f = SandboxFilter {
+            limit: 10,
+            include_warm: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            store.list_sandboxes(&org, &f).await.unwrap().len(),
+            3,
+            "{backend}"
+        );
+        assert_eq!(
+            store.resource_use(&org, None).await.unwrap().cpu,
+            3,
+            "{backend}"
+        );
+        assert_eq!(
+            store.holdings(&org).await.unwrap().sandboxes,
+            1,
+            "{backend}"
+        );
+
+        // A sandbox still being made can be neither claimed nor released.
+        assert!(
+            !store
+                .claim_pooled_sandbox(&making.id, &claim("x"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store.release_pooled_sandbox(&making.id).await.unwrap(),
+            "{backend}"
+        );
+        // The first claim wins; a second claim and a release find it gone.
+        assert!(
+            store
+                .claim_pooled_sandbox(&ready.id, &claim("mine"))
+                .await
+                .unwrap(),
+            "{backend}"
+        );
+        assert!(
+            !store
+                .claim_pooled_sandbox(&ready.id, &claim("again"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store.release_pooled_sandbox(&ready.id).await.unwrap(),
+            "{backend}"
+        );
+        let claimed = store.find_sandbox(&org, "mine").await.unwrap().unwrap();
+        assert_eq!(claimed.id, ready.id, "{backend}");
+        assert!(claimed.public && !claimed.pooled, "{backend}");
+        assert_eq!(claimed.labels, r#"{"team":"a"}"#, "{backend}");
+        assert_eq!(
+            claimed.warm_pool_id.as_deref(),
+            Some(pool.id.as_str()),
+            "{backend}"
+        );
+        // A claim may not take a name the organization uses.
+        store
+            .set_sandbox_state(&making.id, "started", None)
+            .await
+            .unwrap();
+        let taken = store
+            .claim_pooled_sandbox(&making.id, &claim("own"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&taken, sqlx::Error::Database(d) if d.is_unique_violation()),
+            "{backend}: {taken}"
+        );
+        assert!(
+            store.release_pooled_sandbox(&making.id).await.unwrap(),
+            "{backend}"
+        );
+        assert!(
+            !store
+                .claim_pooled_sandbox(&making.id, &claim("late"))
+                .await
+                .unwrap()
+        );
+
+        assert!(
+            store.delete_warm_pool(&org, &pool.id).await.unwrap(),
+            "{backend}"
+        );
+        assert!(
+            !store.delete_warm_pool(&org, &pool.id).await.unwrap(),
+            "{backend}"
+        );
+        assert!(
+            store
+                .all_warm_pools()
+                .await
+                .unwrap()
+                .iter()
+                .all(|p| p.id != pool.id)
+        );
+    }
+}
+
+#[tokio::test]
+async fn concurrent_claims_of_one_sandbox_have_one_winner() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let org = add_org(&store, "alice").await.ctx.organization_id;
+        let pool = warm_pool(&org, "snap-1");
+        store.insert_warm_pool(&pool).await.unwrap();
+        let mut row = sandbox(&org, "waiting", "{}");
+        row.warm_pool_id = Some(pool.id.clone());
+        row.pooled = true;
+        store.insert_sandbox(&row).await.unwrap();
+        let attempts = (0..8).map(|i| {
+            let (store, id) = (store.clone(), row.id.clone());
+            tokio::spawn(async move {
+                if i == 7 {
+                    store.release_pooled_sandbox(&id).await.unwrap()
+                } else {
+                    store
+                        .claim_pooled_sandbox(&id, &claim(&format!("c{i}")))
+                        .await
+                        .unwrap()
+                }
+            })
+        });
+        let mut winners = 0;
+        for attempt in attempts.collect::<Vec<_>>() {
+            winners += usize::from(attempt.await.unwrap());
+        }
+        assert_eq!(winners, 1, "{backend}");
     }
 }
 

@@ -201,6 +201,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         config.server.metrics_interval,
         config.server.metrics_retention,
     );
+    daytona_api::warm_pool::worker::spawn(sandboxes.clone(), std::time::Duration::from_secs(1));
     let rate_limits = Arc::new(RateLimitPolicy::new(
         config.rate_limits.clone(),
         Box::new(InProcessLimiter::default()),
@@ -228,6 +229,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         }),
         push_access,
         oidc: oidc_provider(&config)?,
+        configuration: Arc::new(daytona_api::configuration::PublicConfiguration::new(
+            &config,
+        )),
     };
     let proxy_settings = proxy_settings(&config, state.oidc.clone())?;
 

@@ -121,6 +121,8 @@ impl SandboxService {
             updated_at: ts.clone(),
             last_activity_at: ts,
             auto_destroy_at: None,
+            warm_pool_id: None,
+            pooled: false,
             ..source.clone()
         };
         {

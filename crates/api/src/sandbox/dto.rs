@@ -95,6 +95,9 @@ pub struct Sandbox {
     pub daemon_version: Option<String>,
     pub runner_id: Option<String>,
     pub toolbox_proxy_url: String,
+    /// The warm pool the sandbox waits in, while no create has claimed it (`includeWarm` lists).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warm_pool_id: Option<String>,
     /// Processes killed by the out-of-memory killer since the sandbox last started (single
     /// sandbox reads only; not part of upstream's DTO, ignored by SDKs that don't know it).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -154,6 +157,7 @@ impl Sandbox {
             daemon_version: row.daemon_version,
             runner_id: row.runner_id,
             toolbox_proxy_url: toolbox_proxy_url.to_string(),
+            warm_pool_id: row.warm_pool_id.filter(|_| row.pooled),
             oom_kills: None,
             oom_reason: None,
         }
@@ -206,6 +210,8 @@ pub(crate) mod tests {
             last_activity_at: "2026-01-01T00:00:00.000Z".into(),
             auto_destroy_at: None,
             volumes: r#"[{"volumeId":"v-1","mountPath":"/data","subpath":"a/b"}]"#.into(),
+            warm_pool_id: None,
+            pooled: false,
         }
     }
 

@@ -30,6 +30,9 @@ fn minutes_since(ts: &str, now: DateTime<Utc>) -> Option<i64> {
 }
 
 fn due(row: &SandboxRow, now: DateTime<Utc>) -> Option<Due> {
+    if row.pooled {
+        return None; // a warm pool keeps it started until a create claims it
+    }
     if row
         .auto_destroy_at
         .as_deref()
@@ -152,6 +155,18 @@ mod tests {
         r.state = "started".into();
         r.auto_stop_interval = 0;
         assert_eq!(due(&r, Utc::now()), None, "only stopped sandboxes");
+    }
+
+    #[test]
+    fn sandboxes_waiting_in_a_warm_pool_are_never_due() {
+        let mut r = row();
+        r.pooled = true;
+        r.auto_stop_interval = 1;
+        r.last_activity_at = at(60);
+        r.auto_destroy_at = Some(at(1));
+        assert_eq!(due(&r, Utc::now()), None);
+        r.pooled = false;
+        assert_eq!(due(&r, Utc::now()), Some(Due::Delete));
     }
 
     #[test]

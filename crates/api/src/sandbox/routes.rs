@@ -323,6 +323,13 @@ fn list_filter(query: Option<&str>) -> ApiResult<SandboxFilter> {
             "name" => f.name = Some(value),
             "labels" => f.labels = parse_label_filter(&value)?,
             "states" => f.states.push(value),
+            "includeWarm" => {
+                f.include_warm = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(ApiError::BadRequest(format!("includeWarm: '{value}' is not true or false"))),
+                }
+            }
             "sort" => {
                 f.sort = Some(SandboxSort::parse(&value).ok_or_else(|| {
                     ApiError::BadRequest(format!(

@@ -20,7 +20,7 @@ use crate::events::{Event, EventBus, InProcessEventBus};
 use crate::quota;
 use crate::snapshot::BuildInfo;
 use crate::snapshot::SnapshotService;
-use crate::store::{SandboxFilter, SandboxRow, SecretKind, Store, now};
+use crate::store::{Claim, SandboxFilter, SandboxRow, SecretKind, Store, now};
 use crate::volume::{self, VolumeService};
 
 /// How long a request waits for the runner before answering with the transitional state.
@@ -32,6 +32,26 @@ const DEFAULT_MEMORY_GIB: u32 = 1;
 const DEFAULT_DISK_GIB: u32 = 3;
 const DEFAULT_AUTO_STOP_MIN: i64 = 15;
 const DEFAULT_AUTO_ARCHIVE_MIN: i64 = 7 * 24 * 60;
+
+/// The caller's settings of a create that a sandbox takes on whether it is made anew or
+/// claimed from a warm pool.
+pub(crate) fn claim_for(body: &CreateSandbox, name: String) -> Claim {
+    Claim {
+        name,
+        labels: serde_json::to_string(&body.labels).expect("string map serializes"),
+        public: body.public.unwrap_or(false),
+        auto_stop_interval: body.auto_stop_interval.unwrap_or(DEFAULT_AUTO_STOP_MIN),
+        auto_archive_interval: body
+            .auto_archive_interval
+            .unwrap_or(DEFAULT_AUTO_ARCHIVE_MIN),
+        auto_delete_interval: body.auto_delete_interval.unwrap_or(-1),
+        auto_pause_interval: body.auto_pause_interval.unwrap_or(0),
+        auto_destroy_at: body.ttl_minutes.filter(|m| *m > 0).map(|m| {
+            (chrono::Utc::now() + chrono::Duration::minutes(m))
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        }),
+    }
+}
 
 /// Values the service needs from configuration.
 #[derive(Debug, Clone)]
@@ -123,6 +143,9 @@ impl SandboxService {
     /// Publishes what changed in the stored sandbox since `before` (state, desired state).
     /// Called after every state write; events are hints, so failures are only logged.
     pub(super) async fn announce(&self, before: &SandboxRow) {
+        if before.pooled {
+            return; // not its organization's yet: a claim announces it as created
+        }
         match self.store.sandbox_record(&before.id).await {
             Ok(Some(row)) => {
                 let dto = self.to_dto(row);
@@ -153,7 +176,7 @@ impl SandboxService {
         Sandbox::from_row(row, &self.settings.toolbox_proxy_url)
     }
 
-    pub(super) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+    pub(crate) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
             .expect("lock map poisoned")
@@ -217,6 +240,26 @@ impl SandboxService {
         ctx: &AuthContext,
         body: CreateSandbox,
     ) -> ApiResult<Sandbox> {
+        self.create_in(ctx, body, None).await
+    }
+
+    /// Makes a sandbox that waits, hidden, in warm pool `pool` until a create claims it;
+    /// returns once it is recorded (the runner makes it in the background).
+    pub(crate) async fn create_pooled(
+        self: &Arc<Self>,
+        ctx: &AuthContext,
+        body: CreateSandbox,
+        pool: &str,
+    ) -> ApiResult<Sandbox> {
+        self.create_in(ctx, body, Some(pool)).await
+    }
+
+    async fn create_in(
+        self: &Arc<Self>,
+        ctx: &AuthContext,
+        body: CreateSandbox,
+        warm_pool: Option<&str>,
+    ) -> ApiResult<Sandbox> {
         let started = std::time::Instant::now();
         self.validate(&body)?;
         let target = crate::organization::sandbox_region(
@@ -251,6 +294,14 @@ impl SandboxService {
                     .await?
             }
         };
+        // A matching warm sandbox is already started: take it instead of making one.
+        if warm_pool.is_none()
+            && build.is_none()
+            && let Some(claimed) =
+                crate::warm_pool::claim(self, ctx, &body, snapshot_name, &target).await?
+        {
+            return Ok(claimed);
+        }
         let pending_build = build
             .as_ref()
             .filter(|s| s.state != "active")
@@ -279,16 +330,17 @@ impl SandboxService {
             )));
         }
         let ts = now();
+        let settings = claim_for(&body, name);
         let row = SandboxRow {
             id: id.clone(),
             organization_id: ctx.organization_id.clone(),
-            name,
+            name: settings.name,
             snapshot: Some(choice.name),
             image_ref: image_ref.clone(),
             os_user: body.user.clone().unwrap_or_else(|| "daytona".into()),
             env: serde_json::to_string(&body.env).expect("string map serializes"),
-            labels: serde_json::to_string(&body.labels).expect("string map serializes"),
-            public: body.public.unwrap_or(false),
+            labels: settings.labels,
+            public: settings.public,
             network_block_all: body.network_block_all.unwrap_or(false),
             network_allow_list: body.network_allow_list.clone(),
             domain_allow_list: body.domain_allow_list.clone(),
@@ -304,22 +356,19 @@ impl SandboxService {
             },
             desired_state: "started".into(),
             error_reason: None,
-            auto_stop_interval: body.auto_stop_interval.unwrap_or(DEFAULT_AUTO_STOP_MIN),
-            auto_archive_interval: body
-                .auto_archive_interval
-                .unwrap_or(DEFAULT_AUTO_ARCHIVE_MIN),
-            auto_delete_interval: body.auto_delete_interval.unwrap_or(-1),
-            auto_pause_interval: body.auto_pause_interval.unwrap_or(0),
+            auto_stop_interval: settings.auto_stop_interval,
+            auto_archive_interval: settings.auto_archive_interval,
+            auto_delete_interval: settings.auto_delete_interval,
+            auto_pause_interval: settings.auto_pause_interval,
             runner_id: Some(self.runner.id().to_string()),
             daemon_version: None,
             created_at: ts.clone(),
             updated_at: ts.clone(),
             last_activity_at: ts,
-            auto_destroy_at: body.ttl_minutes.filter(|m| *m > 0).map(|m| {
-                (chrono::Utc::now() + chrono::Duration::minutes(m))
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
-            }),
+            auto_destroy_at: settings.auto_destroy_at,
             volumes: serde_json::to_string(&mounts).expect("mounts serialize"),
+            warm_pool_id: warm_pool.map(str::to_string),
+            pooled: warm_pool.is_some(),
         };
         // Check and insert under one lock so concurrent creates cannot overrun a quota together.
         let quota_guard = self.quota_lock.lock().await;
@@ -344,13 +393,16 @@ impl SandboxService {
         drop(quota_guard);
         drop(mounts_guard);
         let recorded = started.elapsed();
-        tracing::info!(sandbox = %id, image = %image_ref, "creating sandbox");
-        self.events
-            .publish(Event::sandbox_created(&self.to_dto(row.clone())));
+        tracing::info!(sandbox = %id, image = %image_ref, warm_pool, "creating sandbox");
+        if !row.pooled {
+            self.events
+                .publish(Event::sandbox_created(&self.to_dto(row.clone())));
+        }
 
         let request = runner_request(&row)?;
         // A build takes long: answer `pending_build` at once, the SDK follows the build's log.
-        let wait = if pending_build.is_some() {
+        // Nobody waits for a pooled sandbox.
+        let wait = if pending_build.is_some() || row.pooled {
             Duration::ZERO
         } else {
             WAIT_FOR_RUNNER

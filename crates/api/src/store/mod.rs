@@ -26,6 +26,7 @@ mod secrets;
 mod snapshots;
 mod types;
 mod volumes;
+mod warm_pools;
 
 pub use access::NewSshAccess;
 pub use accounts::{ApiKeyRow, CredentialRow, NewApiKey};
@@ -42,6 +43,7 @@ pub use secrets::SecretKind;
 pub use snapshots::{SnapshotFilter, SnapshotRow};
 pub use types::{Flag, JsonText};
 pub use volumes::{MountingSandbox, VolumeRow};
+pub use warm_pools::{Claim, WarmPoolRow};
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");

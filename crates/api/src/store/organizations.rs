@@ -227,7 +227,8 @@ impl Store {
 
     pub async fn holdings(&self, org: &str) -> Result<Holdings, sqlx::Error> {
         let sandboxes = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM sandboxes WHERE organization_id = $1 AND state <> 'destroyed'",
+            "SELECT COUNT(*) FROM sandboxes WHERE organization_id = $1 AND state <> 'destroyed'
+             AND pooled = FALSE",
         )
         .bind(org)
         .fetch_one(self.pool())
@@ -247,7 +248,8 @@ impl Store {
     }
 
     /// Hides the organization and removes everything that gives access to it: keys, members,
-    /// role assignments, invitations and its own roles.
+    /// role assignments, invitations and its own roles; its warm pools go too (the pool worker
+    /// then destroys their sandboxes).
     pub async fn delete_organization(&self, org: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool().begin().await?;
         for sql in [
@@ -258,6 +260,7 @@ impl Store {
                (SELECT id FROM organization_invitations WHERE organization_id = $1)",
             "DELETE FROM organization_invitations WHERE organization_id = $1",
             "DELETE FROM organization_roles WHERE organization_id = $1",
+            "DELETE FROM warm_pools WHERE organization_id = $1",
         ] {
             sqlx::query(sql).bind(org).execute(&mut *tx).await?;
         }

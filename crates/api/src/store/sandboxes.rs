@@ -43,6 +43,11 @@ pub struct SandboxRow {
     pub auto_destroy_at: Option<String>,
     /// JSON array of the volumes it mounts (`{volumeId, mountPath, subpath?}`).
     pub volumes: String,
+    /// The warm pool it was made for, if any (kept once a create claimed it).
+    pub warm_pool_id: Option<String>,
+    /// Still waiting in that pool: not yet its organization's to see or use.
+    #[sqlx(try_from = "Flag")]
+    pub pooled: bool,
 }
 
 /// Column used to order a sandbox listing (the SDK's `sort` values).
@@ -87,21 +92,24 @@ pub struct SandboxFilter {
     pub name: Option<String>,
     pub labels: Vec<(String, String)>,
     pub states: Vec<String>,
+    /// Also the sandboxes waiting in the organization's warm pools.
+    pub include_warm: bool,
     pub sort: Option<SandboxSort>,
     pub descending: bool,
     pub offset: i64,
     pub limit: i64,
 }
 
-const COLUMNS: &str = "id, organization_id, name, snapshot, image_ref, os_user, env, labels, public,
+pub(super) const COLUMNS: &str = "id, organization_id, name, snapshot, image_ref, os_user, env, labels, public,
     network_block_all, network_allow_list, domain_allow_list, target, cpu, gpu, memory, disk, state, desired_state,
     error_reason, auto_stop_interval, auto_archive_interval, auto_delete_interval, auto_pause_interval,
-    runner_id, daemon_version, created_at, updated_at, last_activity_at, auto_destroy_at, volumes";
+    runner_id, daemon_version, created_at, updated_at, last_activity_at, auto_destroy_at, volumes,
+    warm_pool_id, pooled";
 
 impl Store {
     pub async fn insert_sandbox(&self, row: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
+            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)"
         )))
         .bind(&row.id)
         .bind(&row.organization_id)
@@ -134,12 +142,15 @@ impl Store {
         .bind(&row.last_activity_at)
         .bind(&row.auto_destroy_at)
         .bind(&row.volumes)
+        .bind(&row.warm_pool_id)
+        .bind(row.pooled)
         .execute(self.pool())
         .await?;
         Ok(())
     }
 
-    /// A live (not destroyed) sandbox of `org` by id or, failing that, by name.
+    /// A live (not destroyed) sandbox of `org` by id or, failing that, by name; sandboxes waiting
+    /// in a warm pool are not the organization's yet.
     pub async fn find_sandbox(
         &self,
         org: &str,
@@ -147,7 +158,7 @@ impl Store {
     ) -> Result<Option<SandboxRow>, sqlx::Error> {
         sqlx::query_as::<_, SandboxRow>(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM sandboxes WHERE organization_id = $1 AND state <> 'destroyed'
-             AND (id = $2 OR name = $2) ORDER BY (id = $2) DESC LIMIT 1"
+             AND pooled = FALSE AND (id = $2 OR name = $2) ORDER BY (id = $2) DESC LIMIT 1"
         )))
         .bind(org)
         .bind(id_or_name)
@@ -183,7 +194,7 @@ impl Store {
         .await
     }
 
-    /// One page of `org`'s live sandboxes; fetches `limit + 1` rows so the caller knows whether
+    /// One page of `org`'s live sandboxes (those waiting in a warm pool only if asked); fetches `limit + 1` rows so the caller knows whether
     /// another page follows.
     pub async fn list_sandboxes(
         &self,
@@ -193,6 +204,9 @@ impl Store {
         let mut sql = format!(
             "SELECT {COLUMNS} FROM sandboxes WHERE organization_id = $1 AND state <> 'destroyed'"
         );
+        if !f.include_warm {
+            sql.push_str(" AND pooled = FALSE");
+        }
         let mut params = 1;
         let mut param = || {
             params += 1;
