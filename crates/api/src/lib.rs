@@ -22,6 +22,7 @@ pub mod organization;
 pub mod quota;
 pub mod rate_limit;
 pub mod sandbox;
+pub mod secret;
 pub mod snapshot;
 pub mod store;
 pub mod users;
@@ -42,6 +43,8 @@ pub struct AppState {
     pub organizations: Arc<organization::OrganizationSettings>,
     /// Where the SDK uploads build contexts (and the embedded S3 endpoint, if any).
     pub push_access: Arc<object_storage::PushAccess>,
+    /// Organization secrets; also the egress proxy's directory.
+    pub secrets: Arc<secret::SecretService>,
 }
 
 /// The API's router; every route lives under `/api`, including the Socket.IO event gateway,
@@ -61,6 +64,7 @@ pub fn router(state: AppState) -> Router {
         .merge(organization::router())
         .merge(users::router())
         .merge(volume::routes::router())
+        .merge(secret::routes::router())
         .merge(object_storage::router())
         .split_for_parts();
     // After routing, so the audit knows each call's route template.

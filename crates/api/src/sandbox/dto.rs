@@ -206,6 +206,7 @@ pub(crate) mod tests {
             last_activity_at: "2026-01-01T00:00:00.000Z".into(),
             auto_destroy_at: None,
             volumes: r#"[{"volumeId":"v-1","mountPath":"/data","subpath":"a/b"}]"#.into(),
+            secrets: "[]".into(),
         }
     }
 

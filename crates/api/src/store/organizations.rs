@@ -247,7 +247,7 @@ impl Store {
     }
 
     /// Hides the organization and removes everything that gives access to it: keys, members,
-    /// role assignments, invitations and its own roles.
+    /// role assignments, invitations, its own roles and its secrets.
     pub async fn delete_organization(&self, org: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool().begin().await?;
         for sql in [
@@ -258,6 +258,7 @@ impl Store {
                (SELECT id FROM organization_invitations WHERE organization_id = $1)",
             "DELETE FROM organization_invitations WHERE organization_id = $1",
             "DELETE FROM organization_roles WHERE organization_id = $1",
+            "DELETE FROM organization_secrets WHERE organization_id = $1",
         ] {
             sqlx::query(sql).bind(org).execute(&mut *tx).await?;
         }

@@ -43,6 +43,8 @@ pub struct SandboxRow {
     pub auto_destroy_at: Option<String>,
     /// JSON array of the volumes it mounts (`{volumeId, mountPath, subpath?}`).
     pub volumes: String,
+    /// JSON array of the secrets it mounts (`{env, secretId, placeholder}`).
+    pub secrets: String,
 }
 
 /// Column used to order a sandbox listing (the SDK's `sort` values).
@@ -96,12 +98,13 @@ pub struct SandboxFilter {
 const COLUMNS: &str = "id, organization_id, name, snapshot, image_ref, os_user, env, labels, public,
     network_block_all, network_allow_list, domain_allow_list, target, cpu, gpu, memory, disk, state, desired_state,
     error_reason, auto_stop_interval, auto_archive_interval, auto_delete_interval, auto_pause_interval,
-    runner_id, daemon_version, created_at, updated_at, last_activity_at, auto_destroy_at, volumes";
+    runner_id, daemon_version, created_at, updated_at, last_activity_at, auto_destroy_at, volumes,
+    secrets";
 
 impl Store {
     pub async fn insert_sandbox(&self, row: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31)"
+            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32)"
         )))
         .bind(&row.id)
         .bind(&row.organization_id)
@@ -134,6 +137,7 @@ impl Store {
         .bind(&row.last_activity_at)
         .bind(&row.auto_destroy_at)
         .bind(&row.volumes)
+        .bind(&row.secrets)
         .execute(self.pool())
         .await?;
         Ok(())
