@@ -1,4 +1,4 @@
--- PostgreSQL twin of sqlite/0014_organization_secrets.sql (the same schema: only text columns).
+-- PostgreSQL twin of sqlite/0015_organization_secrets.sql (the same schema: only text columns).
 -- Organization secrets (`/api/secret`): the value encrypted (AES-256-GCM, key derived from
 -- ENCRYPTION_KEY and ENCRYPTION_SALT), an opaque placeholder that sandboxes see instead, and
 -- the hosts (JSON array of strings) the value may be sent to.
