@@ -62,6 +62,7 @@ POSTGRES_MODULES = {
     "test_preview",
     "test_quotas",
     "test_restart",
+    "test_secrets",
     "test_settings",
     "test_snapshots",
     "test_ssh",

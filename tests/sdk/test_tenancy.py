@@ -68,6 +68,7 @@ class World:
     signed_token: str
     volume: dict
     warm_pool: dict
+    secret: dict
 
     def denied(self, method: str, path: str, body: object | None = None, headers: dict | None = None) -> None:
         result = self.b.api(method, path, body, headers)
@@ -108,6 +109,7 @@ def world(server) -> World:
         signed = a.api.ok("GET", f"/sandbox/{sandbox.id}/ports/8080/signed-preview-url")
         volume = a.api.ok("POST", "/volumes", {"name": unique("a-vol")})
         warm_pool = a.api.ok("POST", "/warm-pools", {"snapshot": snapshot_name, "pool": 1}, status=201)
+        secret = a.api.ok("POST", "/secret", {"name": unique("a_sec").replace("-", "_"), "value": "a-value"}, status=201)
         yield World(
             server=server,
             admin=admin,
@@ -124,6 +126,7 @@ def world(server) -> World:
             signed_token=signed["token"],
             volume=volume,
             warm_pool=warm_pool,
+            secret=secret,
         )
     finally:
         client.delete(sandbox, timeout=60)
@@ -131,6 +134,8 @@ def world(server) -> World:
             a.api("DELETE", f"/volumes/{volume['id']}")
         if "warm_pool" in locals():
             a.api("DELETE", f"/warm-pools/{warm_pool['id']}")
+        if "secret" in locals():
+            a.api("DELETE", f"/secret/{secret['id']}")
         a.api("DELETE", f"/snapshots/{snapshot_name}")
 
 
@@ -146,7 +151,7 @@ def _own_org_create(w: World, path: str, body: dict) -> None:
     assert result.status in (200, 201), f"POST {path}: {result.status} {result.body[:200]!r}"
     created = result.json()
     assert created.get("organizationId") != w.a.personal_org and created.get("id") != w.a.personal_org
-    if path in ("/sandbox", "/snapshots", "/volumes"):
+    if path in ("/sandbox", "/snapshots", "/volumes", "/secret"):
         assert w.a.api("GET", f"{path}/{created['id']}").status == 404, f"A sees B's {path} creation"
         w.b.api("DELETE", f"{path}/{created['id']}")
     elif path == "/api-keys":
@@ -170,6 +175,13 @@ def _waiting_in(w: World, pool_id: str) -> set[str]:
 def _listing_hides_a(w: World, path: str, *secrets: str) -> None:
     found = ids_in(w.b.api.ok("GET", path))
     assert not found & set(secrets), f"B's GET {path} shows A's {found & set(secrets)}"
+
+
+def _refused_unknown_secret(w: World, method: str, path: str, body: dict) -> None:
+    result = w.b.api(method, path, body)
+    assert result.status == 400 and "not found" in result.json()["message"], (
+        f"B's {method} {path} with A's secret answered {result.status}: {result.body[:300]!r}"
+    )
 
 
 S, O = "/api/sandbox/{id}", "/api/organizations/{organization_id}"
@@ -269,6 +281,22 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
             False,
         ),
     ),
+    # --- secrets ---
+    ("GET", "/api/secret"): lambda w: _listing_hides_a(w, "/secret", w.secret["id"], w.secret["name"]),
+    ("GET", "/api/secret/paginated"): lambda w: (
+        _listing_hides_a(w, "/secret/paginated", w.secret["id"], w.secret["name"]),
+        _listing_hides_a(w, f"/secret/paginated?name={w.secret['name']}", w.secret["id"], w.secret["name"]),
+    ),
+    ("POST", "/api/secret"): lambda w: (
+        # Names are per organization: B may use A's name, in B's own organization.
+        _own_org_create(w, "/secret", {"name": w.secret["name"], "value": "b-value"}),
+        # Mounting A's secret, by name, in a sandbox of B (a 400 naming the unknown secret).
+        _refused_unknown_secret(w, "POST", "/sandbox", {"secrets": [{"T": w.secret["name"]}]}),
+    ),
+    ("GET", "/api/secret/{id}"): lambda w: w.denied("GET", f"/secret/{w.secret['id']}"),
+    ("PATCH", "/api/secret/{id}"): lambda w: w.denied("PATCH", f"/secret/{w.secret['id']}", {"value": "b"}),
+    ("DELETE", "/api/secret/{id}"): lambda w: w.denied("DELETE", f"/secret/{w.secret['id']}"),
+    ("PUT", f"{S}/secrets"): lambda w: w.denied("PUT", f"/sandbox/{w.sandbox_id}/secrets", {"secrets": []}),
     # --- volumes ---
     ("GET", "/api/volumes"): lambda w: _listing_hides_a(w, "/volumes", w.volume["id"], w.volume["name"]),
     ("POST", "/api/volumes"): lambda w: (

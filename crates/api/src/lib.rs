@@ -24,6 +24,7 @@ pub mod organization;
 pub mod quota;
 pub mod rate_limit;
 pub mod sandbox;
+pub mod secret;
 pub mod snapshot;
 pub mod store;
 pub mod users;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub oidc: Option<Arc<daytona_oidc::Provider>>,
     /// What `GET /config` shows.
     pub configuration: Arc<configuration::PublicConfiguration>,
+    /// Organization secrets; also the egress proxy's directory.
+    pub secrets: Arc<secret::SecretService>,
 }
 
 /// The API's router; every route lives under `/api`, including the Socket.IO event gateway,
@@ -68,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .merge(organization::router())
         .merge(users::router())
         .merge(volume::routes::router())
+        .merge(secret::routes::router())
         .merge(object_storage::router())
         .merge(warm_pool::routes::router())
         .merge(configuration::router())

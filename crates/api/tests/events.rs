@@ -51,6 +51,11 @@ async fn start_server() -> (Server, Org, Org) {
         settings,
     ));
     let app = daytona_api::router(AppState {
+        secrets: Arc::new(daytona_api::secret::SecretService::new(
+            store.clone(),
+            "key",
+            "salt",
+        )),
         store,
         sandboxes: sandboxes.clone(),
         snapshots,

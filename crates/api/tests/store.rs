@@ -6,9 +6,9 @@ use std::collections::HashSet;
 
 use daytona_api::Store;
 use daytona_api::store::{
-    Claim, MetricSample, OpenError, OrgQuotas, ResourceUse, SandboxFilter, SandboxRow,
-    SandboxSetting, SandboxSort, SecretKind, SnapshotBuildRow, SnapshotFilter, SnapshotRow,
-    WarmPoolRow, now,
+    Claim, MetricSample, OpenError, OrgQuotas, OrgSecretRow, ResourceUse, SandboxFilter,
+    SandboxRow, SandboxSetting, SandboxSort, SecretFilter, SecretKind, SecretSort,
+    SnapshotBuildRow, SnapshotFilter, SnapshotRow, WarmPoolRow, now,
 };
 
 mod common;
@@ -50,6 +50,7 @@ fn sandbox(org: &str, name: &str, labels: &str) -> SandboxRow {
         volumes: "[]".into(),
         warm_pool_id: None,
         pooled: false,
+        secrets: "[]".into(),
     }
 }
 
@@ -501,6 +502,132 @@ async fn concurrent_claims_of_one_sandbox_have_one_winner() {
             winners += usize::from(attempt.await.unwrap());
         }
         assert_eq!(winners, 1, "{backend}");
+    }
+}
+
+fn org_secret(org: &str, name: &str, created_at: &str) -> OrgSecretRow {
+    OrgSecretRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        organization_id: org.into(),
+        name: name.into(),
+        description: None,
+        value_sealed: "sealed".into(),
+        placeholder: format!("daytona-secret-{}", uuid::Uuid::new_v4().simple()),
+        hosts: r#"["api.example.com"]"#.into(),
+        created_at: created_at.into(),
+        updated_at: created_at.into(),
+    }
+}
+
+#[tokio::test]
+async fn organization_secrets_are_stored_and_listed_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let org = add_org(&store, "alice").await.ctx.organization_id;
+        let other = add_org(&store, "bob").await.ctx.organization_id;
+        let rows = [
+            org_secret(&org, "b_key", "2026-01-01T00:00:01.000Z"),
+            org_secret(&org, "a_key", "2026-01-01T00:00:02.000Z"),
+            org_secret(&org, "c%_x", "2026-01-01T00:00:03.000Z"),
+        ];
+        for row in &rows {
+            store.insert_org_secret(row).await.unwrap();
+        }
+        store
+            .insert_org_secret(&org_secret(&other, "a_key", "2026-01-01T00:00:04.000Z"))
+            .await
+            .unwrap();
+        let dup = store
+            .insert_org_secret(&org_secret(&org, "a_key", "x"))
+            .await;
+        assert!(
+            matches!(dup, Err(sqlx::Error::Database(ref d)) if d.is_unique_violation()),
+            "{backend}: {dup:?}"
+        );
+
+        let list = |name: Option<&str>, sort, descending, offset, limit| SecretFilter {
+            name: name.map(str::to_owned),
+            sort,
+            descending,
+            offset,
+            limit,
+        };
+        let (page, total) = store
+            .list_org_secrets(&org, &list(None, SecretSort::CreatedAt, true, 0, 2))
+            .await
+            .unwrap();
+        let names: Vec<&str> = page.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            (names, total),
+            (vec!["c%_x", "a_key", "b_key"], 3),
+            "{backend}"
+        );
+        let (page, _) = store
+            .list_org_secrets(&org, &list(None, SecretSort::Name, false, 1, 5))
+            .await
+            .unwrap();
+        let names: Vec<&str> = page.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["b_key", "c%_x"], "{backend}");
+        // Case-insensitive substring; LIKE wildcards in the filter are literal.
+        let (page, total) = store
+            .list_org_secrets(&org, &list(Some("KEY"), SecretSort::Name, false, 0, 10))
+            .await
+            .unwrap();
+        assert_eq!((page.len(), total), (2, 2), "{backend}");
+        let (page, total) = store
+            .list_org_secrets(&org, &list(Some("%_"), SecretSort::Name, false, 0, 10))
+            .await
+            .unwrap();
+        assert_eq!((page[0].name.as_str(), total), ("c%_x", 1), "{backend}");
+
+        let mut changed = rows[0].clone();
+        changed.description = Some("d".into());
+        changed.value_sealed = "resealed".into();
+        changed.updated_at = now();
+        store.update_org_secret(&changed).await.unwrap();
+        let got = store.org_secret(&org, &changed.id).await.unwrap().unwrap();
+        assert_eq!(
+            (got.description.as_deref(), got.value_sealed.as_str()),
+            (Some("d"), "resealed")
+        );
+        assert!(
+            store
+                .org_secret(&other, &changed.id)
+                .await
+                .unwrap()
+                .is_none(),
+            "{backend}"
+        );
+        let by_ids = store
+            .org_secrets_by_ids(&org, &[rows[1].id.clone(), "missing".into()])
+            .await
+            .unwrap();
+        assert_eq!(by_ids.len(), 1, "{backend}");
+        assert_eq!(
+            store
+                .org_secret_by_name(&org, "a_key")
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+            rows[1].id
+        );
+
+        let sandbox_row = sandbox(&org, "with-secrets", "{}");
+        store.insert_sandbox(&sandbox_row).await.unwrap();
+        store
+            .set_sandbox_secrets(&sandbox_row.id, r#"[{"env":"T"}]"#)
+            .await
+            .unwrap();
+        let stored = store.sandbox_by_id(&sandbox_row.id).await.unwrap().unwrap();
+        assert_eq!(stored.secrets, r#"[{"env":"T"}]"#, "{backend}");
+
+        assert!(store.delete_org_secret(&org, &rows[0].id).await.unwrap());
+        assert!(!store.delete_org_secret(&org, &rows[0].id).await.unwrap());
+        store.delete_organization(&org).await.unwrap();
+        assert!(
+            store.org_secret(&org, &rows[1].id).await.unwrap().is_none(),
+            "{backend}"
+        );
     }
 }
 

@@ -10,9 +10,11 @@ use anyhow::{Context, bail};
 use daytona_api::object_storage::PushAccess;
 use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
 use daytona_api::sandbox::access::{AccessService, AccessSettings};
+use daytona_api::secret::SecretService;
 use daytona_api::snapshot::{BuildSettings, Builds, SnapshotService};
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
 use daytona_config::{Config, Roles, SandboxDns};
+use daytona_egress::{Egress, EgressRules};
 use daytona_runner::Runner;
 use daytona_runner::image::{ImageStore, RegistryCredentials, RegistrySettings};
 use daytona_runner::volume::VolumeStore;
@@ -153,10 +155,24 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let push_access = Arc::new(push_access(&config, storage.clone()));
     let volumes = VolumeStore::open(data_dir.join("volumes"))
         .with_context(|| format!("cannot open {}", data_dir.join("volumes").display()))?;
+    let egress_dir = data_dir.join("egress");
+    let egress = Arc::new(
+        Egress::open(
+            &egress_dir,
+            config.runner.egress_proxy_port,
+            EgressRules::new(
+                config.runner.sandbox_subnet,
+                config.runner.inter_sandbox_network_enabled,
+            ),
+            config.runner.egress_extra_ca_file.as_deref(),
+        )
+        .with_context(|| format!("cannot set up the egress proxy in {}", egress_dir.display()))?,
+    );
     let runner = Arc::new(
         Runner::new("local", images, runtime.clone())
             .with_storage(storage)
-            .with_volumes(volumes),
+            .with_volumes(volumes)
+            .with_egress(egress.clone()),
     );
 
     let settings = SandboxSettings {
@@ -210,7 +226,13 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         preview_url_template: config.proxy.template_url.clone(),
         ssh_command_template: config.ssh_gateway.command.clone(),
     }));
+    let secrets = Arc::new(SecretService::new(
+        store.clone(),
+        config.api.encryption_key.expose(),
+        config.api.encryption_salt.expose(),
+    ));
     let state = AppState {
+        secrets: secrets.clone(),
         store,
         sandboxes,
         snapshots,
@@ -267,10 +289,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         daytona_proxy::router(Arc::new(state.clone()), proxy_settings),
     )
     .with_graceful_shutdown(wait(rx.clone()));
-    let ssh =
-        daytona_ssh_gateway::serve(ssh_listener, Arc::new(SshAccess(state)), host_key, wait(rx));
-    let servers =
-        tokio::spawn(async move { tokio::try_join!(api.into_future(), proxy.into_future(), ssh) });
+    let ssh = daytona_ssh_gateway::serve(
+        ssh_listener,
+        Arc::new(SshAccess(state)),
+        host_key,
+        wait(rx.clone()),
+    );
+    let egress_proxy = daytona_egress::serve(egress, secrets, wait(rx));
+    let servers = tokio::spawn(async move {
+        tokio::try_join!(api.into_future(), proxy.into_future(), ssh, egress_proxy)
+    });
     shutdown.await;
     tracing::info!("shutting down; running sandboxes keep running");
     drop(tx);

@@ -22,6 +22,8 @@
 //! | `DAYTONA_BRIDGE_NAME` | `daytona0` | Linux bridge the sandboxes attach to |
 //! | `DAYTONA_SANDBOX_DNS` | the host's first non-loopback resolver | Where sandbox DNS queries (to their gateway) are forwarded: an IPv4 address, or `none` to refuse them |
 //! | `DAYTONA_SANDBOX_USERNS` | `false` | Run new sandboxes in a user namespace: root inside is an unprivileged range of 65536 host ids per sandbox (from 2^30), image layers are idmapped |
+//! | `DAYTONA_EGRESS_PROXY_PORT` | `3128` | Port of the egress proxy (on the bridge's gateway address) that puts organization secrets into sandboxes' HTTP(S) requests |
+//! | `DAYTONA_EGRESS_EXTRA_CA_FILE` | (none) | PEM certificates the egress proxy trusts, besides the host's and the bundled web roots, when it verifies the hosts it sends secrets to |
 //! | `DAYTONA_SANDBOX_SUBNET` | `100.100.0.0/16` | IPv4 network for sandboxes; must lie inside `100.64.0.0/10`, at most /30 |
 //! | `DAYTONA_INSECURE_REGISTRIES` | (none) | Comma-separated `host[:port]` of image registries pulled over plain HTTP; loopback registries always are |
 //! | `DAYTONA_ROLES` | `api,proxy,runner,ssh-gateway` | Comma-separated services this process runs |

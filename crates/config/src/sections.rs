@@ -668,6 +668,12 @@ pub struct RunnerConfig {
     /// `DAYTONA_INSECURE_REGISTRIES`: comma-separated `host[:port]` of registries pulled over
     /// plain HTTP (loopback registries always are; a `host` without port means every port).
     pub insecure_registries: Vec<String>,
+    /// `DAYTONA_EGRESS_PROXY_PORT` (3128): port of the egress proxy on the bridge's gateway
+    /// address, through which sandboxes that mount secrets send HTTP(S).
+    pub egress_proxy_port: u16,
+    /// `DAYTONA_EGRESS_EXTRA_CA_FILE`: PEM certificates the egress proxy trusts besides the host's
+    /// and the bundled web roots when it verifies the hosts it sends secrets to.
+    pub egress_extra_ca_file: Option<PathBuf>,
 }
 
 /// `host[:port]` entries, blanks ignored; `None` when one has a scheme, a path or a bad port.
@@ -767,6 +773,8 @@ impl RunnerConfig {
                 },
             ),
             sandbox_userns: r.flag("DAYTONA_SANDBOX_USERNS", false),
+            egress_proxy_port: r.port("DAYTONA_EGRESS_PROXY_PORT", 3128),
+            egress_extra_ca_file: r.absolute_path("DAYTONA_EGRESS_EXTRA_CA_FILE"),
         }
     }
 }

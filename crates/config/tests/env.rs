@@ -354,6 +354,12 @@ fn every_kind_of_bad_value_names_its_variable() {
             "maybe",
             "true/false, 1/0 or yes/no",
         ),
+        ("DAYTONA_EGRESS_PROXY_PORT", "0", "port"),
+        (
+            "DAYTONA_EGRESS_EXTRA_CA_FILE",
+            "relative/ca.pem",
+            "absolute",
+        ),
     ];
     for (var, value, expected) in cases {
         let err = error(&[(var, value)]);

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::image::build::{BuildError, BuildLog, BuildRequest, Builder};
 use crate::image::{ImageError, ImageStore, PinnedImage};
 use crate::volume::VolumeStore;
+use daytona_egress::Egress;
 
 /// What the control plane asks a runner to create.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -37,6 +38,10 @@ pub struct SandboxRequest {
     /// Volumes to mount, in order.
     #[serde(default)]
     pub volumes: Vec<VolumeMount>,
+    /// Organization secrets it mounts: variable → placeholder (the value stays outside; the
+    /// runner's egress proxy puts it into requests to the secret's hosts).
+    #[serde(default)]
+    pub secret_env: BTreeMap<String, String>,
 }
 
 /// A volume mounted into a sandbox.
@@ -74,6 +79,8 @@ pub enum RunnerError {
     VolumeMissing(String),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("sandbox {id}: cannot update its environment: {reason}")]
+    Environment { id: String, reason: String },
 }
 
 /// The image a sandbox's files became (`snapshot_sandbox`).
@@ -174,6 +181,16 @@ pub trait SandboxRunner: Send + Sync + 'static {
         let _ = (req, key);
         Err(RunnerError::Unsupported("restoring sandboxes"))
     }
+    /// Replaces the secret variables (variable → placeholder) that a running sandbox's later
+    /// processes get, with the egress proxy settings they need; stale placeholders go.
+    async fn update_secret_env(
+        &self,
+        id: &str,
+        secret_env: &BTreeMap<String, String>,
+    ) -> Result<(), RunnerError> {
+        let _ = (id, secret_env);
+        Err(RunnerError::Unsupported("secrets"))
+    }
     /// Deletes an archive (a missing one is fine).
     async fn delete_archive(&self, key: &str) -> Result<(), RunnerError> {
         let _ = key;
@@ -206,6 +223,8 @@ pub struct Runner {
     storage: Option<ObjectStorage>,
     /// Where volumes live.
     volumes: Option<VolumeStore>,
+    /// The egress proxy that puts secret values into sandboxes' requests.
+    egress: Option<Arc<Egress>>,
 }
 
 /// zstd level of sandbox archives: fast; the zeros of a sparse disk compress away at any level.
@@ -226,7 +245,32 @@ impl Runner {
             runtime,
             storage: None,
             volumes: None,
+            egress: None,
         }
+    }
+
+    /// Sandboxes use `egress` (mounted CA trust; proxy settings when they mount secrets).
+    pub fn with_egress(mut self, egress: Arc<Egress>) -> Self {
+        self.egress = Some(egress);
+        self
+    }
+
+    /// The variables of a sandbox that mounts `secret_env` (nothing when it mounts none).
+    fn secret_variables(
+        &self,
+        id: &str,
+        secret_env: &BTreeMap<String, String>,
+    ) -> Result<BTreeMap<String, String>, RunnerError> {
+        if secret_env.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let egress = self
+            .egress
+            .as_ref()
+            .ok_or(RunnerError::Unsupported("secrets without an egress proxy"))?;
+        let mut env = egress.sandbox_env(id);
+        env.extend(secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        Ok(env)
     }
 
     /// Keeps volumes in `volumes`.
@@ -263,6 +307,7 @@ impl Runner {
                     source,
                     subpath: v.subpath.clone().filter(|s| !s.is_empty()),
                     target: v.mount_path.clone(),
+                    read_only: false,
                 })
             })
             .collect()
@@ -287,12 +332,23 @@ impl Runner {
         &self,
         req: &SandboxRequest,
     ) -> Result<(PinnedImage, SandboxSpec), RunnerError> {
-        let mounts = self.mounts_for(&req.volumes)?;
+        let mut mounts = self.mounts_for(&req.volumes)?;
+        if let Some(egress) = &self.egress {
+            // Always, so secrets mounted later find the CA trust in place.
+            mounts.push(Mount {
+                source: egress.trust_dir().to_path_buf(),
+                subpath: None,
+                target: daytona_egress::TRUST_MOUNT_TARGET.to_owned(),
+                read_only: true,
+            });
+        }
+        let secret_vars = self.secret_variables(&req.id, &req.secret_env)?;
         let pinned = self.images.resolve_pinned(&req.image).await?;
         let image = &pinned.image;
         // Image env first, so the request's variables win.
         let mut env: BTreeMap<String, String> = image.env.iter().cloned().collect();
         env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.extend(secret_vars);
         let user = req
             .user
             .clone()
@@ -513,6 +569,40 @@ impl SandboxRunner for Runner {
         let store = self.volume_store()?.clone();
         let owned = id.to_owned();
         blocking_volume(id, move || store.remove(&owned)).await
+    }
+
+    async fn update_secret_env(
+        &self,
+        id: &str,
+        secret_env: &BTreeMap<String, String>,
+    ) -> Result<(), RunnerError> {
+        let failed = |reason: String| RunnerError::Environment {
+            id: id.to_owned(),
+            reason,
+        };
+        let set = self.secret_variables(id, secret_env)?;
+        let Some(address) = self.daemon_address(id).await? else {
+            return Err(failed("it is not running".into()));
+        };
+        // Only placeholders are dropped: the proxy settings stay (harmless without secrets,
+        // and they may be the user's own).
+        let body = serde_json::json!({
+            "set": set,
+            "unsetValuePrefix": daytona_egress::PLACEHOLDER_PREFIX,
+        });
+        let response = reqwest::Client::new()
+            .post(format!("http://{address}/env"))
+            .json(&body)
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let text = response.text().await.unwrap_or_default();
+            return Err(failed(format!("daemon answered {status}: {text}")));
+        }
+        Ok(())
     }
 
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError> {

@@ -63,6 +63,9 @@ pub struct Mount {
     /// Absolute path inside the sandbox; created if missing (symlinks there resolve inside the
     /// sandbox's own root).
     pub target: String,
+    /// Mounted read-only (the runner's own files, such as the egress CA trust).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 impl Mount {
@@ -501,6 +504,7 @@ mod tests {
             source: PathBuf::from("/v"),
             subpath: Some("a//b/".into()),
             target: "/data".into(),
+            read_only: false,
         };
         assert_eq!(mount.subpath_components(), ["a", "b"]);
         assert!(mount.validate().is_ok());

@@ -1375,6 +1375,7 @@ async fn volumes_are_shared_live_and_confined(env: &Env) {
         source: volume.clone(),
         subpath: subpath.map(str::to_owned),
         target: target.to_owned(),
+        read_only: false,
     };
     let (a, b) = (new_id(), new_id());
     let mut spec_a = env.spec(&a);

@@ -212,6 +212,7 @@ pub(crate) mod tests {
             volumes: r#"[{"volumeId":"v-1","mountPath":"/data","subpath":"a/b"}]"#.into(),
             warm_pool_id: None,
             pooled: false,
+            secrets: "[]".into(),
         }
     }
 

@@ -5,6 +5,7 @@ mod capture;
 pub mod dto;
 pub mod lifecycle;
 pub mod routes;
+mod secrets;
 pub mod service;
 pub mod settings;
 pub mod telemetry;

@@ -284,11 +284,11 @@ async fn toolbox_proxy_url(
     ))
 }
 
-fn encode_cursor(offset: i64) -> String {
+pub(crate) fn encode_cursor(offset: i64) -> String {
     URL_SAFE_NO_PAD.encode(offset.to_string())
 }
 
-fn decode_cursor(cursor: &str) -> ApiResult<i64> {
+pub(crate) fn decode_cursor(cursor: &str) -> ApiResult<i64> {
     URL_SAFE_NO_PAD
         .decode(cursor)
         .ok()

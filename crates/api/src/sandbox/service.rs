@@ -82,7 +82,7 @@ fn ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 100_000.0).round() / 100.0
 }
 
-fn is_valid_env_key(key: &str) -> bool {
+pub(crate) fn is_valid_env_key(key: &str) -> bool {
     let mut chars = key.chars();
     matches!(chars.next(), Some(c) if c == '_' || c.is_ascii_alphabetic())
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
@@ -317,6 +317,13 @@ impl SandboxService {
             .volumes
             .resolve_mounts(&ctx.organization_id, &body.volumes)
             .await?;
+        let secrets = crate::secret::resolve_mounts(
+            &self.store,
+            &ctx.organization_id,
+            body.secrets.as_deref().unwrap_or_default(),
+            &body.env,
+        )
+        .await?;
         let id = uuid::Uuid::new_v4().to_string();
         let name = body.name.clone().unwrap_or_else(|| id.clone());
         if self
@@ -369,6 +376,7 @@ impl SandboxService {
             volumes: serde_json::to_string(&mounts).expect("mounts serialize"),
             warm_pool_id: warm_pool.map(str::to_string),
             pooled: warm_pool.is_some(),
+            secrets: serde_json::to_string(&secrets).expect("secret mounts serialize"),
         };
         // Check and insert under one lock so concurrent creates cannot overrun a quota together.
         let quota_guard = self.quota_lock.lock().await;
@@ -587,6 +595,8 @@ impl SandboxService {
     async fn boot(self: Arc<Self>, id: String) -> Result<(), sqlx::Error> {
         match self.runner.start_sandbox(&id).await {
             Ok(_) => {
+                // The secrets may have changed since the sandbox was made.
+                self.push_secret_env(&id).await;
                 self.store
                     .set_sandbox_started(&id, self.runner.id(), None)
                     .await
@@ -933,6 +943,7 @@ pub(super) fn runner_request(row: &SandboxRow) -> ApiResult<SandboxRequest> {
             row.network_allow_list.as_deref(),
         )?,
         volumes: volume::runner_mounts(&row.volumes),
+        secret_env: crate::secret::mount_env(&row.secrets),
     })
 }
 

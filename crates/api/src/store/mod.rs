@@ -19,6 +19,7 @@ mod accounts;
 mod audit;
 mod builds;
 mod metrics;
+mod organization_secrets;
 mod organizations;
 mod quotas;
 mod sandboxes;
@@ -33,6 +34,7 @@ pub use accounts::{ApiKeyRow, CredentialRow, NewApiKey};
 pub use audit::{AuditEntry, AuditSelection, NewAuditEntry};
 pub use builds::SnapshotBuildRow;
 pub use metrics::MetricSample;
+pub use organization_secrets::{OrgSecretRow, SecretFilter, SecretSort};
 pub use organizations::{
     Holdings, InvitationRow, MemberRow, NewInvitation, NewUser, OrganizationRow, RegionRow,
     RoleRow, UserRow,

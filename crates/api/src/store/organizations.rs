@@ -248,8 +248,8 @@ impl Store {
     }
 
     /// Hides the organization and removes everything that gives access to it: keys, members,
-    /// role assignments, invitations and its own roles; its warm pools go too (the pool worker
-    /// then destroys their sandboxes).
+    /// role assignments, invitations, its own roles and its secrets; its warm pools go too (the
+    /// pool worker then destroys their sandboxes).
     pub async fn delete_organization(&self, org: &str) -> Result<(), sqlx::Error> {
         let mut tx = self.pool().begin().await?;
         for sql in [
@@ -261,6 +261,7 @@ impl Store {
             "DELETE FROM organization_invitations WHERE organization_id = $1",
             "DELETE FROM organization_roles WHERE organization_id = $1",
             "DELETE FROM warm_pools WHERE organization_id = $1",
+            "DELETE FROM organization_secrets WHERE organization_id = $1",
         ] {
             sqlx::query(sql).bind(org).execute(&mut *tx).await?;
         }

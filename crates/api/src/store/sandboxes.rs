@@ -48,6 +48,8 @@ pub struct SandboxRow {
     /// Still waiting in that pool: not yet its organization's to see or use.
     #[sqlx(try_from = "Flag")]
     pub pooled: bool,
+    /// JSON array of the secrets it mounts (`{env, secretId, placeholder}`).
+    pub secrets: String,
 }
 
 /// Column used to order a sandbox listing (the SDK's `sort` values).
@@ -104,12 +106,12 @@ pub(super) const COLUMNS: &str = "id, organization_id, name, snapshot, image_ref
     network_block_all, network_allow_list, domain_allow_list, target, cpu, gpu, memory, disk, state, desired_state,
     error_reason, auto_stop_interval, auto_archive_interval, auto_delete_interval, auto_pause_interval,
     runner_id, daemon_version, created_at, updated_at, last_activity_at, auto_destroy_at, volumes,
-    warm_pool_id, pooled";
+    warm_pool_id, pooled, secrets";
 
 impl Store {
     pub async fn insert_sandbox(&self, row: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33)"
+            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)"
         )))
         .bind(&row.id)
         .bind(&row.organization_id)
@@ -144,6 +146,7 @@ impl Store {
         .bind(&row.volumes)
         .bind(&row.warm_pool_id)
         .bind(row.pooled)
+        .bind(&row.secrets)
         .execute(self.pool())
         .await?;
         Ok(())

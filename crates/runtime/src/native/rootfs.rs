@@ -218,6 +218,7 @@ pub fn idmap_over(path: &Path, userns: &OwnedFd) -> StepResult {
     attach(&tree, target)
 }
 
+const MOUNT_ATTR_RDONLY: u64 = 0x0000_0001;
 const MOUNT_ATTR_NOSUID: u64 = 0x0000_0002;
 const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
 
@@ -282,6 +283,11 @@ pub fn open_volume(mount: &crate::Mount, userns: Option<&OwnedFd>) -> StepResult
     let attr = MountAttr {
         attr_set: MOUNT_ATTR_NOSUID
             | MOUNT_ATTR_NODEV
+            | if mount.read_only {
+                MOUNT_ATTR_RDONLY
+            } else {
+                0
+            }
             | if userns.is_some() {
                 MOUNT_ATTR_IDMAP
             } else {
