@@ -61,6 +61,7 @@ POSTGRES_MODULES = {
     "test_preview",
     "test_quotas",
     "test_restart",
+    "test_roles",
     "test_settings",
     "test_snapshots",
     "test_ssh",

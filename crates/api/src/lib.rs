@@ -15,6 +15,7 @@ pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod events;
+pub mod internal;
 mod json;
 pub mod mail;
 pub mod object_storage;
@@ -57,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .merge(snapshot::router())
         .merge(api_keys::router())
         .merge(sandbox::access::router())
+        .merge(internal::router())
         .merge(audit::router())
         .merge(organization::router())
         .merge(users::router())

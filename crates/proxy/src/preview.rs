@@ -100,6 +100,7 @@ async fn serve(state: ProxyState, host: PreviewHost, req: Request) -> Result<Res
         .await
         .map_err(|e| {
             if e.connect {
+                state.directory.forget(&sandbox_id);
                 ProxyError::BadGateway(format!(
                     "Nothing is listening on port {port} in sandbox {sandbox_id}. Start a server \
                      bound to 0.0.0.0:{port} inside the sandbox and reload."
