@@ -63,6 +63,7 @@ POSTGRES_MODULES = {
     "test_quotas",
     "test_restart",
     "test_secrets",
+    "test_roles",
     "test_settings",
     "test_snapshots",
     "test_ssh",

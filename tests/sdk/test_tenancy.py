@@ -400,6 +400,20 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     ("POST", "/api/admin/users/{user_id}/api-keys"): lambda w: w.denied(
         "POST", f"/admin/users/{w.a.id}/api-keys", {"name": unique("b")}
     ),
+    # --- service routes of a split proxy / SSH gateway: no user key at all, not even A's own ---
+    **{
+        ("GET", f"/api{route}"): (lambda path: lambda w: _service_only(w, path))(path)
+        for route, path in [
+            ("/internal/identity", "/internal/identity"),
+            ("/internal/sandbox/{id}/location", "/internal/sandbox/{sandbox}/location"),
+            ("/preview/{id}/public", "/preview/{sandbox}/public"),
+            ("/preview/{id}/validate/{token}", "/preview/{sandbox}/validate/x"),
+            ("/preview/{id}/signing-key", "/preview/{sandbox}/signing-key"),
+            ("/preview/{id}/{port}/sandbox-id", "/preview/{signed}/8080/sandbox-id"),
+        ]
+    },
+    # Asked by the proxy with its caller's key: B has no access to A's sandbox.
+    ("GET", "/api/preview/{id}/access"): lambda w: w.denied("GET", f"/preview/{w.sandbox_id}/access"),
     # --- the proxy: toolbox paths and preview hosts ---
     # The browser login's callback: without OIDC configured it is not served; with it, only a login
     # this browser started completes, and a non-member is refused (test_oidc.py).
@@ -421,6 +435,13 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
         ]
     ],
 }
+
+
+def _service_only(w: World, template: str) -> None:
+    path = template.format(sandbox=w.sandbox_id, signed=w.signed_token)
+    w.denied("GET", path)
+    result = w.a.api("GET", path)
+    assert result.status == 403, f"A's own key on service route {path}: {result.status} {result.body[:200]!r}"
 
 
 def assert_equal(actual, expected) -> None:

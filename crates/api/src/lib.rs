@@ -16,6 +16,7 @@ pub mod auth;
 pub mod configuration;
 pub mod error;
 pub mod events;
+pub mod internal;
 mod json;
 pub mod mail;
 pub mod object_storage;
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(snapshot::router())
         .merge(api_keys::router())
         .merge(sandbox::access::router())
+        .merge(internal::router())
         .merge(audit::router())
         .merge(organization::router())
         .merge(users::router())

@@ -19,12 +19,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the platform: API, proxy and a runner in one process, configured from the environment.
-    Server,
+    /// Run the platform: API, proxy, SSH gateway and a runner in one process, configured from the
+    /// environment; `--roles` (or `DAYTONA_ROLES`) runs a subset, e.g. `proxy` on its own.
+    Server {
+        /// Comma-separated roles (api, proxy, runner, ssh-gateway); overrides DAYTONA_ROLES.
+        #[arg(long, value_name = "ROLES")]
+        roles: Option<String>,
+    },
 }
 
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Server => server::main(),
+        Command::Server { roles } => server::main(roles),
     }
 }

@@ -1,20 +1,24 @@
-//! `daytona server`: API, proxy and an in-process runner with embedded defaults.
+//! `daytona server`: the API with its in-process runner, the proxy and the SSH gateway, all in one
+//! process by default. `DAYTONA_ROLES` (or `--roles`) picks a subset: `api,runner` serves the
+//! control plane, `proxy` and `ssh-gateway` run on their own and reach the API over HTTP. Each
+//! role starts from its own function below.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use daytona_api::internal::ServiceKeys;
 use daytona_api::object_storage::PushAccess;
 use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
 use daytona_api::sandbox::access::{AccessService, AccessSettings};
 use daytona_api::secret::SecretService;
 use daytona_api::snapshot::{BuildSettings, Builds, SnapshotService};
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
-use daytona_config::{Config, Roles, SandboxDns};
+use daytona_config::{Config, Role, Roles, SandboxDns};
 use daytona_egress::{Egress, EgressRules};
+use daytona_proxy::remote::{ApiClient, IdentityError, RemoteDirectory};
 use daytona_runner::Runner;
 use daytona_runner::image::{ImageStore, RegistryCredentials, RegistrySettings};
 use daytona_runner::volume::VolumeStore;
@@ -22,8 +26,12 @@ use daytona_runtime::native::{NativeConfig, NativeRuntime};
 use daytona_storage::{CredentialAuthority, ObjectStorage, S3Settings};
 use tokio::net::TcpListener;
 
-pub fn main() -> ExitCode {
-    let config = match Config::from_env() {
+pub fn main(roles: Option<String>) -> ExitCode {
+    // `--roles` stands for `DAYTONA_ROLES` and is validated like it.
+    let config = match Config::from_lookup(|name| match (name, &roles) {
+        ("DAYTONA_ROLES", Some(roles)) => Some(roles.clone()),
+        _ => std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()),
+    }) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("daytona server: configuration error:\n{e}");
@@ -88,47 +96,244 @@ fn find_daemon(configured: Option<&Path>) -> anyhow::Result<PathBuf> {
     })
 }
 
+/// A role's server, running until the shutdown signal.
+type RoleServer = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Result<()>> + Send>>;
+
 async fn serve(config: Config) -> anyhow::Result<()> {
-    // Split deployments need the proxy, SSH gateway and runners to reach the API over the
-    // network; until they can, a subset would start a server that silently lacks services.
     let roles = &config.server.roles;
-    if roles.iter().count() != Roles::all().iter().count() {
-        let chosen: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-        anyhow::bail!(
-            "DAYTONA_ROLES={}: running a subset of roles is not supported yet; this version runs \
-             api, proxy, runner and ssh-gateway together in one process (unset DAYTONA_ROLES)",
-            chosen.join(",")
-        );
-    }
-    let data_dir = config.server.data_dir.clone();
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    check_roles(roles)?;
     if !config.server.binds_loopback_only() {
         for warning in config.placeholder_secret_warnings() {
             tracing::warn!("{warning}");
         }
     }
+    let (tx, rx) = tokio::sync::watch::channel(());
+    let mut servers: Vec<RoleServer> = Vec::new();
+    let mut listening = Vec::new();
 
-    let store = Store::connect(&config)
-        .await
-        .context("cannot open the database")?;
-    let admin_key = config
-        .admin
-        .api_key
-        .as_ref()
-        .map(|s| s.expose().to_string());
-    if let Some(generated) =
-        daytona_api::auth::ensure_admin(&store, admin_key.as_deref(), &config.admin.quotas).await?
-    {
-        // Printed once: only its hash is stored.
-        println!("Admin API key (shown only once, store it safely): {generated}");
+    // The control plane and its in-process runner; the proxy and SSH gateway ask it directly when
+    // they run in this process, else the API over HTTP.
+    let control = if roles.contains(Role::Api) {
+        let control = ControlPlane::start(&config).await?;
+        let (server, addr) = serve_api(&config, control.state.clone(), rx.clone()).await?;
+        servers.push(server);
+        listening.push(format!("api {addr}"));
+        let egress = daytona_egress::serve(
+            control.egress.clone(),
+            control.state.secrets.clone(),
+            wait(rx.clone()),
+        );
+        servers.push(Box::pin(async move {
+            egress.await.context("egress proxy failed")
+        }));
+        Some(control)
+    } else {
+        None
+    };
+    if roles.contains(Role::Proxy) {
+        // Browser login needs the API's member lookup, which only the in-process directory has.
+        let (directory, oidc): (Arc<dyn daytona_proxy::SandboxDirectory>, _) = match &control {
+            Some(control) => (Arc::new(control.state.clone()), control.state.oidc.clone()),
+            None => (
+                Arc::new(remote_directory(&config, Role::Proxy).await?),
+                None,
+            ),
+        };
+        let (server, addr) = serve_proxy(&config, directory, oidc, rx.clone()).await?;
+        servers.push(server);
+        listening.push(format!("proxy {addr}"));
     }
-    daytona_api::organization::ensure_default_region(&store, &config.region).await?;
-    let (admin_org, _) = store
-        .admin_organization()
-        .await?
-        .context("admin organization missing after setup")?;
+    if roles.contains(Role::SshGateway) {
+        let directory: Arc<dyn daytona_ssh_gateway::SshDirectory> = match &control {
+            Some(control) => Arc::new(SshAccess(control.state.clone())),
+            None => Arc::new(daytona_ssh_gateway::remote::RemoteSshDirectory::new(
+                remote_directory(&config, Role::SshGateway).await?,
+            )),
+        };
+        let (server, addr) = serve_ssh_gateway(&config, directory, rx.clone()).await?;
+        servers.push(server);
+        listening.push(format!("ssh-gateway {addr}"));
+    }
+    drop(rx);
+    tracing::info!(
+        roles = %roles.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(","),
+        listening = %listening.join(", "),
+        data_dir = %config.server.data_dir.display(),
+        "daytona server ready"
+    );
 
+    let servers = tokio::spawn(futures::future::try_join_all(servers));
+    shutdown_signal().await;
+    tracing::info!("shutting down; running sandboxes keep running");
+    drop(tx);
+    servers.await.context("server task failed")??;
+    if let Some(control) = control {
+        release_network(&control.runtime).await;
+    }
+    Ok(())
+}
+
+/// Which role sets run today. The API drives the in-process runner only, so `api` and `runner`
+/// go together; the proxy and the SSH gateway run beside them or on their own.
+fn check_roles(roles: &Roles) -> anyhow::Result<()> {
+    if roles.contains(Role::Api) != roles.contains(Role::Runner) {
+        let chosen: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        anyhow::bail!(
+            "DAYTONA_ROLES={}: the api and runner roles run together in this version (the API \
+             drives its in-process runner); add the missing one, or run only proxy and/or \
+             ssh-gateway",
+            chosen.join(",")
+        );
+    }
+    Ok(())
+}
+
+/// What the `api` role needs from the `runner` role, and the runner's runtime (for shutdown).
+struct ControlPlane {
+    state: AppState,
+    runtime: Arc<NativeRuntime>,
+    /// The runner's egress proxy (secrets substitution), served beside the API.
+    egress: Arc<Egress>,
+}
+
+impl ControlPlane {
+    /// The store, the in-process runner, the services and their background workers.
+    async fn start(config: &Config) -> anyhow::Result<Self> {
+        let data_dir = config.server.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+        let store = Store::connect(config)
+            .await
+            .context("cannot open the database")?;
+        let admin_key = config
+            .admin
+            .api_key
+            .as_ref()
+            .map(|s| s.expose().to_string());
+        if let Some(generated) =
+            daytona_api::auth::ensure_admin(&store, admin_key.as_deref(), &config.admin.quotas)
+                .await?
+        {
+            // Printed once: only its hash is stored.
+            println!("Admin API key (shown only once, store it safely): {generated}");
+        }
+        daytona_api::organization::ensure_default_region(&store, &config.region).await?;
+        let (admin_org, _) = store
+            .admin_organization()
+            .await?
+            .context("admin organization missing after setup")?;
+
+        let (runner, runtime, egress) = start_runner(config)?;
+        let storage = object_storage(config, &data_dir)?;
+        let push_access = Arc::new(push_access(config, storage));
+
+        let settings = SandboxSettings {
+            toolbox_proxy_url: config.toolbox_proxy_url(),
+            default_snapshot: config.api.default_snapshot.clone(),
+            default_region: config.region.id.clone(),
+            max_auto_archive_minutes: config.api.max_auto_archive_interval.into(),
+        };
+        let builds = Builds::new(BuildSettings {
+            log_dir: data_dir.join("build-logs"),
+            timeout: config.build.timeout,
+            cpu: config.build.cpu_cores,
+            memory_gib: config.build.memory_gb,
+            disk_gib: BUILD_DISK_GIB,
+        });
+        let snapshots =
+            Arc::new(SnapshotService::new(store.clone(), runner.clone()).with_builds(builds));
+        // The default snapshot is pulled in the background so the first sandbox does not wait for it.
+        snapshots
+            .ensure_default(&admin_org, &config.api.default_snapshot)
+            .await?;
+        let sandboxes = Arc::new(SandboxService::new(
+            store.clone(),
+            runner,
+            snapshots.clone(),
+            settings,
+        ));
+        snapshots
+            .reconcile()
+            .await
+            .context("cannot reconcile snapshot states")?;
+        sandboxes
+            .reconcile()
+            .await
+            .context("cannot reconcile sandbox states")?;
+        // Images and layers left unused while the server was down (and interrupted pulls).
+        let collector = snapshots.clone();
+        tokio::spawn(async move { collector.collect_garbage().await });
+        daytona_api::sandbox::lifecycle::spawn(
+            sandboxes.clone(),
+            std::time::Duration::from_secs(30),
+        );
+        daytona_api::sandbox::telemetry::spawn(
+            sandboxes.clone(),
+            config.server.metrics_interval,
+            config.server.metrics_retention,
+        );
+        daytona_api::warm_pool::worker::spawn(sandboxes.clone(), std::time::Duration::from_secs(1));
+        let rate_limits = Arc::new(RateLimitPolicy::new(
+            config.rate_limits.clone(),
+            Box::new(InProcessLimiter::default()),
+        ));
+        let access = AccessService::new(AccessSettings {
+            preview_url_template: config.proxy.template_url.clone(),
+            ssh_command_template: config.ssh_gateway.command.clone(),
+        })
+        .with_service_keys(service_keys(config));
+        let secrets = Arc::new(SecretService::new(
+            store.clone(),
+            config.api.encryption_key.expose(),
+            config.api.encryption_salt.expose(),
+        ));
+        let state = AppState {
+            secrets,
+            store,
+            sandboxes,
+            snapshots,
+            rate_limits,
+            access: Arc::new(access),
+            organizations: Arc::new(daytona_api::organization::OrganizationSettings {
+                default_quotas: (&config.org_quotas).into(),
+                default_region: config.region.id.clone(),
+                mailer: config
+                    .smtp
+                    .as_ref()
+                    .map(|smtp| daytona_api::mail::Mailer::new(smtp, &config.api.dashboard_url))
+                    .transpose()
+                    .context("cannot set up outgoing mail")?
+                    .map(Arc::new),
+            }),
+            push_access,
+            oidc: oidc_provider(config)?,
+            configuration: Arc::new(daytona_api::configuration::PublicConfiguration::new(config)),
+        };
+        Ok(ControlPlane {
+            state,
+            runtime,
+            egress,
+        })
+    }
+}
+
+/// The keys of the services that run elsewhere (`PROXY_API_KEY`, `SSH_GATEWAY_API_KEY`); one
+/// that runs in this process needs none, so its key (often the published placeholder) opens
+/// nothing here.
+fn service_keys(config: &Config) -> ServiceKeys {
+    let roles = &config.server.roles;
+    let elsewhere = |role, key: &daytona_config::Secret| {
+        (!roles.contains(role)).then(|| key.expose().to_string())
+    };
+    ServiceKeys::new(
+        elsewhere(Role::Proxy, &config.proxy.api_key).as_deref(),
+        elsewhere(Role::SshGateway, &config.ssh_gateway.api_key).as_deref(),
+    )
+}
+
+/// The `runner` role: the image store and native runtime of this host.
+fn start_runner(config: &Config) -> anyhow::Result<(Arc<Runner>, Arc<NativeRuntime>, Arc<Egress>)> {
+    let data_dir = &config.server.data_dir;
     let daemon_bin = find_daemon(config.runner.daemon_path.as_deref())?;
     let base = NativeConfig::new(data_dir.join("runtime"), daemon_bin);
     let runtime = NativeRuntime::new(NativeConfig {
@@ -149,10 +354,9 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     })
     .context("cannot initialise the sandbox runtime")?;
     let runtime = Arc::new(runtime);
-    let images = ImageStore::with_registries(data_dir.join("images"), registry_settings(&config));
-    let storage = object_storage(&config, &data_dir)?;
+    let images = ImageStore::with_registries(data_dir.join("images"), registry_settings(config));
+    let storage = object_storage(config, data_dir)?;
     tracing::info!(?storage, "object storage");
-    let push_access = Arc::new(push_access(&config, storage.clone()));
     let volumes = VolumeStore::open(data_dir.join("volumes"))
         .with_context(|| format!("cannot open {}", data_dir.join("volumes").display()))?;
     let egress_dir = data_dir.join("egress");
@@ -174,140 +378,94 @@ async fn serve(config: Config) -> anyhow::Result<()> {
             .with_volumes(volumes)
             .with_egress(egress.clone()),
     );
+    Ok((runner, runtime, egress))
+}
 
-    let settings = SandboxSettings {
-        toolbox_proxy_url: config.toolbox_proxy_url(),
-        default_snapshot: config.api.default_snapshot.clone(),
-        default_region: config.region.id.clone(),
-        max_auto_archive_minutes: config.api.max_auto_archive_interval.into(),
-    };
-    let builds = Builds::new(BuildSettings {
-        log_dir: data_dir.join("build-logs"),
-        timeout: config.build.timeout,
-        cpu: config.build.cpu_cores,
-        memory_gib: config.build.memory_gb,
-        disk_gib: BUILD_DISK_GIB,
-    });
-    let snapshots =
-        Arc::new(SnapshotService::new(store.clone(), runner.clone()).with_builds(builds));
-    // The default snapshot is pulled in the background so the first sandbox does not wait for it.
-    snapshots
-        .ensure_default(&admin_org, &config.api.default_snapshot)
-        .await?;
-    let sandboxes = Arc::new(SandboxService::new(
-        store.clone(),
-        runner,
-        snapshots.clone(),
-        settings,
-    ));
-    snapshots
-        .reconcile()
+async fn listen(config: &Config, port: u16, variable: &str) -> anyhow::Result<TcpListener> {
+    let addr = SocketAddr::new(config.server.bind_address, port);
+    TcpListener::bind(addr)
         .await
-        .context("cannot reconcile snapshot states")?;
-    sandboxes
-        .reconcile()
-        .await
-        .context("cannot reconcile sandbox states")?;
-    // Images and layers left unused while the server was down (and interrupted pulls).
-    let collector = snapshots.clone();
-    tokio::spawn(async move { collector.collect_garbage().await });
-    daytona_api::sandbox::lifecycle::spawn(sandboxes.clone(), std::time::Duration::from_secs(30));
-    daytona_api::sandbox::telemetry::spawn(
-        sandboxes.clone(),
-        config.server.metrics_interval,
-        config.server.metrics_retention,
-    );
-    daytona_api::warm_pool::worker::spawn(sandboxes.clone(), std::time::Duration::from_secs(1));
-    let rate_limits = Arc::new(RateLimitPolicy::new(
-        config.rate_limits.clone(),
-        Box::new(InProcessLimiter::default()),
-    ));
-    let access = Arc::new(AccessService::new(AccessSettings {
-        preview_url_template: config.proxy.template_url.clone(),
-        ssh_command_template: config.ssh_gateway.command.clone(),
-    }));
-    let secrets = Arc::new(SecretService::new(
-        store.clone(),
-        config.api.encryption_key.expose(),
-        config.api.encryption_salt.expose(),
-    ));
-    let state = AppState {
-        secrets: secrets.clone(),
-        store,
-        sandboxes,
-        snapshots,
-        rate_limits,
-        access,
-        organizations: Arc::new(daytona_api::organization::OrganizationSettings {
-            default_quotas: (&config.org_quotas).into(),
-            default_region: config.region.id.clone(),
-            mailer: config
-                .smtp
-                .as_ref()
-                .map(|smtp| daytona_api::mail::Mailer::new(smtp, &config.api.dashboard_url))
-                .transpose()
-                .context("cannot set up outgoing mail")?
-                .map(Arc::new),
-        }),
-        push_access,
-        oidc: oidc_provider(&config)?,
-        configuration: Arc::new(daytona_api::configuration::PublicConfiguration::new(
-            &config,
-        )),
-    };
-    let proxy_settings = proxy_settings(&config, state.oidc.clone())?;
+        .with_context(|| format!("cannot listen on {addr} ({variable})"))
+}
 
-    let bind = config.server.bind_address;
-    let api_addr = SocketAddr::new(bind, config.api.port);
-    let proxy_addr = SocketAddr::new(bind, config.proxy.port);
-    let api_listener = TcpListener::bind(api_addr)
-        .await
-        .with_context(|| format!("cannot listen on {api_addr} (PORT)"))?;
-    let proxy_listener = TcpListener::bind(proxy_addr)
-        .await
-        .with_context(|| format!("cannot listen on {proxy_addr} (PROXY_PORT)"))?;
-    let ssh_addr = SocketAddr::new(bind, config.ssh_gateway.port);
-    let ssh_listener = TcpListener::bind(ssh_addr)
-        .await
-        .with_context(|| format!("cannot listen on {ssh_addr} (SSH_GATEWAY_PORT)"))?;
+/// The `api` role on `PORT`.
+async fn serve_api(
+    config: &Config,
+    state: AppState,
+    rx: tokio::sync::watch::Receiver<()>,
+) -> anyhow::Result<(RoleServer, SocketAddr)> {
+    let listener = listen(config, config.api.port, "PORT").await?;
+    let addr = listener.local_addr()?;
+    // Client addresses key the anonymous and failed-auth rate limits.
+    let app = daytona_api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(wait(rx));
+    Ok((
+        Box::pin(async move { server.await.context("API server failed") }),
+        addr,
+    ))
+}
+
+/// The `proxy` role on `PROXY_PORT`.
+async fn serve_proxy(
+    config: &Config,
+    directory: Arc<dyn daytona_proxy::SandboxDirectory>,
+    oidc: Option<Arc<daytona_oidc::Provider>>,
+    rx: tokio::sync::watch::Receiver<()>,
+) -> anyhow::Result<(RoleServer, SocketAddr)> {
+    let settings = proxy_settings(config, oidc)?;
+    let listener = listen(config, config.proxy.port, "PROXY_PORT").await?;
+    let addr = listener.local_addr()?;
+    let server = axum::serve(listener, daytona_proxy::router(directory, settings))
+        .with_graceful_shutdown(wait(rx));
+    Ok((
+        Box::pin(async move { server.await.context("proxy failed") }),
+        addr,
+    ))
+}
+
+/// The `ssh-gateway` role on `SSH_GATEWAY_PORT`.
+async fn serve_ssh_gateway(
+    config: &Config,
+    directory: Arc<dyn daytona_ssh_gateway::SshDirectory>,
+    rx: tokio::sync::watch::Receiver<()>,
+) -> anyhow::Result<(RoleServer, SocketAddr)> {
+    let data_dir = &config.server.data_dir;
     let host_key = daytona_ssh_gateway::host_key(
         config.ssh_gateway.host_key.as_ref().map(|k| k.expose()),
-        &data_dir,
+        data_dir,
     )?;
-    tracing::info!(%api_addr, %proxy_addr, %ssh_addr, data_dir = %data_dir.display(), "daytona server ready");
+    let listener = listen(config, config.ssh_gateway.port, "SSH_GATEWAY_PORT").await?;
+    let addr = listener.local_addr()?;
+    let server = daytona_ssh_gateway::serve(listener, directory, host_key, wait(rx));
+    Ok((
+        Box::pin(async move { server.await.context("SSH gateway failed") }),
+        addr,
+    ))
+}
 
-    let shutdown = shutdown_signal();
-    let (tx, rx) = tokio::sync::watch::channel(());
-    // Client addresses key the anonymous and failed-auth rate limits.
-    let api = axum::serve(
-        api_listener,
-        daytona_api::router(state.clone()).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(wait(rx.clone()));
-    let proxy = axum::serve(
-        proxy_listener,
-        daytona_proxy::router(Arc::new(state.clone()), proxy_settings),
-    )
-    .with_graceful_shutdown(wait(rx.clone()));
-    let ssh = daytona_ssh_gateway::serve(
-        ssh_listener,
-        Arc::new(SshAccess(state)),
-        host_key,
-        wait(rx.clone()),
-    );
-    let egress_proxy = daytona_egress::serve(egress, secrets, wait(rx));
-    let servers = tokio::spawn(async move {
-        tokio::try_join!(api.into_future(), proxy.into_future(), ssh, egress_proxy)
-    });
-    shutdown.await;
-    tracing::info!("shutting down; running sandboxes keep running");
-    drop(tx);
-    servers
-        .await
-        .context("server task failed")?
-        .context("server failed")?;
-    release_network(&runtime).await;
-    Ok(())
+/// The API as a split proxy (`DAYTONA_API_URL`, `PROXY_API_KEY`) or SSH gateway (`API_URL`,
+/// `API_KEY`) sees it. A key the API refuses stops startup; an API that does not answer yet
+/// does not (requests fail with 503 until it does).
+async fn remote_directory(config: &Config, role: Role) -> anyhow::Result<RemoteDirectory> {
+    let (url, key, key_variable) = match role {
+        Role::Proxy => (&config.misc.api_url, &config.proxy.api_key, "PROXY_API_KEY"),
+        _ => (
+            &config.ssh_gateway.api_url,
+            &config.ssh_gateway.gateway_api_key,
+            "API_KEY",
+        ),
+    };
+    let api = ApiClient::new(url, key.expose(), key_variable)
+        .context("cannot set up the HTTP client for the API")?;
+    match api.check_identity(role.as_str()).await {
+        Ok(()) => tracing::info!(api = %url, "{role}: the API accepts this {key_variable}"),
+        Err(IdentityError::Refused(message)) => anyhow::bail!("{role}: {message}"),
+        Err(IdentityError::Unavailable(message)) => tracing::warn!(
+            "{role}: cannot check {key_variable} yet ({message}); starting anyway, requests fail \
+             until the API answers"
+        ),
+    }
+    Ok(RemoteDirectory::new(api))
 }
 
 /// A runner that stops with no sandboxes left removes its bridge and firewall rules, so stopped
@@ -380,7 +538,7 @@ impl daytona_ssh_gateway::SshDirectory for SshAccess {
         &self,
         token: &str,
     ) -> Result<daytona_ssh_gateway::SshTarget, daytona_ssh_gateway::SshAccessError> {
-        use daytona_proxy::{ProxyError, SandboxDirectory};
+        use daytona_proxy::SandboxDirectory;
         use daytona_ssh_gateway::SshAccessError;
         let state = &self.0;
         let sandbox_id = state
@@ -389,10 +547,10 @@ impl daytona_ssh_gateway::SshDirectory for SshAccess {
             .await
             .map_err(|e| SshAccessError::Unavailable(e.to_string()))?
             .ok_or(SshAccessError::InvalidToken)?;
-        let ip = state.sandbox_ip(&sandbox_id).await.map_err(|e| match e {
-            ProxyError::NotRunning(_) => SshAccessError::NotRunning(sandbox_id.clone()),
-            other => SshAccessError::Unavailable(other.to_string()),
-        })?;
+        let ip = state
+            .sandbox_ip(&sandbox_id)
+            .await
+            .map_err(|e| daytona_ssh_gateway::target_error(&sandbox_id, e))?;
         Ok(daytona_ssh_gateway::SshTarget { sandbox_id, ip })
     }
 

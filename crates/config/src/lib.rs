@@ -42,7 +42,7 @@
 //! | `RESOURCE_LIMITS_DISABLED` | `false` | the seed's `true` works around Docker-in-Docker cgroups |
 //! | `LOG_FILE_PATH` | none (tracing only) | the seed's path exists only inside upstream's runner container |
 //! | `PROXY_TEMPLATE_URL` | `{PROXY_PROTOCOL}://{{PORT}}-{{sandboxId}}.{PROXY_DOMAIN}` | equals the seed's value with default protocol and domain, and follows them when they change |
-//! | `OIDC_DOMAIN` / `OIDC_ISSUER_BASE_URL`, `OIDC_PUBLIC_DOMAIN` / `PUBLIC_OIDC_DOMAIN`, `API_KEY` / `SSH_GATEWAY_API_KEY`, `DAYTONA_RUNNER_TOKEN` / `DEFAULT_RUNNER_API_KEY`, `AWS_*` / `S3_*` | each defaults to its counterpart | the proxy/gateway/runner and the API must agree; in one process it is one setting |
+//! | `OIDC_DOMAIN` / `OIDC_ISSUER_BASE_URL`, `OIDC_PUBLIC_DOMAIN` / `PUBLIC_OIDC_DOMAIN`, `API_KEY` / `SSH_GATEWAY_API_KEY`, `API_URL` / `DAYTONA_API_URL`, `DAYTONA_RUNNER_TOKEN` / `DEFAULT_RUNNER_API_KEY`, `AWS_*` / `S3_*` | each defaults to its counterpart | the proxy/gateway/runner and the API must agree; in one process it is one setting |
 //! | `S3_ACCOUNT_ID`, `S3_ROLE_NAME` | none | the seed's table shows `/` |
 //! | `HTTP_PROXY`, `HTTPS_PROXY`, `NO_PROXY` | lowercase spellings honoured too | common convention |
 //! | `VOLUME_CLEANUP_INTERVAL` etc. | bare numbers are seconds | the seed documents it as a number of seconds with default `30s` |

@@ -545,7 +545,7 @@ pub struct SshGatewayConfig {
     pub api_key: Secret,
     /// `API_KEY`: the key the gateway presents to the API (defaults to `SSH_GATEWAY_API_KEY`).
     pub gateway_api_key: Secret,
-    /// `API_URL` (http://api:3000/api): how the gateway reaches the API.
+    /// `API_URL` (`DAYTONA_API_URL`, else http://api:3000/api): how the gateway reaches the API.
     pub api_url: String,
     /// `SSH_GATEWAY_COMMAND` (`ssh -p 2222 {{TOKEN}}@localhost`), keeping `{{TOKEN}}`.
     pub command: String,
@@ -567,7 +567,13 @@ impl SshGatewayConfig {
         Self {
             gateway_api_key: r.secret("API_KEY", api_key.expose()),
             api_key,
-            api_url: r.url("API_URL", "http://api:3000/api"),
+            // One variable can serve every split role; a blank value counts as unset.
+            api_url: {
+                let shared = r
+                    .raw("DAYTONA_API_URL")
+                    .unwrap_or_else(|| "http://api:3000/api".into());
+                r.url("API_URL", &shared)
+            },
             command: r.string("SSH_GATEWAY_COMMAND", "ssh -p 2222 {{TOKEN}}@localhost"),
             url: r.string("SSH_GATEWAY_URL", "localhost:2222"),
             public_key: base64_key(r, "SSH_GATEWAY_PUBLIC_KEY"),

@@ -198,6 +198,15 @@ fn shared_variables_feed_every_service() {
     assert_eq!(oidc.public_domain, "https://login.example/");
     assert_eq!(c.ssh_gateway.gateway_api_key.expose(), "gw-key");
     assert_eq!(c.runner.token.expose(), "runner-key");
+    // One API URL serves every split role unless the gateway's own API_URL says otherwise.
+    let shared = config(&[("DAYTONA_API_URL", "http://10.1.1.1:3000/api")]);
+    assert_eq!(shared.ssh_gateway.api_url, "http://10.1.1.1:3000/api");
+    assert_eq!(shared.misc.api_url, "http://10.1.1.1:3000/api");
+    let own = config(&[
+        ("DAYTONA_API_URL", "http://10.1.1.1:3000/api"),
+        ("API_URL", "http://gw-api:3000/api"),
+    ]);
+    assert_eq!(own.ssh_gateway.api_url, "http://gw-api:3000/api");
     let storage = c.runner.storage.unwrap();
     assert_eq!(storage.endpoint, "http://127.0.0.1:9000");
     assert_eq!(storage.access_key.expose(), "ak");

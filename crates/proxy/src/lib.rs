@@ -20,6 +20,7 @@ mod forward;
 pub mod host;
 mod login;
 mod preview;
+pub mod remote;
 mod signed_file;
 
 pub use credentials::Credential;
@@ -32,7 +33,7 @@ use forward::{HttpClient, Upstream};
 /// The toolbox daemon's port inside every sandbox.
 pub const TOOLBOX_PORT: u16 = 2280;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ProxyError {
     #[error("{0}")]
     BadRequest(String),
@@ -132,6 +133,8 @@ pub trait SandboxDirectory: Send + Sync + 'static {
     async fn sandbox_ip(&self, sandbox_id: &str) -> Result<IpAddr, ProxyError>;
     /// Records traffic to the sandbox (keeps auto-stop honest). Implementations throttle.
     async fn touch(&self, sandbox_id: &str);
+    /// Forwarding to the sandbox's address failed to connect: a cached address is stale.
+    fn forget(&self, _sandbox_id: &str) {}
 }
 
 /// How the proxy recognises and treats preview hosts.
@@ -244,6 +247,9 @@ async fn toolbox_forward(
     forward::forward(&state.client, upstream, req)
         .await
         .map_err(|e| {
+            if e.connect {
+                state.directory.forget(&sandbox_id);
+            }
             ProxyError::BadGateway(format!(
                 "toolbox of sandbox {sandbox_id} is unreachable: {}",
                 e.message

@@ -117,6 +117,7 @@ async fn serve(
         .await
         .map_err(|e| {
             if e.connect {
+                state.directory.forget(&sandbox_id);
                 ProxyError::BadGateway(format!(
                     "Nothing is listening on port {port} in sandbox {sandbox_id}. Start a server \
                      bound to 0.0.0.0:{port} inside the sandbox and reload."

@@ -18,6 +18,7 @@ use russh::keys::{HashAlg, PrivateKey};
 use tokio::net::TcpListener;
 
 mod daemon;
+pub mod remote;
 mod session;
 
 /// Where a token leads.
@@ -38,6 +39,17 @@ pub enum SshAccessError {
     NotRunning(String),
     #[error("{0}")]
     Unavailable(String),
+}
+
+/// A sandbox lookup's failure as the gateway reports it.
+pub fn target_error(sandbox_id: &str, e: daytona_proxy::ProxyError) -> SshAccessError {
+    use daytona_proxy::ProxyError;
+    match e {
+        ProxyError::NotRunning(_) | ProxyError::NotFound(_) => {
+            SshAccessError::NotRunning(sandbox_id.to_string())
+        }
+        other => SshAccessError::Unavailable(other.to_string()),
+    }
 }
 
 /// Validates tokens and records activity; the API in-process, a network client when split.

@@ -22,6 +22,7 @@ use super::dto::Sandbox;
 use crate::AppState;
 use crate::auth::{self, AuthContext, hash_key};
 use crate::error::{ApiError, ApiResult};
+use crate::internal::{Caller, Service, ServiceKeys};
 use crate::json::bounded;
 use crate::store::{NewSshAccess, SandboxRow, SecretKind, Store, now};
 
@@ -46,10 +47,12 @@ pub struct AccessSettings {
 pub struct AccessService {
     settings: AccessSettings,
     touched: Mutex<HashMap<String, Instant>>,
+    /// Keys of a proxy and an SSH gateway that run as their own processes (`internal.rs`).
+    service_keys: ServiceKeys,
 }
 
 /// A random token of lowercase letters and digits: usable as a DNS label and an SSH user name.
-fn random_token() -> String {
+pub(crate) fn random_token() -> String {
     const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut rng = rand::rng();
     (0..TOKEN_LEN)
@@ -67,7 +70,18 @@ impl AccessService {
         AccessService {
             settings,
             touched: Mutex::new(HashMap::new()),
+            service_keys: ServiceKeys::default(),
         }
+    }
+
+    /// Accepts these keys from a split proxy and SSH gateway (none by default).
+    pub fn with_service_keys(mut self, keys: ServiceKeys) -> Self {
+        self.service_keys = keys;
+        self
+    }
+
+    pub(crate) fn service_keys(&self) -> &ServiceKeys {
+        &self.service_keys
     }
 
     fn preview_url(&self, port: u16, label: &str) -> String {
@@ -259,7 +273,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate_signing_key))
 }
 
-fn parse_port(raw: &str) -> ApiResult<u16> {
+pub(crate) fn parse_port(raw: &str) -> ApiResult<u16> {
     raw.parse::<u16>().ok().filter(|p| *p > 0).ok_or_else(|| {
         ApiError::BadRequest(format!("port: '{raw}' is not a port number (1-65535)"))
     })
@@ -490,27 +504,37 @@ struct SshValidation {
 )]
 async fn validate_ssh_access(
     State(state): State<AppState>,
-    ctx: AuthContext,
+    caller: Caller,
     Query(q): Query<SshQuery>,
 ) -> ApiResult<Json<SshValidation>> {
     let token = q
         .token
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::BadRequest("token: required".into()))?;
-    // Only the caller's own sandboxes: a token of another organization is reported invalid.
-    let sandbox = match state.access.ssh_sandbox(&state.store, &token).await? {
-        Some(id) => state.store.find_sandbox(&ctx.organization_id, &id).await?,
+    let sandbox_id = match state.access.ssh_sandbox(&state.store, &token).await? {
         None => None,
+        // The SSH gateway validates every token; a user only its own organization's: a token of
+        // another organization is reported invalid.
+        Some(id) => match &caller {
+            Caller::Service(Service::SshGateway) => {
+                state.store.sandbox_by_id(&id).await?.map(|row| row.id)
+            }
+            Caller::Service(other) => {
+                return Err(ApiError::Forbidden(format!(
+                    "The {} cannot validate SSH access tokens",
+                    other.as_str()
+                )));
+            }
+            Caller::User(ctx) => state
+                .store
+                .find_sandbox(&ctx.organization_id, &id)
+                .await?
+                .map(|row| row.id),
+        },
     };
-    Ok(Json(match sandbox {
-        Some(row) => SshValidation {
-            valid: true,
-            sandbox_id: row.id,
-        },
-        None => SshValidation {
-            valid: false,
-            sandbox_id: String::new(),
-        },
+    Ok(Json(SshValidation {
+        valid: sandbox_id.is_some(),
+        sandbox_id: sandbox_id.unwrap_or_default(),
     }))
 }
 

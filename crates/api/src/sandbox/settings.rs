@@ -236,12 +236,26 @@ async fn network_settings(
 #[utoipa::path(post, path = "/sandbox/{id}/last-activity", tag = "sandbox", operation_id = "sandbox_settings_last_activity", params(("id" = String, Path)))]
 async fn last_activity(
     State(state): State<AppState>,
-    ctx: AuthContext,
+    caller: crate::internal::Caller,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    ctx.require("write:sandboxes")?;
-    let row = state.sandboxes.find(&ctx, &id).await?;
-    state.store.touch_sandbox(&row.id).await?;
+    use crate::internal::Caller;
+    let id = match caller {
+        Caller::User(ctx) => {
+            ctx.require("write:sandboxes")?;
+            state.sandboxes.find(&ctx, &id).await?.id
+        }
+        // The split proxy and SSH gateway report traffic to any sandbox (they throttle).
+        Caller::Service(_) => {
+            state
+                .store
+                .sandbox_by_id(&id)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("Sandbox {id} not found")))?
+                .id
+        }
+    };
+    state.store.touch_sandbox(&id).await?;
     Ok(StatusCode::CREATED)
 }
 
