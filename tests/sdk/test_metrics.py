@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from datetime import datetime, timedelta, timezone
 
-from daytona.common.sandbox import SANDBOX_METRIC_NAMES, pivot_sandbox_metrics
+from daytona.common.sandbox import SANDBOX_METRIC_NAMES
 
 from support import http, kill_processes_mentioning, unique
 
@@ -15,16 +15,14 @@ MIB = 1024**2
 
 
 def metrics(sandbox, start: datetime, end: datetime | None = None, names: list[str] | None = None):
-    """What `Sandbox.get_metrics` does without its `GET /config` lookup of an analytics API."""
+    """The raw series (optionally only `names`) and, for all names, the SDK's own `get_metrics` samples."""
     response = sandbox._sandbox_api.get_sandbox_metrics(
         sandbox.id,
         var_from=start,
         to=end or datetime.now(timezone.utc),
         metric_names=names or SANDBOX_METRIC_NAMES,
     )
-    return response, pivot_sandbox_metrics(
-        (s.metric_name, dp.timestamp, dp.value) for s in response.series or [] for dp in s.data_points or []
-    )
+    return response, (sandbox.get_metrics(start, end) if names is None else [])
 
 
 def wait_for_sample(sandbox, start: datetime, accept, timeout: float = 60):

@@ -156,7 +156,9 @@ def test_toolbox_through_the_split_proxy(split, box):
     box.fs.upload_file(payload, "/tmp/roles.bin")
     assert box.fs.download_file("/tmp/roles.bin") == payload
     # A key of another organization (here: none at all) is refused by the proxy.
-    other = http("POST", f"{split.proxy_url}/toolbox/{box.id}/process/execute", api_key="dtn_wrong", body={"command": "id"})
+    other = http(
+        "POST", f"{split.proxy_url}/toolbox/{box.id}/process/execute", api_key="dtn_wrong", body={"command": "id"}
+    )
     assert other.status == 401, other.body
 
 
@@ -204,7 +206,9 @@ def test_ssh_through_the_split_gateway(split, box):
     run = ["ssh", *OPTS, "-p", str(split.ssh_port), f"{access.token}@127.0.0.1"]
     result = subprocess.run([*run, "echo via-gateway; exit 7"], capture_output=True, timeout=60)
     assert (result.returncode, result.stdout.strip()) == (7, b"via-gateway"), result
-    bad = subprocess.run(["ssh", *OPTS, "-p", str(split.ssh_port), "nosuchtoken@127.0.0.1", "true"], capture_output=True, timeout=60)
+    bad = subprocess.run(
+        ["ssh", *OPTS, "-p", str(split.ssh_port), "nosuchtoken@127.0.0.1", "true"], capture_output=True, timeout=60
+    )
     assert bad.returncode == 255, bad
     box.revoke_ssh_access(access.token)
     again = subprocess.run([*run, "true"], capture_output=True, timeout=60)
@@ -278,3 +282,20 @@ def test_killing_the_proxy_leaves_the_api_serving(split, client):
     assert isinstance(list(client.list()), list), "the API still lists sandboxes"
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", split.proxy_port), timeout=1).close()
+
+
+def test_member_lookup_for_the_split_proxys_browser_login(split, box):
+    """The split proxy asks the API whether an OIDC-logged-in user belongs to the sandbox's organization."""
+    from accounts import Caller, new_user
+
+    api = split.api.api_url
+    admin = Caller(api, split.api_key)
+    me = admin.ok("GET", "/users/me")["id"]
+    member = http("GET", f"{api}/internal/sandbox/{box.id}/members/{me}", api_key=split.proxy_key)
+    assert member.status == 200 and member.json() is True
+    outsider = new_user(admin, "outsider")
+    refused = http("GET", f"{api}/internal/sandbox/{box.id}/members/{outsider.id}", api_key=split.proxy_key)
+    assert refused.status == 403 and "not a member" in refused.json()["message"], refused.json()
+    missing = http("GET", f"{api}/internal/sandbox/nope/members/{me}", api_key=split.proxy_key)
+    assert missing.status == 404
+    assert http("GET", f"{api}/internal/sandbox/{box.id}/members/{me}", api_key=split.api_key).status == 403

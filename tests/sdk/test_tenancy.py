@@ -406,6 +406,7 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
         for route, path in [
             ("/internal/identity", "/internal/identity"),
             ("/internal/sandbox/{id}/location", "/internal/sandbox/{sandbox}/location"),
+            ("/internal/sandbox/{id}/members/{user_id}", "/internal/sandbox/{sandbox}/members/x"),
             ("/preview/{id}/public", "/preview/{sandbox}/public"),
             ("/preview/{id}/validate/{token}", "/preview/{sandbox}/validate/x"),
             ("/preview/{id}/signing-key", "/preview/{sandbox}/signing-key"),

@@ -134,6 +134,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(identity))
         .routes(routes!(location))
+        .routes(routes!(member))
         .routes(routes!(is_public))
         .routes(routes!(has_access))
         .routes(routes!(validate_preview_token))
@@ -182,6 +183,23 @@ async fn location(
         sandbox_id: id,
         ip: ip.to_string(),
     }))
+}
+
+/// `GET /internal/sandbox/{id}/members/{user_id}`: whether the user (an OIDC subject the split
+/// proxy's browser login established) belongs to the organization owning the sandbox: `true`,
+/// else 403 naming why.
+#[utoipa::path(get, path = "/internal/sandbox/{id}/members/{user_id}", tag = "internal", operation_id = "internal_sandbox_member", params(("id" = String, Path), ("user_id" = String, Path)))]
+async fn member(
+    State(state): State<AppState>,
+    _caller: ServiceCaller,
+    Path((id, user_id)): Path<(String, String)>,
+) -> ApiResult<Json<bool>> {
+    use daytona_proxy::SandboxDirectory;
+    state
+        .authorize_user(&id, &user_id)
+        .await
+        .map_err(proxy_error)?;
+    Ok(Json(true))
 }
 
 /// The in-process directory's answers as HTTP: the remote directory maps them back.

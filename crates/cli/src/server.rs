@@ -131,12 +131,12 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         None
     };
     if roles.contains(Role::Proxy) {
-        // Browser login needs the API's member lookup, which only the in-process directory has.
+        // In one process the proxy shares the API's issuer (and its key cache).
         let (directory, oidc): (Arc<dyn daytona_proxy::SandboxDirectory>, _) = match &control {
             Some(control) => (Arc::new(control.state.clone()), control.state.oidc.clone()),
             None => (
                 Arc::new(remote_directory(&config, Role::Proxy).await?),
-                None,
+                oidc_provider(&config)?,
             ),
         };
         let (server, addr) = serve_proxy(&config, directory, oidc, rx.clone()).await?;

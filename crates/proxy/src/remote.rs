@@ -497,14 +497,25 @@ impl SandboxDirectory for RemoteDirectory {
         answer
     }
 
-    /// A split proxy runs without browser login (the server does not configure one), so this
-    /// is only reached by mistake; the API has no member lookup for service keys yet.
-    async fn authorize_user(&self, _sandbox_id: &str, _user_id: &str) -> Result<(), ProxyError> {
-        Err(ProxyError::Forbidden(
-            "browser login is not available through a proxy that runs apart from the API; use a \
-             preview token or a signed preview URL"
-                .into(),
-        ))
+    /// Asked every time (membership changes must take effect); the API says why on refusal.
+    async fn authorize_user(&self, sandbox_id: &str, user_id: &str) -> Result<(), ProxyError> {
+        let path = format!(
+            "/internal/sandbox/{}/members/{}",
+            segment(sandbox_id),
+            segment(user_id)
+        );
+        match self.api.get::<bool>(&path).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ProxyError::Forbidden(format!(
+                "User {user_id} may not open sandbox {sandbox_id}"
+            ))),
+            Err(e) => Err(match e.status() {
+                Some(403) => ProxyError::Forbidden(e.message()),
+                Some(404) => ProxyError::NotFound(e.message()),
+                Some(409) => ProxyError::NotRunning(e.message()),
+                _ => ProxyError::Unavailable(e.to_string()),
+            }),
+        }
     }
 
     async fn preview_target(&self, label: &str, port: u16) -> Result<PreviewTarget, ProxyError> {
