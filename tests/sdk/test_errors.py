@@ -90,11 +90,12 @@ def test_invalid_create_body_is_400_naming_the_field(server, daytona):
 
 
 def test_unsupported_role_subset_stops_startup(tmp_path):
-    """Only all four roles together work so far; a subset must not start a server lacking services."""
+    """A role set this version cannot run (the API without its runner) stops startup with a message that
+    names it, instead of starting a server that lacks a service."""
     result = subprocess.run(
         [os.environ["DAYTONA_BIN"], "server"],
-        env={**os.environ, "DAYTONA_ROLES": "proxy", "DAYTONA_DATA_DIR": str(tmp_path)},
+        env={**os.environ, "DAYTONA_ROLES": "api", "DAYTONA_DATA_DIR": str(tmp_path)},
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0
-    assert "DAYTONA_ROLES=proxy" in result.stderr and "not supported yet" in result.stderr, result.stderr
+    assert "DAYTONA_ROLES=api" in result.stderr and "run together" in result.stderr, result.stderr
