@@ -284,6 +284,17 @@ async fn toolbox_proxy_url(
     ))
 }
 
+/// The `order` query parameter of a listing: whether it is `desc`.
+pub(crate) fn descending_order(value: &str) -> ApiResult<bool> {
+    match value {
+        "asc" => Ok(false),
+        "desc" => Ok(true),
+        _ => Err(ApiError::BadRequest(format!(
+            "order: '{value}' is not asc or desc"
+        ))),
+    }
+}
+
 pub(crate) fn encode_cursor(offset: i64) -> String {
     URL_SAFE_NO_PAD.encode(offset.to_string())
 }
@@ -338,11 +349,7 @@ fn list_filter(query: Option<&str>) -> ApiResult<SandboxFilter> {
                 })?)
             }
             "order" => {
-                f.descending = match value.as_str() {
-                    "asc" => false,
-                    "desc" => true,
-                    _ => return Err(ApiError::BadRequest(format!("order: '{value}' is not asc or desc"))),
-                }
+                f.descending = descending_order(&value)?
             }
             _ => {}
         }

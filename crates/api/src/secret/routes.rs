@@ -74,17 +74,7 @@ fn list_filter(query: Option<&str>) -> ApiResult<SecretFilter> {
                     ))
                 })?
             }
-            "order" => {
-                f.descending = match value.as_str() {
-                    "asc" => false,
-                    "desc" => true,
-                    _ => {
-                        return Err(ApiError::BadRequest(format!(
-                            "order: '{value}' is not asc or desc"
-                        )));
-                    }
-                }
-            }
+            "order" => f.descending = crate::sandbox::routes::descending_order(&value)?,
             _ => {}
         }
     }

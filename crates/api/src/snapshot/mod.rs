@@ -654,17 +654,7 @@ async fn list(
                     }
                 }
             }
-            "order" => {
-                descending = match value.as_ref() {
-                    "asc" => false,
-                    "desc" => true,
-                    _ => {
-                        return Err(ApiError::BadRequest(format!(
-                            "order: '{value}' is not asc or desc"
-                        )));
-                    }
-                }
-            }
+            "order" => descending = crate::sandbox::routes::descending_order(&value)?,
             _ => {}
         }
     }
