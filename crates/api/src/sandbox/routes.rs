@@ -284,6 +284,15 @@ async fn toolbox_proxy_url(
     ))
 }
 
+/// The `limit` query parameter of a listing: 1 to `max` items.
+pub(crate) fn page_limit(value: &str, max: i64) -> ApiResult<i64> {
+    value
+        .parse::<i64>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| ApiError::BadRequest(format!("limit: expected an integer from 1 to {max}")))
+}
+
 /// The `order` query parameter of a listing: whether it is `desc`.
 pub(crate) fn descending_order(value: &str) -> ApiResult<bool> {
     match value {
@@ -323,13 +332,7 @@ fn list_filter(query: Option<&str>) -> ApiResult<SandboxFilter> {
         let value = value.into_owned();
         match key.as_ref() {
             "cursor" if !value.is_empty() => f.offset = decode_cursor(&value)?,
-            "limit" => {
-                f.limit = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| ApiError::BadRequest(format!("limit: expected an integer from 1 to {MAX_PAGE}")))?;
-            }
+            "limit" => f.limit = page_limit(&value, MAX_PAGE)?,
             "id" => f.id = Some(value),
             "name" => f.name = Some(value),
             "labels" => f.labels = parse_label_filter(&value)?,

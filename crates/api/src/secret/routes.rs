@@ -55,17 +55,7 @@ fn list_filter(query: Option<&str>) -> ApiResult<SecretFilter> {
         let value = value.into_owned();
         match key.as_ref() {
             "cursor" if !value.is_empty() => f.offset = decode_cursor(&value)?,
-            "limit" => {
-                f.limit = value
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (1..=MAX_PAGE).contains(n))
-                    .ok_or_else(|| {
-                        ApiError::BadRequest(format!(
-                            "limit: expected an integer from 1 to {MAX_PAGE}"
-                        ))
-                    })?;
-            }
+            "limit" => f.limit = crate::sandbox::routes::page_limit(&value, MAX_PAGE)?,
             "name" if !value.is_empty() => f.name = Some(value),
             "sort" => {
                 f.sort = SecretSort::parse(&value).ok_or_else(|| {
