@@ -1,4 +1,4 @@
--- PostgreSQL twin of sqlite/0015_runners.sql.
+-- PostgreSQL twin of sqlite/0017_runners.sql.
 -- Runners that run as their own processes and take work from the API as jobs.
 CREATE TABLE runners (
     id TEXT PRIMARY KEY,
