@@ -120,19 +120,23 @@ if [[ ! -x $venv/bin/python || $(cat "$venv/.requirements-stamp" 2>/dev/null) !=
 fi
 
 export DAYTONA_BIN=$daytona_bin DAYTONA_DAEMON_PATH=$daemon_bin DAYTONA_BASE_IMAGE=$base_image DAYTONA_BENCH_BIN=$bench_bin
+# Each run gets its own temporary root: pytest's shared /tmp/pytest-of-<user> keeps only the last three
+# sessions, so a concurrent run on the same machine would delete this one's files mid-test.
+basetemp=$(mktemp -d /tmp/daytona-tests.XXXXXX)
 step "pytest tests/sdk (SQLite)"
-DAYTONA_TEST_DB=sqlite "$venv/bin/python" -m pytest tests/sdk -v "$@" || failures+=("SDK suite (SQLite)")
+DAYTONA_TEST_DB=sqlite "$venv/bin/python" -m pytest tests/sdk -v --basetemp "$basetemp/sqlite" "$@" || failures+=("SDK suite (SQLite)")
 if ((use_postgres)); then
     # conftest keeps only the control-plane modules here; exit code 5 means the caller's own
     # selection left none of them, which is not a failure.
     step "pytest tests/sdk (PostgreSQL: control-plane tests)"
     rc=0
-    DAYTONA_TEST_DB=postgres "$venv/bin/python" -m pytest tests/sdk -v "$@" || rc=$?
+    DAYTONA_TEST_DB=postgres "$venv/bin/python" -m pytest tests/sdk -v --basetemp "$basetemp/postgres" "$@" || rc=$?
     ((rc == 0 || rc == 5)) || failures+=("SDK suite (PostgreSQL)")
 fi
 
 if ((${#failures[@]})); then
-    step "FAILED: ${failures[*]}"
+    step "FAILED: ${failures[*]} (test files kept in $basetemp)"
     exit 1
 fi
+rm -rf "$basetemp"
 step "all tests passed"

@@ -64,6 +64,7 @@ POSTGRES_MODULES = {
     "test_restart",
     "test_secrets",
     "test_roles",
+    "test_runners",
     "test_settings",
     "test_snapshots",
     "test_ssh",

@@ -89,13 +89,14 @@ def test_invalid_create_body_is_400_naming_the_field(server, daytona):
     assert {s.id for s in daytona.list()} == before, "an invalid request created a sandbox"
 
 
-def test_unsupported_role_subset_stops_startup(tmp_path):
-    """A role set this version cannot run (the API without its runner) stops startup with a message that
-    names it, instead of starting a server that lacks a service."""
+def test_unknown_role_stops_startup(tmp_path):
+    """A role this version does not know stops startup with a message that names the variable and the
+    roles it accepts, instead of starting a server that lacks a service."""
     result = subprocess.run(
         [os.environ["DAYTONA_BIN"], "server"],
-        env={**os.environ, "DAYTONA_ROLES": "api", "DAYTONA_DATA_DIR": str(tmp_path)},
+        env={**os.environ, "DAYTONA_ROLES": "api,scheduler", "DAYTONA_DATA_DIR": str(tmp_path)},
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode != 0
-    assert "DAYTONA_ROLES=api" in result.stderr and "run together" in result.stderr, result.stderr
+    assert 'DAYTONA_ROLES="api,scheduler"' in result.stderr, result.stderr
+    assert "api, proxy, runner, ssh-gateway" in result.stderr, result.stderr

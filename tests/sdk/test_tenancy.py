@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -415,6 +416,22 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     },
     # Asked by the proxy with its caller's key: B has no access to A's sandbox.
     ("GET", "/api/preview/{id}/access"): lambda w: w.denied("GET", f"/preview/{w.sandbox_id}/access"),
+    # --- runners: their own token only (a user's key is not one), administrators only ---
+    ("POST", "/api/runners/healthcheck"): lambda w: assert_equal(
+        w.b.api("POST", "/runners/healthcheck", {"appVersion": "x"}).status, 401
+    ),
+    ("GET", "/api/runners/me"): lambda w: assert_equal(w.b.api("GET", "/runners/me").status, 401),
+    ("GET", "/api/jobs/poll"): lambda w: assert_equal(w.b.api("GET", "/jobs/poll?timeout=0").status, 401),
+    ("GET", "/api/jobs"): lambda w: assert_equal(w.b.api("GET", "/jobs").status, 401),
+    ("POST", "/api/jobs/{jobId}/status"): lambda w: assert_equal(
+        w.b.api("POST", f"/jobs/{uuid.uuid4()}/status", {"status": "FAILED"}).status, 401
+    ),
+    ("GET", "/api/admin/runners"): lambda w: w.denied("GET", "/admin/runners"),
+    ("POST", "/api/admin/runners"): lambda w: w.denied(
+        "POST", "/admin/runners", {"regionId": "us", "name": unique("b"), "apiVersion": "2"}
+    ),
+    ("GET", "/api/admin/runners/{id}"): lambda w: w.denied("GET", f"/admin/runners/{uuid.uuid4()}"),
+    ("DELETE", "/api/admin/runners/{id}"): lambda w: w.denied("DELETE", f"/admin/runners/{uuid.uuid4()}"),
     # --- the proxy: toolbox paths and preview hosts ---
     # The browser login's callback: without OIDC configured it is not served; with it, only a login
     # this browser started completes, and a non-member is refused (test_oidc.py).

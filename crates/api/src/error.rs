@@ -59,6 +59,17 @@ impl ApiError {
     }
 }
 
+/// Runner failures that reach a request directly (placement); the others end in a sandbox's
+/// `errorReason`.
+impl From<daytona_runner::RunnerError> for ApiError {
+    fn from(e: daytona_runner::RunnerError) -> Self {
+        match e {
+            daytona_runner::RunnerError::Unavailable(reason) => ApiError::Unavailable(reason),
+            other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> Self {
         tracing::error!(error = %e, "database error");

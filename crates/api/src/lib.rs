@@ -24,6 +24,7 @@ pub mod oidc;
 pub mod organization;
 pub mod quota;
 pub mod rate_limit;
+pub mod runner;
 pub mod sandbox;
 pub mod secret;
 pub mod snapshot;
@@ -53,6 +54,8 @@ pub struct AppState {
     pub configuration: Arc<configuration::PublicConfiguration>,
     /// Organization secrets; also the egress proxy's directory.
     pub secrets: Arc<secret::SecretService>,
+    /// The registered remote runners, when this API runs without a runner of its own.
+    pub runners: Option<Arc<runner::Fleet>>,
 }
 
 /// The API's router; every route lives under `/api`, including the Socket.IO event gateway,
@@ -77,6 +80,7 @@ pub fn router(state: AppState) -> Router {
         .merge(object_storage::router())
         .merge(warm_pool::routes::router())
         .merge(configuration::router())
+        .merge(runner::routes::router())
         .split_for_parts();
     // After routing, so the audit knows each call's route template.
     let api = api

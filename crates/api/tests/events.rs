@@ -89,6 +89,7 @@ async fn start_server() -> (Server, Org, Org) {
         configuration: Arc::new(daytona_api::configuration::PublicConfiguration::new(
             &daytona_config::Config::from_lookup(|_| None).expect("defaults are valid"),
         )),
+        runners: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

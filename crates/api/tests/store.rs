@@ -959,3 +959,202 @@ async fn an_unmigrated_database_is_refused_without_run_migrations() {
         Store::open_url(&url, false).await.unwrap();
     }
 }
+
+#[tokio::test]
+async fn runners_jobs_and_runner_images_are_stored_alike() {
+    use daytona_api::store::{JobRow, RunnerReport};
+    for TestStore { backend, store, .. } in test_stores().await {
+        let org = add_org(&store, "runner-owner").await.ctx.organization_id;
+        store
+            .ensure_runner("r-1", "default", "us", "hash-1")
+            .await
+            .unwrap();
+        // Registering again keeps the row and takes the token configured now.
+        store
+            .ensure_runner("r-other", "default", "us", "hash-2")
+            .await
+            .unwrap();
+        let runner = store.runner_by_token_hash("hash-2").await.unwrap().unwrap();
+        assert_eq!(
+            (runner.id.as_str(), runner.state.as_str()),
+            ("r-1", "initializing"),
+            "{backend:?}"
+        );
+        assert!(
+            store
+                .runner_by_token_hash("hash-1")
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert_eq!(store.list_runners(Some("us")).await.unwrap().len(), 1);
+        assert!(store.list_runners(Some("eu")).await.unwrap().is_empty());
+
+        store
+            .record_runner_health(
+                "r-1",
+                &RunnerReport {
+                    domain: Some("runner-1"),
+                    api_url: None,
+                    proxy_url: None,
+                    app_version: "0.0.1",
+                    metrics: "{\"cpu\":4}",
+                    availability_score: 77,
+                    contact_interval_seconds: 2,
+                },
+            )
+            .await
+            .unwrap();
+        let ready = store.runner_by_id("r-1").await.unwrap().unwrap();
+        assert_eq!(
+            (ready.state.as_str(), ready.availability_score),
+            ("ready", 77)
+        );
+        let last = ready.last_checked.clone().unwrap();
+        assert!(store.mark_runner_unresponsive("r-1", &last).await.unwrap());
+        assert!(!store.mark_runner_unresponsive("r-1", &last).await.unwrap());
+
+        // Allocation counts the sandboxes placed there that hold resources.
+        let mut placed = sandbox(&org, "placed", "{}");
+        placed.runner_id = Some("r-1".into());
+        store.insert_sandbox(&placed).await.unwrap();
+        let mut gone = sandbox(&org, "gone", "{}");
+        gone.runner_id = Some("r-1".into());
+        gone.state = "archived".into();
+        store.insert_sandbox(&gone).await.unwrap();
+        let allocation = store.runner_allocation("r-1").await.unwrap();
+        assert_eq!(
+            (
+                allocation.cpu,
+                allocation.memory,
+                allocation.disk,
+                allocation.started
+            ),
+            (1, 2, 3, 1)
+        );
+        assert_eq!(
+            store.sandboxes_on_runner("r-1").await.unwrap(),
+            vec![placed.id.clone()]
+        );
+        store
+            .set_sandbox_state(
+                &placed.id,
+                "error",
+                Some("start failed: runner r-1 is unresponsive (x_y%)"),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .sandboxes_failed_with("r-1", "runner r-1 is unresponsive")
+                .await
+                .unwrap(),
+            vec![placed.id.clone()]
+        );
+        assert!(
+            store
+                .sandboxes_failed_with("r-1", "runner r-2")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // LIKE's wildcards in the marker are taken literally.
+        assert!(
+            store
+                .sandboxes_failed_with("r-1", "unresponsive (x%")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.sandboxes_failed_with("r-1", "(x_y%)").await.unwrap(),
+            vec![placed.id.clone()]
+        );
+
+        // Jobs: claimed once, finished once, cancelled only while pending.
+        for (i, id) in ["j-1", "j-2", "j-3"].iter().enumerate() {
+            let ts = now();
+            store
+                .insert_job(&JobRow {
+                    id: (*id).into(),
+                    runner_id: "r-1".into(),
+                    job_type: "STOP_SANDBOX".into(),
+                    resource_id: format!("sb-{i}"),
+                    payload: "{}".into(),
+                    state: "PENDING".into(),
+                    result: None,
+                    error_message: None,
+                    created_at: ts.clone(),
+                    updated_at: ts,
+                    started_at: None,
+                    completed_at: None,
+                })
+                .await
+                .unwrap();
+        }
+        let claimed = store.claim_jobs("r-1", 2).await.unwrap();
+        assert_eq!(claimed.len(), 2, "{backend:?}");
+        assert!(claimed.iter().all(|j| j.state == "IN_PROGRESS"));
+        assert_eq!(
+            store
+                .runner_jobs("r-1", Some("IN_PROGRESS"), 10)
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        assert!(
+            store
+                .finish_job(&claimed[0].id, "r-1", "COMPLETED", Some("null"), None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .finish_job(&claimed[0].id, "r-1", "FAILED", None, Some("late"))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .finish_job(&claimed[1].id, "r-other", "COMPLETED", None, None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .cancel_pending_job(&claimed[1].id, "gave up")
+                .await
+                .unwrap()
+        );
+        assert!(store.cancel_pending_job("j-3", "gave up").await.unwrap());
+        let cancelled = store.job_by_id("j-3").await.unwrap().unwrap();
+        assert_eq!(
+            (cancelled.state.as_str(), cancelled.error_message.as_deref()),
+            ("FAILED", Some("gave up"))
+        );
+
+        store
+            .set_runner_image_state("r-1", "img:1", "pulling", None)
+            .await
+            .unwrap();
+        store
+            .set_runner_image_state("r-1", "img:1", "ready", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .runner_image_state("r-1", "img:1")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("ready")
+        );
+        assert_eq!(
+            store.runner_image_state("r-1", "img:2").await.unwrap(),
+            None
+        );
+        assert!(store.delete_runner("r-1").await.unwrap());
+        assert!(store.runner_by_id("r-1").await.unwrap().is_none());
+    }
+}

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod runner_role;
 pub mod server;
 
 #[derive(Debug, Parser)]

@@ -1,7 +1,8 @@
 //! `daytona server`: the API with its in-process runner, the proxy and the SSH gateway, all in one
 //! process by default. `DAYTONA_ROLES` (or `--roles`) picks a subset: `api,runner` serves the
-//! control plane, `proxy` and `ssh-gateway` run on their own and reach the API over HTTP. Each
-//! role starts from its own function below.
+//! control plane, `proxy` and `ssh-gateway` run on their own and reach the API over HTTP, `api`
+//! without `runner` places sandboxes on registered remote runners, and `runner` alone is one of
+//! them (`runner_role.rs`). Each role starts from its own function below.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,6 +13,7 @@ use anyhow::{Context, bail};
 use daytona_api::internal::ServiceKeys;
 use daytona_api::object_storage::PushAccess;
 use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
+use daytona_api::runner::{Fleet, FleetSettings};
 use daytona_api::sandbox::access::{AccessService, AccessSettings};
 use daytona_api::secret::SecretService;
 use daytona_api::snapshot::{BuildSettings, Builds, SnapshotService};
@@ -19,9 +21,9 @@ use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
 use daytona_config::{Config, Role, Roles, SandboxDns};
 use daytona_egress::{Egress, EgressRules};
 use daytona_proxy::remote::{ApiClient, IdentityError, RemoteDirectory};
-use daytona_runner::Runner;
 use daytona_runner::image::{ImageStore, RegistryCredentials, RegistrySettings};
 use daytona_runner::volume::VolumeStore;
+use daytona_runner::{Runner, SandboxRunner};
 use daytona_runtime::native::{NativeConfig, NativeRuntime};
 use daytona_storage::{CredentialAuthority, ObjectStorage, S3Settings};
 use tokio::net::TcpListener;
@@ -102,6 +104,9 @@ type RoleServer = std::pin::Pin<Box<dyn std::future::Future<Output = anyhow::Res
 async fn serve(config: Config) -> anyhow::Result<()> {
     let roles = &config.server.roles;
     check_roles(roles)?;
+    if roles.iter().eq([Role::Runner]) {
+        return crate::runner_role::serve(config).await;
+    }
     if !config.server.binds_loopback_only() {
         for warning in config.placeholder_secret_warnings() {
             tracing::warn!("{warning}");
@@ -118,14 +123,16 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let (server, addr) = serve_api(&config, control.state.clone(), rx.clone()).await?;
         servers.push(server);
         listening.push(format!("api {addr}"));
-        let egress = daytona_egress::serve(
-            control.egress.clone(),
-            control.state.secrets.clone(),
-            wait(rx.clone()),
-        );
-        servers.push(Box::pin(async move {
-            egress.await.context("egress proxy failed")
-        }));
+        if let Some(egress) = &control.egress {
+            let egress = daytona_egress::serve(
+                egress.clone(),
+                control.state.secrets.clone(),
+                wait(rx.clone()),
+            );
+            servers.push(Box::pin(async move {
+                egress.await.context("egress proxy failed")
+            }));
+        }
         Some(control)
     } else {
         None
@@ -167,33 +174,34 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!("shutting down; running sandboxes keep running");
     drop(tx);
     servers.await.context("server task failed")??;
-    if let Some(control) = control {
-        release_network(&control.runtime).await;
+    if let Some(runtime) = control.and_then(|c| c.runtime) {
+        release_network(&runtime).await;
     }
     Ok(())
 }
 
-/// Which role sets run today. The API drives the in-process runner only, so `api` and `runner`
-/// go together; the proxy and the SSH gateway run beside them or on their own.
+/// Which role sets run today: a runner works for an API in this process, or alone for one
+/// elsewhere (it has no store to serve a proxy or gateway from); the API without a runner uses
+/// remote ones; the proxy and the SSH gateway run beside the API or on their own.
 fn check_roles(roles: &Roles) -> anyhow::Result<()> {
-    if roles.contains(Role::Api) != roles.contains(Role::Runner) {
+    if roles.contains(Role::Runner) && !roles.contains(Role::Api) && roles.iter().count() > 1 {
         let chosen: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
         anyhow::bail!(
-            "DAYTONA_ROLES={}: the api and runner roles run together in this version (the API \
-             drives its in-process runner); add the missing one, or run only proxy and/or \
-             ssh-gateway",
+            "DAYTONA_ROLES={}: a runner without the api role runs alone (DAYTONA_ROLES=runner); \
+             start the proxy and SSH gateway as their own processes",
             chosen.join(",")
         );
     }
     Ok(())
 }
 
-/// What the `api` role needs from the `runner` role, and the runner's runtime (for shutdown).
+/// What the `api` role needs from the `runner` role, and the runner's runtime (for shutdown);
+/// without the runner role the API uses remote runners and has neither.
 struct ControlPlane {
     state: AppState,
-    runtime: Arc<NativeRuntime>,
+    runtime: Option<Arc<NativeRuntime>>,
     /// The runner's egress proxy (secrets substitution), served beside the API.
-    egress: Arc<Egress>,
+    egress: Option<Arc<Egress>>,
 }
 
 impl ControlPlane {
@@ -223,8 +231,17 @@ impl ControlPlane {
             .await?
             .context("admin organization missing after setup")?;
 
-        let (runner, runtime, egress) = start_runner(config)?;
         let storage = object_storage(config, &data_dir)?;
+        tracing::info!(?storage, "object storage");
+        // The in-process runner, or (without the runner role) the registered remote runners.
+        let (runner, runtime, egress, fleet): (Arc<dyn SandboxRunner>, _, _, _) =
+            if config.server.roles.contains(Role::Runner) {
+                let (runner, runtime, egress) = start_runner(config, storage.clone())?;
+                (runner, Some(runtime), Some(egress), None)
+            } else {
+                let fleet = remote_fleet(config, &store).await?;
+                (fleet.clone(), None, None, Some(fleet))
+            };
         let push_access = Arc::new(push_access(config, storage));
 
         let settings = SandboxSettings {
@@ -308,6 +325,7 @@ impl ControlPlane {
             push_access,
             oidc: oidc_provider(config)?,
             configuration: Arc::new(daytona_api::configuration::PublicConfiguration::new(config)),
+            runners: fleet,
         };
         Ok(ControlPlane {
             state,
@@ -332,7 +350,10 @@ fn service_keys(config: &Config) -> ServiceKeys {
 }
 
 /// The `runner` role: the image store and native runtime of this host.
-fn start_runner(config: &Config) -> anyhow::Result<(Arc<Runner>, Arc<NativeRuntime>, Arc<Egress>)> {
+pub(crate) fn start_runner(
+    config: &Config,
+    storage: ObjectStorage,
+) -> anyhow::Result<(Arc<Runner>, Arc<NativeRuntime>, Arc<Egress>)> {
     let data_dir = &config.server.data_dir;
     let daemon_bin = find_daemon(config.runner.daemon_path.as_deref())?;
     let base = NativeConfig::new(data_dir.join("runtime"), daemon_bin);
@@ -355,8 +376,6 @@ fn start_runner(config: &Config) -> anyhow::Result<(Arc<Runner>, Arc<NativeRunti
     .context("cannot initialise the sandbox runtime")?;
     let runtime = Arc::new(runtime);
     let images = ImageStore::with_registries(data_dir.join("images"), registry_settings(config));
-    let storage = object_storage(config, data_dir)?;
-    tracing::info!(?storage, "object storage");
     let volumes = VolumeStore::open(data_dir.join("volumes"))
         .with_context(|| format!("cannot open {}", data_dir.join("volumes").display()))?;
     let egress_dir = data_dir.join("egress");
@@ -380,6 +399,33 @@ fn start_runner(config: &Config) -> anyhow::Result<(Arc<Runner>, Arc<NativeRunti
     );
     Ok((runner, runtime, egress))
 }
+
+/// The remote runners this API places sandboxes on; the default runner (`DEFAULT_RUNNER_API_KEY`)
+/// is registered, and runners that go silent are watched for.
+async fn remote_fleet(config: &Config, store: &Store) -> anyhow::Result<Arc<Fleet>> {
+    let fleet = Fleet::new(
+        store.clone(),
+        FleetSettings {
+            availability_score_threshold: config.scheduler.availability_score_threshold.into(),
+            declarative_build_score_threshold: config
+                .scheduler
+                .declarative_build_score_threshold
+                .into(),
+            health_timeout: config.scheduler.runner_health_timeout,
+            default_region: config.region.id.clone(),
+            runner_wait: RUNNER_WAIT,
+        },
+    );
+    fleet
+        .ensure_default_runner(config.default_runner.api_key.expose())
+        .await
+        .context("cannot register the default runner")?;
+    fleet.spawn_monitor();
+    Ok(fleet)
+}
+
+/// How long work that needs any runner (a snapshot's pull) waits for one to join.
+const RUNNER_WAIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 async fn listen(config: &Config, port: u16, variable: &str) -> anyhow::Result<TcpListener> {
     let addr = SocketAddr::new(config.server.bind_address, port);
@@ -471,7 +517,7 @@ async fn remote_directory(config: &Config, role: Role) -> anyhow::Result<RemoteD
 /// A runner that stops with no sandboxes left removes its bridge and firewall rules, so stopped
 /// servers leave nothing in the host's network configuration; with sandboxes left, both stay
 /// for them (and for the next start to adopt).
-async fn release_network(runtime: &NativeRuntime) {
+pub(crate) async fn release_network(runtime: &NativeRuntime) {
     use daytona_runtime::Runtime;
     match runtime.sandbox_specs().await {
         Ok(specs) if specs.is_empty() => match runtime.remove_network() {
@@ -684,7 +730,7 @@ async fn wait(mut rx: tokio::sync::watch::Receiver<()>) {
     let _ = rx.changed().await;
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");

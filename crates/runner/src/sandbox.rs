@@ -81,6 +81,12 @@ pub enum RunnerError {
     Build(#[from] BuildError),
     #[error("sandbox {id}: cannot update its environment: {reason}")]
     Environment { id: String, reason: String },
+    /// No runner can take the work, or the one holding the sandbox stopped answering.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A remote runner ran the job and reported this failure.
+    #[error("{0}")]
+    Remote(String),
 }
 
 /// The image a sandbox's files became (`snapshot_sandbox`).
@@ -107,6 +113,13 @@ pub struct PulledImage {
 #[async_trait::async_trait]
 pub trait SandboxRunner: Send + Sync + 'static {
     fn id(&self) -> &str;
+    /// Chooses the runner a new (or archived, restoring) sandbox in `region` goes to and
+    /// returns its id, recorded as the sandbox's `runnerId`; later calls for the sandbox go to
+    /// that runner.
+    async fn place(&self, sandbox_id: &str, region: &str) -> Result<String, RunnerError> {
+        let _ = (sandbox_id, region);
+        Ok(self.id().to_owned())
+    }
     /// Makes an image available on this runner (import or pull, then unpack); a tag is looked
     /// up in its registry again.
     async fn pull_image(&self, reference: &str) -> Result<PulledImage, RunnerError>;
@@ -214,6 +227,12 @@ pub trait SandboxRunner: Send + Sync + 'static {
     }
 }
 
+/// A runner's sandboxes (spec and status; `None` when the runtime lost its state) and image count.
+pub struct Inventory {
+    pub sandboxes: Vec<(SandboxSpec, Option<SandboxStatus>)>,
+    pub images: usize,
+}
+
 /// A runner on this host: an image store plus a runtime backend.
 pub struct Runner {
     id: String,
@@ -271,6 +290,27 @@ impl Runner {
         let mut env = egress.sandbox_env(id);
         env.extend(secret_env.iter().map(|(k, v)| (k.clone(), v.clone())));
         Ok(env)
+    }
+
+    /// What this runner holds now: each sandbox with its status, and the number of images.
+    pub async fn inventory(&self) -> Result<Inventory, RunnerError> {
+        let mut sandboxes = Vec::new();
+        for spec in self.runtime.sandbox_specs().await? {
+            let status = self.runtime.status(&spec.id).await?;
+            sandboxes.push((spec, status));
+        }
+        let images_dir = self.images.root().join("images");
+        let images = tokio::task::spawn_blocking(move || {
+            std::fs::read_dir(images_dir).map_or(0, |entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+                    .count()
+            })
+        })
+        .await
+        .unwrap_or(0);
+        Ok(Inventory { sandboxes, images })
     }
 
     /// Keeps volumes in `volumes`.

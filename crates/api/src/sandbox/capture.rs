@@ -115,7 +115,6 @@ impl SandboxService {
             state: "creating".into(),
             desired_state: "started".into(),
             error_reason: None,
-            runner_id: Some(self.runner.id().to_string()),
             daemon_version: None,
             created_at: ts.clone(),
             updated_at: ts.clone(),
@@ -223,6 +222,9 @@ impl SandboxService {
     pub(super) async fn restore_sandbox(self: &Arc<Self>, row: SandboxRow) -> ApiResult<Sandbox> {
         let request = runner_request(&row)?;
         let id = row.id.clone();
+        // An archive is not tied to a runner: the restore goes wherever placement says now.
+        let runner_id = self.runner.place(&id, &row.target).await?;
+        self.store.set_sandbox_runner(&id, &runner_id).await?;
         self.store.set_sandbox_desired_state(&id, "started").await?;
         self.store.set_sandbox_state(&id, "restoring", None).await?;
         self.announce(&row).await;

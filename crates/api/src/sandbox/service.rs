@@ -336,6 +336,7 @@ impl SandboxService {
                 "Sandbox with name {name} already exists"
             )));
         }
+        let runner_id = self.runner.place(&id, &target).await?;
         let ts = now();
         let settings = claim_for(&body, name);
         let row = SandboxRow {
@@ -367,7 +368,7 @@ impl SandboxService {
             auto_archive_interval: settings.auto_archive_interval,
             auto_delete_interval: settings.auto_delete_interval,
             auto_pause_interval: settings.auto_pause_interval,
-            runner_id: Some(self.runner.id().to_string()),
+            runner_id: Some(runner_id),
             daemon_version: None,
             created_at: ts.clone(),
             updated_at: ts.clone(),
@@ -826,6 +827,12 @@ impl SandboxService {
             }
             let running = match self.runner.daemon_address(&row.id).await {
                 Ok(addr) => addr.is_some(),
+                // Its runner cannot be asked now (a remote one not heard from since this
+                // restart): the runner's own reports settle the state when it is back.
+                Err(daytona_runner::RunnerError::Unavailable(reason)) => {
+                    tracing::info!(sandbox = %row.id, %reason, "sandbox state left as it is");
+                    continue;
+                }
                 Err(e) => {
                     tracing::warn!(sandbox = %row.id, error = %e, "could not read sandbox status");
                     false

@@ -22,6 +22,7 @@ mod metrics;
 mod organization_secrets;
 mod organizations;
 mod quotas;
+mod runners;
 mod sandboxes;
 mod secrets;
 mod snapshots;
@@ -40,6 +41,7 @@ pub use organizations::{
     RoleRow, UserRow,
 };
 pub use quotas::{OrgQuotas, ResourceUse};
+pub use runners::{JobRow, RunnerAllocation, RunnerReport, RunnerRow};
 pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};
 pub use secrets::SecretKind;
 pub use snapshots::{SnapshotFilter, SnapshotRow};

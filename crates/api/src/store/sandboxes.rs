@@ -288,6 +288,8 @@ impl Store {
         Ok(())
     }
 
+    /// Records a sandbox as started; `runner_id` is recorded only when the sandbox was on no
+    /// runner (restored from an archive): placement records it otherwise.
     pub async fn set_sandbox_started(
         &self,
         id: &str,
@@ -296,7 +298,7 @@ impl Store {
     ) -> Result<(), sqlx::Error> {
         let ts = now();
         sqlx::query(
-            "UPDATE sandboxes SET state = 'started', error_reason = NULL, runner_id = $1,
+            "UPDATE sandboxes SET state = 'started', error_reason = NULL, runner_id = COALESCE(runner_id, $1),
              daemon_version = COALESCE($2, daemon_version), updated_at = $3, last_activity_at = $4 WHERE id = $5",
         )
         .bind(runner_id)

@@ -1,0 +1,758 @@
+//! The registered remote runners as one [`SandboxRunner`]: a new sandbox is placed on a runner
+//! by availability score, and every later call for it becomes a job for that runner
+//! ([`RemoteRunner`]). The runners' health checks keep their state, metrics and sandboxes
+//! current; one not heard from within its contact interval plus `RUNNER_HEALTH_TIMEOUT_SECONDS`
+//! becomes unresponsive and its sandboxes report it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use daytona_runner::image::build::{BuildLog, BuildRequest};
+use daytona_runner::jobs::{BuildOutcome, Healthcheck, Job, Metrics};
+use daytona_runner::{
+    CapturedImage, NetworkPolicy, PulledImage, Resize, RunnerError, SandboxRequest, SandboxRunner,
+    SandboxUsage,
+};
+use serde::de::DeserializeOwned;
+
+use super::jobs::{JobHub, outcome};
+use super::score::{Usage, availability_score};
+use crate::store::{RunnerReport, RunnerRow, Store};
+
+/// What placement and health tracking need from configuration.
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// `RUNNER_AVAILABILITY_SCORE_THRESHOLD`
+    pub availability_score_threshold: i64,
+    /// `RUNNER_DECLARATIVE_BUILD_SCORE_THRESHOLD`
+    pub declarative_build_score_threshold: i64,
+    /// `RUNNER_HEALTH_TIMEOUT_SECONDS`: silence tolerated past a runner's contact interval.
+    pub health_timeout: Duration,
+    /// Region of images pulled for snapshots and of the default runner (`DEFAULT_REGION_ID`).
+    pub default_region: String,
+    /// How long a snapshot pull waits for a runner to join.
+    pub runner_wait: Duration,
+}
+
+/// What the API last heard about a sandbox from its runner.
+#[derive(Debug, Clone, Copy, Default)]
+struct Seen {
+    daemon: Option<SocketAddr>,
+    oom_kills: Option<u64>,
+}
+
+pub struct Fleet {
+    store: Store,
+    hub: JobHub,
+    settings: FleetSettings,
+    seen: Mutex<HashMap<String, Seen>>,
+    /// Woken when a runner reports healthy (a pull waiting for any runner).
+    joined: tokio::sync::Notify,
+}
+
+/// One runner's side of the job protocol: each call is a job, awaited until the runner reports.
+pub struct RemoteRunner<'a> {
+    fleet: &'a Fleet,
+    runner: RunnerRow,
+}
+
+impl RemoteRunner<'_> {
+    pub fn id(&self) -> &str {
+        &self.runner.id
+    }
+
+    pub async fn run<T: DeserializeOwned>(&self, job: Job) -> Result<T, RunnerError> {
+        let fleet = self.fleet;
+        let id = fleet
+            .hub
+            .submit(&fleet.store, &self.runner.id, &job)
+            .await
+            .map_err(|e| RunnerError::Unavailable(format!("cannot store a job: {e}")))?;
+        let runner_id = self.runner.id.clone();
+        let finished = fleet
+            .hub
+            .wait(&fleet.store, &id, || {
+                let runner_id = runner_id.clone();
+                async move { fleet.unavailability(&runner_id).await }
+            })
+            .await?;
+        outcome(&finished)
+    }
+}
+
+/// Reason recorded on the sandboxes of a runner that stopped answering; the health check that
+/// brings the runner back finds them by it.
+fn unresponsive_marker(runner_id: &str) -> String {
+    format!("runner {runner_id} is unresponsive")
+}
+
+impl Fleet {
+    pub fn new(store: Store, settings: FleetSettings) -> Arc<Fleet> {
+        Arc::new(Fleet {
+            store,
+            hub: JobHub::default(),
+            settings,
+            seen: Mutex::new(HashMap::new()),
+            joined: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn hub(&self) -> &JobHub {
+        &self.hub
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Records the default runner (`DEFAULT_RUNNER_API_KEY` is its token).
+    pub async fn ensure_default_runner(&self, token: &str) -> Result<(), sqlx::Error> {
+        self.store
+            .ensure_runner(
+                &uuid::Uuid::new_v4().to_string(),
+                "default",
+                &self.settings.default_region,
+                &crate::auth::hash_key(token),
+            )
+            .await
+    }
+
+    /// Why `runner` cannot take work now, or `None` when it can.
+    fn why_not_alive(&self, runner: &RunnerRow) -> Option<String> {
+        let name = &runner.name;
+        match runner.state.as_str() {
+            "ready" => {}
+            "initializing" => {
+                return Some(format!(
+                    "runner {} ({name}) has not reported yet",
+                    runner.id
+                ));
+            }
+            _ => {
+                return Some(format!(
+                    "{} ({name}): no contact since {}",
+                    unresponsive_marker(&runner.id),
+                    runner.last_checked.as_deref().unwrap_or("it registered")
+                ));
+            }
+        }
+        let silent_for = runner
+            .last_checked
+            .as_deref()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| chrono::Utc::now().signed_duration_since(t))
+            .and_then(|d| d.to_std().ok())
+            .unwrap_or_default();
+        let allowed = Duration::from_secs(runner.contact_interval_seconds.max(1) as u64)
+            + self.settings.health_timeout;
+        (silent_for > allowed).then(|| {
+            format!(
+                "{} ({name}): no contact for {}s (allowed {}s)",
+                unresponsive_marker(&runner.id),
+                silent_for.as_secs(),
+                allowed.as_secs()
+            )
+        })
+    }
+
+    async fn unavailability(&self, runner_id: &str) -> Option<String> {
+        match self.store.runner_by_id(runner_id).await {
+            Ok(Some(runner)) => self.why_not_alive(&runner),
+            Ok(None) => Some(format!("runner {runner_id} was removed")),
+            Err(e) => Some(format!("cannot read runner {runner_id}: {e}")),
+        }
+    }
+
+    fn remote(&self, runner: RunnerRow) -> RemoteRunner<'_> {
+        RemoteRunner {
+            fleet: self,
+            runner,
+        }
+    }
+
+    /// The runner that holds `sandbox_id`, if it can take work.
+    async fn runner_of(&self, sandbox_id: &str) -> Result<RemoteRunner<'_>, RunnerError> {
+        let store_error = |e: sqlx::Error| RunnerError::Unavailable(format!("database: {e}"));
+        let runner_id = self
+            .store
+            .sandbox_record(sandbox_id)
+            .await
+            .map_err(store_error)?
+            .and_then(|row| row.runner_id)
+            .ok_or_else(|| {
+                RunnerError::Unavailable(format!("sandbox {sandbox_id} is on no runner"))
+            })?;
+        let runner = self
+            .store
+            .runner_by_id(&runner_id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                RunnerError::Unavailable(format!(
+                    "sandbox {sandbox_id} is on runner {runner_id}, which is not registered"
+                ))
+            })?;
+        if let Some(reason) = self.why_not_alive(&runner) {
+            return Err(RunnerError::Unavailable(format!(
+                "sandbox {sandbox_id}'s files are on {reason}"
+            )));
+        }
+        Ok(self.remote(runner))
+    }
+
+    /// Runners of `region` that can take work, each with its availability score now (its
+    /// reported usage, and the allocation the API has placed on it since).
+    async fn candidates(&self, region: &str) -> Result<Vec<(RunnerRow, i64, i64)>, RunnerError> {
+        let store_error = |e: sqlx::Error| RunnerError::Unavailable(format!("database: {e}"));
+        let runners = self
+            .store
+            .list_runners(Some(region))
+            .await
+            .map_err(store_error)?;
+        if runners.is_empty() {
+            return Err(RunnerError::Unavailable(format!(
+                "no runner is registered in region {region}: start one with DAYTONA_ROLES=runner \
+                 and DAYTONA_API_URL pointing at this API"
+            )));
+        }
+        let mut alive = Vec::new();
+        let mut reasons = Vec::new();
+        for runner in runners {
+            if let Some(reason) = self.why_not_alive(&runner) {
+                reasons.push(reason);
+                continue;
+            }
+            let allocation = self
+                .store
+                .runner_allocation(&runner.id)
+                .await
+                .map_err(store_error)?;
+            let metrics: Metrics = serde_json::from_str(&runner.metrics).unwrap_or_default();
+            let percent = |part: f64, whole: f64| {
+                if whole > 0.0 {
+                    part * 100.0 / whole
+                } else {
+                    0.0
+                }
+            };
+            let score = availability_score(&Usage {
+                cpu_percent: metrics.current_cpu_usage_percentage,
+                memory_percent: metrics.current_memory_usage_percentage,
+                disk_percent: metrics.current_disk_usage_percentage,
+                load_per_cpu: if metrics.cpu > 0.0 {
+                    metrics.current_cpu_load_average / metrics.cpu
+                } else {
+                    0.0
+                },
+                allocated_cpu_percent: percent(allocation.cpu as f64, metrics.cpu),
+                allocated_memory_percent: percent(allocation.memory as f64, metrics.memory_gib),
+                allocated_disk_percent: percent(allocation.disk as f64, metrics.disk_gib),
+                started_sandboxes: allocation.started as f64,
+            });
+            alive.push((runner, score, allocation.started));
+        }
+        if alive.is_empty() {
+            return Err(RunnerError::Unavailable(format!(
+                "no runner is available in region {region}: {}",
+                reasons.join("; ")
+            )));
+        }
+        Ok(alive)
+    }
+
+    /// The runner for new work in `region`: among those scoring at least `threshold`, the one
+    /// running the fewest sandboxes (the score gates, the count spreads), then the best score.
+    async fn choose(&self, region: &str, threshold: i64) -> Result<RunnerRow, RunnerError> {
+        let candidates = self.candidates(region).await?;
+        let scores: Vec<String> = candidates
+            .iter()
+            .map(|(r, score, _)| format!("{} ({}) scores {score}", r.id, r.name))
+            .collect();
+        candidates
+            .into_iter()
+            .filter(|(_, score, _)| *score >= threshold)
+            .min_by_key(|(_, score, started)| (*started, -score))
+            .map(|(runner, _, _)| runner)
+            .ok_or_else(|| {
+                RunnerError::Unavailable(format!(
+                    "no runner in region {region} has an availability score of at least \
+                     {threshold}: {}",
+                    scores.join(", ")
+                ))
+            })
+    }
+
+    /// A runner for work that is not a sandbox's, waiting up to the configured time for one
+    /// to join (the API may start before its runners).
+    async fn any_runner(&self, threshold: i64) -> Result<RunnerRow, RunnerError> {
+        let deadline = tokio::time::Instant::now() + self.settings.runner_wait;
+        loop {
+            let joined = self.joined.notified();
+            tokio::pin!(joined);
+            joined.as_mut().enable();
+            match self.choose(&self.settings.default_region, threshold).await {
+                Ok(runner) => return Ok(runner),
+                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = joined => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    /// Every runner that can take work now.
+    async fn alive_runners(&self) -> Result<Vec<RunnerRow>, RunnerError> {
+        let runners = self
+            .store
+            .list_runners(None)
+            .await
+            .map_err(|e| RunnerError::Unavailable(format!("database: {e}")))?;
+        Ok(runners
+            .into_iter()
+            .filter(|r| self.why_not_alive(r).is_none())
+            .collect())
+    }
+
+    /// Makes `image` available on `runner` before a sandbox of it is created there.
+    async fn ensure_image(
+        &self,
+        runner: &RemoteRunner<'_>,
+        image: &str,
+    ) -> Result<(), RunnerError> {
+        let state = self
+            .store
+            .runner_image_state(runner.id(), image)
+            .await
+            .map_err(|e| RunnerError::Unavailable(format!("database: {e}")))?;
+        if state.as_deref() == Some("ready") {
+            return Ok(());
+        }
+        self.pull_on(runner, image).await.map(|_| ())
+    }
+
+    async fn pull_on(
+        &self,
+        runner: &RemoteRunner<'_>,
+        image: &str,
+    ) -> Result<PulledImage, RunnerError> {
+        self.record_image(runner.id(), image, "pulling", None).await;
+        let pulled = runner
+            .run::<PulledImage>(Job::PullSnapshot {
+                reference: image.to_owned(),
+            })
+            .await;
+        match &pulled {
+            Ok(_) => self.record_image(runner.id(), image, "ready", None).await,
+            Err(e) => {
+                self.record_image(runner.id(), image, "error", Some(&e.to_string()))
+                    .await
+            }
+        }
+        pulled
+    }
+
+    async fn record_image(&self, runner_id: &str, image: &str, state: &str, error: Option<&str>) {
+        if let Err(e) = self
+            .store
+            .set_runner_image_state(runner_id, image, state, error)
+            .await
+        {
+            tracing::warn!(runner = runner_id, image, error = %e, "cannot record a runner's image");
+        }
+    }
+
+    fn remember(&self, sandbox_id: &str, daemon: Option<SocketAddr>) {
+        self.seen
+            .lock()
+            .expect("seen map")
+            .entry(sandbox_id.to_owned())
+            .or_default()
+            .daemon = daemon;
+    }
+
+    fn forget(&self, sandbox_id: &str) {
+        self.seen.lock().expect("seen map").remove(sandbox_id);
+    }
+
+    /// Takes a runner's health check: records it as ready with its metrics and score, and
+    /// brings its sandboxes in line with what it reports (after it was unresponsive).
+    pub async fn healthcheck(
+        &self,
+        runner: &RunnerRow,
+        report: &Healthcheck,
+    ) -> Result<(), sqlx::Error> {
+        let metrics = report.metrics.clone().unwrap_or_default();
+        let score = availability_score(&Usage {
+            cpu_percent: metrics.current_cpu_usage_percentage,
+            memory_percent: metrics.current_memory_usage_percentage,
+            disk_percent: metrics.current_disk_usage_percentage,
+            load_per_cpu: if metrics.cpu > 0.0 {
+                metrics.current_cpu_load_average / metrics.cpu
+            } else {
+                0.0
+            },
+            allocated_cpu_percent: 0.0,
+            allocated_memory_percent: 0.0,
+            allocated_disk_percent: 0.0,
+            started_sandboxes: metrics.current_started_sandboxes,
+        });
+        let metrics_json = serde_json::to_string(&metrics).expect("metrics serialize");
+        self.store
+            .record_runner_health(
+                &runner.id,
+                &RunnerReport {
+                    domain: report.domain.as_deref(),
+                    api_url: report.api_url.as_deref(),
+                    proxy_url: report.proxy_url.as_deref(),
+                    app_version: &report.app_version,
+                    metrics: &metrics_json,
+                    availability_score: score,
+                    contact_interval_seconds: report.contact_interval_seconds.unwrap_or(30) as i64,
+                },
+            )
+            .await?;
+        {
+            let mut seen = self.seen.lock().expect("seen map");
+            for sandbox in &report.sandboxes {
+                let entry = seen.entry(sandbox.id.clone()).or_default();
+                entry.daemon = sandbox.daemon_address;
+                entry.oom_kills = Some(sandbox.oom_kills);
+            }
+        }
+        let marker = unresponsive_marker(&runner.id);
+        for id in self
+            .store
+            .sandboxes_failed_with(&runner.id, &marker)
+            .await?
+        {
+            match report.sandboxes.iter().find(|s| s.id == id) {
+                Some(found) => {
+                    tracing::info!(sandbox = %id, runner = %runner.id, state = %found.state, "runner is back: sandbox reconciled");
+                    self.store
+                        .set_sandbox_state(&id, &found.state, None)
+                        .await?;
+                }
+                None => {
+                    let reason = format!(
+                        "runner {} ({}) came back without this sandbox",
+                        runner.id, runner.name
+                    );
+                    self.store
+                        .set_sandbox_state(&id, "error", Some(&reason))
+                        .await?;
+                }
+            }
+        }
+        if runner.state != "ready" {
+            tracing::info!(runner = %runner.id, name = %runner.name, score, "runner is ready");
+        }
+        self.joined.notify_waiters();
+        Ok(())
+    }
+
+    /// Marks runners that went silent as unresponsive and records the reason on their
+    /// sandboxes. Runs every second for the life of the process.
+    pub fn spawn_monitor(self: &Arc<Self>) {
+        let fleet = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some(fleet) = fleet.upgrade() else { return };
+                if let Err(e) = fleet.check_runners().await {
+                    tracing::warn!(error = %e, "cannot check runner health");
+                }
+            }
+        });
+    }
+
+    async fn check_runners(&self) -> Result<(), sqlx::Error> {
+        for runner in self.store.list_runners(None).await? {
+            if runner.state != "ready" {
+                continue;
+            }
+            let Some(reason) = self.why_not_alive(&runner) else {
+                continue;
+            };
+            let Some(last) = runner.last_checked.as_deref() else {
+                continue;
+            };
+            if !self
+                .store
+                .mark_runner_unresponsive(&runner.id, last)
+                .await?
+            {
+                continue;
+            }
+            tracing::warn!(runner = %runner.id, name = %runner.name, %reason, "runner is unresponsive");
+            for id in self.store.sandboxes_on_runner(&runner.id).await? {
+                self.store
+                    .set_sandbox_state(&id, "error", Some(&reason))
+                    .await?;
+                self.forget(&id);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl SandboxRunner for Fleet {
+    fn id(&self) -> &str {
+        "remote"
+    }
+
+    async fn place(&self, _sandbox_id: &str, region: &str) -> Result<String, RunnerError> {
+        let runner = self
+            .choose(region, self.settings.availability_score_threshold)
+            .await?;
+        Ok(runner.id)
+    }
+
+    async fn pull_image(&self, reference: &str) -> Result<PulledImage, RunnerError> {
+        let runner = self
+            .any_runner(self.settings.availability_score_threshold)
+            .await?;
+        self.pull_on(&self.remote(runner), reference).await
+    }
+
+    async fn collect_garbage(&self, keep_images: &[String]) -> Result<(), RunnerError> {
+        for runner in self.alive_runners().await? {
+            let job = Job::CollectGarbage {
+                keep_images: keep_images.to_vec(),
+            };
+            if let Err(e) = self.remote(runner.clone()).run::<()>(job).await {
+                tracing::warn!(runner = %runner.id, error = %e, "image garbage collection failed");
+            }
+        }
+        Ok(())
+    }
+
+    async fn create_sandbox(&self, req: &SandboxRequest) -> Result<SocketAddr, RunnerError> {
+        let runner = self.runner_of(&req.id).await?;
+        self.ensure_image(&runner, &req.image).await?;
+        let addr: SocketAddr = runner.run(Job::CreateSandbox(req.clone())).await?;
+        self.remember(&req.id, Some(addr));
+        Ok(addr)
+    }
+
+    async fn start_sandbox(&self, id: &str) -> Result<SocketAddr, RunnerError> {
+        let runner = self.runner_of(id).await?;
+        let addr: SocketAddr = runner.run(Job::StartSandbox { id: id.into() }).await?;
+        self.remember(id, Some(addr));
+        Ok(addr)
+    }
+
+    async fn stop_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        let runner = self.runner_of(id).await?;
+        runner.run::<()>(Job::StopSandbox { id: id.into() }).await?;
+        self.remember(id, None);
+        Ok(())
+    }
+
+    async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        let runner = self.runner_of(id).await?;
+        runner
+            .run::<()>(Job::DestroySandbox { id: id.into() })
+            .await?;
+        self.forget(id);
+        Ok(())
+    }
+
+    async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError> {
+        if let Some(addr) = self
+            .seen
+            .lock()
+            .expect("seen map")
+            .get(id)
+            .and_then(|s| s.daemon)
+        {
+            return Ok(Some(addr));
+        }
+        let runner = self.runner_of(id).await?;
+        let addr: Option<SocketAddr> = runner.run(Job::DaemonAddress { id: id.into() }).await?;
+        if addr.is_some() {
+            self.remember(id, addr);
+        }
+        Ok(addr)
+    }
+
+    async fn oom_kills(&self, id: &str) -> Result<u64, RunnerError> {
+        self.seen
+            .lock()
+            .expect("seen map")
+            .get(id)
+            .and_then(|s| s.oom_kills)
+            .ok_or_else(|| {
+                RunnerError::Unavailable(format!("no health check has reported sandbox {id} yet"))
+            })
+    }
+
+    async fn usage(&self, id: &str) -> Result<Option<SandboxUsage>, RunnerError> {
+        let runner = self.runner_of(id).await?;
+        runner.run(Job::SandboxUsage { id: id.into() }).await
+    }
+
+    async fn pause_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        let runner = self.runner_of(id).await?;
+        runner.run(Job::PauseSandbox { id: id.into() }).await
+    }
+
+    async fn resume_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        let runner = self.runner_of(id).await?;
+        runner.run(Job::ResumeSandbox { id: id.into() }).await
+    }
+
+    async fn resize_sandbox(&self, id: &str, resize: &Resize) -> Result<(), RunnerError> {
+        let runner = self.runner_of(id).await?;
+        let job = Job::ResizeSandbox {
+            id: id.into(),
+            resize: *resize,
+        };
+        runner.run(job).await
+    }
+
+    async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<(), RunnerError> {
+        let runner = self.runner_of(id).await?;
+        let job = Job::UpdateSandboxNetworkSettings {
+            id: id.into(),
+            policy: policy.clone(),
+        };
+        runner.run(job).await
+    }
+
+    async fn snapshot_sandbox(
+        &self,
+        id: &str,
+        base_image: &str,
+    ) -> Result<CapturedImage, RunnerError> {
+        let runner = self.runner_of(id).await?;
+        let job = Job::SnapshotSandbox {
+            id: id.into(),
+            base_image: base_image.into(),
+        };
+        let captured: CapturedImage = runner.run(job).await?;
+        self.record_image(runner.id(), &captured.reference, "ready", None)
+            .await;
+        Ok(captured)
+    }
+
+    async fn fork_sandbox(
+        &self,
+        source: &str,
+        fork: &SandboxRequest,
+    ) -> Result<SocketAddr, RunnerError> {
+        // A fork copies the source's disk, so it lives where the source does.
+        let runner = self.runner_of(source).await?;
+        let job = Job::ForkSandbox {
+            source: source.into(),
+            fork: fork.clone(),
+        };
+        let addr: SocketAddr = runner.run(job).await?;
+        self.remember(&fork.id, Some(addr));
+        Ok(addr)
+    }
+
+    async fn build_image(
+        &self,
+        req: &BuildRequest,
+        log: Arc<dyn BuildLog>,
+    ) -> Result<CapturedImage, RunnerError> {
+        let runner = self
+            .any_runner(self.settings.declarative_build_score_threshold)
+            .await?;
+        let runner = self.remote(runner);
+        log.line(&format!(
+            "building on runner {} ({})",
+            runner.id(),
+            runner.runner.name
+        ));
+        let built: BuildOutcome = runner.run(Job::BuildSnapshot(req.clone())).await?;
+        for line in &built.log {
+            log.line(line);
+        }
+        self.record_image(runner.id(), &built.image.reference, "ready", None)
+            .await;
+        Ok(built.image)
+    }
+
+    async fn archive_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
+        let runner = self.runner_of(id).await?;
+        let job = Job::ArchiveSandbox {
+            id: id.into(),
+            key: key.into(),
+        };
+        let size = runner.run(job).await?;
+        self.forget(id);
+        Ok(size)
+    }
+
+    async fn restore_sandbox(
+        &self,
+        req: &SandboxRequest,
+        key: &str,
+    ) -> Result<SocketAddr, RunnerError> {
+        let runner = self.runner_of(&req.id).await?;
+        self.ensure_image(&runner, &req.image).await?;
+        let job = Job::RestoreSandbox {
+            request: req.clone(),
+            key: key.into(),
+        };
+        let addr: SocketAddr = runner.run(job).await?;
+        self.remember(&req.id, Some(addr));
+        Ok(addr)
+    }
+
+    async fn delete_archive(&self, key: &str) -> Result<(), RunnerError> {
+        let runner = self.any_alive().await?;
+        runner.run(Job::DeleteArchive { key: key.into() }).await
+    }
+
+    async fn archive_exists(&self, key: &str) -> Result<bool, RunnerError> {
+        let runner = self.any_alive().await?;
+        runner.run(Job::ArchiveExists { key: key.into() }).await
+    }
+
+    async fn create_volume(&self, id: &str) -> Result<(), RunnerError> {
+        self.on_every_runner(|| Job::CreateVolume { id: id.into() })
+            .await
+    }
+
+    async fn delete_volume(&self, id: &str) -> Result<(), RunnerError> {
+        self.on_every_runner(|| Job::DeleteVolume { id: id.into() })
+            .await
+    }
+}
+
+impl Fleet {
+    /// Archives live in object storage that every runner reaches (`AWS_*`), so any runner can
+    /// look one up or delete it.
+    async fn any_alive(&self) -> Result<RemoteRunner<'_>, RunnerError> {
+        let runner = self
+            .alive_runners()
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                RunnerError::Unavailable("no runner is available to reach object storage".into())
+            })?;
+        Ok(self.remote(runner))
+    }
+
+    /// Volumes are directories on each runner: every runner that can take work gets the job.
+    async fn on_every_runner(&self, job: impl Fn() -> Job) -> Result<(), RunnerError> {
+        let runners = self.alive_runners().await?;
+        if runners.is_empty() {
+            return Err(RunnerError::Unavailable(
+                "no runner is available for volumes".into(),
+            ));
+        }
+        for runner in runners {
+            self.remote(runner).run::<()>(job()).await?;
+        }
+        Ok(())
+    }
+}

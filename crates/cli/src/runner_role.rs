@@ -1,0 +1,97 @@
+//! `DAYTONA_ROLES=runner`: the local runner (image store + native runtime) is the whole process
+//! and works for the API at `DAYTONA_API_URL` through the job protocol.
+
+use std::net::SocketAddr;
+
+use anyhow::Context;
+use daytona_config::Config;
+use daytona_runner::agent::{Agent, AgentError, AgentSettings};
+use daytona_storage::{ObjectStorage, S3Settings};
+use tokio::net::TcpListener;
+
+use crate::server::{release_network, shutdown_signal, start_runner};
+
+/// `DAYTONA_ROLES=runner`: registers with the API, then takes jobs until SIGTERM/SIGINT; serves
+/// `GET /` (health) on `API_PORT`.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let data_dir = config.server.data_dir.clone();
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    // `AWS_*` (defaulting to `S3_*`) when set, so archives reach every runner; else local.
+    let storage = match &config.runner.storage {
+        Some(s3) => ObjectStorage::s3(&S3Settings {
+            endpoint: s3.endpoint.clone(),
+            region: s3.region.clone(),
+            bucket: s3.bucket.clone(),
+            access_key: s3.access_key.expose().to_owned(),
+            secret_key: s3.secret_key.expose().to_owned(),
+        }),
+        None => ObjectStorage::local(&data_dir.join("objects")),
+    }
+    .context("cannot set up the runner's object storage (AWS_*)")?;
+    // Its egress proxy needs the API's secrets: sandboxes on remote runners cannot mount
+    // secrets yet, so it is not served here.
+    let (runner, runtime, _egress) = start_runner(&config, storage)?;
+
+    let addr = SocketAddr::new(config.server.bind_address, config.runner.api_port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr} (API_PORT)"))?;
+    let own_url = format!(
+        "http://{}:{}",
+        config
+            .runner
+            .domain
+            .clone()
+            .unwrap_or_else(|| config.server.bind_address.to_string()),
+        config.runner.api_port
+    );
+    let agent = Agent::new(
+        AgentSettings {
+            api_url: config.misc.api_url.clone(),
+            token: config.runner.token.expose().to_owned(),
+            poll_timeout: config.runner.poll_timeout,
+            poll_limit: config.runner.poll_limit,
+            healthcheck_interval: config.runner.healthcheck_interval,
+            healthcheck_timeout: config.runner.healthcheck_timeout,
+            app_version: config.runner.version.clone(),
+            domain: config.runner.domain.clone(),
+            own_url: Some(own_url),
+            data_dir: data_dir.clone(),
+        },
+        runner,
+    )?;
+    // Registration: a refused token stops the process; an API that is not up yet is waited for.
+    loop {
+        match agent.register().await {
+            Ok(()) => break,
+            Err(e @ AgentError::Refused { .. }) => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register with the API yet; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+    tracing::info!(%addr, api = %config.misc.api_url, data_dir = %data_dir.display(), "daytona runner ready");
+
+    let (tx, mut rx) = tokio::sync::watch::channel(());
+    let health = axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async { axum::Json(serde_json::json!({ "status": "ok" })) }),
+    );
+    let server = axum::serve(listener, health).with_graceful_shutdown(async move {
+        let _ = rx.changed().await;
+    });
+    let server = tokio::spawn(async move { server.await });
+    let outcome = tokio::select! {
+        result = agent.run() => result.map_err(anyhow::Error::from),
+        () = shutdown_signal() => {
+            tracing::info!("shutting down; running sandboxes keep running");
+            Ok(())
+        }
+    };
+    drop(tx);
+    let _ = server.await;
+    release_network(&runtime).await;
+    outcome
+}
