@@ -69,6 +69,7 @@ POSTGRES_MODULES = {
     "test_snapshots",
     "test_ssh",
     "test_tenancy",
+    "test_topology",
     "test_volumes",
     "test_warm_pools",
 }
