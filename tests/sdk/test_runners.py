@@ -256,6 +256,42 @@ def test_a_killed_runner_is_reported_and_rejoins(topology: Topology):
         topology.client.delete(sandbox)
 
 
+def test_unschedulable_and_draining_runners_get_no_new_sandboxes(topology: Topology):
+    first, second = list(topology.runners)
+    # Bad input names the field; an unknown runner is a 404.
+    bad = topology.admin("PATCH", f"/runners/{first}/scheduling", {"unschedulable": "yes"})
+    assert bad.status == 400 and "unschedulable" in bad.json()["message"], bad.body
+    assert topology.admin("PATCH", "/runners/no-such-runner/draining", {"draining": True}).status == 404
+
+    flagged = topology.admin("PATCH", f"/runners/{first}/scheduling", {"unschedulable": True})
+    assert flagged.status == 200 and flagged.json()["unschedulable"] is True, flagged.body
+    try:
+        placed = [topology.create() for _ in range(2)]
+        assert {s.runner_id for s in placed} == {second}, "an unschedulable runner got a sandbox"
+        # The other runner drains too: nothing can take new sandboxes, and the error says why.
+        drained = topology.admin("PATCH", f"/runners/{second}/draining", {"draining": True})
+        assert drained.status == 200 and drained.json()["draining"] is True, drained.body
+        refused = topology.admin("POST", "/sandbox", {})
+        assert refused.status == 503, refused.body
+        message = refused.json()["message"]
+        assert "unschedulable" in message and "draining" in message, message
+        # Sandboxes already on a draining runner keep working.
+        assert placed[0].process.exec("echo still").result.strip() == "still"
+    finally:
+        assert topology.admin("PATCH", f"/admin/runners/{first}/scheduling", {"unschedulable": False}).status == 204
+        assert topology.admin("PATCH", f"/runners/{second}/draining", {"draining": False}).status == 200
+    assert topology.runner_state(first)["unschedulable"] is False
+    # Back in placement: with only the other runner flagged now, the first takes a sandbox.
+    assert topology.admin("PATCH", f"/runners/{second}/scheduling", {"unschedulable": True}).status == 200
+    try:
+        again = topology.create()
+        assert again.runner_id == first
+    finally:
+        assert topology.admin("PATCH", f"/runners/{second}/scheduling", {"unschedulable": False}).status == 200
+    for sandbox in [*placed, again]:
+        topology.client.delete(sandbox)
+
+
 def test_a_wrong_token_is_refused(topology: Topology, tmp_path: Path):
     env = _runner_env(topology.api.api_url, "not-a-runner-token-" + secrets.token_hex(8), tmp_path, topology.subnets[2])
     proc = RunnerProcess("wrong", env, tmp_path, tmp_path / "wrong.log")

@@ -432,6 +432,15 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     ),
     ("GET", "/api/admin/runners/{id}"): lambda w: w.denied("GET", f"/admin/runners/{uuid.uuid4()}"),
     ("DELETE", "/api/admin/runners/{id}"): lambda w: w.denied("DELETE", f"/admin/runners/{uuid.uuid4()}"),
+    ("PATCH", "/api/admin/runners/{id}/scheduling"): lambda w: w.denied(
+        "PATCH", f"/admin/runners/{uuid.uuid4()}/scheduling", {"unschedulable": True}
+    ),
+    ("PATCH", "/api/runners/{id}/scheduling"): lambda w: w.denied(
+        "PATCH", f"/runners/{uuid.uuid4()}/scheduling", {"unschedulable": True}
+    ),
+    ("PATCH", "/api/runners/{id}/draining"): lambda w: w.denied(
+        "PATCH", f"/runners/{uuid.uuid4()}/draining", {"draining": True}
+    ),
     # --- the proxy: toolbox paths and preview hosts ---
     # The browser login's callback: without OIDC configured it is not served; with it, only a login
     # this browser started completes, and a non-member is refused (test_oidc.py).

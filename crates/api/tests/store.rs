@@ -1158,3 +1158,111 @@ async fn runners_jobs_and_runner_images_are_stored_alike() {
         assert!(store.runner_by_id("r-1").await.unwrap().is_none());
     }
 }
+
+#[tokio::test]
+async fn runner_flags_and_stale_jobs_alike() {
+    use std::time::Duration;
+
+    use daytona_api::runner::{Fleet, FleetSettings};
+    use daytona_api::store::JobRow;
+    for TestStore { backend, store, .. } in test_stores().await {
+        store
+            .ensure_runner("r-1", "default", "us", "hash-1")
+            .await
+            .unwrap();
+        let drained = store
+            .set_runner_flags("r-1", None, Some(true))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            drained.draining && !drained.unschedulable,
+            "{backend:?}: only the flag given changes"
+        );
+        let both = store
+            .set_runner_flags("r-1", Some(true), None)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(both.draining && both.unschedulable, "{backend:?}");
+        let back = store
+            .set_runner_flags("r-1", Some(false), Some(false))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!back.draining && !back.unschedulable, "{backend:?}");
+        assert!(
+            store
+                .set_runner_flags("r-missing", Some(true), None)
+                .await
+                .unwrap()
+                .is_none()
+        );
+
+        // Two jobs taken at once: a stop (10 minute limit) and a build (120 minutes).
+        for (id, job_type) in [("j-stop", "STOP_SANDBOX"), ("j-build", "BUILD_SNAPSHOT")] {
+            let ts = now();
+            store
+                .insert_job(&JobRow {
+                    id: id.into(),
+                    runner_id: "r-1".into(),
+                    job_type: job_type.into(),
+                    resource_id: "sb".into(),
+                    payload: "{}".into(),
+                    state: "PENDING".into(),
+                    result: None,
+                    error_message: None,
+                    created_at: ts.clone(),
+                    updated_at: ts,
+                    started_at: None,
+                    completed_at: None,
+                })
+                .await
+                .unwrap();
+        }
+        assert_eq!(store.claim_jobs("r-1", 10).await.unwrap().len(), 2);
+        let fleet = Fleet::new(
+            store.clone(),
+            FleetSettings {
+                availability_score_threshold: 10,
+                declarative_build_score_threshold: 10,
+                health_timeout: Duration::from_secs(3),
+                default_region: "us".into(),
+                runner_wait: Duration::from_secs(1),
+            },
+        );
+        let at = |minutes: i64| chrono::Utc::now() + chrono::Duration::minutes(minutes);
+        assert_eq!(
+            fleet.fail_stale_jobs(at(5)).await.unwrap(),
+            0,
+            "{backend:?}"
+        );
+        assert_eq!(
+            fleet.fail_stale_jobs(at(11)).await.unwrap(),
+            1,
+            "{backend:?}"
+        );
+        let stop = store.job_by_id("j-stop").await.unwrap().unwrap();
+        assert_eq!(stop.state, "FAILED");
+        assert!(
+            stop.error_message
+                .as_deref()
+                .is_some_and(|m| m.contains("timed out") && m.contains("10 minutes")),
+            "{:?}",
+            stop.error_message
+        );
+        assert_eq!(
+            store.job_by_id("j-build").await.unwrap().unwrap().state,
+            "IN_PROGRESS"
+        );
+        assert_eq!(
+            fleet.fail_stale_jobs(at(121)).await.unwrap(),
+            1,
+            "{backend:?}"
+        );
+        assert_eq!(
+            store.job_by_id("j-build").await.unwrap().unwrap().state,
+            "FAILED"
+        );
+    }
+}

@@ -82,6 +82,33 @@ impl RemoteRunner<'_> {
     }
 }
 
+/// Why an operator's flag keeps new sandboxes off `runner`, if one does.
+fn not_schedulable(runner: &RunnerRow) -> Option<String> {
+    let flag = if runner.draining {
+        "draining"
+    } else if runner.unschedulable {
+        "unschedulable"
+    } else {
+        return None;
+    };
+    Some(format!("runner {} ({}) is {flag}", runner.id, runner.name))
+}
+
+/// How long a runner may hold a job without reporting before the job fails (upstream's
+/// limits: the runner does not report progress on a job, so only its outcome counts).
+fn job_time_limit(job_type: &str) -> Duration {
+    const MINUTE: u64 = 60;
+    Duration::from_secs(match job_type {
+        "PULL_SNAPSHOT" | "BUILD_SNAPSHOT" | "SNAPSHOT_SANDBOX" | "FORK_SANDBOX"
+        | "ARCHIVE_SANDBOX" | "RESTORE_SANDBOX" => 120 * MINUTE,
+        "CREATE_SANDBOX" => 30 * MINUTE,
+        _ => 10 * MINUTE,
+    })
+}
+
+/// How often taken jobs are checked against their time limit.
+const STALE_JOB_SWEEP: Duration = Duration::from_secs(60);
+
 /// Reason recorded on the sandboxes of a runner that stopped answering; the health check that
 /// brings the runner back finds them by it.
 fn unresponsive_marker(runner_id: &str) -> String {
@@ -220,7 +247,10 @@ impl Fleet {
         let mut alive = Vec::new();
         let mut reasons = Vec::new();
         for runner in runners {
-            if let Some(reason) = self.why_not_alive(&runner) {
+            if let Some(reason) = self
+                .why_not_alive(&runner)
+                .or_else(|| not_schedulable(&runner))
+            {
                 reasons.push(reason);
                 continue;
             }
@@ -459,14 +489,62 @@ impl Fleet {
     pub fn spawn_monitor(self: &Arc<Self>) {
         let fleet = Arc::downgrade(self);
         tokio::spawn(async move {
+            let mut last_sweep = tokio::time::Instant::now();
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let Some(fleet) = fleet.upgrade() else { return };
                 if let Err(e) = fleet.check_runners().await {
                     tracing::warn!(error = %e, "cannot check runner health");
                 }
+                if last_sweep.elapsed() >= STALE_JOB_SWEEP {
+                    last_sweep = tokio::time::Instant::now();
+                    if let Err(e) = fleet.fail_stale_jobs(chrono::Utc::now()).await {
+                        tracing::warn!(error = %e, "cannot check jobs for time-outs");
+                    }
+                }
             }
         });
+    }
+
+    /// Fails the jobs runners have held past their type's time limit at `now`, waking their
+    /// callers; returns how many.
+    pub async fn fail_stale_jobs(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<usize, sqlx::Error> {
+        let shortest = job_time_limit("");
+        let cutoff = |limit: Duration| {
+            (now - chrono::Duration::from_std(limit).unwrap_or_default())
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        };
+        let mut failed = 0;
+        for job in self.store.jobs_in_progress_since(&cutoff(shortest)).await? {
+            let limit = job_time_limit(&job.job_type);
+            if job.updated_at >= cutoff(limit) {
+                continue;
+            }
+            let reason = format!(
+                "Job timed out - no update received from runner {} for {} minutes",
+                job.runner_id,
+                limit.as_secs() / 60
+            );
+            if self
+                .hub
+                .finish(
+                    &self.store,
+                    &job.id,
+                    &job.runner_id,
+                    false,
+                    None,
+                    Some(&reason),
+                )
+                .await?
+            {
+                tracing::warn!(job = %job.id, job_type = %job.job_type, runner = %job.runner_id, "{reason}");
+                failed += 1;
+            }
+        }
+        Ok(failed)
     }
 
     async fn check_runners(&self) -> Result<(), sqlx::Error> {

@@ -32,6 +32,9 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(update_status))
         .routes(routes!(admin_list, admin_create))
         .routes(routes!(admin_get, admin_delete))
+        .routes(routes!(admin_scheduling))
+        .routes(routes!(scheduling))
+        .routes(routes!(draining))
 }
 
 /// The runner a request comes from, by its bearer token.
@@ -241,6 +244,7 @@ pub struct RunnerDto {
     availability_score: i64,
     last_checked: Option<String>,
     unschedulable: bool,
+    draining: bool,
     created_at: String,
     updated_at: String,
 }
@@ -273,7 +277,8 @@ impl From<RunnerRow> for RunnerDto {
             current_started_sandboxes: m.current_started_sandboxes,
             availability_score: r.availability_score,
             last_checked: r.last_checked,
-            unschedulable: false,
+            unschedulable: r.unschedulable,
+            draining: r.draining,
             created_at: r.created_at,
             updated_at: r.updated_at,
         }
@@ -391,6 +396,8 @@ async fn admin_create(
         last_checked: None,
         created_at: ts.clone(),
         updated_at: ts,
+        unschedulable: false,
+        draining: false,
     };
     state.store.insert_runner(&row).await.map_err(|e| match e {
         sqlx::Error::Database(d) if d.is_unique_violation() => ApiError::Conflict(format!(
@@ -441,5 +448,78 @@ async fn admin_delete(
     if !state.store.delete_runner(&id).await? {
         return Err(ApiError::NotFound(format!("Runner {id} not found")));
     }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `PATCH /runners/{id}/scheduling` and its admin twin's body.
+#[derive(Debug, Deserialize)]
+struct Scheduling {
+    unschedulable: bool,
+}
+
+/// `PATCH /runners/{id}/draining`'s body.
+#[derive(Debug, Deserialize)]
+struct Draining {
+    draining: bool,
+}
+
+/// Sets an operator's flag on runner `id` (system administrators only: runners here are the
+/// platform's, not an organization's).
+async fn set_flags(
+    state: &AppState,
+    ctx: &AuthContext,
+    id: &str,
+    unschedulable: Option<bool>,
+    draining: Option<bool>,
+) -> ApiResult<RunnerDto> {
+    ctx.require_system_admin()?;
+    let runner = state
+        .store
+        .set_runner_flags(id, unschedulable, draining)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("Runner {id} not found")))?;
+    tracing::info!(
+        runner = %runner.id,
+        unschedulable = runner.unschedulable,
+        draining = runner.draining,
+        "runner scheduling changed"
+    );
+    Ok(runner.into())
+}
+
+/// Takes a runner out of placement (`{"unschedulable": true}`) or puts it back.
+#[utoipa::path(patch, path = "/runners/{id}/scheduling", tag = "runners", operation_id = "runners_update_scheduling", params(("id" = String, Path)))]
+async fn scheduling(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Scheduling>,
+) -> ApiResult<Json<RunnerDto>> {
+    Ok(Json(
+        set_flags(&state, &ctx, &id, Some(body.unschedulable), None).await?,
+    ))
+}
+
+/// Marks a runner as draining (`{"draining": true}`): it gets no new sandboxes.
+#[utoipa::path(patch, path = "/runners/{id}/draining", tag = "runners", operation_id = "runners_update_draining", params(("id" = String, Path)))]
+async fn draining(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Draining>,
+) -> ApiResult<Json<RunnerDto>> {
+    Ok(Json(
+        set_flags(&state, &ctx, &id, None, Some(body.draining)).await?,
+    ))
+}
+
+#[utoipa::path(patch, path = "/admin/runners/{id}/scheduling", tag = "admin", operation_id = "admin_runners_update_scheduling", params(("id" = String, Path)))]
+async fn admin_scheduling(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<Scheduling>,
+) -> ApiResult<StatusCode> {
+    set_flags(&state, &ctx, &id, Some(body.unschedulable), None).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,6 +1,6 @@
 //! Remote runners, their jobs and the images they hold.
 
-use super::{Store, now};
+use super::{Flag, Store, now};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunnerRow {
@@ -20,6 +20,12 @@ pub struct RunnerRow {
     pub last_checked: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// Taken out of placement by an operator.
+    #[sqlx(try_from = "Flag")]
+    pub unschedulable: bool,
+    /// Being emptied before removal: no new sandboxes either.
+    #[sqlx(try_from = "Flag")]
+    pub draining: bool,
 }
 
 /// What a health check records.
@@ -141,6 +147,50 @@ impl Store {
             "SELECT * FROM runners WHERE ($1 IS NULL OR region = $1) ORDER BY created_at, id",
         )
         .bind(region)
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// Sets the operator's flags that are `Some`; the runner as it is now, `None` when there is
+    /// no such runner.
+    pub async fn set_runner_flags(
+        &self,
+        id: &str,
+        unschedulable: Option<bool>,
+        draining: Option<bool>,
+    ) -> Result<Option<RunnerRow>, sqlx::Error> {
+        let mut tx = self.pool().begin().await?;
+        if let Some(flag) = unschedulable {
+            sqlx::query("UPDATE runners SET unschedulable = $1, updated_at = $2 WHERE id = $3")
+                .bind(flag)
+                .bind(now())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some(flag) = draining {
+            sqlx::query("UPDATE runners SET draining = $1, updated_at = $2 WHERE id = $3")
+                .bind(flag)
+                .bind(now())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let row = sqlx::query_as::<_, RunnerRow>("SELECT * FROM runners WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// Jobs taken by a runner and not updated since `before`, oldest first.
+    pub async fn jobs_in_progress_since(&self, before: &str) -> Result<Vec<JobRow>, sqlx::Error> {
+        sqlx::query_as::<_, JobRow>(
+            "SELECT * FROM runner_jobs WHERE state = 'IN_PROGRESS' AND updated_at < $1
+             ORDER BY updated_at, id",
+        )
+        .bind(before)
         .fetch_all(self.pool())
         .await
     }
