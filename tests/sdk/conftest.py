@@ -10,11 +10,15 @@ Optional:
   DAYTONA_TEST_DB      `postgres`: each server keeps its state in a fresh database on the PostgreSQL
                        server DAYTONA_TEST_POSTGRES_URL names (an admin URL; scripts/test.sh starts
                        one) instead of SQLite in its data dir
+  DAYTONA_TEST_TOPOLOGY `split` (with DAYTONA_TEST_DB=postgres): the session's server is the production
+                       topology instead: the API, the proxy, the SSH gateway and two runners, each its own
+                       `daytona server` process; only TOPOLOGY_MODULES run
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
 import os
@@ -38,7 +42,7 @@ from pathlib import Path
 import pytest
 from daytona import Daytona, Sandbox
 
-from support import SandboxFactory, make_client, sandbox_processes_on_host, unique
+from support import SandboxFactory, http, make_client, sandbox_processes_on_host, unique
 
 HEALTH_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 30
@@ -75,10 +79,42 @@ POSTGRES_MODULES = {
 }
 
 
+# With DAYTONA_TEST_TOPOLOGY=split only these modules run: the SDK's calls on sandboxes (toolbox,
+# previews, SSH, snapshots, builds), which then go through the split proxy and gateway to sandboxes
+# on remote runners. Modules that look at the server's own data dir, restart it or start servers of
+# their own stay in the single-process passes.
+TOPOLOGY_MODULES = {
+    "test_builds",
+    "test_events",
+    "test_files",
+    "test_pause_resize",
+    "test_preview",
+    "test_process",
+    "test_sessions",
+    "test_signed_files",
+    "test_snapshots",
+    "test_ssh",
+    "test_toolbox_files",
+    "test_toolbox_git",
+    "test_toolbox_interpreter",
+    "test_toolbox_lsp",
+    "test_toolbox_pty",
+    "test_toolbox_ts_pty",
+}
+
+
+def _topology() -> bool:
+    mode = os.environ.get("DAYTONA_TEST_TOPOLOGY", "")
+    if mode not in ("", "split"):
+        pytest.exit(f"DAYTONA_TEST_TOPOLOGY={mode}: expected split (or unset)", returncode=2)
+    return mode == "split"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if os.environ.get("DAYTONA_TEST_DB") != "postgres":
         return
-    keep = [i for i in items if i.module is not None and i.module.__name__.rsplit(".", 1)[-1] in POSTGRES_MODULES]
+    modules = TOPOLOGY_MODULES if _topology() else POSTGRES_MODULES
+    keep = [i for i in items if i.module is not None and i.module.__name__.rsplit(".", 1)[-1] in modules]
     if dropped := [i for i in items if i not in keep]:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
@@ -101,6 +137,8 @@ class Server:
     env: dict[str, str]
     run_dir: Path
     database_url: str | None = None  # PostgreSQL database of this server; None: SQLite in data_dir
+    # DAYTONA_TEST_TOPOLOGY=split: the proxy, gateway and runner processes beside this API process.
+    companions: list[subprocess.Popen] = dataclasses.field(default_factory=list)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Stops the server with `sig` (by default as a crash would) and waits for it to exit."""
@@ -353,6 +391,18 @@ def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_
         # Sandbox metrics every 2 s (default 15 s), so metrics tests see samples soon.
         DAYTONA_METRICS_INTERVAL="2s",
     )
+    topology = _topology() and "DAYTONA_ROLES" not in extra_env
+    if topology:
+        env.update(
+            DAYTONA_ROLES="api",
+            DEFAULT_RUNNER_API_KEY="runner-" + secrets.token_hex(16),
+            PROXY_API_KEY="proxy-" + secrets.token_hex(16),
+            SSH_GATEWAY_API_KEY="gateway-" + secrets.token_hex(16),
+            # The shared test machine's load must not gate placement (the score is unit-tested).
+            RUNNER_AVAILABILITY_SCORE_THRESHOLD="0",
+            RUNNER_DECLARATIVE_BUILD_SCORE_THRESHOLD="0",
+            RUNNER_START_SCORE_THRESHOLD="0",
+        )
     env.update(extra_env)
     print(f"\n[sdk-tests] run dir {run_dir}; server log {log_path}")
     print(
@@ -376,19 +426,25 @@ def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_
         database_url=database_url,
     )
     _wait_healthy(srv)
+    bridges = [env["DAYTONA_BRIDGE_NAME"]]
 
     try:
+        if topology:
+            bridges += _start_companions(srv)
         yield srv
     finally:
         # Also when the body failed: a server left running would outlive the test session.
         problem = _stop(srv.process)
+        for companion in srv.companions:
+            problem = _stop(companion) or problem
     leftover_mounts = _mounts_under(data_dir)
     leftover_loops = _loops_of(data_dir)
     leftover_processes = sandbox_processes_on_host(data_dir)
     if not leftover_processes:
         # The server keeps its bridge for sandboxes that outlive it; this run's sandboxes are
         # gone, so remove the bridge this run created.
-        subprocess.run(["ip", "link", "del", env["DAYTONA_BRIDGE_NAME"]], capture_output=True)
+        for bridge in bridges:
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True)
     if leftover_mounts or leftover_processes:
         # Never rmtree across a mount: a bind mount could lead back into host files.
         print(f"[sdk-tests] keeping {run_dir}: still in use after shutdown")
@@ -407,6 +463,41 @@ def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_
         )
     if problems:
         pytest.fail("; ".join(problems) + f"\nserver log tail:\n{srv.log_since(0, 60)}", pytrace=False)
+
+
+def _start_companions(srv: Server) -> list[str]:
+    """The rest of the production topology around an API process (`DAYTONA_ROLES=api`): the proxy and
+    the SSH gateway on the server's proxy and SSH ports, and two runners (the default one and one an
+    administrator adds), each with its own data dir under the server's, bridge and subnet. Returns
+    the runners' bridges."""
+    import test_roles  # noqa: PLC0415 - they import this module
+    import test_runners  # noqa: PLC0415
+
+    proxy = test_roles.launch(srv, "proxy", {"DAYTONA_ROLES": "proxy"})
+    gateway = test_roles.launch(srv, "ssh-gateway", {"DAYTONA_ROLES": "ssh-gateway"})
+    srv.companions += [proxy.process, gateway.process]
+    test_roles.wait_until(proxy, lambda: test_roles.proxy_healthy(srv.proxy_url), "the proxy")
+    test_roles.wait_until(
+        gateway, lambda: test_roles.ssh_banner(srv.ssh_port).startswith(b"SSH-2.0-"), "the SSH gateway"
+    )
+    second = http(
+        "POST", f"{srv.api_url}/admin/runners", srv.api_key, {"regionId": "us", "name": "second"}
+    )
+    assert second.status == 201, second.body
+    tokens = [("default", srv.env["DEFAULT_RUNNER_API_KEY"]), ("second", second.json()["apiKey"])]
+    runners = []
+    for (name, token), subnet in zip(tokens, test_runners._subnets(2)):
+        data = srv.data_dir / "runners" / name
+        data.mkdir(parents=True)
+        env = test_runners._runner_env(srv.api_url, token, data, subnet)
+        runner = test_runners.RunnerProcess(name, env, srv.run_dir, srv.run_dir / f"runner-{name}.log")
+        runner.start()
+        srv.companions.append(runner.process)
+        runners.append(runner)
+    for runner in runners:
+        test_runners._wait_runner(runner)
+    print(f"[sdk-tests] topology: proxy, ssh-gateway and runners {[r.name for r in runners]} in {srv.run_dir}")
+    return [r.env["DAYTONA_BRIDGE_NAME"] for r in runners]
 
 
 @pytest.fixture(scope="session")
