@@ -8,6 +8,7 @@ Every check on the bucket lists its objects with a client of our own."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -156,6 +157,19 @@ def test_a_volume_is_shared_by_sandboxes_on_both_runners(topology: Topology, s3:
         assert f"volumes/{volume.id}/a.txt" in keys and f"volumes/{volume.id}/dir/b.txt" in keys, keys
         # Files belong to the sandbox user that wrote them.
         assert sh(b, "stat -c %U /home/daytona/shared/a.txt") == "daytona"
+
+        # A runner that stops unmounts the volume; once back, it mounts it again for a start.
+        a.stop()
+        runner = topology.runners[a.runner_id]
+        mount_point = Path(runner.env["DAYTONA_DATA_DIR"]) / "volumes" / volume.id
+        assert conftest._mounts_under(mount_point) == [str(mount_point)]
+        runner.kill(signal.SIGTERM)
+        assert not conftest._mounts_under(mount_point), "the runner unmounted the volume at shutdown"
+        runner.start()
+        _wait_runner(runner)
+        _wait_for(lambda: topology.runner_state(a.runner_id)["state"] == "ready", 30, "the runner to rejoin")
+        a.start(timeout=120)
+        assert sh(a, "cat /home/daytona/shared/dir/b.txt") == "from-b"
     finally:
         client.delete(a)
         client.delete(b)
@@ -182,11 +196,14 @@ def test_an_archived_sandbox_restores_on_another_runner_when_its_runner_is_gone(
     stopped.stop()
     client.delete(other)
 
+    began = time.monotonic()
     archived.archive()
+    archive_s = time.monotonic() - began
     archived.refresh_data()
     assert archived.state == "archived", archived.error_reason
     key = f"sandbox-archives/{archived.id}.disk.zst"
     assert key in s3.keys("sandbox-archives")
+    size = obstore.head(s3.store(), key)["size"]
 
     victim = topology.runners[victim_id]
     victim.kill()
@@ -205,7 +222,10 @@ def test_an_archived_sandbox_restores_on_another_runner_when_its_runner_is_gone(
     assert victim_id in str(refused.value) and "unresponsive" in str(refused.value), refused.value
 
     # The archived one comes back on the survivor, with its files, and its archive is removed.
+    began = time.monotonic()
     archived.start(timeout=300)
+    restore_s = time.monotonic() - began
+    print(f"\n[bench] archive to S3 {archive_s:.2f}s ({size / 1e6:.1f} MB), restore on the other runner {restore_s:.2f}s")
     # (The SDK's refresh_data does not update runner_id: read the sandbox anew.)
     restored = client.get(archived.id)
     assert restored.state == "started" and restored.runner_id == survivor_id, (restored.state, restored.runner_id)
