@@ -153,6 +153,13 @@ def test_a_volume_is_shared_by_sandboxes_on_both_runners(topology: Topology, s3:
         assert sh(b, "cat /home/daytona/shared/a.txt") == "from-a"
         sh(b, "echo from-b > /home/daytona/shared/dir/b.txt")
         _wait_for(lambda: sh(a, "cat /home/daytona/shared/dir/b.txt || true") == "from-b", 20, "b's file on a")
+        began = time.monotonic()
+        written = sh(a, "head -c 8M /dev/urandom > /home/daytona/shared/big && sha256sum < /home/daytona/shared/big")
+        write_s = time.monotonic() - began
+        began = time.monotonic()
+        assert sh(b, "sha256sum < /home/daytona/shared/big") == written
+        read_s = time.monotonic() - began
+        print(f"\n[bench] volume over s3fs: 8 MB written on one runner {write_s:.2f}s, read on the other {read_s:.2f}s")
         keys = s3.keys(f"volumes/{volume.id}")
         assert f"volumes/{volume.id}/a.txt" in keys and f"volumes/{volume.id}/dir/b.txt" in keys, keys
         # Files belong to the sandbox user that wrote them.
@@ -188,6 +195,8 @@ def test_an_archived_sandbox_restores_on_another_runner_when_its_runner_is_gone(
     other = topology.create()
     assert other.runner_id == survivor_id
     sh(archived, "echo kept-through-the-archive > /home/daytona/keep.txt")
+    # Incompressible data, so the archive takes several multipart parts up and down.
+    blob_sum = sh(archived, "head -c 24M /dev/urandom > /home/daytona/blob && sha256sum /home/daytona/blob")
     archived.stop()
     # The victim now runs no sandbox: the next one goes there too, and stays stopped on it.
     stopped = topology.create()
@@ -225,11 +234,14 @@ def test_an_archived_sandbox_restores_on_another_runner_when_its_runner_is_gone(
     began = time.monotonic()
     archived.start(timeout=300)
     restore_s = time.monotonic() - began
-    print(f"\n[bench] archive to S3 {archive_s:.2f}s ({size / 1e6:.1f} MB), restore on the other runner {restore_s:.2f}s")
+    print(
+        f"\n[bench] archive to S3 {archive_s:.2f}s ({size / 1e6:.1f} MB), restore on the other runner {restore_s:.2f}s"
+    )
     # (The SDK's refresh_data does not update runner_id: read the sandbox anew.)
     restored = client.get(archived.id)
     assert restored.state == "started" and restored.runner_id == survivor_id, (restored.state, restored.runner_id)
     assert sh(archived, "cat /home/daytona/keep.txt") == "kept-through-the-archive"
+    assert sh(archived, "sha256sum /home/daytona/blob") == blob_sum
     _wait_for(lambda: key not in s3.keys("sandbox-archives"), 30, "the restored sandbox's archive to be deleted")
 
     # The runner returns: its stopped sandbox is back and starts there.
