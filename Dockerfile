@@ -30,9 +30,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM debian:bookworm-slim
 # What the runner calls on its host: ip (bridge, veth), iptables and ebtables (NAT, network policy;
 # bookworm's iptables package provides both, nft-based), mkfs.ext4/resize2fs/e2fsck (per-sandbox
-# disks); CA certificates for registries, S3 and OIDC over TLS.
+# disks), s3fs (volumes in S3, over /dev/fuse); CA certificates for registries, S3 and OIDC over TLS.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates iproute2 iptables e2fsprogs \
+    && apt-get install -y --no-install-recommends ca-certificates iproute2 iptables e2fsprogs s3fs \
     && rm -rf /var/lib/apt/lists/*
 # The server finds the daemon next to its own binary (or at DAYTONA_DAEMON_PATH).
 COPY --from=build /out/daytona /out/daytona-daemon /usr/local/bin/

@@ -69,6 +69,7 @@ POSTGRES_MODULES = {
     "test_secrets",
     "test_roles",
     "test_runners",
+    "test_s3",
     "test_settings",
     "test_snapshots",
     "test_ssh",

@@ -7,6 +7,7 @@ restarted runner rejoins and its sandboxes come back, and a wrong token is refus
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
 import random
@@ -18,6 +19,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,6 +126,16 @@ class Topology:
 
 @pytest.fixture(scope="module")
 def topology(request: pytest.FixtureRequest):
+    with start_topology(lambda: bool(request.session.testsfailed)) as started:
+        yield started
+
+
+@contextlib.contextmanager
+def start_topology(
+    failed: Callable[[], bool], api_env: dict[str, str] | None = None, runner_env: dict[str, str] | None = None
+) -> Iterator[Topology]:
+    """An `api,proxy,ssh-gateway` server (plus `api_env`) and two runner processes (plus
+    `runner_env`) registered with it; sandboxes left at the end are deleted."""
     env = {
         "DAYTONA_ROLES": "api,proxy,ssh-gateway",
         "DEFAULT_RUNNER_API_KEY": RUNNER_TOKEN,
@@ -131,8 +143,9 @@ def topology(request: pytest.FixtureRequest):
         # As upstream's e2e setup: the shared test machine's load must not gate placement (the
         # score's gate is covered by the API's unit tests).
         "RUNNER_AVAILABILITY_SCORE_THRESHOLD": "0",
+        "RUNNER_DECLARATIVE_BUILD_SCORE_THRESHOLD": "0",
+        **(api_env or {}),
     }
-    failed = lambda: bool(request.session.testsfailed)  # noqa: E731
     with conftest.run_server(failed, env) as api:
         client = make_client(api)
         # The second runner's token is made by an administrator.
@@ -148,7 +161,8 @@ def topology(request: pytest.FixtureRequest):
         for (name, token), subnet in zip(tokens, subnets):
             data = run_dir / name
             data.mkdir()
-            proc = RunnerProcess(name, _runner_env(api.api_url, token, data, subnet), run_dir, run_dir / f"{name}.log")
+            proc_env = {**_runner_env(api.api_url, token, data, subnet), **(runner_env or {})}
+            proc = RunnerProcess(name, proc_env, run_dir, run_dir / f"{name}.log")
             proc.start()
             processes.append(proc)
         try:
@@ -167,6 +181,9 @@ def topology(request: pytest.FixtureRequest):
                 if proc.process is not None and proc.process.poll() is None:
                     proc.kill(signal.SIGTERM)
                 subprocess.run(["ip", "link", "del", proc.env["DAYTONA_BRIDGE_NAME"]], capture_output=True)
+            # Never rmtree across a mount (a runner's volume mounts lead into shared storage).
+            if mounts := conftest._mounts_under(run_dir):
+                pytest.fail(f"runners left mounts under {run_dir}: {mounts}", pytrace=False)
             if not failed():
                 shutil.rmtree(run_dir, ignore_errors=True)
             else:

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use anyhow::Context;
 use daytona_config::Config;
 use daytona_runner::agent::{Agent, AgentError, AgentSettings};
-use daytona_storage::{ObjectStorage, S3Settings};
+use daytona_storage::ObjectStorage;
 use tokio::net::TcpListener;
 
-use crate::server::{release_network, shutdown_signal, start_runner};
+use crate::server::{release_network, release_volumes, s3_settings, shutdown_signal, start_runner};
 
 /// `DAYTONA_ROLES=runner`: registers with the API, then takes jobs until SIGTERM/SIGINT; serves
 /// `GET /` (health) on `API_PORT`.
@@ -19,13 +19,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     // `AWS_*` (defaulting to `S3_*`) when set, so archives reach every runner; else local.
     let storage = match &config.runner.storage {
-        Some(s3) => ObjectStorage::s3(&S3Settings {
-            endpoint: s3.endpoint.clone(),
-            region: s3.region.clone(),
-            bucket: s3.bucket.clone(),
-            access_key: s3.access_key.expose().to_owned(),
-            secret_key: s3.secret_key.expose().to_owned(),
-        }),
+        Some(s3) => ObjectStorage::s3(&s3_settings(s3)),
         None => ObjectStorage::local(&data_dir.join("objects")),
     }
     .context("cannot set up the runner's object storage (AWS_*)")?;
@@ -93,5 +87,6 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     drop(tx);
     let _ = server.await;
     release_network(&runtime).await;
+    release_volumes(&config);
     outcome
 }

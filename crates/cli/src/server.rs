@@ -176,6 +176,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     servers.await.context("server task failed")??;
     if let Some(runtime) = control.and_then(|c| c.runtime) {
         release_network(&runtime).await;
+        release_volumes(&config);
     }
     Ok(())
 }
@@ -376,8 +377,7 @@ pub(crate) fn start_runner(
     .context("cannot initialise the sandbox runtime")?;
     let runtime = Arc::new(runtime);
     let images = ImageStore::with_registries(data_dir.join("images"), registry_settings(config));
-    let volumes = VolumeStore::open(data_dir.join("volumes"))
-        .with_context(|| format!("cannot open {}", data_dir.join("volumes").display()))?;
+    let volumes = volume_store(config)?;
     let egress_dir = data_dir.join("egress");
     let egress = Arc::new(
         Egress::open(
@@ -531,16 +531,39 @@ pub(crate) async fn release_network(runtime: &NativeRuntime) {
     }
 }
 
+/// Volumes in `<DAYTONA_DATA_DIR>/volumes`: directories there, or mounts of the runner's bucket
+/// (`AWS_*`) so that sandboxes on every runner share them.
+fn volume_store(config: &Config) -> anyhow::Result<VolumeStore> {
+    let root = config.server.data_dir.join("volumes");
+    let volumes =
+        VolumeStore::open(&root).with_context(|| format!("cannot open {}", root.display()))?;
+    Ok(match &config.runner.storage {
+        Some(s3) => volumes.with_s3(s3_settings(s3)),
+        None => volumes,
+    })
+}
+
+/// At shutdown: volumes mounted from S3 are unmounted (running sandboxes keep theirs).
+pub(crate) fn release_volumes(config: &Config) {
+    if let Err(e) = volume_store(config).and_then(|v| Ok(v.unmount_all()?)) {
+        tracing::warn!(error = %e, "could not unmount the S3 volumes");
+    }
+}
+
+pub(crate) fn s3_settings(s3: &daytona_config::ObjectStorage) -> S3Settings {
+    S3Settings {
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        bucket: s3.bucket.clone(),
+        access_key: s3.access_key.expose().to_owned(),
+        secret_key: s3.secret_key.expose().to_owned(),
+    }
+}
+
 /// S3 when `S3_ENDPOINT` is set, else `<DAYTONA_DATA_DIR>/objects`.
 fn object_storage(config: &Config, data_dir: &Path) -> anyhow::Result<ObjectStorage> {
     let storage = match &config.s3 {
-        Some(s3) => ObjectStorage::s3(&S3Settings {
-            endpoint: s3.storage.endpoint.clone(),
-            region: s3.storage.region.clone(),
-            bucket: s3.storage.bucket.clone(),
-            access_key: s3.storage.access_key.expose().to_owned(),
-            secret_key: s3.storage.secret_key.expose().to_owned(),
-        }),
+        Some(s3) => ObjectStorage::s3(&s3_settings(&s3.storage)),
         None => ObjectStorage::local(&data_dir.join("objects")),
     };
     storage.context("cannot set up object storage")

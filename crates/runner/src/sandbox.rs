@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -325,32 +326,51 @@ impl Runner {
             .ok_or(RunnerError::NoStorage("volumes"))
     }
 
-    /// Runtime mounts of the request's volumes; each volume must exist here.
-    fn mounts_for(&self, volumes: &[VolumeMount]) -> Result<Vec<Mount>, RunnerError> {
-        if volumes.is_empty() {
-            return Ok(Vec::new());
+    /// Runtime mounts of the request's volumes; each volume must exist here (in S3: is
+    /// mounted now, so a mount failure fails the sandbox naming the volume).
+    async fn mounts_for(&self, volumes: &[VolumeMount]) -> Result<Vec<Mount>, RunnerError> {
+        let mut mounts = Vec::with_capacity(volumes.len());
+        for v in volumes {
+            let source = self
+                .prepared_volume(&v.volume_id)
+                .await?
+                .ok_or_else(|| RunnerError::VolumeMissing(v.volume_id.clone()))?;
+            mounts.push(Mount {
+                source,
+                subpath: v.subpath.clone().filter(|s| !s.is_empty()),
+                target: v.mount_path.clone(),
+                read_only: false,
+            });
         }
-        let store = self.volume_store()?;
-        volumes
-            .iter()
-            .map(|v| {
-                let source = store
-                    .path(&v.volume_id)
-                    .map_err(|source| RunnerError::Volume {
-                        id: v.volume_id.clone(),
-                        source,
-                    })?;
-                if !source.is_dir() {
-                    return Err(RunnerError::VolumeMissing(v.volume_id.clone()));
-                }
-                Ok(Mount {
-                    source,
-                    subpath: v.subpath.clone().filter(|s| !s.is_empty()),
-                    target: v.mount_path.clone(),
-                    read_only: false,
-                })
-            })
-            .collect()
+        Ok(mounts)
+    }
+
+    /// The directory of volume `id` ready to bind-mount (see [`VolumeStore::prepare`]).
+    async fn prepared_volume(&self, id: &str) -> Result<Option<PathBuf>, RunnerError> {
+        let store = self.volume_store()?.clone();
+        let owned = id.to_owned();
+        blocking_volume(id, move || store.prepare(&owned)).await
+    }
+
+    /// Before an existing sandbox starts again: its S3 volumes are mounted on this runner
+    /// (after a runner restart they are not yet).
+    async fn prepare_volumes_of(&self, id: &str) -> Result<(), RunnerError> {
+        let Some(store) = &self.volumes else {
+            return Ok(());
+        };
+        let specs = self.runtime.sandbox_specs().await?;
+        let Some(spec) = specs.into_iter().find(|s| s.id == id) else {
+            return Ok(());
+        };
+        for mount in &spec.mounts {
+            if mount.source.parent() != Some(store.root()) {
+                continue;
+            }
+            if let Some(volume_id) = mount.source.file_name().and_then(|n| n.to_str()) {
+                self.prepared_volume(volume_id).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Archives sandboxes to `storage`.
@@ -372,7 +392,7 @@ impl Runner {
         &self,
         req: &SandboxRequest,
     ) -> Result<(PinnedImage, SandboxSpec), RunnerError> {
-        let mut mounts = self.mounts_for(&req.volumes)?;
+        let mut mounts = self.mounts_for(&req.volumes).await?;
         if let Some(egress) = &self.egress {
             // Always, so secrets mounted later find the CA trust in place.
             mounts.push(Mount {
@@ -457,6 +477,7 @@ impl SandboxRunner for Runner {
     }
 
     async fn start_sandbox(&self, id: &str) -> Result<SocketAddr, RunnerError> {
+        self.prepare_volumes_of(id).await?;
         let status = self.runtime.start(id).await?;
         daemon_address_of(&status)
     }
@@ -656,10 +677,10 @@ impl SandboxRunner for Runner {
 }
 
 /// Runs a volume's file work off the async threads.
-async fn blocking_volume(
+async fn blocking_volume<T: Send + 'static>(
     id: &str,
-    work: impl FnOnce() -> std::io::Result<()> + Send + 'static,
-) -> Result<(), RunnerError> {
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, RunnerError> {
     let volume_error = |source| RunnerError::Volume {
         id: id.to_owned(),
         source,
