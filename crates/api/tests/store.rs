@@ -705,6 +705,7 @@ fn snapshot(org: &str, name: &str, general: bool) -> SnapshotRow {
         updated_at: ts,
         last_used_at: None,
         source_sandbox_id: None,
+        internal_ref: None,
     }
 }
 
@@ -766,6 +767,18 @@ async fn snapshots_are_found_and_listed_alike() {
         );
         assert!(row.last_used_at.is_some(), "{backend}");
         assert_eq!(store.snapshot_digests().await.unwrap(), ["sha256:1"]);
+        assert_eq!(row.runnable_image(), "img", "{backend}");
+
+        // A pulled image's internal registry copy is what sandboxes use.
+        let internal = "registry:6000/daytona/daytona-1:daytona";
+        store
+            .set_snapshot_internal_ref(&own.id, internal)
+            .await
+            .unwrap();
+        let row = store.find_snapshot(&alice, &own.id).await.unwrap().unwrap();
+        assert_eq!(row.internal_ref.as_deref(), Some(internal), "{backend}");
+        assert_eq!(row.runnable_image(), internal, "{backend}");
+        assert_eq!(row.image_name, "Base-Image:latest", "{backend}");
         store.delete_snapshot(&taken.id).await.unwrap();
         assert!(
             store

@@ -18,12 +18,12 @@ use daytona_api::sandbox::access::{AccessService, AccessSettings};
 use daytona_api::secret::SecretService;
 use daytona_api::snapshot::{BuildSettings, Builds, SnapshotService};
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
-use daytona_config::{Config, Role, Roles, SandboxDns};
+use daytona_config::{Config, RegistryConfig, Role, Roles, SandboxDns};
 use daytona_egress::{Egress, EgressRules};
 use daytona_proxy::remote::{ApiClient, IdentityError, RemoteDirectory};
 use daytona_runner::image::{ImageStore, RegistryCredentials, RegistrySettings};
 use daytona_runner::volume::VolumeStore;
-use daytona_runner::{Runner, SandboxRunner};
+use daytona_runner::{InternalRegistry, Runner, SandboxRunner};
 use daytona_runtime::native::{NativeConfig, NativeRuntime};
 use daytona_storage::{CredentialAuthority, ObjectStorage, S3Settings};
 use tokio::net::TcpListener;
@@ -391,12 +391,15 @@ pub(crate) fn start_runner(
         )
         .with_context(|| format!("cannot set up the egress proxy in {}", egress_dir.display()))?,
     );
-    let runner = Arc::new(
-        Runner::new("local", images, runtime.clone())
-            .with_storage(storage)
-            .with_volumes(volumes)
-            .with_egress(egress.clone()),
-    );
+    let mut runner = Runner::new("local", images, runtime.clone())
+        .with_storage(storage)
+        .with_volumes(volumes)
+        .with_egress(egress.clone());
+    if let Some(internal) = internal_registry(config) {
+        tracing::info!(registry = %internal.registry, project = %internal.project, "images are pushed to the internal registry");
+        runner = runner.with_internal_registry(internal);
+    }
+    let runner = Arc::new(runner);
     Ok((runner, runtime, egress))
 }
 
@@ -637,21 +640,13 @@ fn registry_settings(config: &Config) -> RegistrySettings {
         insecure: config.runner.insecure_registries.clone(),
         credentials: Vec::new(),
     };
-    let configured = [&config.registries.transient, &config.registries.internal];
+    // The internal registry's credentials win when both name the same host.
+    let configured = [&config.registries.internal, &config.registries.transient];
     for registry in configured.into_iter().flatten() {
-        let (scheme, rest) = registry
-            .url
-            .split_once("://")
-            .unwrap_or(("https", &registry.url));
-        let host = rest
-            .split('/')
-            .next()
-            .unwrap_or_default()
-            .to_ascii_lowercase();
-        if host.is_empty() {
+        let Some((plain_http, host)) = registry_host(registry) else {
             continue;
-        }
-        if scheme.eq_ignore_ascii_case("http") {
+        };
+        if plain_http {
             settings.insecure.push(host.clone());
         }
         settings.credentials.push((
@@ -663,6 +658,31 @@ fn registry_settings(config: &Config) -> RegistrySettings {
         ));
     }
     settings
+}
+
+/// Whether a configured registry is reached over plain HTTP, and its `host[:port]` (lower
+/// case); `None` without a host.
+fn registry_host(registry: &RegistryConfig) -> Option<(bool, String)> {
+    let (scheme, rest) = registry
+        .url
+        .split_once("://")
+        .unwrap_or(("https", &registry.url));
+    let host = rest
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    (!host.is_empty()).then(|| (scheme.eq_ignore_ascii_case("http"), host))
+}
+
+/// Where runners push the images they pull, build and capture (`INTERNAL_REGISTRY_*`).
+fn internal_registry(config: &Config) -> Option<InternalRegistry> {
+    let registry = config.registries.internal.as_ref()?;
+    let (_, host) = registry_host(registry)?;
+    Some(InternalRegistry {
+        registry: host,
+        project: registry.project_id.trim_matches('/').to_owned(),
+    })
 }
 
 /// The OIDC issuer, when `OIDC_ISSUER_BASE_URL` (or `OIDC_DOMAIN`) is set. In one process the

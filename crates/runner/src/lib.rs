@@ -9,6 +9,6 @@ pub mod volume;
 
 pub use daytona_runtime::NetworkPolicy;
 pub use sandbox::{
-    CapturedImage, Inventory, PulledImage, Resize, Runner, RunnerError, SandboxRequest,
-    SandboxRunner, SandboxUsage, VolumeMount,
+    CapturedImage, InternalRegistry, Inventory, PulledImage, Resize, Runner, RunnerError,
+    SandboxRequest, SandboxRunner, SandboxUsage, VolumeMount,
 };

@@ -80,6 +80,12 @@ pub enum RunnerError {
     VolumeMissing(String),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error("cannot push the image to the internal registry {registry}: {source}")]
+    Publish {
+        registry: String,
+        #[source]
+        source: ImageError,
+    },
     #[error("sandbox {id}: cannot update its environment: {reason}")]
     Environment { id: String, reason: String },
     /// No runner can take the work, or the one holding the sandbox stopped answering.
@@ -93,7 +99,8 @@ pub enum RunnerError {
 /// The image a sandbox's files became (`snapshot_sandbox`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CapturedImage {
-    /// Reference the runner resolves, e.g. `oci:<dir>`; what a snapshot records as its image.
+    /// Reference the runner resolves: `oci:<dir>`, or the internal registry's reference when
+    /// the runner pushes there; what a snapshot records as its image.
     pub reference: String,
     pub image: PulledImage,
 }
@@ -107,6 +114,48 @@ pub struct PulledImage {
     pub size_bytes: u64,
     pub entrypoint: Vec<String>,
     pub cmd: Vec<String>,
+    /// Where every runner finds the image when it is not the reference pulled: the internal
+    /// registry the runner pushed it to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub published: Option<String>,
+}
+
+/// The registry where runners publish the images they pull, build and capture
+/// (`INTERNAL_REGISTRY_*`), so that every runner can start them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InternalRegistry {
+    /// `host[:port]`.
+    pub registry: String,
+    /// Path under which images go (`INTERNAL_REGISTRY_PROJECT_ID`).
+    pub project: String,
+}
+
+impl InternalRegistry {
+    /// Content-addressed, as upstream names them: `<registry>/<project>/daytona-<hex>:daytona`.
+    fn reference_for(&self, manifest_hex: &str) -> String {
+        format!(
+            "{}/{}/daytona-{manifest_hex}:daytona",
+            self.registry, self.project
+        )
+    }
+
+    /// Whether `reference` names an image of this registry's project (pulled, never pushed
+    /// again).
+    fn holds(&self, reference: &str) -> bool {
+        let prefix = format!("{}/{}/", self.registry, self.project);
+        reference
+            .get(..prefix.len())
+            .is_some_and(|head| head.eq_ignore_ascii_case(&prefix))
+    }
+}
+
+/// Push progress of pulls and sandbox snapshots, which have no build log: the runner's log.
+struct TracingLog<'a>(&'a str);
+
+impl BuildLog for TracingLog<'_> {
+    fn line(&self, line: &str) {
+        tracing::info!(image = self.0, "{line}");
+    }
 }
 
 /// The operations a control plane needs from a runner. The embedded runner implements it
@@ -245,6 +294,8 @@ pub struct Runner {
     volumes: Option<VolumeStore>,
     /// The egress proxy that puts secret values into sandboxes' requests.
     egress: Option<Arc<Egress>>,
+    /// Where pulled, built and captured images are pushed.
+    internal_registry: Option<InternalRegistry>,
 }
 
 /// zstd level of sandbox archives: fast; the zeros of a sparse disk compress away at any level.
@@ -266,7 +317,52 @@ impl Runner {
             storage: None,
             volumes: None,
             egress: None,
+            internal_registry: None,
         }
+    }
+
+    /// Images this runner pulls, builds or captures are pushed to `registry`, and what it
+    /// reports is the pushed reference.
+    pub fn with_internal_registry(mut self, registry: InternalRegistry) -> Self {
+        self.internal_registry = Some(registry);
+        self
+    }
+
+    /// The image made available, as a snapshot records it.
+    async fn ready_image(&self, reference: &str) -> Result<PulledImage, RunnerError> {
+        let image = self.images.pull(reference, None).await?;
+        let layers = image.layers.clone();
+        let size_bytes =
+            tokio::task::spawn_blocking(move || layers.iter().map(|l| tree_size(l)).sum())
+                .await
+                .unwrap_or(0);
+        Ok(PulledImage {
+            digest: image.digest,
+            size_bytes,
+            entrypoint: image.entrypoint,
+            cmd: image.cmd,
+            published: None,
+        })
+    }
+
+    /// Pushes the image `reference` to the internal registry, when there is one and the image
+    /// is not already from there; returns the reference to use from then on.
+    async fn publish(&self, reference: &str, log: &dyn BuildLog) -> Result<String, RunnerError> {
+        let Some(internal) = &self.internal_registry else {
+            return Ok(reference.to_owned());
+        };
+        if internal.holds(reference) {
+            return Ok(reference.to_owned());
+        }
+        let pushed = self
+            .images
+            .push(reference, |hex| internal.reference_for(hex), log)
+            .await
+            .map_err(|e| RunnerError::Publish {
+                registry: internal.registry.clone(),
+                source: e,
+            })?;
+        Ok(pushed.reference)
     }
 
     /// Sandboxes use `egress` (mounted CA trust; proxy settings when they mount secrets).
@@ -442,17 +538,15 @@ impl SandboxRunner for Runner {
     }
 
     async fn pull_image(&self, reference: &str) -> Result<PulledImage, RunnerError> {
-        let image = self.images.pull(reference, None).await?;
-        let layers = image.layers.clone();
-        let size_bytes =
-            tokio::task::spawn_blocking(move || layers.iter().map(|l| tree_size(l)).sum())
-                .await
-                .unwrap_or(0);
+        let image = self.ready_image(reference).await?;
+        let published = self.publish(reference, &TracingLog(reference)).await?;
+        if published == reference {
+            return Ok(image);
+        }
+        // Every runner uses the pushed image, so it is the one the snapshot records.
         Ok(PulledImage {
-            digest: image.digest,
-            size_bytes,
-            entrypoint: image.entrypoint,
-            cmd: image.cmd,
+            published: Some(published.clone()),
+            ..self.ready_image(&published).await?
         })
     }
 
@@ -526,11 +620,11 @@ impl SandboxRunner for Runner {
             sandbox = %id, digest = %committed.digest, layer_bytes = committed.layer_bytes,
             commit_ms = started.elapsed().as_millis() as u64, "sandbox committed as an image"
         );
-        let image = self.pull_image(&committed.reference).await?;
-        Ok(CapturedImage {
-            reference: committed.reference,
-            image,
-        })
+        let reference = self
+            .publish(&committed.reference, &TracingLog(&committed.reference))
+            .await?;
+        let image = self.ready_image(&reference).await?;
+        Ok(CapturedImage { reference, image })
     }
 
     async fn fork_sandbox(
@@ -555,11 +649,9 @@ impl SandboxRunner for Runner {
             self.storage.clone(),
         );
         let built = builder.build(req, log.as_ref()).await?;
-        let image = self.pull_image(&built.reference).await?;
-        Ok(CapturedImage {
-            reference: built.reference,
-            image,
-        })
+        let reference = self.publish(&built.reference, log.as_ref()).await?;
+        let image = self.ready_image(&reference).await?;
+        Ok(CapturedImage { reference, image })
     }
 
     async fn archive_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
@@ -708,4 +800,30 @@ fn tree_size(dir: &std::path::Path) -> u64 {
         }
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InternalRegistry;
+
+    #[test]
+    fn internal_registry_names_images_by_digest_and_knows_its_own() {
+        let internal = InternalRegistry {
+            registry: "registry:6000".into(),
+            project: "daytona".into(),
+        };
+        let pushed = internal.reference_for("abc123");
+        assert_eq!(pushed, "registry:6000/daytona/daytona-abc123:daytona");
+        assert!(internal.holds(&pushed));
+        assert!(internal.holds("Registry:6000/daytona/other:1"));
+        for foreign in [
+            "registry:6000/other/daytona-abc123:daytona",
+            "registry:6001/daytona/daytona-abc123:daytona",
+            "ubuntu:22.04",
+            "oci:/var/lib/daytona/images/committed/abc123",
+            "registry:6000/daytona",
+        ] {
+            assert!(!internal.holds(foreign), "{foreign}");
+        }
+    }
 }

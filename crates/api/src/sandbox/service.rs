@@ -285,7 +285,7 @@ impl SandboxService {
         let choice = match &build {
             Some(snapshot) => crate::snapshot::SnapshotChoice {
                 name: snapshot.name.clone(),
-                image: snapshot.image_name.clone(),
+                image: snapshot.runnable_image().to_owned(),
                 resources: None,
             },
             None => {

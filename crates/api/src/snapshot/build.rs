@@ -241,9 +241,9 @@ impl SnapshotService {
             if let Instruction::From { image } = step.instruction
                 && let Ok(Some(snapshot)) = self.store.find_snapshot(org, &image).await
                 && snapshot.state == "active"
-                && !snapshot.image_name.is_empty()
+                && !snapshot.runnable_image().is_empty()
             {
-                bases.insert(image, snapshot.image_name);
+                bases.insert(image, snapshot.runnable_image().to_owned());
             }
         }
         bases
@@ -319,7 +319,7 @@ impl SnapshotService {
                 .map_err(|e| format!("cannot read snapshot {id}: {e}"))?
                 .ok_or_else(|| format!("snapshot {id} was deleted during its build"))?;
             match row.state.as_str() {
-                "active" => return Ok(row.image_name),
+                "active" => return Ok(row.runnable_image().to_owned()),
                 "building" | "pending" if started.elapsed() < limit => {
                     tokio::time::sleep(Duration::from_millis(500)).await
                 }

@@ -65,11 +65,15 @@ pub struct SnapshotDto {
     pub updated_at: String,
     pub last_used_at: Option<String>,
     pub source_sandbox_id: Option<String>,
+    /// The reference runners use: the internal registry's copy when there is one.
+    #[serde(rename = "ref")]
+    pub reference: Option<String>,
 }
 
 impl From<SnapshotRow> for SnapshotDto {
     fn from(r: SnapshotRow) -> Self {
         SnapshotDto {
+            reference: Some(r.runnable_image().to_owned()).filter(|i| !i.is_empty()),
             entrypoint: r
                 .entrypoint
                 .as_deref()
@@ -158,6 +162,16 @@ impl SnapshotService {
         let outcome = match self.runner.pull_image(&row.image_name).await {
             Ok(image) => {
                 tracing::info!(snapshot = %row.name, digest = %image.digest, "snapshot active");
+                // Recorded before it is active: every sandbox of it uses the internal copy.
+                if let Some(internal_ref) = &image.published
+                    && let Err(e) = self
+                        .store
+                        .set_snapshot_internal_ref(&row.id, internal_ref)
+                        .await
+                {
+                    tracing::error!(snapshot = %row.id, error = %e, "could not record snapshot state");
+                    return;
+                }
                 // The snapshot's own entrypoint wins over the image's.
                 let entrypoint = row.entrypoint.clone().unwrap_or_else(|| {
                     let ep: Vec<String> = image.entrypoint.into_iter().chain(image.cmd).collect();
@@ -459,8 +473,8 @@ impl SnapshotService {
             Some(row) if matches!(row.state.as_str(), "active" | "pending" | "pulling") => {
                 self.store.mark_snapshot_used(&row.id).await?;
                 Ok(SnapshotChoice {
+                    image: row.runnable_image().to_owned(),
                     name: row.name,
-                    image: row.image_name,
                     resources: Some((row.cpu as u32, row.mem as u32, row.disk as u32)),
                 })
             }
@@ -541,6 +555,7 @@ pub(crate) fn new_row(
         updated_at: ts,
         last_used_at: None,
         source_sandbox_id: None,
+        internal_ref: None,
     }
 }
 

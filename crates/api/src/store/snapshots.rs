@@ -25,6 +25,16 @@ pub struct SnapshotRow {
     pub last_used_at: Option<String>,
     /// The sandbox this snapshot was taken from (`POST /sandbox/{id}/snapshot`).
     pub source_sandbox_id: Option<String>,
+    /// The internal registry's copy of a pulled image, which every runner can pull.
+    pub internal_ref: Option<String>,
+}
+
+impl SnapshotRow {
+    /// The image sandboxes of this snapshot are made from: the internal registry's copy when
+    /// there is one.
+    pub fn runnable_image(&self) -> &str {
+        self.internal_ref.as_deref().unwrap_or(&self.image_name)
+    }
 }
 
 /// Which snapshots a listing shows.
@@ -185,6 +195,21 @@ impl Store {
         .bind(id)
         .execute(self.pool())
         .await?;
+        Ok(())
+    }
+
+    /// Records where the internal registry holds the snapshot's image.
+    pub async fn set_snapshot_internal_ref(
+        &self,
+        id: &str,
+        internal_ref: &str,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("UPDATE snapshots SET internal_ref = $1, updated_at = $2 WHERE id = $3")
+            .bind(internal_ref)
+            .bind(now())
+            .bind(id)
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 

@@ -31,6 +31,7 @@ impl SandboxRunner for NullRunner {
             size_bytes: 0,
             entrypoint: Vec::new(),
             cmd: Vec::new(),
+            published: None,
         })
     }
     async fn collect_garbage(&self, _: &[String]) -> Result<(), RunnerError> {

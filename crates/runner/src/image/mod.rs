@@ -12,6 +12,7 @@
 //!   holds (a registry layer written back as a blob for a committed image has a diff id of its
 //!   own; resolving that image reuses the directory it came from);
 //! - `committed/`: images made by [`ImageStore::commit`] and by builds (see `commit.rs`);
+//! - `pushed/<registry hash>/<blob hex>.json`: a repository the blob was pushed to (see `push.rs`);
 //! - `build-cache/<key>.json`: the image each build step produced (see `build.rs`);
 //! - `builds/<id>/`: scratch space of a build in progress;
 //! - `tmp/`: downloads and unpacks in progress (emptied by [`ImageStore::gc`]);
@@ -21,6 +22,7 @@ pub mod build;
 mod commit;
 pub mod dockerfile;
 mod error;
+mod push;
 mod reference;
 mod registry;
 mod source;
@@ -46,6 +48,7 @@ pub use commit::CommittedImage;
 use commit::{Base, BaseLayer};
 pub use error::ImageError;
 use error::IoContext;
+pub use push::PushedImage;
 use reference::{ImageReference, LocalReference, Located, Transport};
 pub use registry::{RegistryCredentials, RegistrySettings};
 use registry::{Remote, RemoteManifest};

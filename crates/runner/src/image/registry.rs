@@ -1,6 +1,8 @@
 //! Pulls from OCI distribution registries (Docker Hub, distribution, Harbor, ...) with
 //! `oci-client`: the manifest (an index or manifest list resolved to this host's platform), the
-//! config, and layer blobs streamed to files. Anonymous, bearer-token and basic auth.
+//! config, and layer blobs streamed to files. Anonymous, bearer-token and basic auth. Pushes
+//! blobs from files in chunked uploads (skipping those the repository has, mounting those another
+//! repository of the registry has) and then the manifest.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -9,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use oci_client::RegistryOperation;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
@@ -95,6 +98,17 @@ fn host_of(registry: &str) -> &str {
 fn is_loopback(host: &str) -> bool {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     host == "localhost" || bare.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// How a blob reached the registry in a push.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BlobPush {
+    /// The repository had it already.
+    Present,
+    /// Another repository of the registry had it: mounted, nothing uploaded.
+    Mounted,
+    /// Uploaded, this many bytes.
+    Uploaded(u64),
 }
 
 /// One image in one registry, with the client and credentials to fetch it.
@@ -298,6 +312,103 @@ impl Remote {
         Ok(())
     }
 
+    /// Authenticates for pushing (a bearer token is scoped to the operation).
+    pub(crate) async fn authenticate_push(&self) -> Result<(), ImageError> {
+        let work = self
+            .client
+            .auth(&self.reference, &self.auth, RegistryOperation::Push);
+        tokio::time::timeout(MANIFEST_TIMEOUT, work)
+            .await
+            .map_err(|_| self.timeout("authenticating"))?
+            .map_err(|e| self.classify(e))?;
+        Ok(())
+    }
+
+    /// Makes blob `desc` (the file `path`) present in the repository: a HEAD first, then a
+    /// mount from `mount_from` (a repository of the same registry said to hold it), then a
+    /// chunked upload of the file.
+    pub(crate) async fn push_blob(
+        &self,
+        desc: &Descriptor,
+        path: &Path,
+        mount_from: Option<&str>,
+    ) -> Result<BlobPush, ImageError> {
+        sha256_hex_of(&desc.digest)?;
+        let exists = tokio::time::timeout(
+            MANIFEST_TIMEOUT,
+            self.client.blob_exists(&self.reference, &desc.digest),
+        )
+        .await
+        .map_err(|_| self.timeout("looking up a blob"))?
+        .map_err(|e| self.classify(e))?;
+        if exists {
+            return Ok(BlobPush::Present);
+        }
+        if let Some(repository) = mount_from {
+            let source = Reference::with_tag(
+                self.reference.registry().to_owned(),
+                repository.to_owned(),
+                "latest".to_owned(),
+            );
+            let mounted = tokio::time::timeout(
+                MANIFEST_TIMEOUT,
+                self.client
+                    .mount_blob(&self.reference, &source, &desc.digest),
+            )
+            .await;
+            match mounted {
+                Ok(Ok(())) => return Ok(BlobPush::Mounted),
+                // The source no longer holds it (or the registry does not mount): upload.
+                Ok(Err(e)) => {
+                    debug!(digest = %desc.digest, from = repository, error = %e, "mount refused")
+                }
+                Err(_) => debug!(digest = %desc.digest, from = repository, "mount timed out"),
+            }
+        }
+        let file = tokio::fs::File::open(path)
+            .await
+            .ctx(|| format!("open {}", path.display()))?;
+        let size = file
+            .metadata()
+            .await
+            .ctx(|| format!("stat {}", path.display()))?
+            .len();
+        if size != desc.size {
+            return Err(ImageError::SizeMismatch {
+                what: format!("blob {} ({})", desc.digest, path.display()),
+                expected: desc.size,
+                actual: size,
+            });
+        }
+        let stream = tokio_util::io::ReaderStream::with_capacity(file, 1 << 20)
+            .map(|chunk| chunk.map_err(OciDistributionError::from));
+        self.client
+            .push_blob_stream(&self.reference, stream, &desc.digest, Some(size))
+            .await
+            .map_err(|e| self.classify(e))?;
+        Ok(BlobPush::Uploaded(size))
+    }
+
+    /// Puts the manifest `bytes` (of media type `media_type`) under the reference's tag.
+    pub(crate) async fn push_manifest(
+        &self,
+        bytes: Vec<u8>,
+        media_type: &str,
+    ) -> Result<(), ImageError> {
+        let content_type = media_type
+            .parse()
+            .map_err(|_| ImageError::malformed("manifest", format!("media type {media_type:?}")))?;
+        tokio::time::timeout(
+            MANIFEST_TIMEOUT,
+            self.client
+                .push_manifest_raw(&self.reference, bytes, content_type),
+        )
+        .await
+        .map_err(|_| self.timeout("pushing the manifest"))?
+        .map_err(|e| self.classify(e))?;
+        Ok(())
+    }
+
     fn timeout(&self, doing: &str) -> ImageError {
         ImageError::RegistryTimeout {
             registry: self.registry(),
@@ -359,6 +470,15 @@ impl Remote {
                 reason: format!("HTTP {code}: {}", message.trim()),
             },
             OciDistributionError::ImageManifestNotFoundError(reason) => not_found(reason),
+            // A HEAD (blob lookup) answers without a body: only its status says "refused".
+            OciDistributionError::RequestError(e)
+                if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) =>
+            {
+                let status = e.status().expect("matched a status");
+                refused(format!(
+                    "HTTP {status}: authentication required, or the credentials were rejected"
+                ))
+            }
             OciDistributionError::RequestError(e) if e.is_connect() || e.is_timeout() => {
                 ImageError::RegistryUnreachable {
                     registry,
