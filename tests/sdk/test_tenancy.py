@@ -421,6 +421,9 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
         w.b.api("POST", "/runners/healthcheck", {"appVersion": "x"}).status, 401
     ),
     ("GET", "/api/runners/me"): lambda w: assert_equal(w.b.api("GET", "/runners/me").status, 401),
+    ("GET", "/api/runners/sandboxes/{sandboxId}/egress"): lambda w: assert_equal(
+        w.b.api("GET", f"/runners/sandboxes/{w.sandbox_id}/egress").status, 401
+    ),
     ("GET", "/api/jobs/poll"): lambda w: assert_equal(w.b.api("GET", "/jobs/poll?timeout=0").status, 401),
     ("GET", "/api/jobs"): lambda w: assert_equal(w.b.api("GET", "/jobs").status, 401),
     ("POST", "/api/jobs/{jobId}/status"): lambda w: assert_equal(

@@ -167,21 +167,34 @@ struct Location {
     sandbox_id: String,
     /// The started sandbox's address; its daemon listens on port 2280.
     ip: String,
+    /// When the sandbox's runner is a process of its own: where it serves the sandbox's traffic
+    /// (`/sandboxes/{id}/ports/{port}/…`, `/sandboxes/{id}/tcp/{port}`) …
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runner_url: Option<String>,
+    /// … and the short-lived credential it accepts for this sandbox.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runner_credential: Option<String>,
 }
 
-/// `GET /internal/sandbox/{id}/location`: the address of a started sandbox (409 otherwise).
+/// `GET /internal/sandbox/{id}/location`: how to reach a started sandbox (409 otherwise).
 #[utoipa::path(get, path = "/internal/sandbox/{id}/location", tag = "internal", operation_id = "internal_sandbox_location", params(("id" = String, Path)))]
 async fn location(
     State(state): State<AppState>,
     _caller: ServiceCaller,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Location>> {
-    let ip = crate::sandbox::access::sandbox_ip(&state, &id)
+    let route = crate::sandbox::access::sandbox_route(&state, &id)
         .await
         .map_err(proxy_error)?;
+    let (runner_url, runner_credential) = match route.via {
+        Some(hop) => (Some(hop.url), Some(hop.credential)),
+        None => (None, None),
+    };
     Ok(Json(Location {
         sandbox_id: id,
-        ip: ip.to_string(),
+        ip: route.ip.to_string(),
+        runner_url,
+        runner_credential,
     }))
 }
 

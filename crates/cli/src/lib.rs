@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod runner_role;
+mod runner_traffic;
 pub mod server;
 
 #[derive(Debug, Parser)]

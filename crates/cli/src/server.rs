@@ -619,11 +619,11 @@ impl daytona_ssh_gateway::SshDirectory for SshAccess {
             .await
             .map_err(|e| SshAccessError::Unavailable(e.to_string()))?
             .ok_or(SshAccessError::InvalidToken)?;
-        let ip = state
-            .sandbox_ip(&sandbox_id)
+        let route = state
+            .sandbox_route(&sandbox_id)
             .await
             .map_err(|e| daytona_ssh_gateway::target_error(&sandbox_id, e))?;
-        Ok(daytona_ssh_gateway::SshTarget { sandbox_id, ip })
+        Ok(daytona_ssh_gateway::SshTarget { sandbox_id, route })
     }
 
     async fn touch(&self, sandbox_id: &str) {

@@ -16,13 +16,15 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::SandboxDirectory;
+use crate::route::{KEEP_HOST_HEADER, SandboxRoute, TRAFFIC_CREDENTIAL_HEADER};
 
 /// How often a long-lived (upgraded) connection counts as sandbox activity.
 const UPGRADED_ACTIVITY_INTERVAL: Duration = Duration::from_secs(50);
 
 pub(crate) type HttpClient = Client<HttpConnector<SandboxResolver>, Body>;
 
-/// Resolves upstream names of the form `{sandboxId}.{ipv4}` to that address.
+/// Resolves upstream names of the form `{sandboxId}.{ipv4}` to that address (other names, of
+/// runners, through the system resolver).
 ///
 /// Naming upstreams by sandbox *and* address keys the connection pool by both: a deleted
 /// sandbox's address is soon given to a new one, and a kept-alive connection to the old daemon
@@ -33,7 +35,9 @@ pub(crate) struct SandboxResolver;
 impl tower::Service<Name> for SandboxResolver {
     type Response = std::vec::IntoIter<SocketAddr>;
     type Error = std::io::Error;
-    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
 
     fn poll_ready(
         &mut self,
@@ -43,16 +47,18 @@ impl tower::Service<Name> for SandboxResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        std::future::ready(
-            upstream_ip(name.as_str())
-                .map(|ip| vec![SocketAddr::new(ip, 0)].into_iter())
-                .ok_or_else(|| {
-                    std::io::Error::new(
-                        std::io::ErrorKind::InvalidInput,
-                        format!("'{}' is not a sandbox upstream", name.as_str()),
-                    )
-                }),
-        )
+        if let Some(ip) = upstream_ip(name.as_str()) {
+            return Box::pin(std::future::ready(Ok(
+                vec![SocketAddr::new(ip, 0)].into_iter()
+            )));
+        }
+        // Any other name is a runner's (`RUNNER_DOMAIN`): the system resolver.
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            Ok(addrs.into_iter())
+        })
     }
 }
 
@@ -83,10 +89,49 @@ pub(crate) fn client() -> HttpClient {
         .build(connector)
 }
 
+/// Forwards requests straight to sandbox ports: a runner serving its own sandboxes' traffic.
+#[derive(Clone)]
+pub struct DirectForwarder {
+    client: HttpClient,
+}
+
+impl Default for DirectForwarder {
+    fn default() -> Self {
+        DirectForwarder { client: client() }
+    }
+}
+
+impl DirectForwarder {
+    /// Sends `req` to `port` of the sandbox at `ip` as `path_and_query`, keeping the caller's
+    /// `Host` when asked; bodies stream and upgrades are spliced. The error says what failed.
+    pub async fn forward(
+        &self,
+        sandbox_id: &str,
+        ip: IpAddr,
+        port: u16,
+        path_and_query: String,
+        keep_host: bool,
+        req: Request,
+    ) -> Result<Response, String> {
+        let upstream = Upstream {
+            sandbox_id: sandbox_id.to_owned(),
+            route: SandboxRoute::direct(ip),
+            port,
+            path_and_query,
+            keep_host,
+            strip: Vec::new(),
+            activity: None,
+        };
+        forward(&self.client, upstream, req)
+            .await
+            .map_err(|e| e.message)
+    }
+}
+
 /// Where a request goes and what it may carry along.
 pub(crate) struct Upstream {
     pub sandbox_id: String,
-    pub ip: IpAddr,
+    pub route: SandboxRoute,
     pub port: u16,
     /// Path and query sent upstream, starting with `/`.
     pub path_and_query: String,
@@ -142,13 +187,25 @@ pub(crate) async fn forward(
     mut req: Request,
 ) -> Result<Response, ForwardError> {
     let upgrade = is_upgrade(req.headers());
-    let host = upstream_host(&upstream.sandbox_id, upstream.ip);
-    let uri: Uri = format!("http://{host}:{}{}", upstream.port, upstream.path_and_query)
-        .parse()
-        .map_err(|e| ForwardError {
-            connect: false,
-            message: format!("bad upstream uri: {e}"),
-        })?;
+    let uri = match &upstream.route.via {
+        None => format!(
+            "http://{}:{}{}",
+            upstream_host(&upstream.sandbox_id, upstream.route.ip),
+            upstream.port,
+            upstream.path_and_query
+        ),
+        Some(hop) => format!(
+            "{}/sandboxes/{}/ports/{}{}",
+            hop.url,
+            crate::remote::segment(&upstream.sandbox_id),
+            upstream.port,
+            upstream.path_and_query
+        ),
+    };
+    let uri: Uri = uri.parse().map_err(|e| ForwardError {
+        connect: false,
+        message: format!("bad upstream uri: {e}"),
+    })?;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, body) = req.into_parts();
@@ -173,6 +230,20 @@ pub(crate) async fn forward(
         parts
             .headers
             .insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
+    parts.headers.remove(TRAFFIC_CREDENTIAL_HEADER);
+    parts.headers.remove(KEEP_HOST_HEADER);
+    if let Some(hop) = &upstream.route.via {
+        let credential = HeaderValue::from_str(&hop.credential).map_err(|_| ForwardError {
+            connect: false,
+            message: "the runner credential is not a header value".into(),
+        })?;
+        parts.headers.insert(TRAFFIC_CREDENTIAL_HEADER, credential);
+        if upstream.keep_host {
+            parts
+                .headers
+                .insert(KEEP_HOST_HEADER, HeaderValue::from_static("true"));
+        }
     }
 
     let mut resp = client

@@ -5,7 +5,6 @@
 //! It knows nothing about stores or runners: a [`SandboxDirectory`] (the API in-process, or a
 //! network client in split deployments) authorizes each request and names the sandbox's address.
 
-use std::net::IpAddr;
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
@@ -21,13 +20,16 @@ pub mod host;
 mod login;
 mod preview;
 pub mod remote;
+pub mod route;
 mod signed_file;
 
 pub use credentials::Credential;
 pub use host::{HostPattern, PreviewHost};
 pub use login::BrowserLogin;
+pub use route::{RunnerHop, SandboxRoute};
 pub use signed_file::SignedFile;
 
+pub use forward::DirectForwarder;
 use forward::{HttpClient, Upstream};
 
 /// The toolbox daemon's port inside every sandbox.
@@ -129,8 +131,9 @@ pub trait SandboxDirectory: Send + Sync + 'static {
     /// Resolves the label of a preview host (a sandbox id, or a signed preview token valid for
     /// `port`).
     async fn preview_target(&self, label: &str, port: u16) -> Result<PreviewTarget, ProxyError>;
-    /// The address of a started sandbox; [`ProxyError::NotRunning`] otherwise.
-    async fn sandbox_ip(&self, sandbox_id: &str) -> Result<IpAddr, ProxyError>;
+    /// How to reach a started sandbox (its address, and the runner to go through when that
+    /// runner is a process of its own); [`ProxyError::NotRunning`] when it is not started.
+    async fn sandbox_route(&self, sandbox_id: &str) -> Result<SandboxRoute, ProxyError>;
     /// Records traffic to the sandbox (keeps auto-stop honest). Implementations throttle.
     async fn touch(&self, sandbox_id: &str);
     /// Forwarding to the sandbox's address failed to connect: a cached address is stale.
@@ -230,14 +233,14 @@ async fn toolbox_forward(
         .directory
         .authorize(&sandbox_id, &found.credential)
         .await?;
-    let ip = state.directory.sandbox_ip(&sandbox_id).await?;
+    let route = state.directory.sandbox_route(&sandbox_id).await?;
     if !credentials::skips_activity(req.headers()) {
         state.directory.touch(&sandbox_id).await;
     }
     let query = credentials::query_without(req.uri().query(), found.credential.query_params());
     let upstream = Upstream {
         sandbox_id: sandbox_id.clone(),
-        ip,
+        route,
         port: TOOLBOX_PORT,
         path_and_query: format!("/{path}{query}"),
         keep_host: false,

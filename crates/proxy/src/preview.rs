@@ -90,9 +90,9 @@ async fn serve(
         return Ok(warning_response(&req));
     }
 
-    let ip = state
+    let route = state
         .directory
-        .sandbox_ip(&sandbox_id)
+        .sandbox_route(&sandbox_id)
         .await
         .map_err(|e| match e {
             ProxyError::NotRunning(m) => ProxyError::BadGateway(m),
@@ -105,7 +105,7 @@ async fn serve(
     let query = credentials::query_without(req.uri().query(), &[AUTH_KEY_PARAM]);
     let upstream = Upstream {
         sandbox_id: sandbox_id.clone(),
-        ip,
+        route,
         port: host.port,
         path_and_query: format!("{path}{query}"),
         keep_host: true,

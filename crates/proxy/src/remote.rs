@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
-use crate::{Credential, PreviewTarget, ProxyError, SandboxDirectory};
+use crate::{Credential, PreviewTarget, ProxyError, RunnerHop, SandboxDirectory, SandboxRoute};
 
 /// How long authorization answers, public flags, signed tokens and signing keys are kept.
 pub const ANSWER_TTL: Duration = Duration::from_secs(5);
@@ -331,7 +331,7 @@ pub struct RemoteDirectory {
     access: TtlCache<(String, [u8; 32]), Result<(), ProxyError>>,
     previews: TtlCache<(String, u16), PreviewTarget>,
     signing_keys: TtlCache<String, String>,
-    locations: TtlCache<String, IpAddr>,
+    locations: TtlCache<String, SandboxRoute>,
     touched: TtlCache<String, ()>,
 }
 
@@ -479,8 +479,25 @@ fn credential_digest(credential: &Credential) -> [u8; 32] {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct Location {
     ip: IpAddr,
+    /// Set when the sandbox's runner is a process of its own: traffic goes through it.
+    runner_url: Option<String>,
+    runner_credential: Option<String>,
+}
+
+impl Location {
+    fn route(self) -> SandboxRoute {
+        let via = match (self.runner_url, self.runner_credential) {
+            (Some(url), Some(credential)) => Some(RunnerHop {
+                url: url.trim_end_matches('/').to_owned(),
+                credential,
+            }),
+            _ => None,
+        };
+        SandboxRoute { ip: self.ip, via }
+    }
 }
 
 #[async_trait::async_trait]
@@ -528,9 +545,9 @@ impl SandboxDirectory for RemoteDirectory {
         Ok(target)
     }
 
-    async fn sandbox_ip(&self, sandbox_id: &str) -> Result<IpAddr, ProxyError> {
-        if let Some(ip) = self.locations.get(&sandbox_id.to_string()) {
-            return Ok(ip);
+    async fn sandbox_route(&self, sandbox_id: &str) -> Result<SandboxRoute, ProxyError> {
+        if let Some(route) = self.locations.get(&sandbox_id.to_string()) {
+            return Ok(route);
         }
         let location: Location = self
             .api
@@ -540,8 +557,9 @@ impl SandboxDirectory for RemoteDirectory {
             ))
             .await
             .map_err(|e| self.api.service_error(e))?;
-        self.locations.insert(sandbox_id.to_string(), location.ip);
-        Ok(location.ip)
+        let route = location.route();
+        self.locations.insert(sandbox_id.to_string(), route.clone());
+        Ok(route)
     }
 
     async fn touch(&self, sandbox_id: &str) {

@@ -265,7 +265,7 @@ impl Agent {
             .map(|_| ())
     }
 
-    async fn get<T: DeserializeOwned>(
+    pub(crate) async fn get<T: DeserializeOwned>(
         &self,
         path: &str,
         timeout: Option<Duration>,

@@ -2,6 +2,7 @@
 //! images from its local content-addressed [`image::ImageStore`].
 
 pub mod agent;
+pub mod egress;
 pub mod image;
 pub mod jobs;
 mod sandbox;
@@ -10,5 +11,5 @@ pub mod volume;
 pub use daytona_runtime::NetworkPolicy;
 pub use sandbox::{
     CapturedImage, InternalRegistry, Inventory, PulledImage, Resize, Runner, RunnerError,
-    SandboxRequest, SandboxRunner, SandboxUsage, VolumeMount,
+    SandboxRequest, SandboxRunner, SandboxUsage, TrafficEndpoint, VolumeMount,
 };

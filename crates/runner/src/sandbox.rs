@@ -160,6 +160,22 @@ impl BuildLog for TracingLog<'_> {
 
 /// The operations a control plane needs from a runner. The embedded runner implements it
 /// in-process; remote runners implement it over the network.
+/// Where a runner process serves its sandboxes' traffic, and the key of the credentials it
+/// accepts (hex SHA-256 of its token; see `daytona_proxy::route`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrafficEndpoint {
+    pub url: String,
+    pub key_digest: String,
+}
+
+impl std::fmt::Debug for TrafficEndpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrafficEndpoint")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
+    }
+}
+
 #[async_trait::async_trait]
 pub trait SandboxRunner: Send + Sync + 'static {
     fn id(&self) -> &str;
@@ -183,6 +199,12 @@ pub trait SandboxRunner: Send + Sync + 'static {
     async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError>;
     /// The daemon address of a running sandbox, `None` when it is not running.
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError>;
+    /// The runner process that serves the sandbox's traffic when that is not this process
+    /// (the proxy and SSH gateway then go through it); `None`: its address is dialled directly.
+    async fn traffic_endpoint(&self, id: &str) -> Result<Option<TrafficEndpoint>, RunnerError> {
+        let _ = id;
+        Ok(None)
+    }
     /// Processes the out-of-memory killer has killed in the sandbox since it last started.
     async fn oom_kills(&self, id: &str) -> Result<u64, RunnerError>;
     /// What a running sandbox uses now (CPU time counter, memory, disk); `None` when it does

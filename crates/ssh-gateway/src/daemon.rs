@@ -2,18 +2,17 @@
 //! for the protocol).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
 
+use daytona_proxy::route::{SandboxStream, dial};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
 use serde::Serialize;
-use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
-use crate::DAEMON_PORT;
+use crate::{DAEMON_PORT, SshTarget};
 
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+type Ws = WebSocketStream<SandboxStream>;
 
 #[derive(Debug, Serialize)]
 pub(crate) struct Start {
@@ -37,9 +36,12 @@ pub(crate) enum Output {
 pub(crate) struct Input(SplitSink<Ws, Message>);
 pub(crate) struct Outputs(SplitStream<Ws>);
 
-pub(crate) async fn start(ip: IpAddr, start: &Start) -> Result<(Input, Outputs), String> {
-    let url = format!("ws://{}/process/stream", SocketAddr::new(ip, DAEMON_PORT));
-    let (ws, _) = tokio_tungstenite::connect_async(url)
+pub(crate) async fn start(target: &SshTarget, start: &Start) -> Result<(Input, Outputs), String> {
+    let stream = dial(&target.sandbox_id, &target.route, DAEMON_PORT)
+        .await
+        .map_err(|e| format!("cannot reach the sandbox daemon: {e}"))?;
+    let url = format!("ws://daemon:{DAEMON_PORT}/process/stream");
+    let (ws, _) = tokio_tungstenite::client_async(url, stream)
         .await
         .map_err(|e| format!("cannot reach the sandbox daemon: {e}"))?;
     let (mut sink, stream) = ws.split();

@@ -3,9 +3,9 @@
 //! The user name is an SSH access token from the API; any authentication method (including
 //! "none") succeeds when the token is valid, so no password ever exists inside a sandbox. Shells,
 //! commands and the SFTP subsystem run through the sandbox daemon's `/process/stream` WebSocket
-//! (as the sandbox user); local port forwards dial `<sandbox ip>:<port>` directly.
+//! (as the sandbox user); local port forwards reach `<port>` of the sandbox. Both dial the
+//! sandbox through [`daytona_proxy::route::dial`]: directly, or through its runner's tunnel.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +25,8 @@ mod session;
 #[derive(Debug, Clone)]
 pub struct SshTarget {
     pub sandbox_id: String,
-    /// The started sandbox's address (its daemon listens on [`DAEMON_PORT`]).
-    pub ip: IpAddr,
+    /// How to reach the started sandbox (its daemon listens on [`DAEMON_PORT`]).
+    pub route: daytona_proxy::SandboxRoute,
 }
 
 pub const DAEMON_PORT: u16 = 2280;

@@ -41,12 +41,12 @@ impl SshDirectory for RemoteSshDirectory {
             return Err(SshAccessError::InvalidToken);
         }
         let sandbox_id = validation.sandbox_id;
-        let ip = self
+        let route = self
             .sandboxes
-            .sandbox_ip(&sandbox_id)
+            .sandbox_route(&sandbox_id)
             .await
             .map_err(|e| target_error(&sandbox_id, e))?;
-        Ok(SshTarget { sandbox_id, ip })
+        Ok(SshTarget { sandbox_id, route })
     }
 
     async fn touch(&self, sandbox_id: &str) {

@@ -120,7 +120,7 @@ impl russh::server::Handler for Connection {
         let local = matches!(host, "localhost" | "127.0.0.1" | "::1" | "0.0.0.0")
             || host
                 .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip == target.ip);
+                .is_ok_and(|ip| ip == target.route.ip);
         let Ok(port) = u16::try_from(port) else {
             reply.reject(ChannelOpenFailure::ConnectFailed).await;
             return Ok(());
@@ -132,7 +132,7 @@ impl russh::server::Handler for Connection {
                 .await;
             return Ok(());
         }
-        match tokio::net::TcpStream::connect(SocketAddr::new(target.ip, port)).await {
+        match daytona_proxy::route::dial(&target.sandbox_id, &target.route, port).await {
             Ok(mut tcp) => {
                 reply.accept().await;
                 let directory = self.directory.clone();
@@ -256,7 +256,7 @@ async fn run_session(channel: Channel<Msg>, target: SshTarget) {
         }
     };
     let start = daemon::Start { command, pty, env };
-    let (mut input, mut outputs) = match daemon::start(target.ip, &start).await {
+    let (mut input, mut outputs) = match daemon::start(&target, &start).await {
         Ok(pair) => pair,
         Err(e) => {
             tracing::warn!(sandbox = %target.sandbox_id, error = %e, "ssh session could not start");

@@ -13,7 +13,7 @@ use daytona_runner::image::build::{BuildLog, BuildRequest};
 use daytona_runner::jobs::{BuildOutcome, Healthcheck, Job, Metrics};
 use daytona_runner::{
     CapturedImage, NetworkPolicy, PulledImage, Resize, RunnerError, SandboxRequest, SandboxRunner,
-    SandboxUsage,
+    SandboxUsage, TrafficEndpoint,
 };
 use serde::de::DeserializeOwned;
 
@@ -656,6 +656,20 @@ impl SandboxRunner for Fleet {
             self.remember(id, addr);
         }
         Ok(addr)
+    }
+
+    async fn traffic_endpoint(&self, id: &str) -> Result<Option<TrafficEndpoint>, RunnerError> {
+        let runner = self.runner_of(id).await?;
+        let url = runner.runner.api_url.clone().ok_or_else(|| {
+            RunnerError::Unavailable(format!(
+                "runner {} has not reported the URL it serves on",
+                runner.runner.id
+            ))
+        })?;
+        Ok(Some(TrafficEndpoint {
+            url,
+            key_digest: runner.runner.token_hash.clone(),
+        }))
     }
 
     async fn oom_kills(&self, id: &str) -> Result<u64, RunnerError> {

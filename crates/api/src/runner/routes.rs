@@ -9,6 +9,7 @@ use axum::Json;
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use daytona_runner::egress::EgressGrantDto;
 use daytona_runner::jobs::{
     Healthcheck, JobDto, Metrics, PollJobsResponse, UpdateJobStatus, status,
 };
@@ -27,6 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(healthcheck))
         .routes(routes!(me))
+        .routes(routes!(sandbox_egress))
         .routes(routes!(poll))
         .routes(routes!(list_jobs))
         .routes(routes!(update_status))
@@ -90,6 +92,30 @@ async fn healthcheck(
 #[utoipa::path(get, path = "/runners/me", tag = "runners", operation_id = "runner_me")]
 async fn me(RunnerCaller(runner): RunnerCaller) -> Json<RunnerDto> {
     Json(RunnerDto::from(runner))
+}
+
+/// `GET /runners/sandboxes/{sandboxId}/egress`: the network policy and mounted secrets (with
+/// their values) of a sandbox on the calling runner, for its egress proxy; 404 for a sandbox
+/// that is not on that runner.
+#[utoipa::path(get, path = "/runners/sandboxes/{sandboxId}/egress", tag = "runners", operation_id = "runner_sandbox_egress", params(("sandboxId" = String, Path)))]
+async fn sandbox_egress(
+    State(state): State<AppState>,
+    RunnerCaller(runner): RunnerCaller,
+    Path(sandbox_id): Path<String>,
+) -> ApiResult<Json<EgressGrantDto>> {
+    use daytona_egress::EgressDirectory;
+    let not_here = || ApiError::NotFound(format!("Sandbox {sandbox_id} not found on this runner"));
+    let record = state.store.sandbox_record(&sandbox_id).await?;
+    if record.and_then(|r| r.runner_id).as_deref() != Some(runner.id.as_str()) {
+        return Err(not_here());
+    }
+    let grant = state
+        .secrets
+        .grant(&sandbox_id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .ok_or_else(not_here)?;
+    Ok(Json(EgressGrantDto::from(&grant)))
 }
 
 #[derive(Debug, Deserialize)]

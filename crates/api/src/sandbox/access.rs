@@ -6,7 +6,6 @@
 //! (expiring; both stored as SHA-256 only).
 
 use std::collections::HashMap;
-use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use utoipa_axum::router::OpenApiRouter;
@@ -14,7 +13,9 @@ use utoipa_axum::routes;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use daytona_proxy::{Credential, PreviewTarget, ProxyError, SandboxDirectory};
+use daytona_proxy::{
+    Credential, PreviewTarget, ProxyError, RunnerHop, SandboxDirectory, SandboxRoute,
+};
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
@@ -131,7 +132,9 @@ impl AccessService {
 }
 
 /// The address of a started sandbox.
-pub async fn sandbox_ip(state: &AppState, sandbox_id: &str) -> Result<IpAddr, ProxyError> {
+/// How the proxy and SSH gateway reach a started sandbox: its address, and the runner process
+/// to go through (with a fresh credential for this sandbox) when its runner is not this process.
+pub async fn sandbox_route(state: &AppState, sandbox_id: &str) -> Result<SandboxRoute, ProxyError> {
     let row = live_sandbox(&state.store, sandbox_id).await?;
     if row.state != "started" {
         return Err(ProxyError::NotRunning(format!(
@@ -139,14 +142,30 @@ pub async fn sandbox_ip(state: &AppState, sandbox_id: &str) -> Result<IpAddr, Pr
             row.state
         )));
     }
-    state
-        .sandboxes
-        .runner()
+    let runner = state.sandboxes.runner();
+    let unavailable = |e: daytona_runner::RunnerError| ProxyError::Unavailable(e.to_string());
+    let ip = runner
         .daemon_address(sandbox_id)
         .await
-        .map_err(|e| ProxyError::Unavailable(e.to_string()))?
+        .map_err(unavailable)?
         .map(|addr| addr.ip())
-        .ok_or_else(|| ProxyError::NotRunning(format!("Sandbox {sandbox_id} is not running")))
+        .ok_or_else(|| ProxyError::NotRunning(format!("Sandbox {sandbox_id} is not running")))?;
+    let via = runner
+        .traffic_endpoint(sandbox_id)
+        .await
+        .map_err(unavailable)?
+        .map(|endpoint| {
+            let now = u64::try_from(chrono::Utc::now().timestamp()).unwrap_or(0);
+            RunnerHop {
+                credential: daytona_proxy::route::issue_credential(
+                    &endpoint.key_digest,
+                    sandbox_id,
+                    now,
+                ),
+                url: endpoint.url.trim_end_matches('/').to_owned(),
+            }
+        });
+    Ok(SandboxRoute { ip, via })
 }
 
 async fn live_sandbox(store: &Store, sandbox_id: &str) -> Result<SandboxRow, ProxyError> {
@@ -251,8 +270,8 @@ impl SandboxDirectory for AppState {
         }
     }
 
-    async fn sandbox_ip(&self, sandbox_id: &str) -> Result<IpAddr, ProxyError> {
-        sandbox_ip(self, sandbox_id).await
+    async fn sandbox_route(&self, sandbox_id: &str) -> Result<SandboxRoute, ProxyError> {
+        sandbox_route(self, sandbox_id).await
     }
 
     async fn touch(&self, sandbox_id: &str) {
