@@ -488,7 +488,7 @@ struct Location {
 }
 
 impl Location {
-    fn route(self) -> SandboxRoute {
+    fn into_route(self) -> SandboxRoute {
         let via = match (self.runner_url, self.runner_credential) {
             (Some(url), Some(credential)) => Some(RunnerHop {
                 url: url.trim_end_matches('/').to_owned(),
@@ -557,7 +557,7 @@ impl SandboxDirectory for RemoteDirectory {
             ))
             .await
             .map_err(|e| self.api.service_error(e))?;
-        let route = location.route();
+        let route = location.into_route();
         self.locations.insert(sandbox_id.to_string(), route.clone());
         Ok(route)
     }
