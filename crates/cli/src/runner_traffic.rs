@@ -20,8 +20,8 @@ use percent_encoding::percent_decode_str;
 
 use daytona_proxy::DirectForwarder;
 use daytona_proxy::route::{
-    KEEP_HOST_HEADER, TCP_UPGRADE, TRAFFIC_CREDENTIAL_HEADER, key_digest, unix_now,
-    verify_credential,
+    KEEP_HOST_HEADER, TCP_UPGRADE, TRAFFIC_CREDENTIAL_HEADER, UNREACHABLE_HEADER, key_digest,
+    unix_now, verify_credential,
 };
 
 /// The sandboxes this runner holds.
@@ -58,6 +58,8 @@ struct RunnerError {
     message: String,
     path: String,
     method: Method,
+    /// Why the sandbox could not be reached (marked for the proxy), if that is the refusal.
+    unreachable: Option<&'static str>,
 }
 
 impl IntoResponse for RunnerError {
@@ -76,7 +78,12 @@ impl IntoResponse for RunnerError {
             "path": self.path,
             "method": self.method.as_str(),
         });
-        (self.status, axum::Json(body)).into_response()
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(reason) = self.unreachable {
+            resp.headers_mut()
+                .insert(UNREACHABLE_HEADER, HeaderValue::from_static(reason));
+        }
+        resp
     }
 }
 
@@ -123,15 +130,17 @@ fn parse_target(path: &str) -> Option<Target<'_>> {
 async fn serve(State(state): State<RunnerSide>, mut req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
-    let refuse = |status: StatusCode, message: String| {
+    let error = |status: StatusCode, message: String, unreachable: Option<&'static str>| {
         RunnerError {
             status,
             message,
             path: path.clone(),
             method: method.clone(),
+            unreachable,
         }
         .into_response()
     };
+    let refuse = |status: StatusCode, message: String| error(status, message, None);
     let Some(target) = parse_target(&path) else {
         return refuse(StatusCode::NOT_FOUND, format!("no route for {path}"));
     };
@@ -152,9 +161,10 @@ async fn serve(State(state): State<RunnerSide>, mut req: Request) -> Response {
     let ip = match state.sandboxes.address(sandbox_id).await {
         Ok(Some(ip)) => ip,
         Ok(None) => {
-            return refuse(
+            return error(
                 StatusCode::NOT_FOUND,
                 format!("sandbox {sandbox_id} is not running on this runner"),
+                Some("not running on this runner"),
             );
         }
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, e),
@@ -188,9 +198,10 @@ async fn serve(State(state): State<RunnerSide>, mut req: Request) -> Response {
                 .await
             {
                 Ok(resp) => resp,
-                Err(e) => refuse(
+                Err(e) => error(
                     StatusCode::BAD_GATEWAY,
-                    format!("port {port} of sandbox {sandbox_id}: {e}"),
+                    format!("port {port} of sandbox {sandbox_id}: {}", e.message),
+                    e.connect.then_some("nothing listens on the port"),
                 ),
             }
         }

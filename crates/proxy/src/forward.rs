@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::dns::Name;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use crate::SandboxDirectory;
-use crate::route::{KEEP_HOST_HEADER, SandboxRoute, TRAFFIC_CREDENTIAL_HEADER};
+use crate::route::{KEEP_HOST_HEADER, SandboxRoute, TRAFFIC_CREDENTIAL_HEADER, UNREACHABLE_HEADER};
 
 /// How often a long-lived (upgraded) connection counts as sandbox activity.
 const UPGRADED_ACTIVITY_INTERVAL: Duration = Duration::from_secs(50);
@@ -112,7 +112,7 @@ impl DirectForwarder {
         path_and_query: String,
         keep_host: bool,
         req: Request,
-    ) -> Result<Response, String> {
+    ) -> Result<Response, ForwardError> {
         let upstream = Upstream {
             sandbox_id: sandbox_id.to_owned(),
             route: SandboxRoute::direct(ip),
@@ -122,9 +122,7 @@ impl DirectForwarder {
             strip: Vec::new(),
             activity: None,
         };
-        forward(&self.client, upstream, req)
-            .await
-            .map_err(|e| e.message)
+        forward(&self.client, upstream, req).await
     }
 }
 
@@ -143,9 +141,9 @@ pub(crate) struct Upstream {
     pub activity: Option<(Arc<dyn SandboxDirectory>, String)>,
 }
 
-/// The upstream could not be reached or broke off before answering.
+/// The upstream could not be reached (`connect`) or broke off before answering.
 #[derive(Debug)]
-pub(crate) struct ForwardError {
+pub struct ForwardError {
     pub connect: bool,
     pub message: String,
 }
@@ -253,6 +251,20 @@ pub(crate) async fn forward(
             connect: e.is_connect(),
             message: e.to_string(),
         })?;
+
+    // Through a runner, a sandbox it could not reach is that runner's answer: the same failure.
+    if let Some(hop) = &upstream.route.via
+        && let Some(reason) = resp.headers().get(UNREACHABLE_HEADER)
+    {
+        return Err(ForwardError {
+            connect: true,
+            message: format!(
+                "runner {}: {}",
+                hop.url,
+                String::from_utf8_lossy(reason.as_bytes())
+            ),
+        });
+    }
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
         && let Some(client_upgrade) = client_upgrade

@@ -29,7 +29,7 @@ pub use login::BrowserLogin;
 pub use route::{RunnerHop, SandboxRoute};
 pub use signed_file::SignedFile;
 
-pub use forward::DirectForwarder;
+pub use forward::{DirectForwarder, ForwardError};
 use forward::{HttpClient, Upstream};
 
 /// The toolbox daemon's port inside every sandbox.

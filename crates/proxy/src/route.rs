@@ -24,6 +24,9 @@ pub const TRAFFIC_CREDENTIAL_HEADER: HeaderName =
     HeaderName::from_static("x-daytona-runner-credential");
 /// Tells the runner to keep the caller's `Host` (previews) rather than its own.
 pub const KEEP_HOST_HEADER: HeaderName = HeaderName::from_static("x-daytona-keep-host");
+/// Marks a runner's answer that the sandbox could not be reached there (nothing listens on the
+/// port, or the sandbox does not run on that runner): the proxy treats it as a failed connect.
+pub const UNREACHABLE_HEADER: HeaderName = HeaderName::from_static("x-daytona-sandbox-unreachable");
 /// The `Upgrade` token of a raw TCP tunnel through a runner.
 pub const TCP_UPGRADE: &str = "daytona-tcp";
 /// How long an issued traffic credential is accepted (callers cache locations for seconds).
