@@ -58,6 +58,7 @@ POSTGRES_MODULES = {
     "test_capture",
     "test_errors",
     "test_events",
+    "test_health",
     "test_lifecycle",
     "test_mail",
     "test_metrics",

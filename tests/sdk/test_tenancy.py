@@ -194,6 +194,8 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     # --- public or caller-only routes: nothing of A in them ---
     ("GET", "/api/health"): lambda w: w.b.api.ok("GET", "/health"),
     ("GET", "/health"): lambda w: None,  # the proxy's own health check; no tenant data
+    # Readiness takes only HEALTH_CHECK_API_KEY, never a user's key.
+    ("GET", "/api/health/ready"): lambda w: assert_equal(w.b.api("GET", "/health/ready").status, 401),
     ("GET", "/api/shared-regions"): lambda w: _listing_hides_a(w, "/shared-regions", w.a.personal_org),
     ("GET", "/api/regions"): lambda w: _listing_hides_a(w, "/regions", w.a.personal_org, w.a_shared_org),
     ("GET", "/api/regions/{region_id}"): lambda w: w.denied("GET", f"/regions/{w.a_shared_org}"),

@@ -4,10 +4,9 @@
 
 use std::sync::Arc;
 
-use axum::{Json, Router};
+use axum::Router;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
-use utoipa_axum::routes;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub mod api_keys;
@@ -16,9 +15,11 @@ pub mod auth;
 pub mod configuration;
 pub mod error;
 pub mod events;
+pub mod health;
 pub mod internal;
 mod json;
 pub mod mail;
+pub mod maintenance;
 pub mod object_storage;
 pub mod oidc;
 pub mod organization;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub secrets: Arc<secret::SecretService>,
     /// The registered remote runners, when this API runs without a runner of its own.
     pub runners: Option<Arc<runner::Fleet>>,
+    /// What `GET /health/ready` checks and who may ask.
+    pub readiness: Arc<health::Readiness>,
 }
 
 /// The API's router; every route lives under `/api`, including the Socket.IO event gateway,
@@ -64,7 +67,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     let events = events::socketio::layer(&state);
     let (api, openapi) = OpenApiRouter::with_openapi(ApiDoc::openapi())
-        .routes(routes!(health))
+        .merge(health::router())
         .merge(sandbox::routes::router())
         .merge(sandbox::settings::router())
         .merge(sandbox::telemetry::router())
@@ -87,6 +90,10 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             audit::record,
+        ))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            maintenance::guard,
         ))
         .fallback(not_found);
     // The embedded S3 endpoint signs and routes by path, so it lives beside `/api`, not in it.
@@ -137,11 +144,6 @@ impl utoipa::Modify for BearerAuth {
 fn with_server(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     doc.servers = Some(vec![utoipa::openapi::Server::new("/api")]);
     doc
-}
-
-#[utoipa::path(get, path = "/health", tag = "health", operation_id = "health")]
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
 }
 
 async fn not_found(uri: axum::http::Uri) -> ApiError {

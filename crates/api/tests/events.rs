@@ -86,6 +86,7 @@ async fn start_server() -> (Server, Org, Org) {
             secret_key: "secret".into(),
         }),
         oidc: None,
+        readiness: Arc::new(daytona_api::health::Readiness::new("health-key", None)),
         configuration: Arc::new(daytona_api::configuration::PublicConfiguration::new(
             &daytona_config::Config::from_lookup(|_| None).expect("defaults are valid"),
         )),

@@ -278,19 +278,30 @@ impl ControlPlane {
             .reconcile()
             .await
             .context("cannot reconcile sandbox states")?;
-        // Images and layers left unused while the server was down (and interrupted pulls).
-        let collector = snapshots.clone();
-        tokio::spawn(async move { collector.collect_garbage().await });
-        daytona_api::sandbox::lifecycle::spawn(
-            sandboxes.clone(),
-            std::time::Duration::from_secs(30),
-        );
-        daytona_api::sandbox::telemetry::spawn(
-            sandboxes.clone(),
-            config.server.metrics_interval,
-            config.server.metrics_retention,
-        );
-        daytona_api::warm_pool::worker::spawn(sandboxes.clone(), std::time::Duration::from_secs(1));
+        // Upstream's maintenance mode stops every scheduled job; reads and accepted work go on.
+        if config.api.maintenance_mode {
+            tracing::warn!("MAINTENANCE_MODE: scheduled jobs are off and the API refuses changes");
+        } else {
+            // Images and layers left unused while the server was down (and interrupted pulls).
+            let collector = snapshots.clone();
+            tokio::spawn(async move { collector.collect_garbage().await });
+            daytona_api::sandbox::lifecycle::spawn(
+                sandboxes.clone(),
+                std::time::Duration::from_secs(30),
+            );
+            daytona_api::sandbox::telemetry::spawn(
+                sandboxes.clone(),
+                config.server.metrics_interval,
+                config.server.metrics_retention,
+            );
+            daytona_api::warm_pool::worker::spawn(
+                sandboxes.clone(),
+                std::time::Duration::from_secs(1),
+            );
+            if let Some(fleet) = &fleet {
+                fleet.spawn_monitor();
+            }
+        }
         let rate_limits = Arc::new(RateLimitPolicy::new(
             config.rate_limits.clone(),
             Box::new(InProcessLimiter::default()),
@@ -327,6 +338,10 @@ impl ControlPlane {
             oidc: oidc_provider(config)?,
             configuration: Arc::new(daytona_api::configuration::PublicConfiguration::new(config)),
             runners: fleet,
+            readiness: Arc::new(daytona_api::health::Readiness::new(
+                config.api.health_check_api_key.expose(),
+                config.redis.as_ref(),
+            )),
         };
         Ok(ControlPlane {
             state,
@@ -404,7 +419,7 @@ pub(crate) fn start_runner(
 }
 
 /// The remote runners this API places sandboxes on; the default runner (`DEFAULT_RUNNER_API_KEY`)
-/// is registered, and runners that go silent are watched for.
+/// is registered (`ControlPlane::start` watches for runners that go silent).
 async fn remote_fleet(config: &Config, store: &Store) -> anyhow::Result<Arc<Fleet>> {
     let fleet = Fleet::new(
         store.clone(),
@@ -423,7 +438,6 @@ async fn remote_fleet(config: &Config, store: &Store) -> anyhow::Result<Arc<Flee
         .ensure_default_runner(config.default_runner.api_key.expose())
         .await
         .context("cannot register the default runner")?;
-    fleet.spawn_monitor();
     Ok(fleet)
 }
 

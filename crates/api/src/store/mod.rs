@@ -210,6 +210,14 @@ impl Store {
         Ok(store)
     }
 
+    /// Whether the database answers a query (readiness).
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map(|_| ())
+    }
+
     /// Fails unless every migration this build knows has been applied.
     async fn check_migrated(&self) -> Result<(), OpenError> {
         let applied: Vec<i64> =
