@@ -105,7 +105,10 @@ pub fn router(state: AppState) -> Router {
         .merge(s3)
         .fallback(not_found)
         .layer(events)
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(daytona_telemetry::server_span::<axum::body::Body>),
+        )
         .with_state(state)
 }
 

@@ -40,7 +40,15 @@ pub fn main(roles: Option<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_tracing(&config.server.log);
+    let telemetry = match daytona_telemetry::Export::from_config(&config)
+        .and_then(|export| daytona_telemetry::init(&config.server.log, export))
+    {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("daytona server: {e}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -51,7 +59,10 @@ pub fn main(roles: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    let served = runtime.block_on(serve(config));
+    // Spans still queued are sent before the process ends.
+    telemetry.shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -59,15 +70,6 @@ pub fn main(roles: Option<String>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn init_tracing(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// The static daemon binary: `DAYTONA_DAEMON_PATH`, else next to this executable, else where

@@ -181,6 +181,11 @@ pub fn router(directory: Arc<dyn SandboxDirectory>, settings: ProxySettings) -> 
         )
         // Preview hosts take every path, so they are recognised before routing.
         .layer(middleware::from_fn_with_state(state.clone(), route_preview))
+        // Outermost, so previews are traced too and a caller's trace continues here.
+        .layer(
+            tower_http::trace::TraceLayer::new_for_http()
+                .make_span_with(daytona_telemetry::server_span::<axum::body::Body>),
+        )
         .with_state(state)
 }
 

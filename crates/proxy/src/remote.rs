@@ -171,6 +171,7 @@ impl ApiClient {
             .http
             .request(method, &url)
             .bearer_auth(key)
+            .headers(daytona_telemetry::trace_headers())
             .send()
             .await
             .map_err(|e| ApiCallError::Unreachable {

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 use crate::jobs::{
     self, Healthcheck, Job, JobDto, Metrics, PollJobsResponse, ReportedSandbox, UpdateJobStatus,
@@ -107,7 +108,8 @@ impl Agent {
             tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(this.settings.healthcheck_interval).await;
-                    if let Err(e) = this.healthcheck().await {
+                    let span = tracing::info_span!("healthcheck");
+                    if let Err(e) = this.healthcheck().instrument(span).await {
                         tracing::warn!(error = %e, "health check failed");
                     }
                 }
@@ -171,11 +173,16 @@ impl Agent {
                 continue;
             }
             let this = self.clone();
-            tokio::spawn(async move {
-                let id = job.id.clone();
-                this.run_job(job).await;
-                this.running.lock().expect("job set").remove(&id);
-            });
+            // One trace per job: its run and the report of its outcome to the API.
+            let span = tracing::info_span!("job", otel.name = %format!("job {}", job.job_type), job = %job.id);
+            tokio::spawn(
+                async move {
+                    let id = job.id.clone();
+                    this.run_job(job).await;
+                    this.running.lock().expect("job set").remove(&id);
+                }
+                .instrument(span),
+            );
         }
     }
 
@@ -211,6 +218,7 @@ impl Agent {
                 .post(self.url(&format!("/jobs/{}/status", job.id)))
                 .bearer_auth(&self.settings.token)
                 .header("X-Daytona-Source", "runner")
+                .headers(daytona_telemetry::trace_headers())
                 .json(&update)
                 .send()
                 .await;
@@ -255,6 +263,7 @@ impl Agent {
             .post(self.url("/runners/healthcheck"))
             .bearer_auth(&self.settings.token)
             .header("X-Daytona-Source", "runner")
+            .headers(daytona_telemetry::trace_headers())
             .timeout(self.settings.healthcheck_timeout)
             .json(&body)
             .send()
@@ -274,7 +283,8 @@ impl Agent {
             .client
             .get(self.url(path))
             .bearer_auth(&self.settings.token)
-            .header("X-Daytona-Source", "runner");
+            .header("X-Daytona-Source", "runner")
+            .headers(daytona_telemetry::trace_headers());
         if let Some(timeout) = timeout {
             request = request.timeout(timeout);
         }
