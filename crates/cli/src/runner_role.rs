@@ -56,6 +56,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
             data_dir: data_dir.clone(),
         },
         runner.clone(),
+        crate::server::outbound(&config)?.client_builder(),
     )?;
     // Registration: a refused token stops the process; an API that is not up yet is waited for.
     loop {

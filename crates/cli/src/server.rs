@@ -393,7 +393,7 @@ pub(crate) fn start_runner(
     })
     .context("cannot initialise the sandbox runtime")?;
     let runtime = Arc::new(runtime);
-    let images = ImageStore::with_registries(data_dir.join("images"), registry_settings(config));
+    let images = ImageStore::with_registries(data_dir.join("images"), registry_settings(config)?);
     let volumes = volume_store(config)?;
     let egress_dir = data_dir.join("egress");
     let egress = Arc::new(
@@ -520,8 +520,13 @@ async fn remote_directory(config: &Config, role: Role) -> anyhow::Result<RemoteD
             "API_KEY",
         ),
     };
-    let api = ApiClient::new(url, key.expose(), key_variable)
-        .context("cannot set up the HTTP client for the API")?;
+    let api = ApiClient::new(
+        url,
+        key.expose(),
+        key_variable,
+        outbound(config)?.client_builder(),
+    )
+    .context("cannot set up the HTTP client for the API")?;
     match api.check_identity(role.as_str()).await {
         Ok(()) => tracing::info!(api = %url, "{role}: the API accepts this {key_variable}"),
         Err(IdentityError::Refused(message)) => anyhow::bail!("{role}: {message}"),
@@ -651,10 +656,11 @@ impl daytona_ssh_gateway::SshDirectory for SshAccess {
 /// Preview hosts of `PROXY_DOMAIN` and of `PROXY_TEMPLATE_URL` (usually the same shape).
 /// Plain-HTTP registries (`DAYTONA_INSECURE_REGISTRIES`, plus configured `http://` ones) and
 /// the credentials of the `TRANSIENT_REGISTRY_*` / `INTERNAL_REGISTRY_*` registries.
-fn registry_settings(config: &Config) -> RegistrySettings {
+fn registry_settings(config: &Config) -> anyhow::Result<RegistrySettings> {
     let mut settings = RegistrySettings {
         insecure: config.runner.insecure_registries.clone(),
         credentials: Vec::new(),
+        outbound: outbound(config)?,
     };
     // The internal registry's credentials win when both name the same host.
     let configured = [&config.registries.internal, &config.registries.transient];
@@ -673,7 +679,12 @@ fn registry_settings(config: &Config) -> RegistrySettings {
             },
         ));
     }
-    settings
+    Ok(settings)
+}
+
+/// Proxies and extra CAs for every outbound connection (`HTTP_PROXY`…, `NODE_EXTRA_CA_CERTS`).
+pub(crate) fn outbound(config: &Config) -> anyhow::Result<daytona_outbound::Outbound> {
+    Ok(daytona_outbound::Outbound::from_config(&config.misc)?)
 }
 
 /// Whether a configured registry is reached over plain HTTP, and its `host[:port]` (lower
@@ -707,11 +718,14 @@ fn oidc_provider(config: &Config) -> anyhow::Result<Option<Arc<daytona_oidc::Pro
     let Some(oidc) = &config.oidc else {
         return Ok(None);
     };
-    let provider = daytona_oidc::Provider::new(daytona_oidc::ProviderSettings {
-        issuer_url: oidc.issuer_base_url.clone(),
-        public_url: oidc.public_domain.clone(),
-        audiences: audiences(oidc),
-    })?;
+    let provider = daytona_oidc::Provider::new(
+        daytona_oidc::ProviderSettings {
+            issuer_url: oidc.issuer_base_url.clone(),
+            public_url: oidc.public_domain.clone(),
+            audiences: audiences(oidc),
+        },
+        outbound(config)?.client_builder(),
+    )?;
     tracing::info!(issuer = %oidc.issuer_base_url, "OIDC login enabled");
     Ok(Some(Arc::new(provider)))
 }
@@ -767,6 +781,7 @@ fn proxy_login(
                 public_url: oidc.proxy_public_domain.clone(),
                 audiences: audiences(oidc),
             },
+            outbound(config)?.client_builder(),
         )?),
     };
     // The callback is on the proxy's own host (`PROXY_DOMAIN`), as the seed's issuer

@@ -169,8 +169,12 @@ pub fn looks_like_jwt(token: &str) -> bool {
 }
 
 impl Provider {
-    pub fn new(settings: ProviderSettings) -> Result<Self, IssuerError> {
-        let http = reqwest::Client::builder()
+    /// `http` carries the deployment's proxies and trusted CAs (`daytona_outbound`).
+    pub fn new(
+        settings: ProviderSettings,
+        http: reqwest::ClientBuilder,
+    ) -> Result<Self, IssuerError> {
+        let http = http
             .timeout(HTTP_TIMEOUT)
             .connect_timeout(HTTP_TIMEOUT)
             .build()

@@ -86,11 +86,14 @@ async fn start_issuer(keys_published: &[&SigningKey]) -> (Issuer, Provider) {
     let base = format!("http://{}", listener.local_addr().unwrap());
     *issuer.base.lock().unwrap() = base.clone();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let provider = Provider::new(ProviderSettings {
-        issuer_url: base,
-        public_url: "https://login.example.com".into(),
-        audiences: vec!["daytona-api".into(), "daytona".into()],
-    })
+    let provider = Provider::new(
+        ProviderSettings {
+            issuer_url: base,
+            public_url: "https://login.example.com".into(),
+            audiences: vec!["daytona-api".into(), "daytona".into()],
+        },
+        reqwest::Client::builder(),
+    )
     .unwrap();
     (issuer, provider)
 }

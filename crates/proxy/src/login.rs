@@ -329,11 +329,14 @@ mod tests {
     fn login(key: &[u8]) -> BrowserLogin {
         BrowserLogin {
             provider: Arc::new(
-                Provider::new(daytona_oidc::ProviderSettings {
-                    issuer_url: "http://127.0.0.1:9".into(),
-                    public_url: "http://127.0.0.1:9".into(),
-                    audiences: vec!["daytona".into()],
-                })
+                Provider::new(
+                    daytona_oidc::ProviderSettings {
+                        issuer_url: "http://127.0.0.1:9".into(),
+                        public_url: "http://127.0.0.1:9".into(),
+                        audiences: vec!["daytona".into()],
+                    },
+                    reqwest::Client::builder(),
+                )
                 .unwrap(),
             ),
             client: OidcClient {

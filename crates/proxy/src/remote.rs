@@ -109,8 +109,9 @@ impl ApiClient {
         base_url: &str,
         key: &str,
         key_variable: &'static str,
+        http: reqwest::ClientBuilder,
     ) -> Result<Self, reqwest::Error> {
-        let http = reqwest::Client::builder()
+        let http = http
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(CALL_TIMEOUT)
             .build()?;

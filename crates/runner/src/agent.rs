@@ -74,8 +74,13 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl Agent {
-    pub fn new(settings: AgentSettings, runner: Arc<Runner>) -> Result<Arc<Agent>, AgentError> {
-        let client = reqwest::Client::builder()
+    /// `http` carries the deployment's proxies and trusted CAs (`daytona_outbound`).
+    pub fn new(
+        settings: AgentSettings,
+        runner: Arc<Runner>,
+        http: reqwest::ClientBuilder,
+    ) -> Result<Arc<Agent>, AgentError> {
+        let client = http
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| AgentError::Unreachable {

@@ -765,7 +765,12 @@ impl SandboxRunner for Runner {
             "set": set,
             "unsetValuePrefix": daytona_egress::PLACEHOLDER_PREFIX,
         });
-        let response = reqwest::Client::new()
+        // The daemon is on this host's bridge: never through an outbound proxy.
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| failed(e.to_string()))?;
+        let response = client
             .post(format!("http://{address}/env"))
             .json(&body)
             .timeout(std::time::Duration::from_secs(10))

@@ -66,6 +66,8 @@ pub struct RegistrySettings {
     pub insecure: Vec<String>,
     /// Credentials by registry `host[:port]`, used when a pull brings none of its own.
     pub credentials: Vec<(String, RegistryCredentials)>,
+    /// Proxies and extra trusted CAs.
+    pub outbound: daytona_outbound::Outbound,
 }
 
 impl RegistrySettings {
@@ -142,14 +144,14 @@ impl Remote {
             Some(c) => RegistryAuth::Basic(c.username.clone(), c.password.clone()),
             None => RegistryAuth::Anonymous,
         };
-        let client = Client::new(ClientConfig {
+        let client = Client::new(settings.outbound.oci_config(ClientConfig {
             protocol,
             connect_timeout: Some(CONNECT_TIMEOUT),
             read_timeout: Some(READ_TIMEOUT),
             // The index is resolved here, with the same rule as local layouts.
             platform_resolver: None,
             ..ClientConfig::default()
-        });
+        }));
         Remote {
             client,
             reference,
@@ -526,6 +528,7 @@ mod tests {
         let settings = RegistrySettings {
             insecure: vec!["registry:6000".into(), "mirror.local".into()],
             credentials: Vec::new(),
+            ..Default::default()
         };
         for plain in [
             "127.0.0.1:5000",
@@ -552,6 +555,7 @@ mod tests {
         let settings = RegistrySettings {
             insecure: Vec::new(),
             credentials: vec![("registry:6000".into(), creds.clone())],
+            ..Default::default()
         };
         assert_eq!(settings.credentials_for("Registry:6000"), Some(&creds));
         assert_eq!(settings.credentials_for("registry:6001"), None);

@@ -1081,6 +1081,7 @@ mod registry_pulls {
             RegistrySettings {
                 insecure: Vec::new(),
                 credentials: vec![(host.clone(), right.clone())],
+                ..Default::default()
             },
         );
         configured
