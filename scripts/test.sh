@@ -8,8 +8,9 @@
 #   CARGO_TARGET_DIR          build directory (default: ./target)
 #   DAYTONA_CACHE_DIR         venv, base image and other caches (default: ~/.cache/daytona)
 #   DAYTONA_TEST_SKIP_CARGO=1 skip `cargo test` (SDK suite only)
-#   DAYTONA_TEST_SKIP_POSTGRES=1 skip the PostgreSQL runs (the store's cargo tests on PostgreSQL and
-#                             the SDK suite's control-plane tests against a server on PostgreSQL)
+#   DAYTONA_TEST_SKIP_POSTGRES=1 skip the PostgreSQL runs (the store's cargo tests on PostgreSQL, the
+#                             SDK suite's control-plane tests against a server on PostgreSQL, and its
+#                             sandbox tests against the split topology)
 # Exits non-zero if any stage fails; later test stages still run so one report shows everything.
 set -euo pipefail
 
@@ -132,6 +133,13 @@ if ((use_postgres)); then
     rc=0
     DAYTONA_TEST_DB=postgres "$venv/bin/python" -m pytest tests/sdk -v --basetemp "$basetemp/postgres" "$@" || rc=$?
     ((rc == 0 || rc == 5)) || failures+=("SDK suite (PostgreSQL)")
+    # The same SDK calls against the production topology: API, proxy, SSH gateway and two runners
+    # as separate processes on PostgreSQL and an S3 server (conftest.py TOPOLOGY_MODULES).
+    step "pytest tests/sdk (PostgreSQL: split topology)"
+    rc=0
+    DAYTONA_TEST_DB=postgres DAYTONA_TEST_TOPOLOGY=split "$venv/bin/python" -m pytest tests/sdk -v \
+        --basetemp "$basetemp/topology" "$@" || rc=$?
+    ((rc == 0 || rc == 5)) || failures+=("SDK suite (split topology)")
 fi
 
 if ((${#failures[@]})); then

@@ -84,16 +84,17 @@ POSTGRES_MODULES = {
 # With DAYTONA_TEST_TOPOLOGY=split only these modules run: the SDK's calls on sandboxes (toolbox,
 # previews, SSH, snapshots, builds), which then go through the split proxy and gateway to sandboxes
 # on remote runners. Modules that look at the server's own data dir, restart it or start servers of
-# their own stay in the single-process passes.
+# their own stay in the single-process passes. test_preview and test_signed_files are not here: they
+# expect a revoked URL or a toggled flag to act at once, while a split proxy may keep an answer for up
+# to 5 s (crates/proxy/src/remote.rs; test_roles and test_runnernet check that bound). test_builds
+# checks the embedded S3 endpoint's credentials and one runner's layer cache; builds on remote runners
+# with S3 and a registry are test_s3's and test_registry_push's.
 TOPOLOGY_MODULES = {
-    "test_builds",
     "test_events",
     "test_files",
     "test_pause_resize",
-    "test_preview",
     "test_process",
     "test_sessions",
-    "test_signed_files",
     "test_snapshots",
     "test_ssh",
     "test_toolbox_files",
@@ -353,11 +354,27 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
     """Starts a `daytona server` of our own, yields it, stops it and checks nothing is left.
 
     `failed()` says whether tests failed (the run directory is then kept for inspection)."""
-    with _database_env() as (db_env, database_url):
-        yield from _run_server(failed, {**db_env, **(extra_env or {})}, database_url)
+    with _database_env() as (db_env, database_url), contextlib.ExitStack() as services:
+        env = {**db_env, **(extra_env or {})}
+        runner_env: dict[str, str] | None = None
+        if _topology() and "DAYTONA_ROLES" not in env:
+            # The topology's shared object storage (build contexts, archives, volumes).
+            import test_s3  # noqa: PLC0415 - it imports this module
+
+            s3 = services.enter_context(test_s3.moto_s3(failed))
+            api_s3, runner_env = test_s3.s3_env(s3)
+            env = {**api_s3, **env}
+        yield from _run_server(failed, env, database_url, runner_env)
 
 
-def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_url: str | None) -> Iterator[Server]:
+def _run_server(
+    failed: Callable[[], bool],
+    extra_env: dict[str, str],
+    database_url: str | None,
+    runner_env: dict[str, str] | None = None,
+) -> Iterator[Server]:
+    """`runner_env` set: the production topology (see `_start_companions`), its runners with these
+    variables too."""
     binary = _required_path("DAYTONA_BIN")
     daemon = _required_path("DAYTONA_DAEMON_PATH")
     base_image = _required_path("DAYTONA_BASE_IMAGE")
@@ -393,7 +410,7 @@ def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_
         # Sandbox metrics every 2 s (default 15 s), so metrics tests see samples soon.
         DAYTONA_METRICS_INTERVAL="2s",
     )
-    topology = _topology() and "DAYTONA_ROLES" not in extra_env
+    topology = runner_env is not None
     if topology:
         env.update(
             DAYTONA_ROLES="api",
@@ -431,8 +448,8 @@ def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_
     bridges = [env["DAYTONA_BRIDGE_NAME"]]
 
     try:
-        if topology:
-            bridges += _start_companions(srv)
+        if runner_env is not None:
+            bridges += _start_companions(srv, runner_env)
         yield srv
     finally:
         # Also when the body failed: a server left running would outlive the test session.
@@ -467,7 +484,7 @@ def _run_server(failed: Callable[[], bool], extra_env: dict[str, str], database_
         pytest.fail("; ".join(problems) + f"\nserver log tail:\n{srv.log_since(0, 60)}", pytrace=False)
 
 
-def _start_companions(srv: Server) -> list[str]:
+def _start_companions(srv: Server, runner_env: dict[str, str]) -> list[str]:
     """The rest of the production topology around an API process (`DAYTONA_ROLES=api`): the proxy and
     the SSH gateway on the server's proxy and SSH ports, and two runners (the default one and one an
     administrator adds), each with its own data dir under the server's, bridge and subnet. Returns
@@ -491,7 +508,7 @@ def _start_companions(srv: Server) -> list[str]:
     for (name, token), subnet in zip(tokens, test_runners._subnets(2)):
         data = srv.data_dir / "runners" / name
         data.mkdir(parents=True)
-        env = test_runners._runner_env(srv.api_url, token, data, subnet)
+        env = {**test_runners._runner_env(srv.api_url, token, data, subnet), **runner_env}
         runner = test_runners.RunnerProcess(name, env, srv.run_dir, srv.run_dir / f"runner-{name}.log")
         runner.start()
         srv.companions.append(runner.process)

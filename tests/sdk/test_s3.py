@@ -7,6 +7,7 @@ Every check on the bucket lists its objects with a client of our own."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -15,7 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,8 +58,9 @@ class S3Server:
         return sorted(meta["path"] for batch in obstore.list(self.store(), prefix=prefix) for meta in batch)
 
 
-@pytest.fixture(scope="module")
-def s3(request: pytest.FixtureRequest) -> Iterator[S3Server]:
+@contextlib.contextmanager
+def moto_s3(failed: Callable[[], bool]) -> Iterator[S3Server]:
+    """`moto_server` on a free loopback port with the deployment's bucket; stopped by its PID."""
     port = conftest._free_port()
     moto = Path(sys.executable).parent / "moto_server"
     log_dir = Path(tempfile.mkdtemp(prefix="daytona-moto-", dir=os.environ.get("DAYTONA_TEST_TMPDIR")))
@@ -83,13 +85,13 @@ def s3(request: pytest.FixtureRequest) -> Iterator[S3Server]:
         process.terminate()
         process.wait(timeout=30)
         log.close()
-        if not request.session.testsfailed:
+        if not failed():
             (log_dir / "moto.log").unlink()
             log_dir.rmdir()
 
 
-@pytest.fixture(scope="module")
-def topology(request: pytest.FixtureRequest, s3: S3Server) -> Iterator[Topology]:
+def s3_env(s3: S3Server) -> tuple[dict[str, str], dict[str, str]]:
+    """The API's `S3_*` and the runners' `AWS_*` for `s3`."""
     api_env = {
         "S3_ENDPOINT": s3.endpoint,
         "S3_REGION": REGION,
@@ -104,6 +106,18 @@ def topology(request: pytest.FixtureRequest, s3: S3Server) -> Iterator[Topology]
         "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
         "AWS_DEFAULT_BUCKET": BUCKET,
     }
+    return api_env, runner_env
+
+
+@pytest.fixture(scope="module")
+def s3(request: pytest.FixtureRequest) -> Iterator[S3Server]:
+    with moto_s3(lambda: bool(request.session.testsfailed)) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def topology(request: pytest.FixtureRequest, s3: S3Server) -> Iterator[Topology]:
+    api_env, runner_env = s3_env(s3)
     with start_topology(lambda: bool(request.session.testsfailed), api_env, runner_env) as started:
         yield started
 
