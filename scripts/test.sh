@@ -24,7 +24,7 @@ failures=()
 
 # --- system packages -------------------------------------------------------------------------------
 # package:command pairs; a package is installed only when its command is missing.
-needed=(debootstrap:debootstrap iproute2:ip iptables:iptables procps:ps e2fsprogs:mkfs.ext4 e2fsprogs:resize2fs openssh-client:ssh docker-registry:docker-registry skopeo:skopeo apache2-utils:htpasswd docker-compose:docker-compose shellcheck:shellcheck s3fs:s3fs)
+needed=(debootstrap:debootstrap redis-server:redis-server iproute2:ip iptables:iptables procps:ps e2fsprogs:mkfs.ext4 e2fsprogs:resize2fs openssh-client:ssh docker-registry:docker-registry skopeo:skopeo apache2-utils:htpasswd docker-compose:docker-compose shellcheck:shellcheck s3fs:s3fs)
 missing=()
 for pair in "${needed[@]}"; do
     command -v "${pair#*:}" >/dev/null 2>&1 || [[ -x /usr/sbin/${pair#*:} || -x /sbin/${pair#*:} ]] \

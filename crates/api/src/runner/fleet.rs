@@ -17,8 +17,11 @@ use daytona_runner::{
 };
 use serde::de::DeserializeOwned;
 
+use futures::StreamExt;
+
 use super::jobs::{JobHub, outcome};
 use super::score::{Usage, availability_score};
+use crate::cluster::{Cluster, channel};
 use crate::store::{RunnerReport, RunnerRow, Store};
 
 /// What placement and health tracking need from configuration.
@@ -50,6 +53,7 @@ pub struct Fleet {
     seen: Mutex<HashMap<String, Seen>>,
     /// Woken when a runner reports healthy (a pull waiting for any runner).
     joined: tokio::sync::Notify,
+    cluster: Arc<dyn Cluster>,
 }
 
 /// One runner's side of the job protocol: each call is a job, awaited until the runner reports.
@@ -109,6 +113,9 @@ fn job_time_limit(job_type: &str) -> Duration {
 /// How often taken jobs are checked against their time limit.
 const STALE_JOB_SWEEP: Duration = Duration::from_secs(60);
 
+/// How long the runner monitor's lease outlives its holder's last round.
+const MONITOR_LEASE: Duration = Duration::from_secs(5);
+
 /// Reason recorded on the sandboxes of a runner that stopped answering; the health check that
 /// brings the runner back finds them by it.
 fn unresponsive_marker(runner_id: &str) -> String {
@@ -116,14 +123,28 @@ fn unresponsive_marker(runner_id: &str) -> String {
 }
 
 impl Fleet {
-    pub fn new(store: Store, settings: FleetSettings) -> Arc<Fleet> {
-        Arc::new(Fleet {
+    /// Must be called inside a Tokio runtime: wake-ups from the other API processes of
+    /// `cluster` are relayed to this one's waiters.
+    pub fn new(store: Store, settings: FleetSettings, cluster: Arc<dyn Cluster>) -> Arc<Fleet> {
+        let mut joins = cluster.subscribe(channel::RUNNER_JOINED);
+        let fleet = Arc::new(Fleet {
             store,
-            hub: JobHub::default(),
+            hub: JobHub::new(cluster.clone()),
             settings,
             seen: Mutex::new(HashMap::new()),
             joined: tokio::sync::Notify::new(),
-        })
+            cluster,
+        });
+        let weak = Arc::downgrade(&fleet);
+        tokio::spawn(async move {
+            while joins.next().await.is_some() {
+                match weak.upgrade() {
+                    Some(fleet) => fleet.joined.notify_waiters(),
+                    None => return,
+                }
+            }
+        });
+        fleet
     }
 
     pub fn hub(&self) -> &JobHub {
@@ -480,7 +501,8 @@ impl Fleet {
         if runner.state != "ready" {
             tracing::info!(runner = %runner.id, name = %runner.name, score, "runner is ready");
         }
-        self.joined.notify_waiters();
+        self.cluster
+            .publish(channel::RUNNER_JOINED, runner.id.clone());
         Ok(())
     }
 
@@ -493,6 +515,10 @@ impl Fleet {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let Some(fleet) = fleet.upgrade() else { return };
+                // One API process at a time watches the runners.
+                if !fleet.cluster.lead("runner-monitor", MONITOR_LEASE).await {
+                    continue;
+                }
                 if let Err(e) = fleet.check_runners().await {
                     tracing::warn!(error = %e, "cannot check runner health");
                 }
