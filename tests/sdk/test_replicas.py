@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, DaytonaError
+from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, DaytonaError, ListSandboxesQuery
 
 import conftest
 from support import http
@@ -49,6 +49,10 @@ FAILED_AUTH_TTL_S = 60
 # What the replicas' recovery waits for (sandbox/service.rs ORPHAN_AGE, the Redis lock's expiry in
 # cluster/redis.rs, and the 5 s recovery round), plus a margin for the shared test machine.
 TAKEOVER_BOUND_S = 20 + 15 + 5 + 30
+# The workers that run under a lease (crates/api: lifecycle, telemetry, warm_pool/worker, runner
+# fleet monitor, orphan recovery) and how long each lease outlives its holder's last round.
+LEASES = {"lifecycle": 90, "metrics": 6, "warm-pools": 3, "runner-monitor": 5, "orphan-recovery": 15}
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class Balancer:
@@ -154,8 +158,14 @@ class Cluster:
         url = self.api_url if replica is None else self.replicas[replica].api_url
         return Daytona(DaytonaConfig(api_key=api_key or self.api_key, api_url=url))
 
+    def log(self, replica: int) -> str:
+        return ANSI.sub("", self.replicas[replica].log_path.read_text(errors="replace"))
+
     def logs(self) -> str:
-        return "".join(r.log_path.read_text(errors="replace") for r in self.replicas)
+        return "".join(self.log(i) for i in range(len(self.replicas)))
+
+    def leases_taken(self, replica: int) -> list[str]:
+        return re.findall(r'lease taken.*lease="?([\w-]+)', self.log(replica))
 
 
 @pytest.fixture(scope="module")
@@ -198,6 +208,7 @@ def cluster(request: pytest.FixtureRequest):
         runner.start()
         stack.callback(lambda: subprocess.run(["ip", "link", "del", runner.env["DAYTONA_BRIDGE_NAME"]], capture_output=True))
         stack.callback(lambda: runner.process.poll() is None and runner.kill(signal.SIGTERM))
+        stack.callback(lambda: runner.process.send_signal(signal.SIGCONT))  # a test may leave it paused
         _wait_runner(runner)
 
         proxy = launch(replicas[0], "proxy", {"DAYTONA_ROLES": "proxy", "DAYTONA_API_URL": api_url, "PROXY_PORT": str(proxy_port)})
@@ -225,6 +236,15 @@ def _wait_for(predicate, timeout: float, what: str):
             pytest.fail(f"timed out waiting for {what}", pytrace=False)
         time.sleep(0.5)
     return value
+
+
+def test_each_background_worker_runs_on_one_replica(cluster: Cluster):
+    def all_taken():
+        taken = cluster.leases_taken(0) + cluster.leases_taken(1)
+        return taken if set(LEASES) <= set(taken) else None
+
+    taken = _wait_for(all_taken, 60, "every worker's lease to be taken")
+    assert sorted(taken) == sorted(LEASES), f"a lease was taken twice: {taken}"
 
 
 def test_sandbox_lifecycle_across_replicas(cluster: Cluster):
@@ -282,15 +302,14 @@ def test_concurrent_creates_on_both_replicas_respect_the_quota_exactly(cluster: 
         assert len(created) == CPU_QUOTA, [str(r) for r in refused]
         for e in refused:
             assert getattr(e, "status_code", None) == 403 and "CPU" in str(e), str(e)
-        listed = cluster.client().list(labels={"quota-race": label})
-        assert len(listed.items if hasattr(listed, "items") else listed) == CPU_QUOTA
+        assert len(list(cluster.client().list(ListSandboxesQuery(labels={"quota-race": label})))) == CPU_QUOTA
     finally:
         for sandbox in created:
             clients[0].delete(sandbox, timeout=120)
 
 
 def test_a_revoked_key_fails_on_both_replicas(cluster: Cluster):
-    made = http("POST", f"{cluster.replicas[0].api_url}/api-keys", cluster.api_key, {"name": secrets.token_hex(4), "permissions": ["read:sandboxes"]})
+    made = http("POST", f"{cluster.replicas[0].api_url}/api-keys", cluster.api_key, {"name": secrets.token_hex(4), "permissions": ["write:sandboxes"]})
     assert made.status in (200, 201), made.body
     key = made.json()["value"]
     for replica in cluster.replicas:
@@ -325,17 +344,19 @@ def test_a_replica_killed_mid_create_loses_and_duplicates_nothing(cluster: Clust
         except Exception as e:  # noqa: BLE001 - the replica dies under it
             outcome.append(e)
 
+    # The runner is paused, so the create is certainly still waiting for it when its replica dies.
+    cluster.runner.process.send_signal(signal.SIGSTOP)
     thread = threading.Thread(target=create)
     thread.start()
 
     def accepted():
-        listed = survivor.list(labels={"killed": label})
-        items = listed.items if hasattr(listed, "items") else listed
-        return items[0] if items else None
+        return next(iter(survivor.list(ListSandboxesQuery(labels={"killed": label}))), None)
 
     row = _wait_for(accepted, 60, "the create to be stored")
     assert thread.is_alive(), f"the create answered before the kill: {outcome}"
+    held = set(cluster.leases_taken(0))
     victim.kill()  # SIGKILL while the create is in flight on it
+    cluster.runner.process.send_signal(signal.SIGCONT)
     thread.join(timeout=120)
     assert outcome and isinstance(outcome[0], Exception), f"the create answered before the kill: {outcome}"
 
@@ -344,12 +365,14 @@ def test_a_replica_killed_mid_create_loses_and_duplicates_nothing(cluster: Clust
     _wait_for(lambda: client.get(row.id).state == "started", TAKEOVER_BOUND_S, "the survivor to finish the create")
     sandbox = client.get(row.id)
     assert sandbox.process.exec("echo survived").result.strip() == "survived"
-    listed = client.list(labels={"killed": label})
-    assert len(listed.items if hasattr(listed, "items") else listed) == 1
+    assert len(list(client.list(ListSandboxesQuery(labels={"killed": label})))) == 1
     client.delete(sandbox, timeout=120)
+    # The workers the victim ran moved to the survivor (the lifecycle one only after its 90 s).
+    moving = held - {"lifecycle"}
+    _wait_for(lambda: moving <= set(cluster.leases_taken(1)), max(LEASES.values()) + 30, f"leases {moving} to move")
 
     victim.start()  # rejoins; its startup reconcile leaves the survivor's work alone
-    assert cluster.client(0).list(labels={"killed": label}) is not None
+    assert not list(cluster.client(0).list(ListSandboxesQuery(labels={"killed": label})))
 
 
 def test_rate_limits_are_counted_across_replicas(cluster: Cluster):

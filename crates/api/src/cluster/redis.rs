@@ -2,7 +2,8 @@
 //! holder keeps extending (so a dead holder's lock lapses) and that only the holder's token may
 //! extend or delete; messages travel by Redis pub/sub.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -47,6 +48,8 @@ pub struct RedisCluster {
     conn: ConnectionManager,
     /// This process's name in leases.
     me: String,
+    /// The leases this process held at its last look (to log when one moves).
+    leading: Mutex<HashSet<String>>,
     local: LocalBroadcast,
     outbox: mpsc::UnboundedSender<(&'static str, String)>,
 }
@@ -75,6 +78,7 @@ impl RedisCluster {
         Ok(Arc::new(RedisCluster {
             conn,
             me: uuid::Uuid::new_v4().to_string(),
+            leading: Mutex::default(),
             local,
             outbox,
         }))
@@ -242,13 +246,26 @@ impl Cluster for RedisCluster {
             .arg(millis(ttl))
             .invoke_async(&mut conn)
             .await;
-        match held {
+        let held = match held {
             Ok(held) => held == 1,
             Err(e) => {
                 tracing::warn!(lease = name, error = %e, "cannot reach Redis for a lease; skipping this round");
                 false
             }
+        };
+        let mut leading = self.leading.lock().expect("lease set poisoned");
+        if held && leading.insert(name.to_owned()) {
+            tracing::info!(
+                lease = name,
+                "lease taken: this API process runs the worker"
+            );
+        } else if !held && leading.remove(name) {
+            tracing::info!(
+                lease = name,
+                "lease lost: another API process runs the worker"
+            );
         }
+        held
     }
 
     fn publish(&self, channel: &'static str, message: String) {
