@@ -29,6 +29,8 @@ pub mod channel {
     pub const JOB_FINISHED: &str = "job-finished";
     /// A runner reported healthy (its id).
     pub const RUNNER_JOINED: &str = "runner-joined";
+    /// A sandbox's daemon moved or went away: `<publishing process> <sandbox id>`.
+    pub const SANDBOX_MOVED: &str = "sandbox-moved";
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -90,11 +90,12 @@ impl RedisCluster {
     }
 }
 
-const CHANNELS: [&str; 4] = [
+const CHANNELS: [&str; 5] = [
     channel::EVENTS,
     channel::RUNNER_JOBS,
     channel::JOB_FINISHED,
     channel::RUNNER_JOINED,
+    channel::SANDBOX_MOVED,
 ];
 
 async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {

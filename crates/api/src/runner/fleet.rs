@@ -54,6 +54,8 @@ pub struct Fleet {
     /// Woken when a runner reports healthy (a pull waiting for any runner).
     joined: tokio::sync::Notify,
     cluster: Arc<dyn Cluster>,
+    /// This process's name in [`channel::SANDBOX_MOVED`] messages.
+    instance: String,
 }
 
 /// One runner's side of the job protocol: each call is a job, awaited until the runner reports.
@@ -127,6 +129,7 @@ impl Fleet {
     /// `cluster` are relayed to this one's waiters.
     pub fn new(store: Store, settings: FleetSettings, cluster: Arc<dyn Cluster>) -> Arc<Fleet> {
         let mut joins = cluster.subscribe(channel::RUNNER_JOINED);
+        let mut moves = cluster.subscribe(channel::SANDBOX_MOVED);
         let fleet = Arc::new(Fleet {
             store,
             hub: JobHub::new(cluster.clone()),
@@ -134,6 +137,7 @@ impl Fleet {
             seen: Mutex::new(HashMap::new()),
             joined: tokio::sync::Notify::new(),
             cluster,
+            instance: uuid::Uuid::new_v4().to_string(),
         });
         let weak = Arc::downgrade(&fleet);
         tokio::spawn(async move {
@@ -141,6 +145,18 @@ impl Fleet {
                 match weak.upgrade() {
                     Some(fleet) => fleet.joined.notify_waiters(),
                     None => return,
+                }
+            }
+        });
+        // What another API process started, stopped or destroyed is looked up afresh here.
+        let weak = Arc::downgrade(&fleet);
+        tokio::spawn(async move {
+            while let Some(message) = moves.next().await {
+                let Some(fleet) = weak.upgrade() else { return };
+                if let Some((from, id)) = message.split_once(' ')
+                    && from != fleet.instance
+                {
+                    fleet.seen.lock().expect("seen map").remove(id);
                 }
             }
         });
@@ -416,7 +432,14 @@ impl Fleet {
         }
     }
 
+    /// Records where the daemon of a sandbox this process just changed is; the other API
+    /// processes drop what they had cached.
     fn remember(&self, sandbox_id: &str, daemon: Option<SocketAddr>) {
+        self.cache(sandbox_id, daemon);
+        self.moved(sandbox_id);
+    }
+
+    fn cache(&self, sandbox_id: &str, daemon: Option<SocketAddr>) {
         self.seen
             .lock()
             .expect("seen map")
@@ -427,6 +450,14 @@ impl Fleet {
 
     fn forget(&self, sandbox_id: &str) {
         self.seen.lock().expect("seen map").remove(sandbox_id);
+        self.moved(sandbox_id);
+    }
+
+    fn moved(&self, sandbox_id: &str) {
+        self.cluster.publish(
+            channel::SANDBOX_MOVED,
+            format!("{} {sandbox_id}", self.instance),
+        );
     }
 
     /// Takes a runner's health check: records it as ready with its metrics and score, and
@@ -679,7 +710,7 @@ impl SandboxRunner for Fleet {
         let runner = self.runner_of(id).await?;
         let addr: Option<SocketAddr> = runner.run(Job::DaemonAddress { id: id.into() }).await?;
         if addr.is_some() {
-            self.remember(id, addr);
+            self.cache(id, addr);
         }
         Ok(addr)
     }
