@@ -66,6 +66,7 @@ POSTGRES_MODULES = {
     "test_organizations",
     "test_preview",
     "test_quotas",
+    "test_replicas",
     "test_restart",
     "test_secrets",
     "test_roles",

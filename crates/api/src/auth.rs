@@ -196,11 +196,12 @@ pub async fn authenticate_limited(
         Ok(ctx) => {
             state
                 .rate_limits
-                .check(Kind::Authenticated, &ctx.organization_id)?;
+                .check(Kind::Authenticated, &ctx.organization_id)
+                .await?;
             Ok(ctx)
         }
         Err(e @ ApiError::Unauthorized(_)) => {
-            state.rate_limits.check(Kind::FailedAuth, client)?;
+            state.rate_limits.check(Kind::FailedAuth, client).await?;
             Err(e)
         }
         Err(e) => Err(e),
@@ -217,7 +218,7 @@ impl FromRequestParts<AppState> for AuthContext {
         use crate::rate_limit::Kind;
         let client = client_address(&parts.extensions);
         let Some(token) = bearer(&parts.headers) else {
-            state.rate_limits.check(Kind::Anonymous, &client)?;
+            state.rate_limits.check(Kind::Anonymous, &client).await?;
             return Err(ApiError::Unauthorized(
                 "Missing credentials: send 'Authorization: Bearer <API key or token>'".into(),
             ));

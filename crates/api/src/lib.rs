@@ -12,6 +12,7 @@ use utoipa_swagger_ui::SwaggerUi;
 pub mod api_keys;
 pub mod audit;
 pub mod auth;
+pub mod cluster;
 pub mod configuration;
 pub mod error;
 pub mod events;

@@ -1243,6 +1243,7 @@ async fn runner_flags_and_stale_jobs_alike() {
                 default_region: "us".into(),
                 runner_wait: Duration::from_secs(1),
             },
+            std::sync::Arc::new(daytona_api::cluster::InProcessCluster::default()),
         );
         let at = |minutes: i64| chrono::Utc::now() + chrono::Duration::minutes(minutes);
         assert_eq!(

@@ -10,9 +10,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use daytona_api::cluster::{Cluster, InProcessCluster, RedisCluster};
+use daytona_api::events::ClusterEventBus;
 use daytona_api::internal::ServiceKeys;
 use daytona_api::object_storage::PushAccess;
-use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy};
+use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy, RateLimiter, RedisLimiter};
 use daytona_api::runner::{Fleet, FleetSettings};
 use daytona_api::sandbox::access::{AccessService, AccessSettings};
 use daytona_api::secret::SecretService;
@@ -234,6 +236,24 @@ impl ControlPlane {
             .await?
             .context("admin organization missing after setup")?;
 
+        // With Redis, the locks, leases, events and rate limits of every API replica are shared.
+        let redis = match &config.redis {
+            Some(redis) => Some(
+                RedisCluster::connect(&redis.host, redis.port)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot connect to Redis at {}:{} (REDIS_HOST, REDIS_PORT)",
+                            redis.host, redis.port
+                        )
+                    })?,
+            ),
+            None => None,
+        };
+        let cluster: Arc<dyn Cluster> = match &redis {
+            Some(redis) => redis.clone(),
+            None => Arc::new(InProcessCluster::default()),
+        };
         let storage = object_storage(config, &data_dir)?;
         tracing::info!(?storage, "object storage");
         // The in-process runner, or (without the runner role) the registered remote runners.
@@ -242,7 +262,7 @@ impl ControlPlane {
                 let (runner, runtime, egress) = start_runner(config, storage.clone())?;
                 (runner, Some(runtime), Some(egress), None)
             } else {
-                let fleet = remote_fleet(config, &store).await?;
+                let fleet = remote_fleet(config, &store, cluster.clone()).await?;
                 (fleet.clone(), None, None, Some(fleet))
             };
         let push_access = Arc::new(push_access(config, storage));
@@ -266,12 +286,12 @@ impl ControlPlane {
         snapshots
             .ensure_default(&admin_org, &config.api.default_snapshot)
             .await?;
-        let sandboxes = Arc::new(SandboxService::new(
-            store.clone(),
-            runner,
-            snapshots.clone(),
-            settings,
-        ));
+        let mut sandboxes = SandboxService::new(store.clone(), runner, snapshots.clone(), settings)
+            .with_cluster(cluster.clone());
+        if redis.is_some() {
+            sandboxes = sandboxes.with_event_bus(Arc::new(ClusterEventBus::new(cluster.clone())));
+        }
+        let sandboxes = Arc::new(sandboxes);
         snapshots
             .reconcile()
             .await
@@ -303,10 +323,22 @@ impl ControlPlane {
             if let Some(fleet) = &fleet {
                 fleet.spawn_monitor();
             }
+            // Replicas on Redis take over the operations a dead replica left half-done.
+            if redis.is_some() {
+                daytona_api::sandbox::lifecycle::spawn_recovery(
+                    sandboxes.clone(),
+                    std::time::Duration::from_secs(5),
+                );
+            }
         }
         let rate_limits = Arc::new(RateLimitPolicy::new(
             config.rate_limits.clone(),
-            Box::new(InProcessLimiter::default()),
+            match &redis {
+                Some(redis) => {
+                    Box::new(RedisLimiter::new(redis.connection())) as Box<dyn RateLimiter>
+                }
+                None => Box::new(InProcessLimiter::default()),
+            },
         ));
         let access = AccessService::new(AccessSettings {
             preview_url_template: config.proxy.template_url.clone(),
@@ -422,7 +454,11 @@ pub(crate) fn start_runner(
 
 /// The remote runners this API places sandboxes on; the default runner (`DEFAULT_RUNNER_API_KEY`)
 /// is registered (`ControlPlane::start` watches for runners that go silent).
-async fn remote_fleet(config: &Config, store: &Store) -> anyhow::Result<Arc<Fleet>> {
+async fn remote_fleet(
+    config: &Config,
+    store: &Store,
+    cluster: Arc<dyn Cluster>,
+) -> anyhow::Result<Arc<Fleet>> {
     let fleet = Fleet::new(
         store.clone(),
         FleetSettings {
@@ -435,6 +471,7 @@ async fn remote_fleet(config: &Config, store: &Store) -> anyhow::Result<Arc<Flee
             default_region: config.region.id.clone(),
             runner_wait: RUNNER_WAIT,
         },
+        cluster,
     );
     fleet
         .ensure_default_runner(config.default_runner.api_key.expose())

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
+use crate::cluster::{Cluster, channel};
 use crate::sandbox::dto::Sandbox;
 use crate::volume::VolumeDto;
 
@@ -164,6 +165,39 @@ pub trait EventBus: Send + Sync + 'static {
     /// Every event published from now on, in publish order. A subscriber that falls too far
     /// behind skips events (and logs it) instead of slowing publishers down.
     fn subscribe(&self) -> EventStream;
+}
+
+/// A bus shared by every API process of a deployment: events travel as JSON on the cluster's
+/// event channel (Redis pub/sub), so a change stored by one process reaches the clients
+/// connected to another.
+pub struct ClusterEventBus {
+    cluster: Arc<dyn Cluster>,
+}
+
+impl ClusterEventBus {
+    pub fn new(cluster: Arc<dyn Cluster>) -> Self {
+        ClusterEventBus { cluster }
+    }
+}
+
+impl EventBus for ClusterEventBus {
+    fn publish(&self, event: Event) {
+        tracing::debug!(event = event.kind.name(), org = %event.organization_id, "publishing event");
+        let json = serde_json::to_string(&event).expect("event serializes");
+        self.cluster.publish(channel::EVENTS, json);
+    }
+
+    fn subscribe(&self) -> EventStream {
+        self.cluster
+            .subscribe(channel::EVENTS)
+            .filter_map(|json| async move {
+                serde_json::from_str::<Event>(&json)
+                    .inspect_err(|e| tracing::warn!(error = %e, "unreadable event skipped"))
+                    .ok()
+                    .map(Arc::new)
+            })
+            .boxed()
+    }
 }
 
 /// How many events a slow subscriber may lag behind before it skips some.

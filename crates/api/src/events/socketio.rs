@@ -79,6 +79,7 @@ async fn authenticate(
         state
             .rate_limits
             .check(Kind::Anonymous, &client)
+            .await
             .map_err(refused)?;
         return Err(ConnectError::MissingToken);
     };

@@ -17,8 +17,11 @@ use daytona_runner::{
 };
 use serde::de::DeserializeOwned;
 
+use futures::StreamExt;
+
 use super::jobs::{JobHub, outcome};
 use super::score::{Usage, availability_score};
+use crate::cluster::{Cluster, channel};
 use crate::store::{RunnerReport, RunnerRow, Store};
 
 /// What placement and health tracking need from configuration.
@@ -50,6 +53,9 @@ pub struct Fleet {
     seen: Mutex<HashMap<String, Seen>>,
     /// Woken when a runner reports healthy (a pull waiting for any runner).
     joined: tokio::sync::Notify,
+    cluster: Arc<dyn Cluster>,
+    /// This process's name in [`channel::SANDBOX_MOVED`] messages.
+    instance: String,
 }
 
 /// One runner's side of the job protocol: each call is a job, awaited until the runner reports.
@@ -109,6 +115,9 @@ fn job_time_limit(job_type: &str) -> Duration {
 /// How often taken jobs are checked against their time limit.
 const STALE_JOB_SWEEP: Duration = Duration::from_secs(60);
 
+/// How long the runner monitor's lease outlives its holder's last round.
+const MONITOR_LEASE: Duration = Duration::from_secs(5);
+
 /// Reason recorded on the sandboxes of a runner that stopped answering; the health check that
 /// brings the runner back finds them by it.
 fn unresponsive_marker(runner_id: &str) -> String {
@@ -116,14 +125,42 @@ fn unresponsive_marker(runner_id: &str) -> String {
 }
 
 impl Fleet {
-    pub fn new(store: Store, settings: FleetSettings) -> Arc<Fleet> {
-        Arc::new(Fleet {
+    /// Must be called inside a Tokio runtime: wake-ups from the other API processes of
+    /// `cluster` are relayed to this one's waiters.
+    pub fn new(store: Store, settings: FleetSettings, cluster: Arc<dyn Cluster>) -> Arc<Fleet> {
+        let mut joins = cluster.subscribe(channel::RUNNER_JOINED);
+        let mut moves = cluster.subscribe(channel::SANDBOX_MOVED);
+        let fleet = Arc::new(Fleet {
             store,
-            hub: JobHub::default(),
+            hub: JobHub::new(cluster.clone()),
             settings,
             seen: Mutex::new(HashMap::new()),
             joined: tokio::sync::Notify::new(),
-        })
+            cluster,
+            instance: uuid::Uuid::new_v4().to_string(),
+        });
+        let weak = Arc::downgrade(&fleet);
+        tokio::spawn(async move {
+            while joins.next().await.is_some() {
+                match weak.upgrade() {
+                    Some(fleet) => fleet.joined.notify_waiters(),
+                    None => return,
+                }
+            }
+        });
+        // What another API process started, stopped or destroyed is looked up afresh here.
+        let weak = Arc::downgrade(&fleet);
+        tokio::spawn(async move {
+            while let Some(message) = moves.next().await {
+                let Some(fleet) = weak.upgrade() else { return };
+                if let Some((from, id)) = message.split_once(' ')
+                    && from != fleet.instance
+                {
+                    fleet.seen.lock().expect("seen map").remove(id);
+                }
+            }
+        });
+        fleet
     }
 
     pub fn hub(&self) -> &JobHub {
@@ -395,7 +432,14 @@ impl Fleet {
         }
     }
 
+    /// Records where the daemon of a sandbox this process just changed is; the other API
+    /// processes drop what they had cached.
     fn remember(&self, sandbox_id: &str, daemon: Option<SocketAddr>) {
+        self.cache(sandbox_id, daemon);
+        self.moved(sandbox_id);
+    }
+
+    fn cache(&self, sandbox_id: &str, daemon: Option<SocketAddr>) {
         self.seen
             .lock()
             .expect("seen map")
@@ -406,6 +450,14 @@ impl Fleet {
 
     fn forget(&self, sandbox_id: &str) {
         self.seen.lock().expect("seen map").remove(sandbox_id);
+        self.moved(sandbox_id);
+    }
+
+    fn moved(&self, sandbox_id: &str) {
+        self.cluster.publish(
+            channel::SANDBOX_MOVED,
+            format!("{} {sandbox_id}", self.instance),
+        );
     }
 
     /// Takes a runner's health check: records it as ready with its metrics and score, and
@@ -480,7 +532,8 @@ impl Fleet {
         if runner.state != "ready" {
             tracing::info!(runner = %runner.id, name = %runner.name, score, "runner is ready");
         }
-        self.joined.notify_waiters();
+        self.cluster
+            .publish(channel::RUNNER_JOINED, runner.id.clone());
         Ok(())
     }
 
@@ -493,6 +546,10 @@ impl Fleet {
             loop {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let Some(fleet) = fleet.upgrade() else { return };
+                // One API process at a time watches the runners.
+                if !fleet.cluster.lead("runner-monitor", MONITOR_LEASE).await {
+                    continue;
+                }
                 if let Err(e) = fleet.check_runners().await {
                     tracing::warn!(error = %e, "cannot check runner health");
                 }
@@ -653,7 +710,7 @@ impl SandboxRunner for Fleet {
         let runner = self.runner_of(id).await?;
         let addr: Option<SocketAddr> = runner.run(Job::DaemonAddress { id: id.into() }).await?;
         if addr.is_some() {
-            self.remember(id, addr);
+            self.cache(id, addr);
         }
         Ok(addr)
     }

@@ -1,7 +1,7 @@
-//! Jobs in the store, and the in-process wake-ups around them: a runner's poll wakes when a job
-//! for it is created, a caller waiting for a job wakes when its outcome arrives. Both also
-//! re-read the store every second, so jobs created or finished by another API process (or
-//! before a restart) are seen too.
+//! Jobs in the store, and the wake-ups around them: a runner's poll wakes when a job for it is
+//! created, a caller waiting for a job wakes when its outcome arrives, on whichever API process
+//! that happened (the wake-ups travel through the [`Cluster`]). Both also re-read the store
+//! every second, so a lost wake-up (or a job from before a restart) only delays them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -11,23 +11,25 @@ use daytona_runner::RunnerError;
 use daytona_runner::jobs::{Job, status};
 use serde::de::DeserializeOwned;
 
+use futures::StreamExt;
+
+use crate::cluster::{Cluster, channel};
 use crate::store::{JobRow, Store, now};
 
 /// How often waiters re-read the store when no wake-up came.
 const RECHECK: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
+type Waiters = Arc<Mutex<HashMap<String, Arc<tokio::sync::Notify>>>>;
+
 pub struct JobHub {
+    cluster: Arc<dyn Cluster>,
     /// Per runner: woken when a job for it is created.
-    runners: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    runners: Waiters,
     /// Per job being waited for: woken when its outcome is recorded.
-    jobs: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    jobs: Waiters,
 }
 
-fn notify_of(
-    map: &Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
-    key: &str,
-) -> Arc<tokio::sync::Notify> {
+fn notify_of(map: &Waiters, key: &str) -> Arc<tokio::sync::Notify> {
     map.lock()
         .expect("notify map")
         .entry(key.to_owned())
@@ -35,7 +37,43 @@ fn notify_of(
         .clone()
 }
 
+/// Wakes this process's waiters for each key published on `channel`.
+fn relay(cluster: &Arc<dyn Cluster>, channel: &'static str, waiters: Waiters, create: bool) {
+    let mut keys = cluster.subscribe(channel);
+    tokio::spawn(async move {
+        while let Some(key) = keys.next().await {
+            // A runner's poll registers its waiter once per round, so one that is between
+            // rounds still finds the key; a job nobody here waits for needs no waiter.
+            let waiter = if create {
+                Some(notify_of(&waiters, &key))
+            } else {
+                waiters.lock().expect("notify map").get(&key).cloned()
+            };
+            if let Some(waiter) = waiter {
+                waiter.notify_waiters();
+            }
+        }
+    });
+}
+
 impl JobHub {
+    /// Must be called inside a Tokio runtime: relays the cluster's wake-ups.
+    pub fn new(cluster: Arc<dyn Cluster>) -> Self {
+        let hub = JobHub {
+            cluster,
+            runners: Waiters::default(),
+            jobs: Waiters::default(),
+        };
+        relay(
+            &hub.cluster,
+            channel::RUNNER_JOBS,
+            hub.runners.clone(),
+            true,
+        );
+        relay(&hub.cluster, channel::JOB_FINISHED, hub.jobs.clone(), false);
+        hub
+    }
+
     /// Stores `job` for `runner_id` and wakes the runner's poll.
     pub async fn submit(
         &self,
@@ -61,7 +99,8 @@ impl JobHub {
         };
         store.insert_job(&row).await?;
         tracing::debug!(job = %row.id, runner = runner_id, job_type = %row.job_type, "job created");
-        notify_of(&self.runners, runner_id).notify_waiters();
+        self.cluster
+            .publish(channel::RUNNER_JOBS, runner_id.to_owned());
         Ok(row.id)
     }
 
@@ -111,9 +150,8 @@ impl JobHub {
         let finished = store
             .finish_job(job_id, runner_id, state, result, error_message)
             .await?;
-        if let Some(waiter) = self.jobs.lock().expect("notify map").get(job_id) {
-            waiter.notify_waiters();
-        }
+        self.cluster
+            .publish(channel::JOB_FINISHED, job_id.to_owned());
         Ok(finished)
     }
 

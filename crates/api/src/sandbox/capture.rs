@@ -125,7 +125,7 @@ impl SandboxService {
             ..source.clone()
         };
         {
-            let _quota_guard = self.quota_lock.lock().await;
+            let _quota_guard = self.lock_quota(&source.organization_id).await?;
             let quotas = self
                 .store
                 .organization_quotas(&source.organization_id)
@@ -162,8 +162,10 @@ impl SandboxService {
         let source_id = source.id.clone();
         self.run_transition(&id, async move {
             // The fork's lock is held; the source's is taken second (never the other way).
-            let source_lock = this.lock_for(&source_id);
-            let _source_guard = source_lock.lock().await;
+            let _source_guard = match this.lock_sandbox(&source_id).await {
+                Ok(guard) => guard,
+                Err(e) => return this.fail(&source_id, "fork", e).await,
+            };
             let before = this.store.sandbox_record(&source_id).await?;
             let result = this.runner.fork_sandbox(&source_id, &request).await;
             let reason = result.as_ref().err().map(|e| format!("fork failed: {e}"));

@@ -3,6 +3,7 @@
 //!
 //! Auto-pause waits for pause support in the worker.
 
+use crate::cluster::lease_for;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -69,6 +70,10 @@ pub fn spawn(service: Arc<SandboxService>, period: Duration) -> tokio::task::Joi
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // One API process at a time, so a sandbox is stopped or deleted once.
+            if !service.cluster().lead("lifecycle", lease_for(period)).await {
+                continue;
+            }
             let rows = match service.store().live_sandboxes().await {
                 Ok(rows) => rows,
                 Err(e) => {
@@ -97,6 +102,32 @@ pub fn spawn(service: Arc<SandboxService>, period: Duration) -> tokio::task::Joi
                 if let Err(e) = result {
                     tracing::warn!(sandbox = %id, error = %e, "lifecycle action failed");
                 }
+            }
+        }
+    })
+}
+
+/// Takes over, every `period`, the operations that API processes which died left half-done
+/// (see [`SandboxService::recover_orphans`]); one process at a time. Only needed where several
+/// API processes share a database: a single one reconciles at startup.
+pub fn spawn_recovery(
+    service: Arc<SandboxService>,
+    period: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if !service
+                .cluster()
+                .lead("orphan-recovery", lease_for(period))
+                .await
+            {
+                continue;
+            }
+            if let Err(e) = service.recover_orphans().await {
+                tracing::warn!(error = %e, "could not take over abandoned operations");
             }
         }
     })

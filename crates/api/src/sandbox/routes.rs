@@ -50,7 +50,8 @@ async fn create(
     ctx.require("write:sandboxes")?;
     state
         .rate_limits
-        .check(Kind::SandboxCreate, &ctx.organization_id)?;
+        .check(Kind::SandboxCreate, &ctx.organization_id)
+        .await?;
     Ok(Json(state.sandboxes.create(&ctx, body).await?))
 }
 
@@ -88,7 +89,8 @@ async fn start(
     ctx.require("write:sandboxes")?;
     state
         .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)
+        .await?;
     Ok(Json(state.sandboxes.start(&ctx, &id).await?))
 }
 
@@ -101,7 +103,8 @@ async fn stop(
     ctx.require("write:sandboxes")?;
     state
         .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)
+        .await?;
     Ok(Json(state.sandboxes.stop(&ctx, &id).await?))
 }
 
@@ -114,7 +117,8 @@ async fn pause(
     ctx.require("write:sandboxes")?;
     state
         .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)
+        .await?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     Ok(Json(state.sandboxes.pause_sandbox(row).await?))
 }
@@ -198,7 +202,8 @@ async fn fork(
     ctx.require("write:sandboxes")?;
     state
         .rate_limits
-        .check(Kind::SandboxCreate, &ctx.organization_id)?;
+        .check(Kind::SandboxCreate, &ctx.organization_id)
+        .await?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     Ok(Json(state.sandboxes.fork_sandbox(row, body.name).await?))
 }
@@ -213,7 +218,8 @@ async fn archive(
     ctx.require("write:sandboxes")?;
     state
         .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)
+        .await?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     Ok(Json(state.sandboxes.archive_sandbox(row).await?))
 }
@@ -248,7 +254,8 @@ async fn recover(
     ctx.require("write:sandboxes")?;
     state
         .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)
+        .await?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     if row.state != "error" {
         return Err(ApiError::BadRequest(format!(
@@ -268,7 +275,8 @@ async fn delete(
     ctx.require("delete:sandboxes")?;
     state
         .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)?;
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)
+        .await?;
     Ok(Json(state.sandboxes.delete(&ctx, &id).await?))
 }
 

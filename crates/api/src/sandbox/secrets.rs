@@ -28,9 +28,8 @@ impl SandboxService {
         let json = serde_json::to_string(&mounts).expect("secret mounts serialize");
         // Under the sandbox's lock, so a start in progress pushes either the old set before or
         // the new one after this.
-        let lock = self.lock_for(&row.id);
         {
-            let _guard = lock.lock().await;
+            let _guard = self.lock_sandbox(&row.id).await?;
             self.store.set_sandbox_secrets(&row.id, &json).await?;
             if row.state == "started" {
                 self.push_secret_env(&row.id).await;

@@ -6,15 +6,16 @@
 //! task (up to [`WAIT_FOR_RUNNER`]) so the SDK usually receives the final state in the same
 //! response instead of polling. Operations on one sandbox are serialized by a per-sandbox lock.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use daytona_runner::{SandboxRequest, SandboxRunner};
 
 use super::dto::{CreateSandbox, Sandbox};
 use crate::auth::AuthContext;
+use crate::cluster::{Cluster, ClusterError, InProcessCluster, LockGuard};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{Event, EventBus, InProcessEventBus};
 use crate::quota;
@@ -25,6 +26,26 @@ use crate::volume::{self, VolumeService};
 
 /// How long a request waits for the runner before answering with the transitional state.
 const WAIT_FOR_RUNNER: Duration = Duration::from_secs(50);
+
+/// States a sandbox is in only while an operation on it runs.
+const TRANSITIONAL: &[&str] = &[
+    "pending_build",
+    "creating",
+    "starting",
+    "stopping",
+    "destroying",
+    "archiving",
+    "restoring",
+    "resuming",
+    "pausing",
+    "resizing",
+    "forking",
+    "snapshotting",
+];
+
+/// How long a transitional state must have been left untouched, with its sandbox's lock free,
+/// before another API process takes the operation over.
+pub const ORPHAN_AGE: Duration = Duration::from_secs(20);
 
 /// Upstream's defaults for a sandbox created without explicit values.
 const DEFAULT_CPU: u32 = 1;
@@ -71,8 +92,8 @@ pub struct SandboxService {
     pub(super) runner: Arc<dyn SandboxRunner>,
     pub(super) snapshots: Arc<SnapshotService>,
     pub(super) settings: SandboxSettings,
-    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    pub(super) quota_lock: tokio::sync::Mutex<()>,
+    /// Per-sandbox and quota locks, shared with the other API processes of the deployment.
+    cluster: Arc<dyn Cluster>,
     pub(super) events: Arc<dyn EventBus>,
     volumes: Arc<VolumeService>,
 }
@@ -104,20 +125,28 @@ impl SandboxService {
         settings: SandboxSettings,
     ) -> Self {
         let events: Arc<dyn EventBus> = Arc::new(InProcessEventBus::default());
+        let cluster: Arc<dyn Cluster> = Arc::new(InProcessCluster::default());
         SandboxService {
             volumes: Arc::new(VolumeService::new(
                 store.clone(),
                 runner.clone(),
                 events.clone(),
+                cluster.clone(),
             )),
             store,
             runner,
             snapshots,
             settings,
-            locks: Mutex::new(HashMap::new()),
-            quota_lock: tokio::sync::Mutex::new(()),
+            cluster,
             events,
         }
+    }
+
+    /// Takes its locks from `cluster`, shared with the other API processes of the deployment.
+    pub fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
+        self.cluster = cluster;
+        let bus = self.events.clone();
+        self.with_event_bus(bus)
     }
 
     /// Publishes sandbox and volume events to `bus` instead of this process's own bus.
@@ -126,6 +155,7 @@ impl SandboxService {
             self.store.clone(),
             self.runner.clone(),
             bus.clone(),
+            self.cluster.clone(),
         ));
         self.events = bus;
         self
@@ -176,17 +206,19 @@ impl SandboxService {
         Sandbox::from_row(row, &self.settings.toolbox_proxy_url)
     }
 
-    pub(crate) fn lock_for(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.locks
-            .lock()
-            .expect("lock map poisoned")
-            .entry(id.to_string())
-            .or_default()
-            .clone()
+    pub fn cluster(&self) -> &Arc<dyn Cluster> {
+        &self.cluster
     }
 
-    fn forget_lock(&self, id: &str) {
-        self.locks.lock().expect("lock map poisoned").remove(id);
+    /// Serializes the operations on sandbox `id`.
+    pub(crate) async fn lock_sandbox(&self, id: &str) -> Result<LockGuard, ClusterError> {
+        self.cluster.lock(&format!("sandbox:{id}")).await
+    }
+
+    /// Held while a new allocation of organization `org` is checked against its quotas and
+    /// stored, so concurrent creates cannot overrun a quota together.
+    pub(super) async fn lock_quota(&self, org: &str) -> Result<LockGuard, ClusterError> {
+        self.cluster.lock(&format!("sandbox-quota:{org}")).await
     }
 
     pub async fn find(&self, ctx: &AuthContext, id_or_name: &str) -> ApiResult<SandboxRow> {
@@ -312,7 +344,7 @@ impl SandboxService {
                 .unwrap_or((DEFAULT_CPU, DEFAULT_MEMORY_GIB, DEFAULT_DISK_GIB));
         let image_ref = choice.image;
         // Held until the sandbox is stored, so its volumes cannot be deleted meanwhile.
-        let mounts_guard = self.volumes.lock_mounts().await;
+        let mounts_guard = self.volumes.lock_mounts(&ctx.organization_id).await?;
         let mounts = self
             .volumes
             .resolve_mounts(&ctx.organization_id, &body.volumes)
@@ -380,7 +412,7 @@ impl SandboxService {
             secrets: serde_json::to_string(&secrets).expect("secret mounts serialize"),
         };
         // Check and insert under one lock so concurrent creates cannot overrun a quota together.
-        let quota_guard = self.quota_lock.lock().await;
+        let quota_guard = self.lock_quota(&ctx.organization_id).await?;
         let quotas = self.store.organization_quotas(&ctx.organization_id).await?;
         let used = self.store.resource_use(&ctx.organization_id, None).await?;
         quota::check(
@@ -514,11 +546,19 @@ impl SandboxService {
         work: impl Future<Output = Result<(), sqlx::Error>> + Send + 'static,
         wait: Duration,
     ) -> ApiResult<Sandbox> {
-        let lock = self.lock_for(id);
         let sandbox_id = id.to_string();
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let _guard = lock.lock().await;
+            let _guard = match this.lock_sandbox(&sandbox_id).await {
+                Ok(guard) => guard,
+                Err(e) => {
+                    // The transitional state is recorded: end it rather than leave it hanging.
+                    if let Err(e) = this.fail(&sandbox_id, "operation", &e).await {
+                        tracing::error!(sandbox = %sandbox_id, error = %e, "could not record sandbox state");
+                    }
+                    return;
+                }
+            };
             let before = this.store.sandbox_record(&sandbox_id).await.ok().flatten();
             if let Err(e) = work.await {
                 tracing::error!(sandbox = %sandbox_id, error = %e, "could not record sandbox state");
@@ -667,15 +707,13 @@ impl SandboxService {
         let this = self.clone();
         let sid = id.clone();
         self.run_transition(&id, async move {
-            let result = match this.runner.destroy_sandbox(&sid).await {
+            match this.runner.destroy_sandbox(&sid).await {
                 Ok(()) => {
                     this.delete_archive(&sid).await;
                     this.store.set_sandbox_state(&sid, "destroyed", None).await
                 }
                 Err(e) => this.fail(&sid, "destroy", e).await,
-            };
-            this.forget_lock(&sid);
-            result
+            }
         })
         .await
     }
@@ -761,7 +799,7 @@ impl SandboxService {
             ));
         }
         {
-            let _quota_guard = self.quota_lock.lock().await;
+            let _quota_guard = self.lock_quota(&row.organization_id).await?;
             let quotas = self.store.organization_quotas(&row.organization_id).await?;
             let used = self
                 .store
@@ -821,54 +859,83 @@ impl SandboxService {
     pub async fn reconcile(self: &Arc<Self>) -> ApiResult<()> {
         self.volumes.reconcile().await?;
         for row in self.store.live_sandboxes().await? {
-            if row.state == "pending_build" && row.desired_state == "started" {
-                self.resume_pending_build(&row).await?;
-                continue;
-            }
-            let running = match self.runner.daemon_address(&row.id).await {
-                Ok(addr) => addr.is_some(),
-                // Its runner cannot be asked now (a remote one not heard from since this
-                // restart): the runner's own reports settle the state when it is back.
-                Err(daytona_runner::RunnerError::Unavailable(reason)) => {
-                    tracing::info!(sandbox = %row.id, %reason, "sandbox state left as it is");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(sandbox = %row.id, error = %e, "could not read sandbox status");
-                    false
-                }
-            };
-            if !running
-                && row.desired_state == "started"
-                && matches!(row.state.as_str(), "creating" | "starting")
-            {
-                self.retry_interrupted(&row)?;
-                continue;
-            }
-            if row.state == "archiving"
-                && !running
-                && self.finish_interrupted_archive(&row.id).await?
-            {
-                tracing::info!(sandbox = %row.id, from = %row.state, to = "archived", "reconciled sandbox state");
-                self.announce(&row).await;
-                continue;
-            }
-            let state = match (row.state.as_str(), running) {
-                ("started", true) | ("stopped", false) | ("error", _) | ("archived", _) => continue,
-                // Its files are still in object storage; a half-made local copy is replaced
-                // by the next restore.
-                ("restoring", false) => "archived",
-                (_, true) => "started",
-                ("destroying", false) => {
-                    let _ = self.runner.destroy_sandbox(&row.id).await;
-                    "destroyed"
-                }
-                (_, false) => "stopped",
-            };
-            tracing::info!(sandbox = %row.id, from = %row.state, to = state, "reconciled sandbox state");
-            self.store.set_sandbox_state(&row.id, state, None).await?;
-            self.announce(&row).await;
+            self.reconcile_sandbox(row).await?;
         }
+        Ok(())
+    }
+
+    /// Takes over what an API process that died left half-done: sandboxes in a transitional
+    /// state for longer than [`ORPHAN_AGE`] whose lock nobody holds (a dead holder's lock
+    /// lapses sooner) are reconciled as after a restart.
+    pub async fn recover_orphans(self: &Arc<Self>) -> ApiResult<()> {
+        let cutoff =
+            (chrono::Utc::now() - ORPHAN_AGE).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        for row in self.store.live_sandboxes().await? {
+            if TRANSITIONAL.contains(&row.state.as_str()) && row.updated_at < cutoff {
+                tracing::info!(sandbox = %row.id, state = %row.state, since = %row.updated_at, "taking over an abandoned operation");
+                self.reconcile_sandbox(row).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Brings one stored sandbox in line with its runner after its operation was interrupted.
+    async fn reconcile_sandbox(self: &Arc<Self>, row: SandboxRow) -> ApiResult<()> {
+        // A sandbox whose lock is held is in an operation of another API process.
+        let Some(_guard) = self
+            .cluster
+            .try_lock(&format!("sandbox:{}", row.id))
+            .await?
+        else {
+            tracing::info!(sandbox = %row.id, "sandbox is in another process's operation");
+            return Ok(());
+        };
+        if row.state == "pending_build" && row.desired_state == "started" {
+            self.resume_pending_build(&row).await?;
+            return Ok(());
+        }
+        let running = match self.runner.daemon_address(&row.id).await {
+            Ok(addr) => addr.is_some(),
+            // Its runner cannot be asked now (a remote one not heard from since this
+            // restart): the runner's own reports settle the state when it is back.
+            Err(daytona_runner::RunnerError::Unavailable(reason)) => {
+                tracing::info!(sandbox = %row.id, %reason, "sandbox state left as it is");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(sandbox = %row.id, error = %e, "could not read sandbox status");
+                false
+            }
+        };
+        if !running
+            && row.desired_state == "started"
+            && matches!(row.state.as_str(), "creating" | "starting")
+        {
+            self.retry_interrupted(&row)?;
+            return Ok(());
+        }
+        if row.state == "archiving" && !running && self.finish_interrupted_archive(&row.id).await? {
+            tracing::info!(sandbox = %row.id, from = %row.state, to = "archived", "reconciled sandbox state");
+            self.announce(&row).await;
+            return Ok(());
+        }
+        let state = match (row.state.as_str(), running) {
+            ("started", true) | ("stopped", false) | ("error", _) | ("archived", _) => {
+                return Ok(());
+            }
+            // Its files are still in object storage; a half-made local copy is replaced
+            // by the next restore.
+            ("restoring", false) => "archived",
+            (_, true) => "started",
+            ("destroying", false) => {
+                let _ = self.runner.destroy_sandbox(&row.id).await;
+                "destroyed"
+            }
+            (_, false) => "stopped",
+        };
+        tracing::info!(sandbox = %row.id, from = %row.state, to = state, "reconciled sandbox state");
+        self.store.set_sandbox_state(&row.id, state, None).await?;
+        self.announce(&row).await;
         Ok(())
     }
 

@@ -6,6 +6,7 @@
 //! Upstream exports OTEL from each sandbox's daemon into ClickHouse; the metric names and
 //! meanings here are the ones the SDK reads.
 
+use crate::cluster::lease_for;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,6 +60,10 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // One API process at a time, so each round stores one sample per sandbox.
+            if !service.cluster().lead("metrics", lease_for(interval)).await {
+                continue;
+            }
             if let Err(e) = sampler.round(&service, retention).await {
                 tracing::warn!(error = %e, "sandbox metrics round failed");
             }

@@ -16,6 +16,7 @@ use std::time::Duration;
 use daytona_runner::SandboxRunner;
 use serde::Serialize;
 
+use crate::cluster::{Cluster, ClusterError, LockGuard};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{Event, EventBus};
 use crate::sandbox::dto::VolumeMount;
@@ -65,22 +66,26 @@ pub struct VolumeService {
     store: Store,
     runner: Arc<dyn SandboxRunner>,
     events: Arc<dyn EventBus>,
-    /// Held from resolving a sandbox's volumes until the sandbox is stored, and from checking
-    /// that no sandbox mounts a volume until it is marked for deletion: neither can slip
-    /// between the other's check and write.
-    mounts: tokio::sync::Mutex<()>,
-    /// Held while a new volume is counted against the quota and inserted.
-    quota: tokio::sync::Mutex<()>,
+    /// Locks shared with the other API processes: `volume-mounts:<organization>` is held from
+    /// resolving a sandbox's volumes until the sandbox is stored, and from checking that no
+    /// sandbox mounts a volume until it is marked for deletion (neither can slip between the
+    /// other's check and write); `volume-quota:<organization>` while a new volume is counted
+    /// against the quota and inserted.
+    cluster: Arc<dyn Cluster>,
 }
 
 impl VolumeService {
-    pub fn new(store: Store, runner: Arc<dyn SandboxRunner>, events: Arc<dyn EventBus>) -> Self {
+    pub fn new(
+        store: Store,
+        runner: Arc<dyn SandboxRunner>,
+        events: Arc<dyn EventBus>,
+        cluster: Arc<dyn Cluster>,
+    ) -> Self {
         VolumeService {
             store,
             runner,
             events,
-            mounts: tokio::sync::Mutex::new(()),
-            quota: tokio::sync::Mutex::new(()),
+            cluster,
         }
     }
 
@@ -120,7 +125,7 @@ impl VolumeService {
             last_used_at: None,
         };
         {
-            let _quota = self.quota.lock().await;
+            let _quota = self.cluster.lock(&format!("volume-quota:{org}")).await?;
             if self.store.volume_by_name(org, name).await?.is_some() {
                 return Err(conflict());
             }
@@ -206,7 +211,7 @@ impl VolumeService {
     /// while a sandbox that still exists mounts it.
     pub async fn delete(self: &Arc<Self>, org: &str, id: &str) -> ApiResult<VolumeDto> {
         let row = {
-            let _mounts = self.mounts.lock().await;
+            let _mounts = self.lock_mounts(org).await?;
             let row = self
                 .store
                 .volume_by_id(org, id)
@@ -257,8 +262,8 @@ impl VolumeService {
 
     /// Serializes sandbox creates that mount volumes with volume deletes; hold the guard from
     /// [`Self::resolve_mounts`] until the sandbox is stored.
-    pub async fn lock_mounts(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.mounts.lock().await
+    pub async fn lock_mounts(&self, org: &str) -> Result<LockGuard, ClusterError> {
+        self.cluster.lock(&format!("volume-mounts:{org}")).await
     }
 
     /// Checks a create request's volume mounts and resolves volume names to ids. Each volume

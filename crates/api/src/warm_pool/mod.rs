@@ -260,8 +260,7 @@ pub(crate) async fn claim(
     for id in store.ready_pooled_sandboxes(&pool.id).await? {
         let settings =
             crate::sandbox::service::claim_for(body, body.name.clone().unwrap_or(id.clone()));
-        let lock = service.lock_for(&id);
-        let guard = lock.lock().await;
+        let guard = service.lock_sandbox(&id).await?;
         let claimed = store
             .claim_pooled_sandbox(&id, &settings)
             .await
@@ -292,8 +291,13 @@ pub(crate) async fn claim(
 async fn release(service: &Arc<SandboxService>, row: SandboxRow) {
     let id = row.id.clone();
     let released = {
-        let lock = service.lock_for(&id);
-        let _guard = lock.lock().await;
+        let _guard = match service.lock_sandbox(&id).await {
+            Ok(guard) => guard,
+            Err(e) => {
+                tracing::warn!(sandbox = %id, error = %e, "cannot release a warm sandbox now");
+                return;
+            }
+        };
         service.store().release_pooled_sandbox(&id).await
     };
     match released {

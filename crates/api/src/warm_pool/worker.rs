@@ -2,6 +2,7 @@
 //! failed ones and those of deleted pools or of snapshots that can no longer be used, and records
 //! in the pool why it is not full.
 
+use crate::cluster::lease_for;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,6 +28,15 @@ pub fn spawn(service: Arc<SandboxService>, period: Duration) -> tokio::task::Joi
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            // One API process at a time, so a pool is not filled twice over.
+            if !worker
+                .service
+                .cluster()
+                .lead("warm-pools", lease_for(period))
+                .await
+            {
+                continue;
+            }
             if let Err(e) = worker.pass().await {
                 tracing::warn!(error = %e, "warm pool check failed");
             }
