@@ -17,10 +17,7 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import subprocess
-import tempfile
-import time
 import urllib.request
 from pathlib import Path
 
@@ -28,19 +25,9 @@ import pytest
 from daytona import CreateSnapshotParams, Image
 
 import conftest
-from support import http, make_client, unique
+from support import make_client, unique
 from test_registry import REGISTRY_BIN, Registry, _start_registry, _stop_registry
-from test_runners import (
-    HEALTH_TIMEOUT_S,
-    POLL_TIMEOUT_S,
-    RUNNER_TOKEN,
-    RunnerProcess,
-    Topology,
-    _runner_env,
-    _subnets,
-    _wait_for,
-    _wait_runner,
-)
+from test_runners import HEALTH_TIMEOUT_S, POLL_TIMEOUT_S, Topology, _wait_for, _wait_runner, start_topology
 
 USER = "pusher"
 PASSWORD = "s3cret-" + secrets.token_hex(8)
@@ -91,51 +78,9 @@ def registry(tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def topology(request: pytest.FixtureRequest, registry: Registry):
-    env = {
-        "DAYTONA_ROLES": "api,proxy,ssh-gateway",
-        "DEFAULT_RUNNER_API_KEY": RUNNER_TOKEN,
-        "RUNNER_HEALTH_TIMEOUT_SECONDS": str(HEALTH_TIMEOUT_S),
-        "RUNNER_AVAILABILITY_SCORE_THRESHOLD": "0",
-        "RUNNER_DECLARATIVE_BUILD_SCORE_THRESHOLD": "0",
-        **_registry_env(registry, PASSWORD),
-    }
-    failed = lambda: bool(request.session.testsfailed)  # noqa: E731
-    with conftest.run_server(failed, env) as api:
-        client = make_client(api)
-        created = http(
-            "POST", f"{api.api_url}/admin/runners", api.api_key, {"regionId": "us", "name": "second", "apiVersion": "2"}
-        )
-        assert created.status == 201, created.body
-        tokens = [("default", RUNNER_TOKEN), ("second", created.json()["apiKey"])]
-        run_dir = Path(tempfile.mkdtemp(prefix="daytona-push-", dir=os.environ.get("DAYTONA_TEST_TMPDIR")))
-        processes = []
-        for (name, token), subnet in zip(tokens, _subnets(2)):
-            data = run_dir / name
-            data.mkdir()
-            runner_env = _runner_env(api.api_url, token, data, subnet) | _registry_env(registry, PASSWORD)
-            proc = RunnerProcess(name, runner_env, run_dir, run_dir / f"{name}.log")
-            proc.start()
-            processes.append(proc)
-        try:
-            for proc in processes:
-                _wait_runner(proc)
-            listed = {r["name"]: r for r in http("GET", f"{api.api_url}/admin/runners", api.api_key).json()}
-            runners = {listed[p.name]["id"]: p for p in processes}
-            yield Topology(api=api, client=client, runners=runners, subnets=[])
-            for sandbox in list(client.list()):
-                try:
-                    client.delete(sandbox, timeout=120)
-                except Exception as e:  # noqa: BLE001 - report, then go on deleting
-                    print(f"[push] could not delete {sandbox.id}: {e}")
-        finally:
-            for proc in processes:
-                if proc.process is not None and proc.process.poll() is None:
-                    proc.kill(signal.SIGTERM)
-                subprocess.run(["ip", "link", "del", proc.env["DAYTONA_BRIDGE_NAME"]], capture_output=True)
-            if not failed():
-                shutil.rmtree(run_dir, ignore_errors=True)
-            else:
-                print(f"[push] keeping {run_dir}")
+    registry_env = _registry_env(registry, PASSWORD)
+    with start_topology(lambda: bool(request.session.testsfailed), registry_env, registry_env) as started:
+        yield started
 
 
 def _default_snapshot(client):

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 
 use daytona_api::Store;
 use daytona_api::store::{
-    Claim, MetricSample, OpenError, OrgQuotas, OrgSecretRow, ResourceUse, SandboxFilter,
+    Claim, JobRow, MetricSample, OpenError, OrgQuotas, OrgSecretRow, ResourceUse, SandboxFilter,
     SandboxRow, SandboxSetting, SandboxSort, SecretFilter, SecretKind, SecretSort,
     SnapshotBuildRow, SnapshotFilter, SnapshotRow, WarmPoolRow, now,
 };
@@ -975,7 +975,7 @@ async fn an_unmigrated_database_is_refused_without_run_migrations() {
 
 #[tokio::test]
 async fn runners_jobs_and_runner_images_are_stored_alike() {
-    use daytona_api::store::{JobRow, RunnerReport};
+    use daytona_api::store::RunnerReport;
     for TestStore { backend, store, .. } in test_stores().await {
         let org = add_org(&store, "runner-owner").await.ctx.organization_id;
         store
@@ -1086,22 +1086,8 @@ async fn runners_jobs_and_runner_images_are_stored_alike() {
 
         // Jobs: claimed once, finished once, cancelled only while pending.
         for (i, id) in ["j-1", "j-2", "j-3"].iter().enumerate() {
-            let ts = now();
             store
-                .insert_job(&JobRow {
-                    id: (*id).into(),
-                    runner_id: "r-1".into(),
-                    job_type: "STOP_SANDBOX".into(),
-                    resource_id: format!("sb-{i}"),
-                    payload: "{}".into(),
-                    state: "PENDING".into(),
-                    result: None,
-                    error_message: None,
-                    created_at: ts.clone(),
-                    updated_at: ts,
-                    started_at: None,
-                    completed_at: None,
-                })
+                .insert_job(&pending_job(id, "STOP_SANDBOX", &format!("sb-{i}")))
                 .await
                 .unwrap();
         }
@@ -1177,7 +1163,6 @@ async fn runner_flags_and_stale_jobs_alike() {
     use std::time::Duration;
 
     use daytona_api::runner::{Fleet, FleetSettings};
-    use daytona_api::store::JobRow;
     for TestStore { backend, store, .. } in test_stores().await {
         store
             .ensure_runner("r-1", "default", "us", "hash-1")
@@ -1214,22 +1199,8 @@ async fn runner_flags_and_stale_jobs_alike() {
 
         // Two jobs taken at once: a stop (10 minute limit) and a build (120 minutes).
         for (id, job_type) in [("j-stop", "STOP_SANDBOX"), ("j-build", "BUILD_SNAPSHOT")] {
-            let ts = now();
             store
-                .insert_job(&JobRow {
-                    id: id.into(),
-                    runner_id: "r-1".into(),
-                    job_type: job_type.into(),
-                    resource_id: "sb".into(),
-                    payload: "{}".into(),
-                    state: "PENDING".into(),
-                    result: None,
-                    error_message: None,
-                    created_at: ts.clone(),
-                    updated_at: ts,
-                    started_at: None,
-                    completed_at: None,
-                })
+                .insert_job(&pending_job(id, job_type, "sb"))
                 .await
                 .unwrap();
         }
@@ -1278,5 +1249,24 @@ async fn runner_flags_and_stale_jobs_alike() {
             store.job_by_id("j-build").await.unwrap().unwrap().state,
             "FAILED"
         );
+    }
+}
+
+/// A job of runner `r-1` no runner has taken yet.
+fn pending_job(id: &str, job_type: &str, resource_id: &str) -> JobRow {
+    let ts = now();
+    JobRow {
+        id: id.into(),
+        runner_id: "r-1".into(),
+        job_type: job_type.into(),
+        resource_id: resource_id.into(),
+        payload: "{}".into(),
+        state: "PENDING".into(),
+        result: None,
+        error_message: None,
+        created_at: ts.clone(),
+        updated_at: ts,
+        started_at: None,
+        completed_at: None,
     }
 }
