@@ -25,16 +25,7 @@ pub async fn authenticate(
     let user = user_for(state, &claims).await?;
     let organization_id = match requested_org {
         Some(org) => org.to_string(),
-        None => state
-            .store
-            .organizations_of(&user.id)
-            .await?
-            .into_iter()
-            .find(|o| o.personal && o.created_by == user.id)
-            .map(|o| o.id)
-            .ok_or_else(|| {
-                ApiError::NotFound(format!("User {} has no personal organization", user.id))
-            })?,
+        None => crate::users::personal_organization(state, &user.id).await?,
     };
     // As for any route naming another organization: to non-members it does not exist.
     let member_role = state

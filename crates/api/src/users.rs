@@ -300,16 +300,7 @@ async fn create_key(
     let user = user_or_404(&state, &user_id).await?;
     let org = match body.organization_id {
         Some(org) => org,
-        None => state
-            .store
-            .organizations_of(&user.id)
-            .await?
-            .into_iter()
-            .find(|o| o.personal && o.created_by == user.id)
-            .map(|o| o.id)
-            .ok_or_else(|| {
-                ApiError::NotFound(format!("User {} has no personal organization", user.id))
-            })?,
+        None => personal_organization(&state, &user.id).await?,
     };
     if state.store.member_role(&org, &user.id).await?.is_none() {
         return Err(ApiError::BadRequest(format!(
@@ -334,4 +325,16 @@ async fn create_key(
     )
     .await?;
     Ok((StatusCode::CREATED, Json(dto)))
+}
+
+/// The id of the organization made for `user_id` at sign-up (its default when none is named).
+pub(crate) async fn personal_organization(state: &AppState, user_id: &str) -> ApiResult<String> {
+    state
+        .store
+        .organizations_of(user_id)
+        .await?
+        .into_iter()
+        .find(|o| o.personal && o.created_by == user_id)
+        .map(|o| o.id)
+        .ok_or_else(|| ApiError::NotFound(format!("User {user_id} has no personal organization")))
 }
