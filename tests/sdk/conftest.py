@@ -11,8 +11,9 @@ Optional:
                        server DAYTONA_TEST_POSTGRES_URL names (an admin URL; scripts/test.sh starts
                        one) instead of SQLite in its data dir
   DAYTONA_TEST_TOPOLOGY `split` (with DAYTONA_TEST_DB=postgres): the session's server is the production
-                       topology instead: the API, the proxy, the SSH gateway and two runners, each its own
-                       `daytona server` process; only TOPOLOGY_MODULES run
+                       topology instead: two API replicas sharing Redis behind one balancer address, the
+                       proxy, the SSH gateway and two runners, each its own `daytona server` process;
+                       only TOPOLOGY_MODULES run
 """
 
 from __future__ import annotations
@@ -38,11 +39,15 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from daytona import Daytona, Sandbox
 
 from support import SandboxFactory, http, make_client, sandbox_processes_on_host, unique
+
+if TYPE_CHECKING:
+    from replicas import Balancer
 
 HEALTH_TIMEOUT_S = 60
 SHUTDOWN_TIMEOUT_S = 30
@@ -84,18 +89,21 @@ POSTGRES_MODULES = {
 
 # With DAYTONA_TEST_TOPOLOGY=split only these modules run: the SDK's calls on sandboxes (toolbox,
 # previews, SSH, snapshots, builds), which then go through the split proxy and gateway to sandboxes
-# on remote runners. Modules that look at the server's own data dir, restart it or start servers of
-# their own stay in the single-process passes. test_preview and test_signed_files are not here: they
-# expect a revoked URL or a toggled flag to act at once, while a split proxy may keep an answer for up
-# to 5 s (crates/proxy/src/remote.rs; test_roles and test_runnernet check that bound). test_builds
-# checks the embedded S3 endpoint's credentials and one runner's layer cache; builds on remote runners
-# with S3 and a registry are test_s3's and test_registry_push's.
+# on remote runners, and through a balancer to either API replica. Modules that look at the server's
+# own data dir, restart it or start servers of their own stay in the single-process passes. The API
+# pushes changes to the split proxy (crates/api/src/invalidation.rs), so a revoked URL or a toggled
+# flag acts within support.PROPAGATION_S. test_builds checks the embedded S3 endpoint's credentials and
+# one runner's layer cache; builds on remote runners with S3 and a registry are test_s3's and
+# test_registry_push's.
 TOPOLOGY_MODULES = {
     "test_events",
     "test_files",
+    "test_invalidations",
     "test_pause_resize",
+    "test_preview",
     "test_process",
     "test_sessions",
+    "test_signed_files",
     "test_snapshots",
     "test_ssh",
     "test_toolbox_files",
@@ -141,8 +149,10 @@ class Server:
     env: dict[str, str]
     run_dir: Path
     database_url: str | None = None  # PostgreSQL database of this server; None: SQLite in data_dir
-    # DAYTONA_TEST_TOPOLOGY=split: the proxy, gateway and runner processes beside this API process.
+    # DAYTONA_TEST_TOPOLOGY=split: the proxy, gateway and runner processes beside this API process,
+    # and the API replicas behind `api_url` (this server first).
     companions: list[subprocess.Popen] = dataclasses.field(default_factory=list)
+    replicas: list[Server] = dataclasses.field(default_factory=list)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Stops the server with `sig` (by default as a crash would) and waits for it to exit."""
@@ -176,6 +186,11 @@ class Server:
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    @property
+    def direct_api_url(self) -> str:
+        """This process's own API address (`api_url` may be a balancer's)."""
+        return f"http://127.0.0.1:{self.env['PORT']}/api"
 
     def log_size(self) -> int:
         try:
@@ -333,7 +348,7 @@ def _launch(binary: Path, env: dict[str, str], run_dir: Path, log_path: Path) ->
 def _wait_healthy(srv: Server) -> None:
     """Waits for `GET /api/health`; fails the test with the log when the server exits or hangs."""
     deadline = time.monotonic() + HEALTH_TIMEOUT_S
-    while not _health_ok(srv.api_url):
+    while not _health_ok(srv.direct_api_url):
         if srv.process.poll() is not None:
             pytest.fail(
                 f"daytona server exited with code {srv.process.returncode} before becoming healthy; log:\n"
@@ -358,14 +373,22 @@ def run_server(failed: Callable[[], bool], extra_env: dict[str, str] | None = No
     with _database_env() as (db_env, database_url), contextlib.ExitStack() as services:
         env = {**db_env, **(extra_env or {})}
         runner_env: dict[str, str] | None = None
+        balancer = None
         if _topology() and "DAYTONA_ROLES" not in env:
-            # The topology's shared object storage (build contexts, archives, volumes).
+            # The topology's shared object storage (build contexts, archives, volumes), and what two
+            # API replicas share besides the database: Redis, and one address in front of them.
             import test_s3  # noqa: PLC0415 - it imports this module
+            from replicas import Balancer, redis_server  # noqa: PLC0415 - it imports this module
 
             s3 = services.enter_context(test_s3.moto_s3(failed))
             api_s3, runner_env = test_s3.s3_env(s3)
-            env = {**api_s3, **env}
-        yield from _run_server(failed, env, database_url, runner_env)
+            redis_dir = Path(tempfile.mkdtemp(prefix="daytona-redis-", dir=os.environ.get("DAYTONA_TEST_TMPDIR")))
+            services.callback(shutil.rmtree, redis_dir, True)
+            redis_port = services.enter_context(redis_server(redis_dir))
+            balancer = Balancer(_free_port())
+            services.callback(balancer.close)
+            env = {**api_s3, "REDIS_HOST": "127.0.0.1", "REDIS_PORT": str(redis_port), **env}
+        yield from _run_server(failed, env, database_url, runner_env, balancer)
 
 
 def _run_server(
@@ -373,9 +396,10 @@ def _run_server(
     extra_env: dict[str, str],
     database_url: str | None,
     runner_env: dict[str, str] | None = None,
+    balancer: Balancer | None = None,
 ) -> Iterator[Server]:
-    """`runner_env` set: the production topology (see `_start_companions`), its runners with these
-    variables too."""
+    """`runner_env` set: the production topology (see `_start_companions`) behind `balancer`, its
+    runners with these variables too."""
     binary = _required_path("DAYTONA_BIN")
     daemon = _required_path("DAYTONA_DAEMON_PATH")
     base_image = _required_path("DAYTONA_BASE_IMAGE")
@@ -450,11 +474,14 @@ def _run_server(
 
     try:
         if runner_env is not None:
-            bridges += _start_companions(srv, runner_env)
+            assert balancer is not None, "the topology's API replicas need a balancer"
+            bridges += _start_companions(srv, runner_env, balancer)
         yield srv
     finally:
         # Also when the body failed: a server left running would outlive the test session.
         problem = _stop(srv.process)
+        for replica in srv.replicas[1:]:
+            problem = _stop(replica.process) or problem
         for companion in srv.companions:
             problem = _stop(companion) or problem
     leftover_mounts = _mounts_under(data_dir)
@@ -485,13 +512,33 @@ def _run_server(
         pytest.fail("; ".join(problems) + f"\nserver log tail:\n{srv.log_since(0, 60)}", pytrace=False)
 
 
-def _start_companions(srv: Server, runner_env: dict[str, str]) -> list[str]:
-    """The rest of the production topology around an API process (`DAYTONA_ROLES=api`): the proxy and
-    the SSH gateway on the server's proxy and SSH ports, and two runners (the default one and one an
-    administrator adds), each with its own data dir under the server's, bridge and subnet. Returns
-    the runners' bridges."""
+def _start_companions(srv: Server, runner_env: dict[str, str], balancer: Balancer) -> list[str]:
+    """The rest of the production topology around an API process (`DAYTONA_ROLES=api`): a second API
+    replica (same database and Redis) with both behind `balancer`, whose address becomes the server's
+    `api_url` for everyone (SDK, proxy, gateway, runners); the proxy and the SSH gateway on the
+    server's proxy and SSH ports, and two runners (the default one and one an administrator adds),
+    each with its own data dir under the server's, bridge and subnet. Returns the runners' bridges."""
     import test_roles  # noqa: PLC0415 - they import this module
     import test_runners  # noqa: PLC0415
+
+    data_dir = srv.run_dir / "api-2-data"
+    data_dir.mkdir()
+    env = {**srv.env, "PORT": str(_free_port()), "DAYTONA_DATA_DIR": str(data_dir)}
+    log_path = srv.run_dir / "api-2.log"
+    second_api = dataclasses.replace(
+        srv,
+        process=_launch(srv.binary, env, srv.run_dir, log_path),
+        api_url=f"http://127.0.0.1:{env['PORT']}/api",
+        data_dir=data_dir,
+        log_path=log_path,
+        env=env,
+        companions=[],
+        replicas=[],
+    )
+    srv.replicas = [srv, second_api]
+    _wait_healthy(second_api)
+    balancer.backends = [int(replica.env["PORT"]) for replica in srv.replicas]
+    srv.api_url = f"http://127.0.0.1:{balancer.port}/api"
 
     proxy = test_roles.launch(srv, "proxy", {"DAYTONA_ROLES": "proxy"})
     gateway = test_roles.launch(srv, "ssh-gateway", {"DAYTONA_ROLES": "ssh-gateway"})
@@ -516,7 +563,10 @@ def _start_companions(srv: Server, runner_env: dict[str, str]) -> list[str]:
         runners.append(runner)
     for runner in runners:
         test_runners._wait_runner(runner)
-    print(f"[sdk-tests] topology: proxy, ssh-gateway and runners {[r.name for r in runners]} in {srv.run_dir}")
+    print(
+        f"[sdk-tests] topology: API replicas {[r.direct_api_url for r in srv.replicas]} behind {srv.api_url}, "
+        f"proxy, ssh-gateway and runners {[r.name for r in runners]} in {srv.run_dir}"
+    )
     return [r.env["DAYTONA_BRIDGE_NAME"] for r in runners]
 
 

@@ -8,11 +8,15 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, Sandbox
+
+T = TypeVar("T")
 
 # Prints {pid: [NUL-separated fields of /proc/<pid>/<file>]} for every process the sandbox can see, as root
 # when the sandbox user may sudo (the sandbox's root is what isolation has to hold against). It takes no
@@ -105,6 +109,21 @@ def wait_for_processes_mentioning(sandbox: Sandbox, marker: str, present: bool, 
         if bool(found) == present or time.monotonic() > deadline:
             return found
         time.sleep(0.25)
+
+
+# How long a change made through the API may take to reach a split proxy: the API pushes it
+# (crates/api/src/invalidation.rs), well under a second even through another replica. The proxy's
+# safety-net TTL (5 s, crates/proxy/src/remote.rs) is longer, so a change that is not pushed fails.
+PROPAGATION_S = 2.0
+
+
+def settles(probe: Callable[[], T], expected: T, within: float = PROPAGATION_S) -> T:
+    """Calls `probe` until it returns `expected` or `within` seconds passed; returns its last answer
+    (for the caller's assertion). In one process a change acts at once, so the first call decides."""
+    deadline = time.monotonic() + within
+    while (answer := probe()) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return answer
 
 
 def sleeper(marker: str, seconds: int = 1000) -> str:

@@ -408,6 +408,7 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
         ("GET", f"/api{route}"): (lambda path: lambda w: _service_only(w, path))(path)
         for route, path in [
             ("/internal/identity", "/internal/identity"),
+            ("/internal/invalidations", "/internal/invalidations"),
             ("/internal/sandbox/{id}/location", "/internal/sandbox/{sandbox}/location"),
             ("/internal/sandbox/{id}/members/{user_id}", "/internal/sandbox/{sandbox}/members/x"),
             ("/preview/{id}/public", "/preview/{sandbox}/public"),

@@ -44,13 +44,13 @@ import conftest
 import test_roles
 import test_runners
 from accounts import Caller
+from replicas import Balancer, redis_server
 from support import http, unique
 from test_builds import sdk_uploads_over_plain_http  # noqa: F401 - autouse fixture
 from test_mail import Inbox, free_port
 from test_oidc import Provider, _oidc_env, _start_provider, as_user, personal_org
 from test_registry import _start_registry, _stop_registry
 from test_registry_push import PASSWORD, USER, _registry_env
-from test_replicas import Balancer, redis_server
 from test_s3 import moto_s3, s3_env
 from test_ssh import OPTS
 from test_tracing import Received, otlp_receiver

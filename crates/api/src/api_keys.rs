@@ -254,5 +254,6 @@ async fn delete(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("API key {name} not found")))?;
     state.store.delete_api_key(&row.id).await?;
+    state.sandboxes.invalidations().credentials();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -10,7 +10,9 @@
 
 use axum::Json;
 use axum::extract::{FromRequestParts, Path, State};
+use axum::http::header::CACHE_CONTROL;
 use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -140,6 +142,19 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(validate_preview_token))
         .routes(routes!(signed_preview_sandbox))
         .routes(routes!(preview_signing_key))
+        .routes(routes!(invalidations))
+}
+
+/// `GET /internal/invalidations`: what a split proxy or gateway must forget, as server-sent
+/// events, from every API replica (see `crate::invalidation`).
+#[utoipa::path(
+    get,
+    path = "/internal/invalidations",
+    tag = "internal",
+    operation_id = "internal_invalidations"
+)]
+async fn invalidations(State(state): State<AppState>, _caller: ServiceCaller) -> Response {
+    state.sandboxes.invalidations().events().into_response()
 }
 
 #[derive(Serialize)]
@@ -284,26 +299,34 @@ async fn validate_preview_token(
 }
 
 /// `GET /preview/{token}/{port}/sandbox-id`: the sandbox a signed preview token opens on `port`
-/// (404 once it expired or was revoked). The first segment is named `id` because the router
+/// (404 once it expired or was revoked), with `Cache-Control: max-age` = the seconds it has
+/// left, so the proxy never keeps it longer. The first segment is named `id` because the router
 /// needs one name per position; it holds the signed token.
 #[utoipa::path(get, path = "/preview/{id}/{port}/sandbox-id", tag = "preview", operation_id = "preview_signed_sandbox_id", params(("id" = String, Path, description = "the signed preview token"), ("port" = String, Path)))]
 async fn signed_preview_sandbox(
     State(state): State<AppState>,
     caller: ServiceCaller,
     Path((token, port)): Path<(String, String)>,
-) -> ApiResult<Json<String>> {
+) -> ApiResult<Response> {
     caller.require(&[Service::Proxy])?;
     let port = crate::sandbox::access::parse_port(&port)?;
-    state
+    let (sandbox_id, expires_at) = state
         .store
         .signed_preview_sandbox(&hash_key(&token), port)
         .await?
-        .map(Json)
         .ok_or_else(|| {
             ApiError::NotFound(format!(
                 "No valid signed preview URL with that token for port {port} (signed URLs expire)"
             ))
-        })
+        })?;
+    let left = chrono::DateTime::parse_from_rfc3339(&expires_at)
+        .map(|at| (at.to_utc() - chrono::Utc::now()).num_seconds().max(0))
+        .unwrap_or(0);
+    Ok((
+        [(CACHE_CONTROL, format!("max-age={left}"))],
+        Json(sandbox_id),
+    )
+        .into_response())
 }
 
 /// `GET /preview/{id}/signing-key`: the key file URLs of the sandbox are signed with, so the

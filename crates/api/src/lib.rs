@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod health;
 pub mod internal;
+pub mod invalidation;
 mod json;
 pub mod mail;
 pub mod maintenance;

@@ -129,6 +129,38 @@ async fn a_message_published_on_one_replica_reaches_the_other() {
     assert_eq!(next(&mut events).await, "{\"n\":1}");
 }
 
+#[tokio::test]
+async fn invalidations_cross_replicas_and_a_lost_subscription_invalidates_everything() {
+    let Some(server) = redis_server().await else {
+        return;
+    };
+    let (a, b) = replicas(&server).await;
+    let mut on_b = b.subscribe(channel::INVALIDATIONS);
+    let hub = daytona_api::invalidation::Invalidations::new(a.clone());
+    hub.sandbox("s1");
+    assert_eq!(next(&mut on_b).await, r#"{"kind":"sandbox","id":"s1"}"#);
+
+    // Redis drops the replicas' subscriptions: what was published meanwhile is lost, so once
+    // subscribed again each replica tells its split services to forget everything.
+    let client = redis::Client::open(format!("redis://127.0.0.1:{}/", server.port)).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(killed, 2, "one subscription per replica");
+    assert_eq!(next(&mut on_b).await, r#"{"kind":"all"}"#);
+    hub.credentials();
+    assert_eq!(
+        next(&mut on_b).await,
+        r#"{"kind":"credentials"}"#,
+        "relayed again"
+    );
+}
+
 async fn next(messages: &mut futures::stream::BoxStream<'static, String>) -> String {
     tokio::time::timeout(Duration::from_secs(5), messages.next())
         .await

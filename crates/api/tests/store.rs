@@ -954,6 +954,53 @@ async fn accounts_and_keys_are_stored_alike() {
     }
 }
 
+#[tokio::test]
+async fn signed_preview_tokens_name_their_sandbox_and_expiry_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let org = add_org(&store, "alice").await.ctx.organization_id;
+        let row = sandbox(&org, "web", "{}");
+        store.insert_sandbox(&row).await.unwrap();
+        let later = (chrono::Utc::now() + chrono::Duration::minutes(5))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        let past = (chrono::Utc::now() - chrono::Duration::minutes(5))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        store
+            .insert_signed_preview_token("live", &row.id, 8080, &later)
+            .await
+            .unwrap();
+        store
+            .insert_signed_preview_token("gone", &row.id, 8080, &past)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.signed_preview_sandbox("live", 8080).await.unwrap(),
+            Some((row.id.clone(), later)),
+            "{backend}"
+        );
+        assert_eq!(
+            store.signed_preview_sandbox("live", 8081).await.unwrap(),
+            None,
+            "{backend}: bound to its port"
+        );
+        assert_eq!(
+            store.signed_preview_sandbox("gone", 8080).await.unwrap(),
+            None,
+            "{backend}: expired"
+        );
+        assert!(
+            store
+                .delete_signed_preview_token("live", &row.id, 8080)
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            store.signed_preview_sandbox("live", 8080).await.unwrap(),
+            None,
+            "{backend}"
+        );
+    }
+}
+
 /// With `RUN_MIGRATIONS=false` the server refuses a database whose schema is behind, and accepts
 /// one that is current.
 #[tokio::test]

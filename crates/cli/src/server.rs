@@ -176,6 +176,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let servers = tokio::spawn(futures::future::try_join_all(servers));
     shutdown_signal().await;
     tracing::info!("shutting down; running sandboxes keep running");
+    if let Some(control) = &control {
+        // Split services' streams never end by themselves; they reconnect to another replica.
+        control.state.sandboxes.invalidations().close();
+    }
     drop(tx);
     servers.await.context("server task failed")??;
     if let Some(runtime) = control.and_then(|c| c.runtime) {
@@ -572,7 +576,9 @@ async fn remote_directory(config: &Config, role: Role) -> anyhow::Result<RemoteD
              until the API answers"
         ),
     }
-    Ok(RemoteDirectory::new(api))
+    let directory = RemoteDirectory::new(api);
+    directory.follow_invalidations();
+    Ok(directory)
 }
 
 /// A runner that stops with no sandboxes left removes its bridge and firewall rules, so stopped

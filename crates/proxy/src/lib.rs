@@ -17,6 +17,7 @@ use axum::{Json, Router};
 mod credentials;
 mod forward;
 pub mod host;
+pub mod invalidation;
 mod login;
 mod preview;
 pub mod remote;

@@ -31,6 +31,9 @@ pub mod channel {
     pub const RUNNER_JOINED: &str = "runner-joined";
     /// A sandbox's daemon moved or went away: `<publishing process> <sandbox id>`.
     pub const SANDBOX_MOVED: &str = "sandbox-moved";
+    /// What split proxies and gateways must forget (`daytona_proxy::invalidation::Invalidation`
+    /// as JSON).
+    pub const INVALIDATIONS: &str = "invalidations";
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -90,12 +90,13 @@ impl RedisCluster {
     }
 }
 
-const CHANNELS: [&str; 5] = [
+const CHANNELS: [&str; 6] = [
     channel::EVENTS,
     channel::RUNNER_JOBS,
     channel::JOB_FINISHED,
     channel::RUNNER_JOINED,
     channel::SANDBOX_MOVED,
+    channel::INVALIDATIONS,
 ];
 
 async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {
@@ -130,7 +131,12 @@ async fn relay_loop(client: redis::Client, first: redis::aio::PubSub, local: Loc
     loop {
         let connection = match pubsub.take() {
             Some(p) => Ok(p),
-            None => subscribe(&client).await,
+            None => subscribe(&client).await.inspect(|_| {
+                // Invalidations of other replicas may have been lost meanwhile: the split
+                // services connected here forget everything they keep.
+                let all = daytona_proxy::invalidation::Invalidation::All.to_json();
+                local.send(channel::INVALIDATIONS, all);
+            }),
         };
         match connection {
             Ok(p) => {

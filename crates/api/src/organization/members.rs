@@ -161,6 +161,7 @@ async fn remove(
     }
     ensure_owner_remains(&state, &org.id, &user_id).await?;
     state.store.remove_member(&org.id, &user_id).await?;
+    state.sandboxes.invalidations().credentials();
     Ok(StatusCode::NO_CONTENT)
 }
 

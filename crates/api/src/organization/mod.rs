@@ -346,6 +346,7 @@ async fn leave(
     }
     members::ensure_owner_remains(&state, &row.id, &ctx.user_id).await?;
     state.store.remove_member(&row.id, &ctx.user_id).await?;
+    state.sandboxes.invalidations().credentials();
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -99,7 +99,8 @@ impl AccessService {
         token: &str,
         port: u16,
     ) -> Result<Option<String>, sqlx::Error> {
-        store.signed_preview_sandbox(&hash_key(token), port).await
+        let found = store.signed_preview_sandbox(&hash_key(token), port).await?;
+        Ok(found.map(|(sandbox_id, _expires_at)| sandbox_id))
     }
 
     /// The sandbox an SSH token opens, while it has not expired.
@@ -350,12 +351,12 @@ async fn rotate_signing_key(
 ) -> ApiResult<Json<String>> {
     ctx.require("write:sandboxes")?;
     let row = state.sandboxes.find(&ctx, &id).await?;
-    Ok(Json(
-        state
-            .store
-            .rotate_sandbox_secret(&row.id, SecretKind::SigningKey, random_token())
-            .await?,
-    ))
+    let key = state
+        .store
+        .rotate_sandbox_secret(&row.id, SecretKind::SigningKey, random_token())
+        .await?;
+    state.sandboxes.invalidations().sandbox(&row.id);
+    Ok(Json(key))
 }
 
 #[derive(Deserialize)]
@@ -414,6 +415,7 @@ async fn expire_signed_preview_url(
         .store
         .delete_signed_preview_token(&hash_key(&token), &row.id, port)
         .await?;
+    state.sandboxes.invalidations().sandbox(&row.id);
     if !existed {
         return Err(ApiError::NotFound(format!(
             "No signed preview URL with that token for port {port} of sandbox {}",

@@ -18,6 +18,7 @@ use crate::auth::AuthContext;
 use crate::cluster::{Cluster, ClusterError, InProcessCluster, LockGuard};
 use crate::error::{ApiError, ApiResult};
 use crate::events::{Event, EventBus, InProcessEventBus};
+use crate::invalidation::Invalidations;
 use crate::quota;
 use crate::snapshot::BuildInfo;
 use crate::snapshot::SnapshotService;
@@ -96,6 +97,8 @@ pub struct SandboxService {
     cluster: Arc<dyn Cluster>,
     pub(super) events: Arc<dyn EventBus>,
     volumes: Arc<VolumeService>,
+    /// Tells split proxies and gateways what changed, through `cluster`.
+    invalidations: Arc<Invalidations>,
 }
 
 /// Milliseconds with two decimals, for timing logs.
@@ -137,13 +140,16 @@ impl SandboxService {
             runner,
             snapshots,
             settings,
+            invalidations: Arc::new(Invalidations::new(cluster.clone())),
             cluster,
             events,
         }
     }
 
-    /// Takes its locks from `cluster`, shared with the other API processes of the deployment.
+    /// Takes its locks from `cluster`, shared with the other API processes of the deployment
+    /// (and publishes invalidations there).
     pub fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
+        self.invalidations = Arc::new(Invalidations::new(cluster.clone()));
         self.cluster = cluster;
         let bus = self.events.clone();
         self.with_event_bus(bus)
@@ -170,9 +176,17 @@ impl SandboxService {
         &self.events
     }
 
+    /// Invalidations for split proxies and gateways (published here on every state write, and
+    /// by the routes that change what they keep: settings, tokens, keys, memberships).
+    pub fn invalidations(&self) -> &Arc<Invalidations> {
+        &self.invalidations
+    }
+
     /// Publishes what changed in the stored sandbox since `before` (state, desired state).
     /// Called after every state write; events are hints, so failures are only logged.
     pub(super) async fn announce(&self, before: &SandboxRow) {
+        // Its address, preview token or very existence may have changed with its state.
+        self.invalidations.sandbox(&before.id);
         if before.pooled {
             return; // not its organization's yet: a claim announces it as created
         }

@@ -53,6 +53,8 @@ async fn apply(
         .store
         .update_sandbox_setting(&row.id, &setting)
         .await?;
+    // The public flag is what a split proxy keeps; the others cost it one lookup.
+    state.sandboxes.invalidations().sandbox(&row.id);
     let row = state.sandboxes.find(ctx, &row.id).await?;
     Ok(state.sandboxes.to_dto(row))
 }

@@ -35,14 +35,15 @@ impl Store {
         Ok(())
     }
 
-    /// The sandbox a signed preview token opens for `port`, while it has not expired.
+    /// The sandbox a signed preview token opens for `port` and when the token expires (RFC
+    /// 3339), while it has not expired.
     pub async fn signed_preview_sandbox(
         &self,
         token_hash: &str,
         port: u16,
-    ) -> Result<Option<String>, sqlx::Error> {
-        sqlx::query_scalar(
-            "SELECT sandbox_id FROM signed_preview_tokens
+    ) -> Result<Option<(String, String)>, sqlx::Error> {
+        sqlx::query_as(
+            "SELECT sandbox_id, expires_at FROM signed_preview_tokens
              WHERE token_hash = $1 AND port = $2 AND expires_at > $3",
         )
         .bind(token_hash)
