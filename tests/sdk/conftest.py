@@ -82,6 +82,7 @@ POSTGRES_MODULES = {
     "test_ssh",
     "test_tenancy",
     "test_topology",
+    "test_transient_registry",
     "test_volumes",
     "test_warm_pools",
 }
