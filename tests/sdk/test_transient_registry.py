@@ -192,6 +192,12 @@ def test_push_access_stays_in_its_organization(setup: Setup, tmp_path: Path):
     assert refused.returncode != 0, "B pulled A's image"
     assert "denied" in refused.stderr or "unauthorized" in refused.stderr, refused.stderr
 
+    # Nor make a snapshot of it (the runners could pull it for B).
+    stolen = b.api("POST", "/snapshots", {"name": unique("stolen"), "imageName": own})
+    assert stolen.status == 403 and "another organization" in stolen.json()["message"], stolen.body
+    allowed = a.api("POST", "/snapshots", {"name": unique("own"), "imageName": own})
+    assert allowed.status in (200, 201), allowed.body
+
     # What the token server grants, claim by claim.
     scope = f"repository:{access_b['project']}/x:pull,push"
     assert _granted(setup, access_a["username"], access_a["secret"], scope) == []

@@ -285,8 +285,13 @@ impl ControlPlane {
             memory_gib: config.build.memory_gb,
             disk_gib: BUILD_DISK_GIB,
         });
-        let snapshots =
-            Arc::new(SnapshotService::new(store.clone(), runner.clone()).with_builds(builds));
+        let mut snapshots = SnapshotService::new(store.clone(), runner.clone()).with_builds(builds);
+        if let Some(transient) = &config.registries.transient
+            && let Some((_, host)) = transient.host()
+        {
+            snapshots = snapshots.with_transient_registry(&host, &transient.project_id);
+        }
+        let snapshots = Arc::new(snapshots);
         // The default snapshot is pulled in the background so the first sandbox does not wait for it.
         snapshots
             .ensure_default(&admin_org, &config.api.default_snapshot)
