@@ -82,6 +82,7 @@ POSTGRES_MODULES = {
     "test_ssh",
     "test_tenancy",
     "test_topology",
+    "test_transient_registry",
     "test_volumes",
     "test_warm_pools",
 }
@@ -408,7 +409,8 @@ def _run_server(
     data_dir = run_dir / "data"
     data_dir.mkdir()
     log_path = run_dir / "server.log"
-    port, proxy_port, ssh_port = _free_port(), _free_port(), _free_port()
+    # A test that must name the API's URL before it starts (e.g. in a registry's config) picks PORT.
+    port, proxy_port, ssh_port = int(extra_env.get("PORT") or _free_port()), _free_port(), _free_port()
     while len({port, proxy_port, ssh_port}) < 3:
         proxy_port, ssh_port = _free_port(), _free_port()
     api_key = "dtn_test_" + secrets.token_hex(24)

@@ -64,9 +64,12 @@ class Registry:
         return sum(1 for uri in uris if re.search(pattern, uri))
 
 
-def _start_registry(root: Path, htpasswd: Path | None = None) -> Registry:
+def _start_registry(
+    root: Path, htpasswd: Path | None = None, auth: dict | None = None, port: int | None = None
+) -> Registry:
+    """`auth` is the config's `auth:` section (e.g. token auth), `port` a chosen free port."""
     root.mkdir(parents=True)
-    port = _free_port()
+    port = port or _free_port()
     config = {
         "version": 0.1,
         "log": {"level": "info"},
@@ -75,6 +78,8 @@ def _start_registry(root: Path, htpasswd: Path | None = None) -> Registry:
     }
     if htpasswd:
         config["auth"] = {"htpasswd": {"realm": "test", "path": str(htpasswd)}}
+    if auth:
+        config["auth"] = auth
     (root / "config.yml").write_text(json.dumps(config))  # YAML is a superset of JSON
     log = root / "registry.log"
     with log.open("wb") as out:

@@ -185,6 +185,15 @@ def _refused_unknown_secret(w: World, method: str, path: str, body: dict) -> Non
     )
 
 
+def _push_access_outside_a(w: World) -> None:
+    """B's registry push access, even naming A's organization, never reaches A's repositories (the
+    session's server has no token server: then it is refused outright)."""
+    result = w.b.api(
+        "GET", "/docker-registry/registry-push-access", headers={"X-Daytona-Organization-ID": w.a.personal_org}
+    )
+    assert result.status in (503, *DENIED) or w.a.personal_org not in result.json()["project"], result.body
+
+
 S, O = "/api/sandbox/{id}", "/api/organizations/{organization_id}"
 ROLE_BODY = {"name": "b", "description": "", "permissions": []}
 PROMOTION = {"role": "owner", "assignedRoleIds": []}
@@ -283,6 +292,12 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
             == w.a.personal_org,
             False,
         ),
+    ),
+    # --- transient registry: push access only in the caller's organization; a user's key gets no token ---
+    ("GET", "/api/docker-registry/registry-push-access"): lambda w: _push_access_outside_a(w),
+    ("GET", "/api/docker-registry/token"): lambda w: assert_equal(
+        w.b.api("GET", f"/docker-registry/token?scope=repository:daytona/{w.a.personal_org}/x:pull").status in (401, 503),
+        True,
     ),
     # --- secrets ---
     ("GET", "/api/secret"): lambda w: _listing_hides_a(w, "/secret", w.secret["id"], w.secret["name"]),

@@ -27,6 +27,7 @@ pub mod oidc;
 pub mod organization;
 pub mod quota;
 pub mod rate_limit;
+pub mod registry_token;
 pub mod runner;
 pub mod sandbox;
 pub mod secret;
@@ -61,6 +62,8 @@ pub struct AppState {
     pub runners: Option<Arc<runner::Fleet>>,
     /// What `GET /health/ready` checks and who may ask.
     pub readiness: Arc<health::Readiness>,
+    /// The registry token server (`DAYTONA_REGISTRY_TOKEN_REALM`).
+    pub registry_tokens: Option<Arc<registry_token::RegistryTokens>>,
 }
 
 /// The API's router; every route lives under `/api`, including the Socket.IO event gateway,
@@ -86,6 +89,7 @@ pub fn router(state: AppState) -> Router {
         .merge(warm_pool::routes::router())
         .merge(configuration::router())
         .merge(runner::routes::router())
+        .merge(registry_token::routes::router())
         .split_for_parts();
     // After routing, so the audit knows each call's route template.
     let api = api

@@ -91,6 +91,7 @@ async fn start_server() -> (Server, Org, Org) {
             &daytona_config::Config::from_lookup(|_| None).expect("defaults are valid"),
         )),
         runners: None,
+        registry_tokens: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

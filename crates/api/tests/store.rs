@@ -6,9 +6,9 @@ use std::collections::HashSet;
 
 use daytona_api::Store;
 use daytona_api::store::{
-    Claim, JobRow, MetricSample, OpenError, OrgQuotas, OrgSecretRow, ResourceUse, SandboxFilter,
-    SandboxRow, SandboxSetting, SandboxSort, SecretFilter, SecretKind, SecretSort,
-    SnapshotBuildRow, SnapshotFilter, SnapshotRow, WarmPoolRow, now,
+    Claim, JobRow, MetricSample, OpenError, OrgQuotas, OrgSecretRow, RegistryCredentialRow,
+    ResourceUse, SandboxFilter, SandboxRow, SandboxSetting, SandboxSort, SecretFilter, SecretKind,
+    SecretSort, SnapshotBuildRow, SnapshotFilter, SnapshotRow, WarmPoolRow, now,
 };
 
 mod common;
@@ -917,6 +917,65 @@ async fn metric_samples_are_stored_ranged_and_pruned_alike() {
             .await
             .unwrap();
         assert_eq!(left, samples[1..], "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn registry_credentials_expire_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let credential = |name: &str, expires_at: &str| RegistryCredentialRow {
+            username: name.into(),
+            secret_hash: format!("hash-of-{name}"),
+            organization_id: "org-1".into(),
+            created_by: "user-1".into(),
+            created_at: "2026-01-01T00:00:00.000Z".into(),
+            expires_at: expires_at.into(),
+        };
+        let live = credential("daytona-push-live", "2026-01-01T01:00:00.000Z");
+        let old = credential("daytona-push-old", "2026-01-01T00:30:00.000Z");
+        store.insert_registry_credential(&live).await.unwrap();
+        store.insert_registry_credential(&old).await.unwrap();
+        assert!(
+            store.insert_registry_credential(&live).await.is_err(),
+            "{backend}: usernames are unique"
+        );
+        let at = "2026-01-01T00:45:00.000Z";
+        let found = store
+            .live_registry_credential(&live.username, at)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (found.secret_hash.as_str(), found.organization_id.as_str()),
+            ("hash-of-daytona-push-live", "org-1"),
+            "{backend}"
+        );
+        assert!(
+            store
+                .live_registry_credential(&old.username, at)
+                .await
+                .unwrap()
+                .is_none(),
+            "{backend}: expired"
+        );
+        assert_eq!(
+            store.delete_expired_registry_credentials(at).await.unwrap(),
+            1,
+            "{backend}"
+        );
+        assert_eq!(
+            store.delete_expired_registry_credentials(at).await.unwrap(),
+            0,
+            "{backend}"
+        );
+        assert!(
+            store
+                .live_registry_credential(&live.username, at)
+                .await
+                .unwrap()
+                .is_some(),
+            "{backend}"
+        );
     }
 }
 

@@ -15,12 +15,13 @@ use daytona_api::events::ClusterEventBus;
 use daytona_api::internal::ServiceKeys;
 use daytona_api::object_storage::PushAccess;
 use daytona_api::rate_limit::{InProcessLimiter, RateLimitPolicy, RateLimiter, RedisLimiter};
+use daytona_api::registry_token::RegistryTokens;
 use daytona_api::runner::{Fleet, FleetSettings};
 use daytona_api::sandbox::access::{AccessService, AccessSettings};
 use daytona_api::secret::SecretService;
 use daytona_api::snapshot::{BuildSettings, Builds, SnapshotService};
 use daytona_api::{AppState, SandboxService, SandboxSettings, Store};
-use daytona_config::{Config, RegistryConfig, Role, Roles, SandboxDns};
+use daytona_config::{Config, Role, Roles, SandboxDns};
 use daytona_egress::{Egress, EgressRules};
 use daytona_proxy::remote::{ApiClient, IdentityError, RemoteDirectory};
 use daytona_runner::image::{ImageStore, RegistryCredentials, RegistrySettings};
@@ -284,8 +285,13 @@ impl ControlPlane {
             memory_gib: config.build.memory_gb,
             disk_gib: BUILD_DISK_GIB,
         });
-        let snapshots =
-            Arc::new(SnapshotService::new(store.clone(), runner.clone()).with_builds(builds));
+        let mut snapshots = SnapshotService::new(store.clone(), runner.clone()).with_builds(builds);
+        if let Some(transient) = &config.registries.transient
+            && let Some((_, host)) = transient.host()
+        {
+            snapshots = snapshots.with_transient_registry(&host, &transient.project_id);
+        }
+        let snapshots = Arc::new(snapshots);
         // The default snapshot is pulled in the background so the first sandbox does not wait for it.
         snapshots
             .ensure_default(&admin_org, &config.api.default_snapshot)
@@ -354,6 +360,9 @@ impl ControlPlane {
             config.api.encryption_key.expose(),
             config.api.encryption_salt.expose(),
         ));
+        let registry_tokens = RegistryTokens::from_config(store.clone(), config)
+            .context("cannot set up the registry token server")?
+            .map(Arc::new);
         let state = AppState {
             secrets,
             store,
@@ -380,6 +389,7 @@ impl ControlPlane {
                 config.api.health_check_api_key.expose(),
                 config.redis.as_ref(),
             )),
+            registry_tokens,
         };
         Ok(ControlPlane {
             state,
@@ -708,7 +718,7 @@ fn registry_settings(config: &Config) -> anyhow::Result<RegistrySettings> {
     // The internal registry's credentials win when both name the same host.
     let configured = [&config.registries.internal, &config.registries.transient];
     for registry in configured.into_iter().flatten() {
-        let Some((plain_http, host)) = registry_host(registry) else {
+        let Some((plain_http, host)) = registry.host() else {
             continue;
         };
         if plain_http {
@@ -730,25 +740,10 @@ pub(crate) fn outbound(config: &Config) -> anyhow::Result<daytona_outbound::Outb
     Ok(daytona_outbound::Outbound::from_config(&config.misc)?)
 }
 
-/// Whether a configured registry is reached over plain HTTP, and its `host[:port]` (lower
-/// case); `None` without a host.
-fn registry_host(registry: &RegistryConfig) -> Option<(bool, String)> {
-    let (scheme, rest) = registry
-        .url
-        .split_once("://")
-        .unwrap_or(("https", &registry.url));
-    let host = rest
-        .split('/')
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase();
-    (!host.is_empty()).then(|| (scheme.eq_ignore_ascii_case("http"), host))
-}
-
 /// Where runners push the images they pull, build and capture (`INTERNAL_REGISTRY_*`).
 fn internal_registry(config: &Config) -> Option<InternalRegistry> {
     let registry = config.registries.internal.as_ref()?;
-    let (_, host) = registry_host(registry)?;
+    let (_, host) = registry.host()?;
     Some(InternalRegistry {
         registry: host,
         project: registry.project_id.trim_matches('/').to_owned(),

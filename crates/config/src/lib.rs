@@ -30,6 +30,11 @@
 //! | `DAYTONA_PUSH_ACCESS_TTL` | `3600` | Seconds the temporary credentials of `GET /api/object-storage/push-access` for the embedded S3 endpoint stay valid |
 //! | `DAYTONA_METRICS_INTERVAL` | `15s` | How often the usage of every running sandbox is sampled for `GET /api/sandbox/{id}/telemetry/metrics` |
 //! | `DAYTONA_METRICS_RETENTION` | `6h` | How long those samples are kept |
+//! | `DAYTONA_REGISTRY_TOKEN_REALM` | (none: registries use their own auth) | Turns the API into the Docker token-auth server of the transient/internal registry; the URL clients fetch tokens from (`<API URL>/docker-registry/token`) |
+//! | `DAYTONA_REGISTRY_TOKEN_SERVICE` | `daytona-registry` | The registry's `service` (the tokens' audience) |
+//! | `DAYTONA_REGISTRY_TOKEN_ISSUER` | `daytona` | The tokens' issuer |
+//! | `DAYTONA_REGISTRY_TOKEN_KEY`, `DAYTONA_REGISTRY_TOKEN_CERT` | `<data dir>/registry-token/key.pem`, `cert.pem` | Signing key and its certificate (the registry's `rootcertbundle`); made when both are missing. Set both for API replicas |
+//! | `DAYTONA_REGISTRY_TOKEN_TTL` | `300` | Seconds an issued registry token is valid |
 //! | `DAYTONA_LOG` | `info` | `tracing` filter directives, e.g. `info,daytona_runner=debug` |
 //!
 //! ## Deliberate differences from the seed's defaults
@@ -60,8 +65,8 @@ pub use sections::{
     AdminConfig, ApiConfig, BuildConfig, BuildEngine, ClickHouseConfig, DefaultRunnerConfig,
     MiscConfig, ObjectStorage, OidcConfig, OidcManagementApi, OtelConfig, OtlpExport,
     PostgresConfig, PosthogConfig, Protocol, ProxyConfig, Quotas, RateLimit, RateLimits,
-    RedisConfig, RegionConfig, RegistriesConfig, RegistryConfig, RunnerConfig, S3Config,
-    SandboxDns, SchedulerConfig, ServerConfig, SmtpConfig, SshGatewayConfig,
+    RedisConfig, RegionConfig, RegistriesConfig, RegistryConfig, RegistryTokenAuth, RunnerConfig,
+    S3Config, SandboxDns, SchedulerConfig, ServerConfig, SmtpConfig, SshGatewayConfig,
 };
 
 use reader::Reader;

@@ -3,7 +3,7 @@
 //! are `Option`s: `Some` only when the operator names the external service.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::net::{Ipv4Cidr, Roles, SHARED_ADDRESS_SPACE};
@@ -400,6 +400,9 @@ pub struct RegistryConfig {
 pub struct RegistriesConfig {
     pub transient: Option<RegistryConfig>,
     pub internal: Option<RegistryConfig>,
+    /// The API as the registry's token-auth server; `Some` when `DAYTONA_REGISTRY_TOKEN_REALM`
+    /// is set.
+    pub token_auth: Option<RegistryTokenAuth>,
 }
 
 impl RegistriesConfig {
@@ -407,11 +410,73 @@ impl RegistriesConfig {
         Self {
             transient: RegistryConfig::read(r, "TRANSIENT"),
             internal: RegistryConfig::read(r, "INTERNAL"),
+            token_auth: RegistryTokenAuth::read(r),
         }
     }
 }
 
+/// The Docker registry token-auth server the API runs for the transient and internal registries
+/// (the registry's `auth: token:` section names the same realm, service, issuer and certificate).
+#[derive(Debug, Clone)]
+pub struct RegistryTokenAuth {
+    /// `DAYTONA_REGISTRY_TOKEN_REALM`: where clients fetch tokens, the API's
+    /// `…/api/docker-registry/token` as the registry's clients reach it.
+    pub realm: String,
+    /// `DAYTONA_REGISTRY_TOKEN_SERVICE` (daytona-registry): the registry's `service`, the tokens'
+    /// audience.
+    pub service: String,
+    /// `DAYTONA_REGISTRY_TOKEN_ISSUER` (daytona): the tokens' issuer.
+    pub issuer: String,
+    /// `DAYTONA_REGISTRY_TOKEN_KEY` and `DAYTONA_REGISTRY_TOKEN_CERT`: the signing key (PEM) and
+    /// its self-signed certificate (the registry's `rootcertbundle`); made there when both are
+    /// missing. Unset: `<DAYTONA_DATA_DIR>/registry-token/{key,cert}.pem`.
+    pub key_path: Option<PathBuf>,
+    pub cert_path: Option<PathBuf>,
+    /// `DAYTONA_REGISTRY_TOKEN_TTL` (300 s): how long an issued token is valid.
+    pub token_ttl: Duration,
+}
+
+impl RegistryTokenAuth {
+    fn read(r: &mut Reader) -> Option<Self> {
+        let realm = r.opt_url("DAYTONA_REGISTRY_TOKEN_REALM");
+        let key_path = r.absolute_path("DAYTONA_REGISTRY_TOKEN_KEY");
+        let cert_path = r.absolute_path("DAYTONA_REGISTRY_TOKEN_CERT");
+        if key_path.is_some() != cert_path.is_some() {
+            r.reject(
+                "DAYTONA_REGISTRY_TOKEN_KEY",
+                &key_path
+                    .as_deref()
+                    .unwrap_or(Path::new(""))
+                    .display()
+                    .to_string(),
+                "DAYTONA_REGISTRY_TOKEN_KEY and DAYTONA_REGISTRY_TOKEN_CERT set together",
+            );
+        }
+        let config = Self {
+            realm: realm.clone().unwrap_or_default(),
+            service: r.string("DAYTONA_REGISTRY_TOKEN_SERVICE", "daytona-registry"),
+            issuer: r.string("DAYTONA_REGISTRY_TOKEN_ISSUER", "daytona"),
+            key_path,
+            cert_path,
+            token_ttl: r.whole("DAYTONA_REGISTRY_TOKEN_TTL", 300, 10, Unit::Seconds),
+        };
+        realm.is_some().then_some(config)
+    }
+}
+
 impl RegistryConfig {
+    /// Whether the registry is reached over plain HTTP, and its `host[:port]` (lower case);
+    /// `None` without a host.
+    pub fn host(&self) -> Option<(bool, String)> {
+        let (scheme, rest) = self.url.split_once("://").unwrap_or(("https", &self.url));
+        let host = rest
+            .split('/')
+            .next()
+            .unwrap_or_default()
+            .to_ascii_lowercase();
+        (!host.is_empty()).then(|| (scheme.eq_ignore_ascii_case("http"), host))
+    }
+
     fn read(r: &mut Reader, kind: &str) -> Option<Self> {
         let var = |field: &str| format!("{kind}_REGISTRY_{field}");
         let config = Self {

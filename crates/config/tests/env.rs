@@ -565,3 +565,43 @@ fn sandbox_user_namespaces_are_an_option() {
             .sandbox_userns
     );
 }
+
+#[test]
+fn the_registry_token_server_is_opt_in_with_its_key_paths_together() {
+    assert!(config(&[]).registries.token_auth.is_none());
+    let c = config(&[(
+        "DAYTONA_REGISTRY_TOKEN_REALM",
+        "http://api:3000/api/docker-registry/token",
+    )]);
+    let auth = c.registries.token_auth.unwrap();
+    assert_eq!(auth.service, "daytona-registry");
+    assert_eq!(auth.issuer, "daytona");
+    assert_eq!(auth.token_ttl, Duration::from_secs(300));
+    assert!(auth.key_path.is_none() && auth.cert_path.is_none());
+
+    let realm = (
+        "DAYTONA_REGISTRY_TOKEN_REALM",
+        "http://api:3000/api/docker-registry/token",
+    );
+    let lonely = error(&[
+        realm,
+        ("DAYTONA_REGISTRY_TOKEN_KEY", "/etc/daytona/key.pem"),
+    ])
+    .to_string();
+    assert!(lonely.contains("DAYTONA_REGISTRY_TOKEN_CERT"), "{lonely}");
+    let relative = error(&[
+        realm,
+        ("DAYTONA_REGISTRY_TOKEN_KEY", "key.pem"),
+        ("DAYTONA_REGISTRY_TOKEN_CERT", "/etc/daytona/cert.pem"),
+    ])
+    .to_string();
+    assert!(
+        relative.contains("DAYTONA_REGISTRY_TOKEN_KEY"),
+        "{relative}"
+    );
+    assert!(
+        error(&[("DAYTONA_REGISTRY_TOKEN_REALM", "api/token")])
+            .to_string()
+            .contains("DAYTONA_REGISTRY_TOKEN_REALM")
+    );
+}

@@ -139,10 +139,12 @@ impl InternalRegistry {
         )
     }
 
-    /// Whether `reference` names an image of this registry's project (pulled, never pushed
-    /// again).
+    /// Whether `reference` names one of this registry's content-addressed images (pulled, never
+    /// pushed again). Other repositories of the project, such as users' pushes to the transient
+    /// registry under `{project}/{organization}/`, can be overwritten by their owners: they are
+    /// copied to the content-addressed name.
     fn holds(&self, reference: &str) -> bool {
-        let prefix = format!("{}/{}/", self.registry, self.project);
+        let prefix = format!("{}/{}/daytona-", self.registry, self.project);
         reference
             .get(..prefix.len())
             .is_some_and(|head| head.eq_ignore_ascii_case(&prefix))
@@ -842,8 +844,10 @@ mod tests {
         let pushed = internal.reference_for("abc123");
         assert_eq!(pushed, "registry:6000/daytona/daytona-abc123:daytona");
         assert!(internal.holds(&pushed));
-        assert!(internal.holds("Registry:6000/daytona/other:1"));
+        assert!(internal.holds("Registry:6000/daytona/daytona-def:daytona"));
         for foreign in [
+            "registry:6000/daytona/other:1",
+            "registry:6000/daytona/org-1/app:v1",
             "registry:6000/other/daytona-abc123:daytona",
             "registry:6001/daytona/daytona-abc123:daytona",
             "ubuntu:22.04",

@@ -114,6 +114,9 @@ pub struct SnapshotService {
     runner: Arc<dyn SandboxRunner>,
     /// Image builds (`buildInfo`); `None` refuses them.
     builds: Option<Arc<Builds>>,
+    /// `host[:port]/project/` of the transient registry, whose `{organization id}/` paths hold
+    /// what each organization pushed (runners pull them with full access).
+    transient_prefix: Option<String>,
 }
 
 pub(crate) fn is_valid_snapshot_name(name: &str) -> bool {
@@ -128,6 +131,34 @@ impl SnapshotService {
             store,
             runner,
             builds: None,
+            transient_prefix: None,
+        }
+    }
+
+    /// Snapshots may name only their own organization's images of the transient registry at
+    /// `host` (`host[:port]`) under `project`.
+    pub fn with_transient_registry(mut self, host: &str, project: &str) -> Self {
+        self.transient_prefix = Some(format!("{}/{project}/", host.to_ascii_lowercase()));
+        self
+    }
+
+    /// Refuses an image another organization pushed to the transient registry.
+    fn check_transient_owner(&self, ctx: &AuthContext, image: &str) -> ApiResult<()> {
+        let Some(prefix) = &self.transient_prefix else {
+            return Ok(());
+        };
+        let lowered = image.to_ascii_lowercase();
+        let Some(path) = lowered.strip_prefix(prefix.as_str()) else {
+            return Ok(());
+        };
+        match path.split_once('/') {
+            Some((owner, _)) if owner != ctx.organization_id && !ctx.system_admin => {
+                Err(ApiError::Forbidden(format!(
+                    "imageName: '{image}' belongs to another organization's part of the transient \
+                     registry"
+                )))
+            }
+            _ => Ok(()),
         }
     }
 
@@ -262,6 +293,7 @@ impl SnapshotService {
                 if is_local_reference(&image) {
                     local_reference_allowed(ctx, "imageName", &image)?;
                 }
+                self.check_transient_owner(ctx, &image)?;
                 image
             }
         };

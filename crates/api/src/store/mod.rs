@@ -22,6 +22,7 @@ mod metrics;
 mod organization_secrets;
 mod organizations;
 mod quotas;
+mod registry_credentials;
 mod runners;
 mod sandboxes;
 mod secrets;
@@ -41,6 +42,7 @@ pub use organizations::{
     RoleRow, UserRow,
 };
 pub use quotas::{OrgQuotas, ResourceUse};
+pub use registry_credentials::RegistryCredentialRow;
 pub use runners::{JobRow, RunnerAllocation, RunnerReport, RunnerRow};
 pub use sandboxes::{SandboxFilter, SandboxRow, SandboxSetting, SandboxSort};
 pub use secrets::SecretKind;
