@@ -21,6 +21,37 @@ pub enum OutboundError {
     },
 }
 
+/// Debian's bundle of the system's trusted CAs (package ca-certificates).
+const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The settings both reqwest client builders (async and blocking) take alike.
+trait Builder: Sized {
+    fn no_proxy(self) -> Self;
+    fn proxy(self, proxy: reqwest::Proxy) -> Self;
+    fn tls_certs_merge(self, certs: impl IntoIterator<Item = reqwest::Certificate>) -> Self;
+}
+
+macro_rules! builder {
+    ($ty:ty) => {
+        impl Builder for $ty {
+            fn no_proxy(self) -> Self {
+                <$ty>::no_proxy(self)
+            }
+            fn proxy(self, proxy: reqwest::Proxy) -> Self {
+                <$ty>::proxy(self, proxy)
+            }
+            fn tls_certs_merge(
+                self,
+                certs: impl IntoIterator<Item = reqwest::Certificate>,
+            ) -> Self {
+                <$ty>::tls_certs_merge(self, certs)
+            }
+        }
+    };
+}
+builder!(reqwest::ClientBuilder);
+builder!(reqwest::blocking::ClientBuilder);
+
 /// Proxies and extra trusted CAs for outbound connections. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Outbound {
@@ -79,12 +110,28 @@ impl Outbound {
     /// A reqwest client builder with the proxies and extra roots applied; callers add their
     /// timeouts.
     pub fn client_builder(&self) -> reqwest::ClientBuilder {
+        self.apply(reqwest::Client::builder())
+    }
+
+    /// The same for a blocking client (the OTLP exporter exports from a thread of its own,
+    /// outside any async runtime).
+    pub fn blocking_client_builder(&self) -> reqwest::blocking::ClientBuilder {
+        self.apply(reqwest::blocking::Client::builder())
+    }
+
+    /// For our own processes on this host's bridge (sandbox daemons): never through a proxy,
+    /// whatever the environment says.
+    pub fn local_client_builder() -> reqwest::ClientBuilder {
+        Outbound::direct().client_builder()
+    }
+
+    fn apply<B: Builder>(&self, builder: B) -> B {
         let no_proxy = || {
             self.no_proxy
                 .as_deref()
                 .and_then(reqwest::NoProxy::from_string)
         };
-        let mut builder = reqwest::Client::builder().no_proxy();
+        let mut builder = builder.no_proxy();
         if let Some(url) = &self.http_proxy
             && let Ok(proxy) = reqwest::Proxy::http(url.as_str())
         {
@@ -103,6 +150,52 @@ impl Outbound {
             builder = builder.tls_certs_merge(certs);
         }
         builder
+    }
+
+    /// The PEM certificates of `NODE_EXTRA_CA_CERTS`, one each, for TLS stacks that are not
+    /// reqwest's (SMTP).
+    pub fn extra_root_pems(&self) -> impl Iterator<Item = &[u8]> {
+        self.extra_roots.iter().map(Vec::as_slice)
+    }
+
+    /// The proxy settings as the environment of a child process that uses libcurl (s3fs):
+    /// curl reads `http_proxy` only in lower case, so all three are given that way.
+    pub fn proxy_env(&self) -> Vec<(&'static str, String)> {
+        [
+            ("http_proxy", &self.http_proxy),
+            ("https_proxy", &self.https_proxy),
+            ("no_proxy", &self.no_proxy),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.clone().map(|v| (name, v)))
+        .collect()
+    }
+
+    /// Writes the system's CA bundle followed by the extra CAs to `path`, for programs that take
+    /// one bundle in place of the system's (libcurl's `CURL_CA_BUNDLE`); `None` without extra
+    /// CAs (the system's bundle is used as is).
+    pub fn write_ca_bundle(&self, path: &std::path::Path) -> std::io::Result<Option<PathBuf>> {
+        if self.extra_roots.is_empty() {
+            return Ok(None);
+        }
+        let mut bundle = match std::fs::read(SYSTEM_CA_BUNDLE) {
+            Ok(system) => system,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                return Err(std::io::Error::new(
+                    e.kind(),
+                    format!("{SYSTEM_CA_BUNDLE}: {e}"),
+                ));
+            }
+        };
+        if !bundle.is_empty() && !bundle.ends_with(b"\n") {
+            bundle.push(b'\n');
+        }
+        for pem in self.extra_roots.iter() {
+            bundle.extend_from_slice(pem);
+        }
+        std::fs::write(path, bundle)?;
+        Ok(Some(path.to_path_buf()))
     }
 
     /// The same settings for an OCI registry client.
