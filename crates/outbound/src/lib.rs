@@ -294,4 +294,44 @@ mod tests {
         assert_eq!(config.no_proxy.as_deref(), Some("localhost,registry"));
         assert!(!format!("{outbound:?}").contains("3128"));
     }
+
+    #[test]
+    fn child_processes_get_only_the_configured_proxies_and_a_merged_bundle() {
+        let outbound = Outbound::from_config(&misc(&[
+            ("HTTPS_PROXY", "http://127.0.0.1:3129"),
+            ("NO_PROXY", "localhost,runner.internal"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            outbound.proxy_env(),
+            vec![
+                ("https_proxy", "http://127.0.0.1:3129".to_string()),
+                ("no_proxy", "localhost,runner.internal".to_string()),
+            ]
+        );
+        let dir = std::env::temp_dir().join(format!("outbound-bundle-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bundle = dir.join("bundle.pem");
+        assert_eq!(Outbound::direct().write_ca_bundle(&bundle).unwrap(), None);
+        assert!(!bundle.exists());
+
+        // Any certificate will do: the system bundle's first one stands in for an extra CA.
+        let system = std::fs::read_to_string(SYSTEM_CA_BUNDLE).unwrap();
+        let end = system.find("-----END CERTIFICATE-----").unwrap() + 25;
+        let start = system.find("-----BEGIN CERTIFICATE-----").unwrap();
+        let extra = dir.join("extra.pem");
+        std::fs::write(&extra, &system[start..end]).unwrap();
+        let outbound =
+            Outbound::from_config(&misc(&[("NODE_EXTRA_CA_CERTS", extra.to_str().unwrap())]))
+                .unwrap();
+        assert_eq!(
+            outbound.write_ca_bundle(&bundle).unwrap().as_deref(),
+            Some(bundle.as_path())
+        );
+        let merged = std::fs::read_to_string(&bundle).unwrap();
+        assert!(merged.starts_with(&system), "the system's CAs come first");
+        assert!(merged[system.len()..].contains(&system[start..end]));
+        assert_eq!(outbound.extra_root_pems().count(), 1);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

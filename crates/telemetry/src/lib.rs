@@ -361,4 +361,33 @@ mod tests {
         on.push(("OTEL_ENABLED", "false"));
         assert_eq!(Export::from_config(&config(&on)).unwrap(), None);
     }
+
+    #[test]
+    fn a_trace_context_carried_elsewhere_continues_the_trace() {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let carried = HashMap::from([(
+                "traceparent".to_string(),
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string(),
+            )]);
+            let job = tracing::info_span!("job");
+            continue_trace(&job, &carried);
+            let fields = job.in_scope(trace_context);
+            let traceparent = &fields["traceparent"];
+            assert!(
+                traceparent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+                "{traceparent}"
+            );
+            // A span of its own under the carried parent, not the parent itself.
+            assert!(!traceparent.contains("b7ad6b7169203331"), "{traceparent}");
+
+            let fresh = tracing::info_span!("job");
+            continue_trace(&fresh, &HashMap::new());
+            let own = fresh.in_scope(trace_context);
+            assert!(!own["traceparent"].contains("0af7651916cd43dd8448eb211c80319c"));
+        });
+        assert!(trace_context().is_empty(), "nothing traced, nothing carried");
+    }
 }
