@@ -6,7 +6,11 @@ loopback ports, so no name resolution or traffic ever leaves the machine. Three 
 processes serve one storage: plain HTTP, TLS with a certificate from CA 1 and TLS with one from CA 2.
 The server trusts CA 1 through NODE_EXTRA_CA_CERTS. Snapshot pulls must: reach the plain registry at
 127.0.0.1 through the proxy; bypass it for `localhost` (NO_PROXY); tunnel to the CA-1 registry and
-succeed; tunnel to the CA-2 registry and fail on its certificate."""
+succeed; tunnel to the CA-2 registry and fail on its certificate.
+
+S3 (`S3_*`) is moto over TLS, named `s3.trusted.test` (a name only the proxy maps) with a certificate of
+a third CA: a sandbox archive (upload) and its restore (download) tunnel through the proxy and work when
+the bundle holds that CA; a second server whose bundle lacks it fails the archive naming the certificate."""
 
 from __future__ import annotations
 
@@ -247,10 +251,7 @@ def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
                 }
                 env = {**s3_env, "NODE_EXTRA_CA_CERTS": str(bundle)}
                 with run_server(failed, env) as server:
-                    setup = Setup()
-                    setup.proxy, setup.plain_port, setup.client = proxy, loopback(plain)[1], make_client(server)
-                    setup.s3_env, setup.registry_ca = s3_env, trusted_ca
-                    yield setup
+                    yield Setup(proxy, loopback(plain)[1], make_client(server), s3_env, trusted_ca)
     finally:
         for registry in registries:
             test_registry._stop_registry(registry)

@@ -73,6 +73,8 @@ def moto_s3(failed: Callable[[], bool], tls: tuple[Path, Path] | None = None) ->
         stdout=log,
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
+        # Path-style only (as the deployment asks), whatever the host is called.
+        env={**os.environ, "S3_IGNORE_SUBDOMAIN_BUCKETNAME": "true"},
     )
     endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
     # The certificate names the test's host, not 127.0.0.1: this check only needs an answer.

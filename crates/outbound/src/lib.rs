@@ -1,9 +1,15 @@
 //! How this server reaches other hosts: the one place that builds outbound HTTP clients, so every
-//! call (runner and proxy to the API, OIDC discovery and keys, registry pulls, image builds)
-//! goes through `HTTP_PROXY`/`HTTPS_PROXY` except for the hosts in `NO_PROXY`, and trusts the
-//! CAs of `NODE_EXTRA_CA_CERTS` besides the usual roots. Proxies come from the configuration
-//! only (the HTTP library's own reading of the environment is turned off), so what the
-//! configuration says is what happens.
+//! call (runner and proxy to the API, OIDC discovery and keys, registry pulls and pushes, S3 of
+//! the API and the runner, the OTLP exporter) goes through `HTTP_PROXY`/`HTTPS_PROXY` except for
+//! the hosts in `NO_PROXY`, and trusts the CAs of `NODE_EXTRA_CA_CERTS` besides the usual roots.
+//! Proxies come from the configuration only (the HTTP library's own reading of the environment is
+//! turned off), so what the configuration says is what happens. The same settings reach s3fs
+//! through its environment ([`Outbound::proxy_env`], [`Outbound::write_ca_bundle`]) and SMTP's
+//! TLS as extra roots ([`Outbound::extra_root_pems`]; SMTP is not HTTP, so no proxy applies).
+//!
+//! Not through a proxy, by design: calls to our own sandboxes' daemons on this host's bridge
+//! ([`Outbound::local_client_builder`]), and the proxy's and SSH gateway's traffic to runners
+//! (runners sit on the deployment's private network, as if always in `NO_PROXY`).
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -42,7 +42,7 @@ pub enum StorageError {
     InvalidKey { key: String, reason: String },
     #[error("object storage configuration: {0}")]
     Config(String),
-    #[error("object {key}: {source}")]
+    #[error("object {key}: {}", with_causes(source))]
     Backend {
         key: String,
         #[source]
@@ -58,6 +58,22 @@ pub enum StorageError {
 }
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// An error and the causes under it (an S3 client error alone says "error sending request"; the
+/// cause says a certificate is not trusted, or the proxy refused). Causes whose text is already
+/// in the message are left out.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = e.source();
+    }
+    message
+}
 
 /// An S3-compatible bucket.
 #[derive(Debug, Clone)]
