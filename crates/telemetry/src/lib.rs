@@ -388,6 +388,9 @@ mod tests {
             let own = fresh.in_scope(trace_context);
             assert!(!own["traceparent"].contains("0af7651916cd43dd8448eb211c80319c"));
         });
-        assert!(trace_context().is_empty(), "nothing traced, nothing carried");
+        assert!(
+            trace_context().is_empty(),
+            "nothing traced, nothing carried"
+        );
     }
 }
