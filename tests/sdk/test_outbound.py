@@ -6,7 +6,11 @@ loopback ports, so no name resolution or traffic ever leaves the machine. Three 
 processes serve one storage: plain HTTP, TLS with a certificate from CA 1 and TLS with one from CA 2.
 The server trusts CA 1 through NODE_EXTRA_CA_CERTS. Snapshot pulls must: reach the plain registry at
 127.0.0.1 through the proxy; bypass it for `localhost` (NO_PROXY); tunnel to the CA-1 registry and
-succeed; tunnel to the CA-2 registry and fail on its certificate."""
+succeed; tunnel to the CA-2 registry and fail on its certificate.
+
+S3 (`S3_*`) is moto over TLS, named `s3.trusted.test` (a name only the proxy maps) with a certificate of
+a third CA: a sandbox archive (upload) and its restore (download) tunnel through the proxy and work when
+the bundle holds that CA; a second server whose bundle lacks it fails the archive naming the certificate."""
 
 from __future__ import annotations
 
@@ -28,13 +32,15 @@ from urllib.parse import urlsplit
 
 import pytest
 from daytona import CreateSnapshotParams, DaytonaError
-from daytona_api_client import SnapshotState
+from daytona_api_client import SandboxState, SnapshotState
 
 import test_registry
+import test_s3
 from conftest import run_server
 from support import make_client, unique
 
 TRUSTED, UNTRUSTED = "registry.trusted.test", "registry.untrusted.test"
+S3_HOST = "s3.trusted.test"
 
 pytestmark = test_registry.pytestmark
 
@@ -196,6 +202,9 @@ class Setup:
     proxy: ForwardProxy
     plain_port: int
     client: object
+    # What a second server needs to use the same S3 endpoint through the same proxy.
+    s3_env: dict[str, str]
+    registry_ca: Path
 
 
 @pytest.fixture(scope="module")
@@ -218,17 +227,31 @@ def setup(request: pytest.FixtureRequest) -> Iterator[Setup]:
         def loopback(registry):
             return ("127.0.0.1", int(registry.host.rsplit(":", 1)[1]))
 
-        routes = {f"{TRUSTED}:443": loopback(trusted), f"{UNTRUSTED}:443": loopback(untrusted)}
-        with forward_proxy(routes) as proxy:
-            url = f"http://127.0.0.1:{proxy.port}"
-            env = {
-                "HTTPS_PROXY": url,
-                "http_proxy": url,
-                "NO_PROXY": "localhost",
-                "NODE_EXTRA_CA_CERTS": str(trusted_ca),
+        # S3 over TLS with a certificate of a CA of its own, known by a name only the proxy maps.
+        s3_ca, s3_cert, s3_key = _certificate(work, S3_HOST)
+        bundle = work / "bundle.pem"
+        bundle.write_text(trusted_ca.read_text() + s3_ca.read_text())
+        failed = lambda: bool(request.session.testsfailed)  # noqa: E731
+        with test_s3.moto_s3(failed, tls=(s3_cert, s3_key)) as s3:
+            s3_port = int(s3.endpoint.rsplit(":", 1)[1])
+            routes = {
+                f"{TRUSTED}:443": loopback(trusted),
+                f"{UNTRUSTED}:443": loopback(untrusted),
+                f"{S3_HOST}:443": ("127.0.0.1", s3_port),
             }
-            with run_server(lambda: bool(request.session.testsfailed), env) as server:
-                yield Setup(proxy, loopback(plain)[1], make_client(server))
+            with forward_proxy(routes) as proxy:
+                url = f"http://127.0.0.1:{proxy.port}"
+                api_s3, _ = test_s3.s3_env(s3)
+                s3_env = {
+                    **api_s3,
+                    "S3_ENDPOINT": f"https://{S3_HOST}",
+                    "HTTPS_PROXY": url,
+                    "http_proxy": url,
+                    "NO_PROXY": "localhost",
+                }
+                env = {**s3_env, "NODE_EXTRA_CA_CERTS": str(bundle)}
+                with run_server(failed, env) as server:
+                    yield Setup(proxy, loopback(plain)[1], make_client(server), s3_env, trusted_ca)
     finally:
         for registry in registries:
             test_registry._stop_registry(registry)
@@ -262,3 +285,42 @@ def test_https_registry_is_trusted_only_through_the_extra_ca_bundle(setup: Setup
     # The tunnel was made: what failed is trust in the certificate, not the route.
     assert setup.proxy.saw(f"CONNECT {UNTRUSTED}:443"), setup.proxy.seen
     assert "certificate" in (failed.error_reason or "").lower(), failed.error_reason
+
+
+def _archived(client) -> object:
+    """A sandbox with a file, stopped and archived (its disk goes to object storage)."""
+    sandbox = client.create(timeout=180)
+    sandbox.process.exec("echo kept-in-s3 > /home/daytona/kept.txt")
+    sandbox.stop()
+    try:
+        sandbox.archive()
+    except DaytonaError:
+        pass  # the state says why
+    sandbox.refresh_data()
+    return sandbox
+
+
+def test_s3_goes_through_the_proxy_and_trusts_its_ca_through_the_bundle(setup: Setup):
+    sandbox = _archived(setup.client)
+    try:
+        assert sandbox.state == SandboxState.ARCHIVED, sandbox.error_reason
+        # The endpoint's name resolves nowhere: only the proxy's tunnel reaches it.
+        assert setup.proxy.saw(f"CONNECT {S3_HOST}:443"), setup.proxy.seen
+        # The restore reads the archive back the same way.
+        sandbox.start()
+        assert sandbox.process.exec("cat /home/daytona/kept.txt").result.strip() == "kept-in-s3"
+    finally:
+        setup.client.delete(sandbox, timeout=120)
+
+
+def test_s3_with_a_ca_outside_the_bundle_is_refused_on_its_certificate(request: pytest.FixtureRequest, setup: Setup):
+    # Trusts the registry's CA but not the S3 endpoint's.
+    env = {**setup.s3_env, "NODE_EXTRA_CA_CERTS": str(setup.registry_ca)}
+    with run_server(lambda: bool(request.session.testsfailed), env) as server:
+        client = make_client(server)
+        sandbox = _archived(client)
+        try:
+            assert sandbox.state != SandboxState.ARCHIVED
+            assert "certificate" in (sandbox.error_reason or "").lower(), sandbox.error_reason
+        finally:
+            client.delete(sandbox, timeout=120)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -59,22 +60,32 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def moto_s3(failed: Callable[[], bool]) -> Iterator[S3Server]:
-    """`moto_server` on a free loopback port with the deployment's bucket; stopped by its PID."""
+def moto_s3(failed: Callable[[], bool], tls: tuple[Path, Path] | None = None) -> Iterator[S3Server]:
+    """`moto_server` on a free loopback port with the deployment's bucket; stopped by its PID.
+    `tls`: (certificate, key) to serve HTTPS with."""
     port = conftest._free_port()
     moto = Path(sys.executable).parent / "moto_server"
     log_dir = Path(tempfile.mkdtemp(prefix="daytona-moto-", dir=os.environ.get("DAYTONA_TEST_TMPDIR")))
     log = (log_dir / "moto.log").open("wb")
+    tls_args = ["-c", str(tls[0]), "-k", str(tls[1])] if tls else []
     process = subprocess.Popen(
-        [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        [str(moto), "-H", "127.0.0.1", "-p", str(port), *tls_args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        # Path-style only (as the deployment asks), whatever the host is called.
+        env={**os.environ, "S3_IGNORE_SUBDOMAIN_BUCKETNAME": "true"},
     )
-    endpoint = f"http://127.0.0.1:{port}"
+    endpoint = f"{'https' if tls else 'http'}://127.0.0.1:{port}"
+    # The certificate names the test's host, not 127.0.0.1: this check only needs an answer.
+    context = ssl._create_unverified_context() if tls else None  # noqa: S323
     try:
         deadline = time.monotonic() + 60
         while True:
             try:
                 # moto keeps its buckets in memory: make the deployment's bucket.
-                with urllib.request.urlopen(urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT"), timeout=2):
+                request = urllib.request.Request(f"{endpoint}/{BUCKET}", method="PUT")
+                with urllib.request.urlopen(request, timeout=2, context=context):
                     break
             except (urllib.error.URLError, OSError):
                 assert process.poll() is None, (log_dir / "moto.log").read_text()

@@ -2,7 +2,10 @@
 export spans to a real OTLP/HTTP receiver on loopback (protobuf ExportTraceServiceRequest, decoded with
 opentelemetry-proto). An SDK create and exec must show as traces that cross processes: the proxy's
 request span and the API's span of the lookup it made share one trace id (W3C traceparent), and so do a
-runner's job span and the API's span of the job's status report. The API and proxy send
+runner's job span and the API's span of the job's status report. A toolbox call forwarded through the
+runner is one trace of the proxy's and the runner's spans (traceparent on the proxy→runner hop), and a
+create is one trace from the API's request span to the runner's span of the job that carried it out
+(the job records the creating request's trace context). The API and proxy send
 OTEL_COLLECTOR_API_KEY as bearer; the runner sends OTEL_EXPORTER_OTLP_HEADERS."""
 
 from __future__ import annotations
@@ -180,6 +183,55 @@ def test_one_sdk_request_is_one_trace_across_processes(deployment: Deployment):
         "a trace with spans of the runner and the API",
         received,
     )
+
+
+def _spans_in(received: Received, trace: str) -> set[tuple[str, str]]:
+    with received.lock:
+        return {(service, name) for service, t, name in received.spans if t == trace}
+
+
+def _trace_with(received: Received, service: str, predicate) -> list[str]:
+    """Ids of traces with a span of `service` whose name satisfies `predicate`."""
+    with received.lock:
+        return sorted({t for s, t, name in received.spans if s == service and predicate(name)})
+
+
+def test_a_toolbox_call_through_the_runner_is_one_trace_of_proxy_and_runner(deployment: Deployment):
+    client = make_client(deployment.api)
+    sandbox = client.create(timeout=180)
+    try:
+        assert sandbox.process.exec("echo through-the-runner").result.strip() == "through-the-runner"
+        received = deployment.received
+        # The runner's span of the forwarded request names the sandbox in its path.
+        forwarded = _wait_for(
+            lambda: _trace_with(received, "daytona-runner", lambda name: f"/sandboxes/{sandbox.id}/ports/" in name),
+            "the runner's span of traffic it forwarded",
+            received,
+        )
+        joined = [t for t in forwarded if any(s == "daytona-proxy" for s, _ in _spans_in(received, t))]
+        assert joined, f"no forwarded request shares a trace with the proxy: {[_spans_in(received, t) for t in forwarded]}"
+    finally:
+        client.delete(sandbox, timeout=120)
+
+
+def test_a_create_and_the_runner_job_that_carries_it_out_are_one_trace(deployment: Deployment):
+    client = make_client(deployment.api)
+    received = deployment.received
+    with received.lock:
+        before = {t for s, t, name in received.spans if name == "job CREATE_SANDBOX"}
+    sandbox = client.create(timeout=180)
+    try:
+        jobs = _wait_for(
+            lambda: [t for t in _trace_with(received, "daytona-runner", lambda n: n == "job CREATE_SANDBOX") if t not in before],
+            "the runner's span of the create job",
+            received,
+        )
+        for trace in jobs:
+            spans = _spans_in(received, trace)
+            # The SDK's POST /api/sandbox, served by the API, is the job's ancestor.
+            assert any(s == "daytona-api" and n.startswith("POST /api/sandbox") for s, n in spans), spans
+    finally:
+        client.delete(sandbox, timeout=120)
 
 
 def test_exports_carry_the_configured_credentials(deployment: Deployment):

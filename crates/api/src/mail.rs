@@ -1,9 +1,13 @@
 //! Outgoing mail (`SMTP_*`): organization invitations. Without `SMTP_HOST` nothing is sent and
 //! invitations are only listed to the invitee through the API.
+//!
+//! TLS to the mail server (SMTPS or STARTTLS) trusts the CAs of `NODE_EXTRA_CA_CERTS` besides
+//! the system's. `HTTP_PROXY`/`HTTPS_PROXY` do not apply: SMTP is not HTTP, and the connection
+//! goes straight to `SMTP_HOST`.
 
 use lettre::message::Mailbox;
 use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 
 use daytona_config::SmtpConfig;
@@ -58,16 +62,25 @@ impl std::fmt::Debug for Mailer {
 impl Mailer {
     /// `SMTP_SECURE=true`: TLS from the first byte; `false`: STARTTLS when the server offers it;
     /// unset: TLS from the first byte on port 465, else STARTTLS when offered.
-    pub fn new(config: &SmtpConfig, dashboard_url: &str) -> Result<Self, MailError> {
+    pub fn new(
+        config: &SmtpConfig,
+        dashboard_url: &str,
+        outbound: &daytona_outbound::Outbound,
+    ) -> Result<Self, MailError> {
         let from: Mailbox = config
             .email_from
             .parse()
             .map_err(|e| MailError::From(format!("'{}': {e}", config.email_from)))?;
-        let tls_parameters =
-            TlsParameters::new(config.host.clone()).map_err(|source| MailError::Tls {
-                host: config.host.clone(),
-                source,
-            })?;
+        let tls_error = |source| MailError::Tls {
+            host: config.host.clone(),
+            source,
+        };
+        let mut tls_parameters = TlsParameters::builder(config.host.clone());
+        for pem in outbound.extra_root_pems() {
+            tls_parameters =
+                tls_parameters.add_root_certificate(Certificate::from_pem(pem).map_err(tls_error)?);
+        }
+        let tls_parameters = tls_parameters.build().map_err(tls_error)?;
         let implicit = config.secure.unwrap_or(config.port == SMTPS_PORT);
         let tls = if implicit {
             Tls::Wrapper(tls_parameters)

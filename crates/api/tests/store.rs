@@ -1200,6 +1200,12 @@ async fn runners_jobs_and_runner_images_are_stored_alike() {
         let claimed = store.claim_jobs("r-1", 2).await.unwrap();
         assert_eq!(claimed.len(), 2, "{backend:?}");
         assert!(claimed.iter().all(|j| j.state == "IN_PROGRESS"));
+        // The creating request's trace context comes back as it was stored.
+        assert_eq!(
+            claimed[0].trace_context["traceparent"],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "{backend:?}"
+        );
         assert_eq!(
             store
                 .runner_jobs("r-1", Some("IN_PROGRESS"), 10)
@@ -1374,5 +1380,8 @@ fn pending_job(id: &str, job_type: &str, resource_id: &str) -> JobRow {
         updated_at: ts,
         started_at: None,
         completed_at: None,
+        trace_context: serde_json::json!({
+            "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        }),
     }
 }

@@ -23,7 +23,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     // `AWS_*` (defaulting to `S3_*`) when set, so archives reach every runner; else local.
     let storage = match &config.runner.storage {
-        Some(s3) => ObjectStorage::s3(&s3_settings(s3)),
+        Some(s3) => ObjectStorage::s3(&s3_settings(&config, s3)?),
         None => ObjectStorage::local(&data_dir.join("objects")),
     }
     .context("cannot set up the runner's object storage (AWS_*)")?;

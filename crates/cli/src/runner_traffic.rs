@@ -17,6 +17,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use hyper_util::rt::TokioIo;
 use percent_encoding::percent_decode_str;
+use tracing::Instrument;
 
 use daytona_proxy::DirectForwarder;
 use daytona_proxy::route::{
@@ -127,7 +128,13 @@ fn parse_target(path: &str) -> Option<Target<'_>> {
     })
 }
 
-async fn serve(State(state): State<RunnerSide>, mut req: Request) -> Response {
+/// Each request is a span continuing the trace of the proxy or gateway that sent it.
+async fn serve(State(state): State<RunnerSide>, req: Request) -> Response {
+    let span = daytona_telemetry::server_span(&req);
+    handle(state, req).instrument(span).await
+}
+
+async fn handle(state: RunnerSide, mut req: Request) -> Response {
     let path = req.uri().path().to_owned();
     let method = req.method().clone();
     let error = |status: StatusCode, message: String, unreachable: Option<&'static str>| {

@@ -43,9 +43,14 @@ pub fn main(roles: Option<String>) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let telemetry = match daytona_telemetry::Export::from_config(&config)
-        .and_then(|export| daytona_telemetry::init(&config.server.log, export))
-    {
+    let telemetry = match outbound(&config).and_then(|outbound| {
+        let export = daytona_telemetry::Export::from_config(&config)?;
+        Ok(daytona_telemetry::init(
+            &config.server.log,
+            export,
+            &outbound,
+        )?)
+    }) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("daytona server: {e}");
@@ -376,9 +381,15 @@ impl ControlPlane {
                 mailer: config
                     .smtp
                     .as_ref()
-                    .map(|smtp| daytona_api::mail::Mailer::new(smtp, &config.api.dashboard_url))
-                    .transpose()
-                    .context("cannot set up outgoing mail")?
+                    .map(|smtp| {
+                        daytona_api::mail::Mailer::new(
+                            smtp,
+                            &config.api.dashboard_url,
+                            &outbound(config)?,
+                        )
+                        .context("cannot set up outgoing mail")
+                    })
+                    .transpose()?
                     .map(Arc::new),
             }),
             push_access,
@@ -615,7 +626,7 @@ fn volume_store(config: &Config) -> anyhow::Result<VolumeStore> {
     let volumes =
         VolumeStore::open(&root).with_context(|| format!("cannot open {}", root.display()))?;
     Ok(match &config.runner.storage {
-        Some(s3) => volumes.with_s3(s3_settings(s3)),
+        Some(s3) => volumes.with_s3(s3_settings(config, s3)?),
         None => volumes,
     })
 }
@@ -627,20 +638,24 @@ pub(crate) fn release_volumes(config: &Config) {
     }
 }
 
-pub(crate) fn s3_settings(s3: &daytona_config::ObjectStorage) -> S3Settings {
-    S3Settings {
+pub(crate) fn s3_settings(
+    config: &Config,
+    s3: &daytona_config::ObjectStorage,
+) -> anyhow::Result<S3Settings> {
+    Ok(S3Settings {
         endpoint: s3.endpoint.clone(),
         region: s3.region.clone(),
         bucket: s3.bucket.clone(),
         access_key: s3.access_key.expose().to_owned(),
         secret_key: s3.secret_key.expose().to_owned(),
-    }
+        outbound: outbound(config)?,
+    })
 }
 
 /// S3 when `S3_ENDPOINT` is set, else `<DAYTONA_DATA_DIR>/objects`.
 fn object_storage(config: &Config, data_dir: &Path) -> anyhow::Result<ObjectStorage> {
     let storage = match &config.s3 {
-        Some(s3) => ObjectStorage::s3(&s3_settings(&s3.storage)),
+        Some(s3) => ObjectStorage::s3(&s3_settings(config, &s3.storage)?),
         None => ObjectStorage::local(&data_dir.join("objects")),
     };
     storage.context("cannot set up object storage")

@@ -18,6 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use crate::SandboxDirectory;
 use crate::route::{KEEP_HOST_HEADER, SandboxRoute, TRAFFIC_CREDENTIAL_HEADER, UNREACHABLE_HEADER};
 
+/// W3C trace context headers: through a runner they carry this process's span, not the caller's.
+const TRACE_HEADERS: [&str; 2] = ["traceparent", "tracestate"];
+
 /// How often a long-lived (upgraded) connection counts as sandbox activity.
 const UPGRADED_ACTIVITY_INTERVAL: Duration = Duration::from_secs(50);
 
@@ -237,6 +240,11 @@ pub(crate) async fn forward(
             message: "the runner credential is not a header value".into(),
         })?;
         parts.headers.insert(TRAFFIC_CREDENTIAL_HEADER, credential);
+        // The runner's span of this request continues this process's trace.
+        for name in TRACE_HEADERS {
+            parts.headers.remove(name);
+        }
+        parts.headers.extend(daytona_telemetry::trace_headers());
         if upstream.keep_host {
             parts
                 .headers

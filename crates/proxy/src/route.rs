@@ -168,7 +168,7 @@ pub async fn dial(
         url.path().trim_end_matches('/'),
         crate::remote::segment(sandbox_id)
     );
-    let req = Request::get(path)
+    let mut req = Request::get(path)
         .header(header::HOST, authority.as_str())
         .header(header::CONNECTION, "upgrade")
         .header(header::UPGRADE, TCP_UPGRADE)
@@ -179,6 +179,8 @@ pub async fn dial(
         )
         .body(axum::body::Body::empty())
         .map_err(|e| io_error(e.to_string()))?;
+    // The runner's span of the tunnel continues the caller's trace.
+    req.headers_mut().extend(daytona_telemetry::trace_headers());
     let resp = sender
         .send_request(req)
         .await

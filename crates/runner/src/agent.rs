@@ -178,8 +178,10 @@ impl Agent {
                 continue;
             }
             let this = self.clone();
-            // One trace per job: its run and the report of its outcome to the API.
+            // The job's run and the report of its outcome continue the trace of the request
+            // that created it (a trace of their own when it carried none).
             let span = tracing::info_span!("job", otel.name = %format!("job {}", job.job_type), job = %job.id);
+            daytona_telemetry::continue_trace(&span, &job.trace_context);
             tokio::spawn(
                 async move {
                     let id = job.id.clone();

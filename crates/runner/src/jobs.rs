@@ -5,6 +5,7 @@
 //! create first discards what an interrupted attempt left, and the others are idempotent in the
 //! runtime (stop, destroy) or by nature (pull, lookups).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -331,6 +332,9 @@ pub struct JobDto {
     pub error_message: Option<String>,
     pub created_at: String,
     pub updated_at: String,
+    /// The W3C trace context (`traceparent`, `tracestate`) of the request that created the job.
+    #[serde(default, skip_serializing_if = "HashMap::is_empty")]
+    pub trace_context: HashMap<String, String>,
 }
 
 /// `GET /jobs/poll`'s answer.

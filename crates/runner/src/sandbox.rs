@@ -768,8 +768,7 @@ impl SandboxRunner for Runner {
             "unsetValuePrefix": daytona_egress::PLACEHOLDER_PREFIX,
         });
         // The daemon is on this host's bridge: never through an outbound proxy.
-        let client = reqwest::Client::builder()
-            .no_proxy()
+        let client = daytona_outbound::Outbound::local_client_builder()
             .build()
             .map_err(|e| failed(e.to_string()))?;
         let response = client

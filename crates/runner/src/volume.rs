@@ -27,6 +27,20 @@ use daytona_storage::S3Settings;
 const REMOVING_PREFIX: &str = ".removing-";
 /// Filesystem type of an s3fs mount in `/proc/self/mountinfo`.
 const S3FS_TYPE: &str = "fuse.s3fs";
+/// The system's CAs and `NODE_EXTRA_CA_CERTS` for s3fs, in the volumes root (no volume id
+/// starts with a dot).
+const S3FS_CA_BUNDLE: &str = ".s3fs-ca-bundle.pem";
+/// Proxy variables libcurl reads; s3fs gets only the configured ones.
+const PROXY_VARIABLES: [&str; 8] = [
+    "http_proxy",
+    "HTTP_PROXY",
+    "https_proxy",
+    "HTTPS_PROXY",
+    "no_proxy",
+    "NO_PROXY",
+    "all_proxy",
+    "ALL_PROXY",
+];
 /// How long a new or existing mount may take to list its root before it counts as broken.
 const MOUNT_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -204,22 +218,33 @@ impl S3Volumes {
             settings.endpoint.trim_end_matches('/'),
             settings.region
         );
-        let output = Command::new("s3fs")
-            .arg(format!("{}:/{}", settings.bucket, self.prefix(id)))
+        let mut s3fs = Command::new("s3fs");
+        s3fs.arg(format!("{}:/{}", settings.bucket, self.prefix(id)))
             .arg(path)
             .args(["-o", &options])
             .env("AWSACCESSKEYID", &settings.access_key)
             .env("AWSSECRETACCESSKEY", &settings.secret_key)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| {
-                let hint = if e.kind() == io::ErrorKind::NotFound {
-                    " (install s3fs: Debian package s3fs)"
-                } else {
-                    ""
-                };
-                io::Error::new(e.kind(), format!("cannot run s3fs{hint}: {e}"))
-            })?;
+            .stdin(Stdio::null());
+        // s3fs (libcurl) takes proxies from its environment and one CA bundle in place of the
+        // system's: both come from the configuration only.
+        for variable in PROXY_VARIABLES {
+            s3fs.env_remove(variable);
+        }
+        s3fs.envs(settings.outbound.proxy_env());
+        if let Some(bundle) = settings
+            .outbound
+            .write_ca_bundle(&path.with_file_name(S3FS_CA_BUNDLE))?
+        {
+            s3fs.env("CURL_CA_BUNDLE", bundle);
+        }
+        let output = s3fs.output().map_err(|e| {
+            let hint = if e.kind() == io::ErrorKind::NotFound {
+                " (install s3fs: Debian package s3fs)"
+            } else {
+                ""
+            };
+            io::Error::new(e.kind(), format!("cannot run s3fs{hint}: {e}"))
+        })?;
         if !output.status.success() {
             return Err(io::Error::other(format!(
                 "{} failed ({}): {}",
@@ -394,6 +419,7 @@ mod tests {
                 bucket: "volumes-test".into(),
                 access_key: "key".into(),
                 secret_key: "secret".into(),
+                outbound: daytona_outbound::Outbound::direct(),
             });
         let id = "5d0c2f8e-3a51-4c39-9d0e-6f1b2a7c8e90";
         store.create(id).unwrap();

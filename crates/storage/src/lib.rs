@@ -42,7 +42,7 @@ pub enum StorageError {
     InvalidKey { key: String, reason: String },
     #[error("object storage configuration: {0}")]
     Config(String),
-    #[error("object {key}: {source}")]
+    #[error("object {key}: {}", with_causes(source))]
     Backend {
         key: String,
         #[source]
@@ -59,6 +59,22 @@ pub enum StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// An error and the causes under it (an S3 client error alone says "error sending request"; the
+/// cause says a certificate is not trusted, or the proxy refused). Causes whose text is already
+/// in the message are left out.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let text = e.to_string();
+        if !message.contains(&text) {
+            message = format!("{message}: {text}");
+        }
+        cause = e.source();
+    }
+    message
+}
+
 /// An S3-compatible bucket.
 #[derive(Debug, Clone)]
 pub struct S3Settings {
@@ -68,6 +84,26 @@ pub struct S3Settings {
     pub bucket: String,
     pub access_key: String,
     pub secret_key: String,
+    /// Proxies and extra trusted CAs on the way to the endpoint.
+    pub outbound: daytona_outbound::Outbound,
+}
+
+/// How long an S3 connection may take to open, and a response to go silent.
+const S3_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const S3_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Hands `object_store` our HTTP client, so S3 calls honour the deployment's proxies and CAs
+/// (its own client would read neither).
+#[derive(Debug)]
+struct OutboundConnector(reqwest::Client);
+
+impl object_store::client::HttpConnector for OutboundConnector {
+    fn connect(
+        &self,
+        _: &object_store::client::ClientOptions,
+    ) -> object_store::Result<object_store::client::HttpClient> {
+        Ok(object_store::client::HttpClient::new(self.0.clone()))
+    }
 }
 
 /// What storage knows about an object.
@@ -134,7 +170,15 @@ impl ObjectStorage {
 
     /// Objects in an S3-compatible bucket.
     pub fn s3(settings: &S3Settings) -> Result<Self> {
+        let http = settings
+            .outbound
+            .client_builder()
+            .connect_timeout(S3_CONNECT_TIMEOUT)
+            .read_timeout(S3_READ_TIMEOUT)
+            .build()
+            .map_err(|e| StorageError::Config(format!("S3 HTTP client: {e}")))?;
         let store = AmazonS3Builder::new()
+            .with_http_connector(OutboundConnector(http))
             .with_endpoint(settings.endpoint.trim_end_matches('/'))
             .with_allow_http(settings.endpoint.starts_with("http://"))
             .with_region(&settings.region)

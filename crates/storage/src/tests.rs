@@ -140,3 +140,29 @@ async fn a_consumer_may_stop_early_and_errors_name_the_key() {
     let err = s.get_into_reader("missing", |_| Ok(())).await.unwrap_err();
     assert!(matches!(err, StorageError::NotFound(k) if k == "missing"));
 }
+
+#[tokio::test]
+async fn an_unreachable_s3_endpoint_is_an_error_naming_the_cause() {
+    // A loopback port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let storage = ObjectStorage::s3(&S3Settings {
+        endpoint: format!("http://127.0.0.1:{port}"),
+        region: "us-east-1".into(),
+        bucket: "unreachable".into(),
+        access_key: "key".into(),
+        secret_key: "secret".into(),
+        outbound: daytona_outbound::Outbound::direct(),
+    })
+    .unwrap();
+    let error = storage
+        .put("k/v", Bytes::from_static(b"x"))
+        .await
+        .unwrap_err()
+        .to_string();
+    // Not only the client's "error sending request": what went wrong under it.
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+}

@@ -151,12 +151,20 @@ impl Drop for Telemetry {
 /// Installs the global subscriber: stderr logs filtered by `log_filter` (`DAYTONA_LOG`), plus
 /// span export when `export` is given. Call once, before the async runtime starts (the exporter's
 /// HTTP client runs on its own thread).
-pub fn init(log_filter: &str, export: Option<Export>) -> Result<Telemetry, TelemetryError> {
+/// The exporter's HTTP client honours `outbound`'s proxies and extra CAs.
+pub fn init(
+    log_filter: &str,
+    export: Option<Export>,
+    outbound: &daytona_outbound::Outbound,
+) -> Result<Telemetry, TelemetryError> {
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = tracing_subscriber::EnvFilter::try_new(log_filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let provider = export.as_ref().map(provider).transpose()?;
+    let provider = export
+        .as_ref()
+        .map(|export| provider(export, outbound))
+        .transpose()?;
     let otel = provider.as_ref().map(|p| {
         tracing_opentelemetry::layer()
             .with_tracer(p.tracer("daytona"))
@@ -173,17 +181,28 @@ pub fn init(log_filter: &str, export: Option<Export>) -> Result<Telemetry, Telem
     Ok(Telemetry { provider })
 }
 
-fn provider(export: &Export) -> Result<SdkTracerProvider, TelemetryError> {
+fn provider(
+    export: &Export,
+    outbound: &daytona_outbound::Outbound,
+) -> Result<SdkTracerProvider, TelemetryError> {
+    let failed = |reason: String| TelemetryError::Exporter {
+        endpoint: export.endpoint.clone(),
+        reason,
+    };
+    // Built here, before the async runtime starts: a blocking client cannot be built inside it.
+    let http = outbound
+        .blocking_client_builder()
+        .timeout(EXPORT_TIMEOUT)
+        .build()
+        .map_err(|e| failed(e.to_string()))?;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
+        .with_http_client(http)
         .with_endpoint(&export.endpoint)
         .with_headers(export.headers.clone())
         .with_timeout(EXPORT_TIMEOUT)
         .build()
-        .map_err(|e| TelemetryError::Exporter {
-            endpoint: export.endpoint.clone(),
-            reason: e.to_string(),
-        })?;
+        .map_err(|e| failed(e.to_string()))?;
     Ok(SdkTracerProvider::builder()
         .with_batch_exporter(ReportOnce {
             inner: exporter,
@@ -241,6 +260,23 @@ pub fn trace_headers() -> http::HeaderMap {
     let context = tracing::Span::current().context();
     TraceContextPropagator::new().inject_context(&context, &mut HeaderInjector(&mut headers));
     headers
+}
+
+/// The current span's trace context as W3C fields (`traceparent`, `tracestate`), for work that
+/// another process picks up later (a runner's job); empty when nothing is traced.
+pub fn trace_context() -> HashMap<String, String> {
+    let mut fields = HashMap::new();
+    let context = tracing::Span::current().context();
+    TraceContextPropagator::new().inject_context(&context, &mut fields);
+    fields
+}
+
+/// Makes `span` a child of the trace context `fields` ([`trace_context`]) carried from another
+/// process; without a valid `traceparent` the span starts its own trace.
+pub fn continue_trace(span: &tracing::Span, fields: &HashMap<String, String>) {
+    let parent = TraceContextPropagator::new().extract(fields);
+    // Fails only when no OpenTelemetry layer is installed; the span is then a plain log span.
+    let _ = span.set_parent(parent);
 }
 
 /// The span of one served HTTP request (for `tower_http::trace::TraceLayer::make_span_with`),
@@ -324,5 +360,37 @@ mod tests {
         assert_eq!(export.service_name, "daytona-runner");
         on.push(("OTEL_ENABLED", "false"));
         assert_eq!(Export::from_config(&config(&on)).unwrap(), None);
+    }
+
+    #[test]
+    fn a_trace_context_carried_elsewhere_continues_the_trace() {
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+        tracing::subscriber::with_default(subscriber, || {
+            let carried = HashMap::from([(
+                "traceparent".to_string(),
+                "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".to_string(),
+            )]);
+            let job = tracing::info_span!("job");
+            continue_trace(&job, &carried);
+            let fields = job.in_scope(trace_context);
+            let traceparent = &fields["traceparent"];
+            assert!(
+                traceparent.starts_with("00-0af7651916cd43dd8448eb211c80319c-"),
+                "{traceparent}"
+            );
+            // A span of its own under the carried parent, not the parent itself.
+            assert!(!traceparent.contains("b7ad6b7169203331"), "{traceparent}");
+
+            let fresh = tracing::info_span!("job");
+            continue_trace(&fresh, &HashMap::new());
+            let own = fresh.in_scope(trace_context);
+            assert!(!own["traceparent"].contains("0af7651916cd43dd8448eb211c80319c"));
+        });
+        assert!(
+            trace_context().is_empty(),
+            "nothing traced, nothing carried"
+        );
     }
 }

@@ -96,6 +96,8 @@ impl JobHub {
             updated_at: ts,
             started_at: None,
             completed_at: None,
+            // The runner's run of the job continues the trace of the request that asked for it.
+            trace_context: serde_json::json!(daytona_telemetry::trace_context()),
         };
         store.insert_job(&row).await?;
         tracing::debug!(job = %row.id, runner = runner_id, job_type = %row.job_type, "job created");

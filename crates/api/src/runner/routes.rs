@@ -235,6 +235,8 @@ fn job_dto(job: JobRow) -> JobDto {
         error_message: job.error_message,
         created_at: job.created_at,
         updated_at: job.updated_at,
+        // Written by `JobHub::submit` as a string map; anything else is no context.
+        trace_context: serde_json::from_value(job.trace_context).unwrap_or_default(),
     }
 }
 

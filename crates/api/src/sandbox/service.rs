@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use daytona_runner::{SandboxRequest, SandboxRunner};
+use tracing::Instrument;
 
 use super::dto::{CreateSandbox, Sandbox};
 use crate::auth::AuthContext;
@@ -562,7 +563,7 @@ impl SandboxService {
     ) -> ApiResult<Sandbox> {
         let sandbox_id = id.to_string();
         let this = self.clone();
-        let task = tokio::spawn(async move {
+        let detached = async move {
             let _guard = match this.lock_sandbox(&sandbox_id).await {
                 Ok(guard) => guard,
                 Err(e) => {
@@ -580,7 +581,9 @@ impl SandboxService {
             if let Some(before) = before {
                 this.announce(&before).await;
             }
-        });
+        };
+        // Detached, yet part of the request's trace (a runner's job for it continues that too).
+        let task = tokio::spawn(detached.instrument(tracing::Span::current()));
         let _ = tokio::time::timeout(wait, task).await;
         let row = self.store.sandbox_by_id(id).await?;
         match row {

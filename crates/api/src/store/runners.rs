@@ -1,6 +1,6 @@
 //! Remote runners, their jobs and the images they hold.
 
-use super::{Flag, Store, now};
+use super::{Flag, JsonText, Store, now};
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct RunnerRow {
@@ -54,6 +54,9 @@ pub struct JobRow {
     pub updated_at: String,
     pub started_at: Option<String>,
     pub completed_at: Option<String>,
+    /// The creating request's W3C trace context (`traceparent`, `tracestate`).
+    #[sqlx(try_from = "JsonText")]
+    pub trace_context: serde_json::Value,
 }
 
 /// What the API has placed on a runner: resources of its live sandboxes and how many run.
@@ -341,8 +344,8 @@ impl Store {
     pub async fn insert_job(&self, row: &JobRow) -> Result<(), sqlx::Error> {
         sqlx::query(
             "INSERT INTO runner_jobs (id, runner_id, job_type, resource_id, payload, state, result,
-               error_message, created_at, updated_at, started_at, completed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+               error_message, created_at, updated_at, started_at, completed_at, trace_context)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(&row.id)
         .bind(&row.runner_id)
@@ -356,6 +359,7 @@ impl Store {
         .bind(&row.updated_at)
         .bind(&row.started_at)
         .bind(&row.completed_at)
+        .bind(row.trace_context.to_string())
         .execute(self.pool())
         .await?;
         Ok(())

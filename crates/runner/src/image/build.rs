@@ -214,7 +214,10 @@ impl Builder {
             images,
             runtime,
             storage,
-            http: reqwest::Client::new(),
+            // Only to the build sandbox's daemon on this host's bridge (`ADD <url>` is refused).
+            http: daytona_outbound::Outbound::local_client_builder()
+                .build()
+                .expect("a client without proxies or extra roots always builds"),
         }
     }
 
