@@ -74,6 +74,11 @@ pub enum Job {
         request: SandboxRequest,
         key: String,
     },
+    /// Upstream's name for a backup of a sandbox's disk (kept on the runner too).
+    CreateBackup {
+        id: String,
+        key: String,
+    },
     DeleteArchive {
         key: String,
     },
@@ -146,7 +151,8 @@ impl Job {
             | Job::DaemonAddress { id }
             | Job::SandboxUsage { id }
             | Job::SnapshotSandbox { id, .. }
-            | Job::ArchiveSandbox { id, .. } => id.clone(),
+            | Job::ArchiveSandbox { id, .. }
+            | Job::CreateBackup { id, .. } => id.clone(),
             Job::ForkSandbox { fork, .. } => fork.id.clone(),
             Job::BuildSnapshot(req) => req.id.clone(),
             Job::RestoreSandbox { request, .. } => request.id.clone(),
@@ -225,6 +231,7 @@ pub async fn execute(runner: &dyn SandboxRunner, job: Job) -> Result<Value, Runn
             json(&BuildOutcome { image, log })
         }
         Job::ArchiveSandbox { id, key } => json(&runner.archive_sandbox(&id, &key).await?),
+        Job::CreateBackup { id, key } => json(&runner.backup_sandbox(&id, &key).await?),
         Job::RestoreSandbox { request, key } => {
             json(&runner.restore_sandbox(&request, &key).await?)
         }
