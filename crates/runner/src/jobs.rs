@@ -37,6 +37,10 @@ pub enum Job {
     DestroySandbox {
         id: String,
     },
+    /// A runner that comes back with a copy of a sandbox that moved elsewhere drops it.
+    DiscardSandbox {
+        id: String,
+    },
     PauseSandbox {
         id: String,
     },
@@ -144,6 +148,7 @@ impl Job {
             Job::StartSandbox { id }
             | Job::StopSandbox { id }
             | Job::DestroySandbox { id }
+            | Job::DiscardSandbox { id }
             | Job::PauseSandbox { id }
             | Job::ResumeSandbox { id }
             | Job::ResizeSandbox { id, .. }
@@ -197,6 +202,10 @@ pub async fn execute(runner: &dyn SandboxRunner, job: Job) -> Result<Value, Runn
         }
         Job::DestroySandbox { id } => {
             runner.destroy_sandbox(&id).await?;
+            Value::Null
+        }
+        Job::DiscardSandbox { id } => {
+            runner.discard_sandbox(&id).await?;
             Value::Null
         }
         Job::PauseSandbox { id } => {

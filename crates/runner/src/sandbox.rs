@@ -206,6 +206,11 @@ pub trait SandboxRunner: Send + Sync + 'static {
     async fn start_sandbox(&self, id: &str) -> Result<SocketAddr, RunnerError>;
     async fn stop_sandbox(&self, id: &str) -> Result<(), RunnerError>;
     async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError>;
+    /// Removes this runner's stale copy of a sandbox that now lives on another runner (see
+    /// `Runtime::discard`).
+    async fn discard_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        self.destroy_sandbox(id).await
+    }
     /// The daemon address of a running sandbox, `None` when it is not running.
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError>;
     /// The runner process that serves the sandbox's traffic when that is not this process
@@ -639,6 +644,10 @@ impl SandboxRunner for Runner {
 
     async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError> {
         Ok(self.runtime.destroy(id).await?)
+    }
+
+    async fn discard_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        Ok(self.runtime.discard(id).await?)
     }
 
     async fn oom_kills(&self, id: &str) -> Result<u64, RunnerError> {

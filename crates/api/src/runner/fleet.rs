@@ -546,7 +546,7 @@ impl Fleet {
     }
 
     /// Sandboxes `runner` reports that now live on another runner (started elsewhere from a
-    /// backup while this one was gone). Each gets a destroy job here, once, so the stale copy
+    /// backup while this one was gone). Each gets a discard job here, once, so the stale copy
     /// never comes back as a second live sandbox.
     async fn stale_copies(
         &self,
@@ -571,7 +571,7 @@ impl Fleet {
                 continue;
             };
             stale.push(sandbox.id.clone());
-            let job = Job::DestroySandbox {
+            let job = Job::DiscardSandbox {
                 id: sandbox.id.clone(),
             };
             let encoded = job.encode();
@@ -582,7 +582,7 @@ impl Fleet {
             {
                 continue;
             }
-            tracing::info!(sandbox = %sandbox.id, runner = %runner.id, holder = %holder, "runner is back with a copy of a sandbox that moved: destroying it there");
+            tracing::info!(sandbox = %sandbox.id, runner = %runner.id, holder = %holder, "runner is back with a copy of a sandbox that moved: discarding it there");
             self.hub.submit(&self.store, &runner.id, &job).await?;
         }
         Ok(stale)
