@@ -6,9 +6,10 @@ use std::collections::HashSet;
 
 use daytona_api::Store;
 use daytona_api::store::{
-    BackupOutcome, Claim, JobRow, MetricSample, OpenError, OrgQuotas, OrgSecretRow, RegistryCredentialRow,
-    ResourceUse, SandboxFilter, SandboxRow, SandboxSetting, SandboxSort, SecretFilter, SecretKind,
-    SecretSort, SnapshotBuildRow, SnapshotFilter, SnapshotRow, WarmPoolRow, now,
+    BackupOutcome, Claim, JobRow, MetricSample, OpenError, OrgQuotas, OrgSecretRow,
+    RegistryCredentialRow, ResourceUse, SandboxFilter, SandboxRow, SandboxSetting, SandboxSort,
+    SecretFilter, SecretKind, SecretSort, SnapshotBuildRow, SnapshotFilter, SnapshotRow,
+    WarmPoolRow, now,
 };
 
 mod common;
