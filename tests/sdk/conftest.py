@@ -59,6 +59,7 @@ LOG_TAIL_LINES = 200
 POSTGRES_MODULES = {
     "test_api_keys",
     "test_audit",
+    "test_backups",
     "test_builds",
     "test_capture",
     "test_errors",

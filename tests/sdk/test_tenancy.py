@@ -224,7 +224,7 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
         ("POST", f"{S}/{action}"): (lambda action: lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/{action}", {}))(
             action
         )
-        for action in ("start", "stop", "recover", "pause", "archive", "last-activity", "signing-key/rotate")
+        for action in ("start", "stop", "recover", "pause", "archive", "backup", "last-activity", "signing-key/rotate")
     },
     ("POST", f"{S}/resize"): lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/resize", {"cpu": 1}),
     ("POST", f"{S}/snapshot"): lambda w: w.denied("POST", f"/sandbox/{w.sandbox_id}/snapshot", {"name": unique("b")}),

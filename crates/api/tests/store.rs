@@ -6,9 +6,10 @@ use std::collections::HashSet;
 
 use daytona_api::Store;
 use daytona_api::store::{
-    Claim, JobRow, MetricSample, OpenError, OrgQuotas, OrgSecretRow, RegistryCredentialRow,
-    ResourceUse, SandboxFilter, SandboxRow, SandboxSetting, SandboxSort, SecretFilter, SecretKind,
-    SecretSort, SnapshotBuildRow, SnapshotFilter, SnapshotRow, WarmPoolRow, now,
+    BackupOutcome, Claim, JobRow, MetricSample, OpenError, OrgQuotas, OrgSecretRow,
+    RegistryCredentialRow, ResourceUse, SandboxFilter, SandboxRow, SandboxSetting, SandboxSort,
+    SecretFilter, SecretKind, SecretSort, SnapshotBuildRow, SnapshotFilter, SnapshotRow,
+    WarmPoolRow, now,
 };
 
 mod common;
@@ -51,6 +52,10 @@ fn sandbox(org: &str, name: &str, labels: &str) -> SandboxRow {
         warm_pool_id: None,
         pooled: false,
         secrets: "[]".into(),
+        backup_state: "None".into(),
+        backup_key: None,
+        backup_created_at: None,
+        backup_error: None,
     }
 }
 
@@ -1189,6 +1194,24 @@ async fn runners_jobs_and_runner_images_are_stored_alike() {
             store.sandboxes_failed_with("r-1", "(x_y%)").await.unwrap(),
             vec![placed.id.clone()]
         );
+        // Every sandbox recorded on the runner, whatever its state.
+        let recorded: HashSet<String> = store
+            .sandbox_ids_recorded_on("r-1")
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            recorded,
+            HashSet::from([placed.id.clone(), gone.id.clone()])
+        );
+        assert!(
+            store
+                .sandbox_ids_recorded_on("r-2")
+                .await
+                .unwrap()
+                .is_empty()
+        );
 
         // Jobs: claimed once, finished once, cancelled only while pending.
         for (i, id) in ["j-1", "j-2", "j-3"].iter().enumerate() {
@@ -1197,6 +1220,18 @@ async fn runners_jobs_and_runner_images_are_stored_alike() {
                 .await
                 .unwrap();
         }
+        assert!(
+            store
+                .has_unfinished_job("r-1", "STOP_SANDBOX", "sb-0")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .has_unfinished_job("r-1", "DESTROY_SANDBOX", "sb-0")
+                .await
+                .unwrap()
+        );
         let claimed = store.claim_jobs("r-1", 2).await.unwrap();
         assert_eq!(claimed.len(), 2, "{backend:?}");
         assert!(claimed.iter().all(|j| j.state == "IN_PROGRESS"));
@@ -1322,6 +1357,7 @@ async fn runner_flags_and_stale_jobs_alike() {
             FleetSettings {
                 availability_score_threshold: 10,
                 declarative_build_score_threshold: 10,
+                start_score_threshold: 3,
                 health_timeout: Duration::from_secs(3),
                 default_region: "us".into(),
                 runner_wait: Duration::from_secs(1),
@@ -1383,5 +1419,143 @@ fn pending_job(id: &str, job_type: &str, resource_id: &str) -> JobRow {
         trace_context: serde_json::json!({
             "traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
         }),
+    }
+}
+
+#[tokio::test]
+async fn backups_go_from_pending_to_completed_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let org = add_org(&store, "bob").await.ctx.organization_id;
+        let mut stopped = sandbox(&org, "stopped", "{}");
+        stopped.state = "stopped".into();
+        stopped.runner_id = Some("r-1".into());
+        store.insert_sandbox(&stopped).await.unwrap();
+        let mut started = sandbox(&org, "started", "{}");
+        started.runner_id = Some("r-1".into());
+        store.insert_sandbox(&started).await.unwrap();
+        let id = stopped.id.as_str();
+        let state = |row: SandboxRow| {
+            (
+                row.backup_state,
+                row.backup_key,
+                row.backup_created_at,
+                row.backup_error,
+            )
+        };
+        let read = || async { state(store.sandbox_by_id(id).await.unwrap().unwrap()) };
+        let before = store.sandbox_by_id(id).await.unwrap().unwrap().updated_at;
+
+        // Asked once; only stopped sandboxes on a runner are pending.
+        assert!(store.request_backup(id).await.unwrap(), "{backend}");
+        assert!(!store.request_backup(id).await.unwrap(), "{backend}");
+        assert!(store.request_backup(&started.id).await.unwrap());
+        let pending: Vec<String> = store
+            .pending_backups()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        assert_eq!(pending, vec![stopped.id.clone()], "{backend}");
+        assert!(!store.claim_backup(&started.id).await.unwrap());
+
+        // Claimed once; counted per runner while it runs.
+        assert!(store.claim_backup(id).await.unwrap(), "{backend}");
+        assert!(!store.claim_backup(id).await.unwrap(), "{backend}");
+        assert_eq!(store.backups_in_progress("r-1").await.unwrap(), 1);
+        assert_eq!(store.backups_in_progress("r-2").await.unwrap(), 0);
+        assert_eq!(
+            store.running_backups().await.unwrap(),
+            vec![stopped.id.clone()]
+        );
+        assert!(
+            !store.request_backup(id).await.unwrap(),
+            "running: not asked again"
+        );
+
+        // A runner that is gone puts it back; a failure records why.
+        store.end_backup(id, None).await.unwrap();
+        assert_eq!(read().await.0, "Pending", "{backend}");
+        assert!(store.claim_backup(id).await.unwrap());
+        store
+            .end_backup(id, Some("backup failed: disk"))
+            .await
+            .unwrap();
+        assert_eq!(
+            read().await,
+            (
+                "Error".into(),
+                None,
+                None,
+                Some("backup failed: disk".into())
+            ),
+            "{backend}"
+        );
+
+        // Completed: the first has nothing to replace, the next replaces it.
+        assert!(store.request_backup(id).await.unwrap());
+        assert!(store.claim_backup(id).await.unwrap());
+        let outcome = store.complete_backup(id, "backups/a", "t1").await.unwrap();
+        assert_eq!(
+            outcome,
+            BackupOutcome::Recorded { replaced: None },
+            "{backend}"
+        );
+        assert_eq!(
+            read().await,
+            (
+                "Completed".into(),
+                Some("backups/a".into()),
+                Some("t1".into()),
+                None
+            ),
+            "{backend}"
+        );
+        assert_eq!(
+            store.complete_backup(id, "backups/x", "t9").await.unwrap(),
+            BackupOutcome::Abandoned,
+            "not in progress: the copy is stale"
+        );
+        assert!(store.request_backup(id).await.unwrap());
+        assert!(store.claim_backup(id).await.unwrap());
+        assert_eq!(
+            store.complete_backup(id, "backups/b", "t2").await.unwrap(),
+            BackupOutcome::Recorded {
+                replaced: Some("backups/a".into())
+            },
+            "{backend}"
+        );
+        let after = store.sandbox_by_id(id).await.unwrap().unwrap().updated_at;
+        assert_eq!(
+            before, after,
+            "backups do not change the sandbox's updated_at"
+        );
+
+        // A start clears the state and keeps the key (the copy is deleted when replaced).
+        store.set_sandbox_started(id, "r-1", None).await.unwrap();
+        assert_eq!(
+            read().await,
+            (
+                "None".into(),
+                Some("backups/b".into()),
+                Some("t2".into()),
+                None
+            ),
+            "{backend}"
+        );
+
+        // Destroyed while its backup ran: the new copy is stale.
+        store.set_sandbox_state(id, "stopped", None).await.unwrap();
+        assert!(store.request_backup(id).await.unwrap());
+        assert!(store.claim_backup(id).await.unwrap());
+        store
+            .set_sandbox_state(id, "destroyed", None)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.complete_backup(id, "backups/c", "t3").await.unwrap(),
+            BackupOutcome::Abandoned,
+            "{backend}"
+        );
     }
 }

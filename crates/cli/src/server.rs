@@ -331,6 +331,7 @@ impl ControlPlane {
                 config.server.metrics_interval,
                 config.server.metrics_retention,
             );
+            daytona_api::sandbox::backup::spawn(sandboxes.clone());
             daytona_api::warm_pool::worker::spawn(
                 sandboxes.clone(),
                 std::time::Duration::from_secs(1),
@@ -492,6 +493,7 @@ async fn remote_fleet(
                 .scheduler
                 .declarative_build_score_threshold
                 .into(),
+            start_score_threshold: config.scheduler.start_score_threshold.into(),
             health_timeout: config.scheduler.runner_health_timeout,
             default_region: config.region.id.clone(),
             runner_wait: RUNNER_WAIT,

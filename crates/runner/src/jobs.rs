@@ -37,6 +37,10 @@ pub enum Job {
     DestroySandbox {
         id: String,
     },
+    /// A runner that comes back with a copy of a sandbox that moved elsewhere drops it.
+    DiscardSandbox {
+        id: String,
+    },
     PauseSandbox {
         id: String,
     },
@@ -72,6 +76,11 @@ pub enum Job {
     },
     RestoreSandbox {
         request: SandboxRequest,
+        key: String,
+    },
+    /// Upstream's name for a backup of a sandbox's disk (kept on the runner too).
+    CreateBackup {
+        id: String,
         key: String,
     },
     DeleteArchive {
@@ -139,6 +148,7 @@ impl Job {
             Job::StartSandbox { id }
             | Job::StopSandbox { id }
             | Job::DestroySandbox { id }
+            | Job::DiscardSandbox { id }
             | Job::PauseSandbox { id }
             | Job::ResumeSandbox { id }
             | Job::ResizeSandbox { id, .. }
@@ -146,7 +156,8 @@ impl Job {
             | Job::DaemonAddress { id }
             | Job::SandboxUsage { id }
             | Job::SnapshotSandbox { id, .. }
-            | Job::ArchiveSandbox { id, .. } => id.clone(),
+            | Job::ArchiveSandbox { id, .. }
+            | Job::CreateBackup { id, .. } => id.clone(),
             Job::ForkSandbox { fork, .. } => fork.id.clone(),
             Job::BuildSnapshot(req) => req.id.clone(),
             Job::RestoreSandbox { request, .. } => request.id.clone(),
@@ -193,6 +204,10 @@ pub async fn execute(runner: &dyn SandboxRunner, job: Job) -> Result<Value, Runn
             runner.destroy_sandbox(&id).await?;
             Value::Null
         }
+        Job::DiscardSandbox { id } => {
+            runner.discard_sandbox(&id).await?;
+            Value::Null
+        }
         Job::PauseSandbox { id } => {
             runner.pause_sandbox(&id).await?;
             Value::Null
@@ -225,6 +240,7 @@ pub async fn execute(runner: &dyn SandboxRunner, job: Job) -> Result<Value, Runn
             json(&BuildOutcome { image, log })
         }
         Job::ArchiveSandbox { id, key } => json(&runner.archive_sandbox(&id, &key).await?),
+        Job::CreateBackup { id, key } => json(&runner.backup_sandbox(&id, &key).await?),
         Job::RestoreSandbox { request, key } => {
             json(&runner.restore_sandbox(&request, &key).await?)
         }

@@ -188,6 +188,13 @@ pub trait SandboxRunner: Send + Sync + 'static {
         let _ = (sandbox_id, region);
         Ok(self.id().to_owned())
     }
+    /// Why the runner holding `sandbox_id` should not start it now (gone, taken out of
+    /// placement, or scoring under the start threshold), or `None` when it can. A sandbox
+    /// with a completed backup then starts elsewhere.
+    async fn unfit_to_start(&self, sandbox_id: &str) -> Result<Option<String>, RunnerError> {
+        let _ = sandbox_id;
+        Ok(None)
+    }
     /// Makes an image available on this runner (import or pull, then unpack); a tag is looked
     /// up in its registry again.
     async fn pull_image(&self, reference: &str) -> Result<PulledImage, RunnerError>;
@@ -199,6 +206,11 @@ pub trait SandboxRunner: Send + Sync + 'static {
     async fn start_sandbox(&self, id: &str) -> Result<SocketAddr, RunnerError>;
     async fn stop_sandbox(&self, id: &str) -> Result<(), RunnerError>;
     async fn destroy_sandbox(&self, id: &str) -> Result<(), RunnerError>;
+    /// Removes this runner's stale copy of a sandbox that now lives on another runner (see
+    /// `Runtime::discard`).
+    async fn discard_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        self.destroy_sandbox(id).await
+    }
     /// The daemon address of a running sandbox, `None` when it is not running.
     async fn daemon_address(&self, id: &str) -> Result<Option<SocketAddr>, RunnerError>;
     /// The runner process that serves the sandbox's traffic when that is not this process
@@ -259,7 +271,13 @@ pub trait SandboxRunner: Send + Sync + 'static {
         let _ = (id, key);
         Err(RunnerError::Unsupported("archiving sandboxes"))
     }
-    /// Recreates an archived sandbox from the archive at `key` and starts it.
+    /// Copies a stopped sandbox's files to object storage under `key` and keeps them on this
+    /// runner too (a backup); returns the copy's size in bytes.
+    async fn backup_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
+        let _ = (id, key);
+        Err(RunnerError::Unsupported("backing up sandboxes"))
+    }
+    /// Recreates an archived (or backed-up) sandbox from the copy at `key` and starts it.
     async fn restore_sandbox(
         &self,
         req: &SandboxRequest,
@@ -494,6 +512,26 @@ impl Runner {
     }
 
     /// Archives sandboxes to `storage`.
+    /// Uploads a stopped sandbox's disk, zstd-compressed, to `key` (an archive or a backup:
+    /// the upload is atomic, so an existing object is a whole copy).
+    async fn upload_disk(
+        &self,
+        id: &str,
+        key: &str,
+        operation: &'static str,
+    ) -> Result<u64, RunnerError> {
+        let storage = self.storage(operation)?;
+        let mut disk = self.runtime.export_filesystem(id).await?;
+        Ok(storage
+            .put_from_writer(key, move |out| {
+                let mut encoder = zstd::Encoder::new(out, ARCHIVE_ZSTD_LEVEL)?;
+                std::io::copy(&mut disk, &mut encoder)?;
+                encoder.finish()?;
+                Ok(())
+            })
+            .await?)
+    }
+
     pub fn with_storage(mut self, storage: ObjectStorage) -> Self {
         self.storage = Some(storage);
         self
@@ -608,6 +646,10 @@ impl SandboxRunner for Runner {
         Ok(self.runtime.destroy(id).await?)
     }
 
+    async fn discard_sandbox(&self, id: &str) -> Result<(), RunnerError> {
+        Ok(self.runtime.discard(id).await?)
+    }
+
     async fn oom_kills(&self, id: &str) -> Result<u64, RunnerError> {
         Ok(self.runtime.status(id).await?.map_or(0, |s| s.oom_kills))
     }
@@ -679,22 +721,23 @@ impl SandboxRunner for Runner {
     }
 
     async fn archive_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
-        let storage = self.storage("archiving")?;
         let started = Instant::now();
-        let mut disk = self.runtime.export_filesystem(id).await?;
-        let size = storage
-            .put_from_writer(key, move |out| {
-                let mut encoder = zstd::Encoder::new(out, ARCHIVE_ZSTD_LEVEL)?;
-                std::io::copy(&mut disk, &mut encoder)?;
-                encoder.finish()?;
-                Ok(())
-            })
-            .await?;
+        let size = self.upload_disk(id, key, "archiving").await?;
         // The archive is complete: only now may the local copy go.
         self.runtime.destroy(id).await?;
         tracing::info!(
             sandbox = %id, key, bytes = size, archive_ms = started.elapsed().as_millis() as u64,
             "sandbox archived"
+        );
+        Ok(size)
+    }
+
+    async fn backup_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
+        let started = Instant::now();
+        let size = self.upload_disk(id, key, "backing up").await?;
+        tracing::info!(
+            sandbox = %id, key, bytes = size, backup_ms = started.elapsed().as_millis() as u64,
+            "sandbox backed up"
         );
         Ok(size)
     }

@@ -371,6 +371,12 @@ pub trait Runtime: Send + Sync + 'static {
     async fn stop(&self, id: &str) -> Result<()>;
     /// Remove every trace: processes, mounts, cgroups, netns, veth, directories.
     async fn destroy(&self, id: &str) -> Result<()>;
+    /// Remove a stale copy of a sandbox that now runs elsewhere: a stopped one loses only its
+    /// files, leaving alone the host-wide names derived from its id (another runner on this
+    /// host may run the sandbox under them now); a running one is destroyed.
+    async fn discard(&self, id: &str) -> Result<()> {
+        self.destroy(id).await
+    }
     /// Current status, or `None` if the runtime has no such sandbox.
     async fn status(&self, id: &str) -> Result<Option<SandboxStatus>>;
     /// The specs of every sandbox the runtime holds, running or stopped (what their files

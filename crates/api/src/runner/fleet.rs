@@ -31,6 +31,9 @@ pub struct FleetSettings {
     pub availability_score_threshold: i64,
     /// `RUNNER_DECLARATIVE_BUILD_SCORE_THRESHOLD`
     pub declarative_build_score_threshold: i64,
+    /// `RUNNER_START_SCORE_THRESHOLD`: below it, a stopped sandbox with a completed backup
+    /// starts on another runner.
+    pub start_score_threshold: i64,
     /// `RUNNER_HEALTH_TIMEOUT_SECONDS`: silence tolerated past a runner's contact interval.
     pub health_timeout: Duration,
     /// Region of images pulled for snapshots and of the default runner (`DEFAULT_REGION_ID`).
@@ -106,7 +109,7 @@ fn job_time_limit(job_type: &str) -> Duration {
     const MINUTE: u64 = 60;
     Duration::from_secs(match job_type {
         "PULL_SNAPSHOT" | "BUILD_SNAPSHOT" | "SNAPSHOT_SANDBOX" | "FORK_SANDBOX"
-        | "ARCHIVE_SANDBOX" | "RESTORE_SANDBOX" => 120 * MINUTE,
+        | "ARCHIVE_SANDBOX" | "RESTORE_SANDBOX" | "CREATE_BACKUP" => 120 * MINUTE,
         "CREATE_SANDBOX" => 30 * MINUTE,
         _ => 10 * MINUTE,
     })
@@ -236,8 +239,8 @@ impl Fleet {
         }
     }
 
-    /// The runner that holds `sandbox_id`, if it can take work.
-    async fn runner_of(&self, sandbox_id: &str) -> Result<RemoteRunner<'_>, RunnerError> {
+    /// The runner recorded for `sandbox_id`.
+    async fn holder_of(&self, sandbox_id: &str) -> Result<RunnerRow, RunnerError> {
         let store_error = |e: sqlx::Error| RunnerError::Unavailable(format!("database: {e}"));
         let runner_id = self
             .store
@@ -248,8 +251,7 @@ impl Fleet {
             .ok_or_else(|| {
                 RunnerError::Unavailable(format!("sandbox {sandbox_id} is on no runner"))
             })?;
-        let runner = self
-            .store
+        self.store
             .runner_by_id(&runner_id)
             .await
             .map_err(store_error)?
@@ -257,7 +259,12 @@ impl Fleet {
                 RunnerError::Unavailable(format!(
                     "sandbox {sandbox_id} is on runner {runner_id}, which is not registered"
                 ))
-            })?;
+            })
+    }
+
+    /// The runner that holds `sandbox_id`, if it can take work.
+    async fn runner_of(&self, sandbox_id: &str) -> Result<RemoteRunner<'_>, RunnerError> {
+        let runner = self.holder_of(sandbox_id).await?;
         if let Some(reason) = self.why_not_alive(&runner) {
             return Err(RunnerError::Unavailable(format!(
                 "sandbox {sandbox_id}'s files are on {reason}"
@@ -497,9 +504,10 @@ impl Fleet {
                 },
             )
             .await?;
+        let stale = self.stale_copies(runner, report).await?;
         {
             let mut seen = self.seen.lock().expect("seen map");
-            for sandbox in &report.sandboxes {
+            for sandbox in report.sandboxes.iter().filter(|s| !stale.contains(&s.id)) {
                 let entry = seen.entry(sandbox.id.clone()).or_default();
                 entry.daemon = sandbox.daemon_address;
                 entry.oom_kills = Some(sandbox.oom_kills);
@@ -535,6 +543,49 @@ impl Fleet {
         self.cluster
             .publish(channel::RUNNER_JOINED, runner.id.clone());
         Ok(())
+    }
+
+    /// Sandboxes `runner` reports that now live on another runner (started elsewhere from a
+    /// backup while this one was gone). Each gets a discard job here, once, so the stale copy
+    /// never comes back as a second live sandbox.
+    async fn stale_copies(
+        &self,
+        runner: &RunnerRow,
+        report: &Healthcheck,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        let recorded: std::collections::HashSet<String> = self
+            .store
+            .sandbox_ids_recorded_on(&runner.id)
+            .await?
+            .into_iter()
+            .collect();
+        let mut stale = Vec::new();
+        for sandbox in &report.sandboxes {
+            if recorded.contains(&sandbox.id) {
+                continue;
+            }
+            let Some(row) = self.store.sandbox_record(&sandbox.id).await? else {
+                continue; // not this deployment's: left alone
+            };
+            let Some(holder) = row.runner_id.filter(|holder| *holder != runner.id) else {
+                continue;
+            };
+            stale.push(sandbox.id.clone());
+            let job = Job::DiscardSandbox {
+                id: sandbox.id.clone(),
+            };
+            let encoded = job.encode();
+            if self
+                .store
+                .has_unfinished_job(&runner.id, &encoded.job_type, &encoded.resource_id)
+                .await?
+            {
+                continue;
+            }
+            tracing::info!(sandbox = %sandbox.id, runner = %runner.id, holder = %holder, "runner is back with a copy of a sandbox that moved: discarding it there");
+            self.hub.submit(&self.store, &runner.id, &job).await?;
+        }
+        Ok(stale)
     }
 
     /// Marks runners that went silent as unresponsive and records the reason on their
@@ -645,6 +696,26 @@ impl SandboxRunner for Fleet {
             .choose(region, self.settings.availability_score_threshold)
             .await?;
         Ok(runner.id)
+    }
+
+    async fn unfit_to_start(&self, sandbox_id: &str) -> Result<Option<String>, RunnerError> {
+        let runner = match self.holder_of(sandbox_id).await {
+            Ok(runner) => runner,
+            Err(RunnerError::Unavailable(reason)) => return Ok(Some(reason)),
+            Err(e) => return Err(e),
+        };
+        let threshold = self.settings.start_score_threshold;
+        Ok(self
+            .why_not_alive(&runner)
+            .or_else(|| not_schedulable(&runner))
+            .or_else(|| {
+                (runner.availability_score < threshold).then(|| {
+                    format!(
+                        "runner {} ({}) scores {}, under the start threshold {threshold}",
+                        runner.id, runner.name, runner.availability_score
+                    )
+                })
+            }))
     }
 
     async fn pull_image(&self, reference: &str) -> Result<PulledImage, RunnerError> {
@@ -837,6 +908,15 @@ impl SandboxRunner for Fleet {
         let size = runner.run(job).await?;
         self.forget(id);
         Ok(size)
+    }
+
+    async fn backup_sandbox(&self, id: &str, key: &str) -> Result<u64, RunnerError> {
+        let runner = self.runner_of(id).await?;
+        let job = Job::CreateBackup {
+            id: id.into(),
+            key: key.into(),
+        };
+        runner.run(job).await
     }
 
     async fn restore_sandbox(

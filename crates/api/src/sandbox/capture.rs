@@ -24,6 +24,15 @@ pub(crate) fn archive_key(sandbox_id: &str) -> String {
     format!("sandbox-archives/{sandbox_id}.disk.zst")
 }
 
+/// A copy of a sandbox's disk in object storage that a restore starts from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoredCopy {
+    /// Its archive (deleted once restored).
+    Archive,
+    /// A backup, at this key (kept).
+    Backup(String),
+}
+
 impl SandboxService {
     /// The sandbox's changes become the snapshot `name` (state `snapshotting` meanwhile; a
     /// running sandbox keeps running).
@@ -122,6 +131,11 @@ impl SandboxService {
             auto_destroy_at: None,
             warm_pool_id: None,
             pooled: false,
+            // The fork has its own disk: the source's backups are not its.
+            backup_state: "None".into(),
+            backup_key: None,
+            backup_created_at: None,
+            backup_error: None,
             ..source.clone()
         };
         {
@@ -220,32 +234,60 @@ impl SandboxService {
         .await
     }
 
-    /// Brings an archived sandbox back (`restoring` → `started`); the caller checked quotas.
-    pub(super) async fn restore_sandbox(self: &Arc<Self>, row: SandboxRow) -> ApiResult<Sandbox> {
-        let request = runner_request(&row)?;
+    /// Brings a sandbox back from a copy of its files in object storage (`restoring` →
+    /// `started`) on the runner placement chooses now; the caller checked quotas.
+    pub(super) async fn restore_sandbox(
+        self: &Arc<Self>,
+        row: SandboxRow,
+        copy: StoredCopy,
+    ) -> ApiResult<Sandbox> {
         let id = row.id.clone();
-        // An archive is not tied to a runner: the restore goes wherever placement says now.
         let runner_id = self.runner.place(&id, &row.target).await?;
         self.store.set_sandbox_runner(&id, &runner_id).await?;
         self.store.set_sandbox_desired_state(&id, "started").await?;
         self.store.set_sandbox_state(&id, "restoring", None).await?;
         self.announce(&row).await;
-        let this = self.clone();
-        self.run_transition(&id, async move {
-            let key = archive_key(&request.id);
-            match this.runner.restore_sandbox(&request, &key).await {
+        let work = self.clone().restore_on_runner(row, copy)?;
+        self.run_transition(&id, work).await
+    }
+
+    /// The runner's part of a restore onto the sandbox's recorded runner.
+    pub(super) fn restore_on_runner(
+        self: Arc<Self>,
+        row: SandboxRow,
+        copy: StoredCopy,
+    ) -> ApiResult<impl std::future::Future<Output = Result<(), sqlx::Error>> + Send + 'static>
+    {
+        let request = runner_request(&row)?;
+        Ok(async move {
+            let key = match &copy {
+                StoredCopy::Archive => archive_key(&request.id),
+                StoredCopy::Backup(key) => key.clone(),
+            };
+            match self.runner.restore_sandbox(&request, &key).await {
                 Ok(_) => {
-                    this.store
-                        .set_sandbox_started(&request.id, this.runner.id(), None)
+                    self.store
+                        .set_sandbox_started(&request.id, self.runner.id(), None)
                         .await?;
-                    // The sandbox's files live on the runner again; the archive is stale.
-                    this.delete_archive(&request.id).await;
+                    // The sandbox's files live on a runner again: the archive is stale. A
+                    // backup stays until a newer one replaces it; the runner that held the
+                    // sandbox drops its copy when it reports it.
+                    if copy == StoredCopy::Archive {
+                        self.delete_archive(&request.id).await;
+                    }
                     Ok(())
                 }
-                Err(e) => this.fail(&request.id, "restore", e).await,
+                Err(e) => {
+                    // The files are still where they were before: a failed restore of a
+                    // backup leaves the sandbox on its own runner (whose copy must not be
+                    // taken for stale when it comes back).
+                    if let (StoredCopy::Backup(_), Some(holder)) = (&copy, &row.runner_id) {
+                        self.store.set_sandbox_runner(&request.id, holder).await?;
+                    }
+                    self.fail(&request.id, "restore", e).await
+                }
             }
         })
-        .await
     }
 
     /// After a crash during `archiving`: when the archive had been uploaded (the runner may
@@ -270,13 +312,19 @@ impl SandboxService {
         Ok(true)
     }
 
-    /// Deletes the sandbox's archive, if it has one. Failures are logged: a leftover object
-    /// costs space, not correctness.
+    /// Deletes the sandbox's archive, if it has one.
     pub(super) async fn delete_archive(&self, sandbox_id: &str) {
-        match self.runner.delete_archive(&archive_key(sandbox_id)).await {
+        self.delete_disk_copy(sandbox_id, &archive_key(sandbox_id))
+            .await
+    }
+
+    /// Deletes a copy of the sandbox's disk (archive or backup) at `key`. Failures are logged:
+    /// a leftover object costs space, not correctness.
+    pub(super) async fn delete_disk_copy(&self, sandbox_id: &str, key: &str) {
+        match self.runner.delete_archive(key).await {
             Ok(()) | Err(RunnerError::NoStorage(_) | RunnerError::Unsupported(_)) => {}
             Err(e) => {
-                tracing::warn!(sandbox = %sandbox_id, error = %e, "could not delete the sandbox's archive")
+                tracing::warn!(sandbox = %sandbox_id, key, error = %e, "could not delete a copy of the sandbox's disk")
             }
         }
     }

@@ -81,7 +81,8 @@ pub struct Sandbox {
     pub desired_state: String,
     pub error_reason: Option<String>,
     pub recoverable: bool,
-    pub backup_state: &'static str,
+    pub backup_state: String,
+    pub backup_created_at: Option<String>,
     pub auto_stop_interval: i64,
     pub auto_pause_interval: i64,
     pub auto_archive_interval: i64,
@@ -143,7 +144,8 @@ impl Sandbox {
             desired_state: row.desired_state,
             error_reason: row.error_reason,
             recoverable: false,
-            backup_state: "None",
+            backup_state: row.backup_state,
+            backup_created_at: row.backup_created_at,
             auto_stop_interval: row.auto_stop_interval,
             auto_pause_interval: row.auto_pause_interval,
             auto_archive_interval: row.auto_archive_interval,
@@ -213,6 +215,10 @@ pub(crate) mod tests {
             warm_pool_id: None,
             pooled: false,
             secrets: "[]".into(),
+            backup_state: "None".into(),
+            backup_key: None,
+            backup_created_at: None,
+            backup_error: None,
         }
     }
 

@@ -1,6 +1,7 @@
 //! Sandboxes: DTOs, the state machine service and the HTTP routes.
 
 pub mod access;
+pub mod backup;
 mod capture;
 pub mod dto;
 pub mod lifecycle;

@@ -31,6 +31,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(snapshot))
         .routes(routes!(fork))
         .routes(routes!(archive))
+        .routes(routes!(backup))
         .routes(routes!(forks))
         .routes(routes!(parent))
         .routes(routes!(toolbox_proxy_url))
@@ -222,6 +223,23 @@ async fn archive(
         .await?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     Ok(Json(state.sandboxes.archive_sandbox(row).await?))
+}
+
+/// Asks for a backup of a stopped sandbox's files (kept on its runner too); `backupState`
+/// follows it.
+#[utoipa::path(post, path = "/sandbox/{id}/backup", tag = "sandbox", operation_id = "sandbox_routes_backup", params(("id" = String, Path)))]
+async fn backup(
+    State(state): State<AppState>,
+    ctx: AuthContext,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Sandbox>> {
+    ctx.require("write:sandboxes")?;
+    state
+        .rate_limits
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)
+        .await?;
+    let row = state.sandboxes.find(&ctx, &id).await?;
+    Ok(Json(state.sandboxes.request_backup(row).await?))
 }
 
 #[utoipa::path(get, path = "/sandbox/{id}/forks", tag = "sandbox", operation_id = "sandbox_routes_forks", params(("id" = String, Path)))]

@@ -14,6 +14,7 @@ use std::time::Duration;
 use daytona_runner::{SandboxRequest, SandboxRunner};
 use tracing::Instrument;
 
+use super::capture::StoredCopy;
 use super::dto::{CreateSandbox, Sandbox};
 use crate::auth::AuthContext;
 use crate::cluster::{Cluster, ClusterError, InProcessCluster, LockGuard};
@@ -100,6 +101,8 @@ pub struct SandboxService {
     volumes: Arc<VolumeService>,
     /// Tells split proxies and gateways what changed, through `cluster`.
     invalidations: Arc<Invalidations>,
+    /// Wakes the backup worker (`backup::spawn`).
+    pub(super) backup_wakeup: tokio::sync::Notify,
 }
 
 /// Milliseconds with two decimals, for timing logs.
@@ -144,6 +147,7 @@ impl SandboxService {
             invalidations: Arc::new(Invalidations::new(cluster.clone())),
             cluster,
             events,
+            backup_wakeup: tokio::sync::Notify::new(),
         }
     }
 
@@ -425,6 +429,10 @@ impl SandboxService {
             warm_pool_id: warm_pool.map(str::to_string),
             pooled: warm_pool.is_some(),
             secrets: serde_json::to_string(&secrets).expect("secret mounts serialize"),
+            backup_state: "None".into(),
+            backup_key: None,
+            backup_created_at: None,
+            backup_error: None,
         };
         // Check and insert under one lock so concurrent creates cannot overrun a quota together.
         let quota_guard = self.lock_quota(&ctx.organization_id).await?;
@@ -639,7 +647,19 @@ impl SandboxService {
             .forget_sandbox_secret(&id, SecretKind::PreviewToken)
             .await?;
         if row.state == "archived" {
-            return self.restore_sandbox(row).await;
+            return self.restore_sandbox(row, StoredCopy::Archive).await;
+        }
+        // Its runner is gone (or should not take it now): the newest backup starts elsewhere.
+        if let Some(reason) = self.runner.unfit_to_start(&id).await? {
+            return match (row.backup_state.as_str(), row.backup_key.clone()) {
+                ("Completed", Some(key)) => {
+                    tracing::info!(sandbox = %id, %reason, key, "starting the sandbox from its backup on another runner");
+                    self.restore_sandbox(row, StoredCopy::Backup(key)).await
+                }
+                (backup, _) => Err(ApiError::Conflict(format!(
+                    "Sandbox {id} has no runner and backup is not completed (backup state: {backup}): {reason}"
+                ))),
+            };
         }
         self.store.set_sandbox_desired_state(&id, "started").await?;
         self.store.set_sandbox_state(&id, "starting", None).await?;
@@ -686,14 +706,24 @@ impl SandboxService {
         self.announce(&row).await;
         let this = self.clone();
         let sid = id.clone();
+        let ephemeral = row.auto_delete_interval == 0;
         let sandbox = self
             .run_transition(&id, async move {
                 match this.runner.stop_sandbox(&sid).await {
-                    Ok(()) => this.store.set_sandbox_state(&sid, "stopped", None).await,
+                    Ok(()) => {
+                        this.store.set_sandbox_state(&sid, "stopped", None).await?;
+                        // Every stop gets a backup (an ephemeral sandbox is deleted instead).
+                        if !ephemeral {
+                            this.store.request_backup(&sid).await?;
+                        }
+                        Ok(())
+                    }
                     Err(e) => this.fail(&sid, "stop", e).await,
                 }
             })
             .await?;
+        // Taken in the background once the stop has answered and released the sandbox.
+        self.backups_wanted();
         if sandbox.state == "stopped" && sandbox.auto_delete_interval == 0 {
             let row = self.store.sandbox_by_id(&id).await?;
             if let Some(row) = row {
@@ -727,6 +757,15 @@ impl SandboxService {
             match this.runner.destroy_sandbox(&sid).await {
                 Ok(()) => {
                     this.delete_archive(&sid).await;
+                    // Read under the lock: a backup that just completed is in the row now.
+                    let backup = this
+                        .store
+                        .sandbox_record(&sid)
+                        .await?
+                        .and_then(|r| r.backup_key);
+                    if let Some(key) = backup {
+                        this.delete_disk_copy(&sid, &key).await;
+                    }
                     this.store.set_sandbox_state(&sid, "destroyed", None).await
                 }
                 Err(e) => this.fail(&sid, "destroy", e).await,
@@ -931,6 +970,9 @@ impl SandboxService {
             self.retry_interrupted(&row)?;
             return Ok(());
         }
+        if row.state == "restoring" && !running && self.retry_backup_restore(&row).await? {
+            return Ok(());
+        }
         if row.state == "archiving" && !running && self.finish_interrupted_archive(&row.id).await? {
             tracing::info!(sandbox = %row.id, from = %row.state, to = "archived", "reconciled sandbox state");
             self.announce(&row).await;
@@ -985,6 +1027,30 @@ impl SandboxService {
             }
         });
         Ok(())
+    }
+
+    /// Carries out again, in the background, a restore from a backup that a restart
+    /// interrupted (one from an archive, whose object still exists, goes back to `archived`);
+    /// returns whether it did.
+    async fn retry_backup_restore(self: &Arc<Self>, row: &SandboxRow) -> ApiResult<bool> {
+        let ("Completed", Some(key)) = (row.backup_state.as_str(), row.backup_key.clone()) else {
+            return Ok(false);
+        };
+        let archive = super::capture::archive_key(&row.id);
+        if matches!(self.runner.archive_exists(&archive).await, Ok(true)) {
+            return Ok(false);
+        }
+        tracing::info!(sandbox = %row.id, key, "retrying an interrupted restore from a backup");
+        let work = self
+            .clone()
+            .restore_on_runner(row.clone(), StoredCopy::Backup(key))?;
+        let (this, id) = (self.clone(), row.id.clone());
+        tokio::spawn(async move {
+            if let Err(e) = this.run_transition(&id, work).await {
+                tracing::error!(sandbox = %id, error = %e, "retrying a restore after a restart failed");
+            }
+        });
+        Ok(true)
     }
 
     /// Carries out again, in the background, a create or start that a restart interrupted.

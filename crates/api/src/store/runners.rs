@@ -287,6 +287,36 @@ impl Store {
         .await
     }
 
+    /// Ids of every sandbox recorded on `runner_id`, in any state.
+    pub async fn sandbox_ids_recorded_on(
+        &self,
+        runner_id: &str,
+    ) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar("SELECT id FROM sandboxes WHERE runner_id = $1")
+            .bind(runner_id)
+            .fetch_all(self.pool())
+            .await
+    }
+
+    /// Whether `runner_id` has a pending or running job of `job_type` for `resource_id`.
+    pub async fn has_unfinished_job(
+        &self,
+        runner_id: &str,
+        job_type: &str,
+        resource_id: &str,
+    ) -> Result<bool, sqlx::Error> {
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM runner_jobs WHERE runner_id = $1 AND job_type = $2
+               AND resource_id = $3 AND state IN ('PENDING', 'IN_PROGRESS')",
+        )
+        .bind(runner_id)
+        .bind(job_type)
+        .bind(resource_id)
+        .fetch_one(self.pool())
+        .await?;
+        Ok(count > 0)
+    }
+
     /// Ids of `runner_id`'s sandboxes in `error` whose reason contains `marker` (a failed
     /// operation's reason quotes it after its own words).
     pub async fn sandboxes_failed_with(

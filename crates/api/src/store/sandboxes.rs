@@ -50,6 +50,14 @@ pub struct SandboxRow {
     pub pooled: bool,
     /// JSON array of the secrets it mounts (`{env, secretId, placeholder}`).
     pub secrets: String,
+    /// Upstream's `BackupState`: `None`, `Pending`, `InProgress`, `Completed`, `Error`.
+    pub backup_state: String,
+    /// Object key of the newest completed backup of its disk.
+    pub backup_key: Option<String>,
+    /// When that backup was taken.
+    pub backup_created_at: Option<String>,
+    /// Why the last backup failed.
+    pub backup_error: Option<String>,
 }
 
 /// Column used to order a sandbox listing (the SDK's `sort` values).
@@ -106,12 +114,12 @@ pub(super) const COLUMNS: &str = "id, organization_id, name, snapshot, image_ref
     network_block_all, network_allow_list, domain_allow_list, target, cpu, gpu, memory, disk, state, desired_state,
     error_reason, auto_stop_interval, auto_archive_interval, auto_delete_interval, auto_pause_interval,
     runner_id, daemon_version, created_at, updated_at, last_activity_at, auto_destroy_at, volumes,
-    warm_pool_id, pooled, secrets";
+    warm_pool_id, pooled, secrets, backup_state, backup_key, backup_created_at, backup_error";
 
 impl Store {
     pub async fn insert_sandbox(&self, row: &SandboxRow) -> Result<(), sqlx::Error> {
         sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34)"
+            "INSERT INTO sandboxes ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30, $31, $32, $33, $34, $35, $36, $37, $38)"
         )))
         .bind(&row.id)
         .bind(&row.organization_id)
@@ -147,6 +155,10 @@ impl Store {
         .bind(&row.warm_pool_id)
         .bind(row.pooled)
         .bind(&row.secrets)
+        .bind(&row.backup_state)
+        .bind(&row.backup_key)
+        .bind(&row.backup_created_at)
+        .bind(&row.backup_error)
         .execute(self.pool())
         .await?;
         Ok(())
@@ -299,7 +311,9 @@ impl Store {
         let ts = now();
         sqlx::query(
             "UPDATE sandboxes SET state = 'started', error_reason = NULL, runner_id = COALESCE(runner_id, $1),
-             daemon_version = COALESCE($2, daemon_version), updated_at = $3, last_activity_at = $4 WHERE id = $5",
+             daemon_version = COALESCE($2, daemon_version), updated_at = $3, last_activity_at = $4,
+             backup_state = CASE WHEN backup_state = 'InProgress' THEN backup_state ELSE 'None' END
+             WHERE id = $5",
         )
         .bind(runner_id)
         .bind(daemon_version)

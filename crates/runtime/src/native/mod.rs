@@ -586,6 +586,13 @@ impl Runtime for NativeRuntime {
         Ok(())
     }
 
+    async fn discard(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        let _guard = self.lock(id).await;
+        let owned = id.to_owned();
+        self.blocking(move |inner| inner.discard(&owned)).await
+    }
+
     async fn update_network(&self, id: &str, policy: &NetworkPolicy) -> Result<()> {
         validate_id(id)?;
         policy.validate()?;
@@ -1244,6 +1251,29 @@ impl Inner {
                 .map_err(|e| RuntimeError::io("save sandbox state", e))?;
         }
         Ok(())
+    }
+
+    /// A stopped sandbox's network and cgroups were released when it stopped: only its
+    /// directory is left to remove. A running one is destroyed.
+    fn discard(&self, id: &str) -> Result<()> {
+        let paths = self.paths(id);
+        let running = paths
+            .load()
+            .ok()
+            .flatten()
+            .and_then(|s| s.process)
+            .is_some_and(|p| p.is_alive());
+        if running {
+            return self.destroy(id);
+        }
+        match std::fs::remove_dir_all(&paths.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(RuntimeError::io(
+                format!("remove {}", paths.dir.display()),
+                e,
+            )),
+        }
     }
 
     /// Removes every trace of the sandbox, whatever state it is in; unknown ids are fine.
