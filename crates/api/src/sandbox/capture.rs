@@ -41,7 +41,7 @@ impl SandboxService {
                 )));
             }
         };
-        let snapshot = self
+        let (snapshot, snapshot_guard) = self
             .snapshots
             .begin_capture(
                 &row.organization_id,
@@ -69,6 +69,7 @@ impl SandboxService {
             this.snapshots
                 .finish_capture(&snapshot, outcome.map_err(|e| e.to_string()))
                 .await?;
+            drop(snapshot_guard);
             this.store
                 .set_sandbox_state(&sid, &previous, reason.as_deref())
                 .await
