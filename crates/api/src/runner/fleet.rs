@@ -449,8 +449,9 @@ impl Fleet {
         outcome(&finished)
     }
 
-    /// The newest job doing the same work as `job` (its type and resource) that is unfinished,
-    /// or with `completed_too` also one that completed; on `runner_id` when given.
+    /// The newest job doing the same work as `job` (its type and resource) that is unfinished on
+    /// a runner that can still finish it, or with `completed_too` also one that completed; on
+    /// `runner_id` when given.
     async fn earlier_job(
         &self,
         job: &Job,
@@ -470,8 +471,9 @@ impl Fleet {
             }
         };
         let wanted = match earlier.state.as_str() {
+            // Worth awaiting only while its runner can still finish it.
             daytona_runner::jobs::status::PENDING | daytona_runner::jobs::status::IN_PROGRESS => {
-                true
+                self.unavailability(&earlier.runner_id).await.is_none()
             }
             daytona_runner::jobs::status::COMPLETED => completed_too,
             _ => false,
