@@ -20,6 +20,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from daytona import CreateSandboxFromSnapshotParams, Daytona, DaytonaConfig, Day
 
 import conftest
 from replicas import Balancer, redis_server
-from support import http
+from support import http, unique
 from test_events import EventClient
 from test_roles import Service, launch, proxy_healthy, wait_until
 from test_runners import RunnerProcess, _runner_env, _subnets, _wait_runner
@@ -52,6 +53,9 @@ TAKEOVER_BOUND_S = 20 + 15 + 5 + 30
 # fleet monitor, orphan recovery) and how long each lease outlives its holder's last round.
 LEASES = {"lifecycle": 90, "metrics": 6, "warm-pools": 3, "runner-monitor": 5, "orphan-recovery": 15}
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+BASE_IMAGE = f"oci-archive:{Path(os.environ['DAYTONA_BASE_IMAGE']).resolve()}"
+# How long the killed replica's build sleeps: long enough to kill its replica mid-step.
+BUILD_SLEEP_S = 25
 
 
 @dataclass
@@ -104,6 +108,7 @@ def cluster(request: pytest.FixtureRequest):
             "PROXY_DOMAIN": f"proxy.localhost:{proxy_port}",
             "RUNNER_HEALTH_TIMEOUT_SECONDS": "8",
             "RUNNER_AVAILABILITY_SCORE_THRESHOLD": "0",
+            "RUNNER_DECLARATIVE_BUILD_SCORE_THRESHOLD": "0",
             "RATE_LIMIT_FAILED_AUTH_TTL": str(FAILED_AUTH_TTL_S),
             "RATE_LIMIT_FAILED_AUTH_LIMIT": str(FAILED_AUTH_LIMIT),
         }
@@ -285,6 +290,108 @@ def test_a_replica_killed_mid_create_loses_and_duplicates_nothing(cluster: Clust
 
     victim.start()  # rejoins; its startup reconcile leaves the survivor's work alone
     assert not list(cluster.client(0).list(ListSandboxesQuery(labels={"killed": label})))
+
+
+class LogFollower:
+    """Follows a build log (`?follow=true`) in a thread, keeping what arrived and when it ended."""
+
+    def __init__(self, url: str, api_key: str):
+        self.text = ""
+        self.error: Exception | None = None
+        self.ended = threading.Event()
+        request = urllib.request.Request(url, headers={"Authorization": f"Bearer {api_key}"})
+        threading.Thread(target=self._follow, args=(request,), daemon=True).start()
+
+    def _follow(self, request: urllib.request.Request) -> None:
+        try:
+            with urllib.request.urlopen(request, timeout=600) as response:
+                while chunk := response.read1(65536):
+                    self.text += chunk.decode(errors="replace")
+        except Exception as e:  # noqa: BLE001 - reported by the test
+            self.error = e
+        finally:
+            self.ended.set()
+
+
+def _build_snapshot(api_url: str, api_key: str, name: str, dockerfile: str) -> dict:
+    made = http("POST", f"{api_url}/snapshots", api_key, {"name": name, "buildInfo": {"dockerfileContent": dockerfile}})
+    assert made.status in (200, 201), made.body
+    assert made.json()["state"] == "building", made.json()
+    return made.json()
+
+
+def test_a_build_whose_replica_is_killed_ends_active_through_the_other(cluster: Cluster):
+    victim, survivor = cluster.replicas
+    marker = secrets.token_hex(8)
+    name = f"killed-build-{marker}"
+    step = f"RUN sleep {BUILD_SLEEP_S} && echo {marker} > /marker.txt"
+    snapshot = _build_snapshot(victim.api_url, cluster.api_key, name, f"FROM {BASE_IMAGE}\n{step}\n")
+    # Followed through the replica that is not building it.
+    follower = LogFollower(f"{survivor.api_url}/snapshots/{snapshot['id']}/build-logs?follow=true", cluster.api_key)
+    try:
+        # The runner's lines reach the other replica while the step runs.
+        _wait_for(lambda: step in follower.text, 120, f"{step!r} in the log followed through the other replica")
+        assert not follower.ended.is_set(), follower.text
+        victim.kill()  # SIGKILL mid-build
+
+        def ended():
+            row = http("GET", f"{survivor.api_url}/snapshots/{snapshot['id']}", cluster.api_key).json()
+            return row if row["state"] not in ("building", "pending") else None
+
+        final = _wait_for(ended, TAKEOVER_BOUND_S + BUILD_SLEEP_S + 60, "the survivor to finish the build")
+        assert final["state"] == "active", final
+        assert follower.ended.wait(30), f"the followed log did not end with the build: {follower.text}"
+        assert follower.error is None, follower.error
+        assert "Resuming the build" in follower.text, follower.text
+        assert follower.text.count(step) == 1, f"the step ran or was logged twice: {follower.text}"
+
+        client = cluster.client(1)
+        sandbox = client.create(CreateSandboxFromSnapshotParams(snapshot=name), timeout=180)
+        try:
+            assert sandbox.process.exec("cat /marker.txt").result.strip() == marker
+        finally:
+            client.delete(sandbox, timeout=120)
+    finally:
+        if victim.process.poll() is not None:
+            victim.start()
+
+
+def test_a_build_waiting_for_a_runner_over_the_threshold_says_why(request: pytest.FixtureRequest):
+    """An API of its own whose build threshold no runner can pass (scores are at most 100)."""
+    failed = lambda: bool(request.session.testsfailed)  # noqa: E731
+    env = {
+        "DAYTONA_ROLES": "api",
+        "DEFAULT_RUNNER_API_KEY": RUNNER_TOKEN,
+        "RUNNER_AVAILABILITY_SCORE_THRESHOLD": "0",
+        "RUNNER_DECLARATIVE_BUILD_SCORE_THRESHOLD": "101",
+    }
+    with conftest.run_server(failed, env) as api:
+        run_dir = Path(tempfile.mkdtemp(prefix="daytona-threshold-", dir=os.environ.get("DAYTONA_TEST_TMPDIR")))
+        data = run_dir / "runner"
+        data.mkdir()
+        runner = RunnerProcess("runner", _runner_env(api.api_url, RUNNER_TOKEN, data, _subnets(1)[0]), run_dir, run_dir / "runner.log")
+        runner.start()
+        try:
+            _wait_runner(runner)
+            snapshot = _build_snapshot(api.api_url, api.api_key, unique("waits"), f"FROM {BASE_IMAGE}\nRUN true\n")
+            logs = f"{api.api_url}/snapshots/{snapshot['id']}/build-logs"
+
+            def waiting():
+                text = http("GET", logs, api.api_key).body.decode(errors="replace")
+                return text if "Waiting for a runner" in text else None
+
+            text = _wait_for(waiting, 60, "the build log to say why it waits")
+            assert "at least 101 (RUNNER_DECLARATIVE_BUILD_SCORE_THRESHOLD)" in text, text
+            assert "scores" in text and "of at most 600s" in text, text
+            row = http("GET", f"{api.api_url}/snapshots/{snapshot['id']}", api.api_key).json()
+            assert row["state"] == "building", row
+            assert http("DELETE", f"{api.api_url}/snapshots/{snapshot['id']}", api.api_key).status == 200
+        finally:
+            if runner.process.poll() is None:
+                runner.kill(signal.SIGTERM)
+            subprocess.run(["ip", "link", "del", runner.env["DAYTONA_BRIDGE_NAME"]], capture_output=True)
+    if not failed():
+        shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def test_rate_limits_are_counted_across_replicas(cluster: Cluster):

@@ -447,6 +447,9 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     ("POST", "/api/jobs/{jobId}/status"): lambda w: assert_equal(
         w.b.api("POST", f"/jobs/{uuid.uuid4()}/status", {"status": "FAILED"}).status, 401
     ),
+    ("POST", "/api/jobs/{jobId}/logs"): lambda w: assert_equal(
+        w.b.api("POST", f"/jobs/{uuid.uuid4()}/logs", {"offset": 0, "lines": ["x"]}).status, 401
+    ),
     ("GET", "/api/admin/runners"): lambda w: w.denied("GET", "/admin/runners"),
     ("POST", "/api/admin/runners"): lambda w: w.denied(
         "POST", "/admin/runners", {"regionId": "us", "name": unique("b"), "apiVersion": "2"}

@@ -1400,6 +1400,86 @@ async fn runner_flags_and_stale_jobs_alike() {
     }
 }
 
+#[tokio::test]
+async fn build_logs_and_earlier_jobs_are_found_alike() {
+    for TestStore { backend, store, .. } in test_stores().await {
+        let org = add_org(&store, "alice").await.ctx.organization_id;
+        let row = snapshot(&org, "logged", false);
+        store.insert_snapshot(&row).await.unwrap();
+        let lines = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        store
+            .append_build_log(&row.id, "api-1", 0, &lines(&["a", "b"]))
+            .await
+            .unwrap();
+        store
+            .append_build_log(&row.id, "job-1", 0, &lines(&["x"]))
+            .await
+            .unwrap();
+        // Reported again with one more: the first is kept once.
+        store
+            .append_build_log(&row.id, "job-1", 0, &lines(&["x", "y"]))
+            .await
+            .unwrap();
+        let all = store.build_log_after(&row.id, 0, 100).await.unwrap();
+        let texts: Vec<&str> = all.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(texts, ["a", "b", "x", "y"], "{backend}");
+        let rest = store.build_log_after(&row.id, all[1].0, 1).await.unwrap();
+        assert_eq!(rest.len(), 1, "{backend}: limited");
+        assert_eq!(rest[0].1, "x", "{backend}: after the position given");
+        store.delete_snapshot(&row.id).await.unwrap();
+        assert!(
+            store
+                .build_log_after(&row.id, 0, 100)
+                .await
+                .unwrap()
+                .is_empty(),
+            "{backend}: the log goes with its snapshot"
+        );
+
+        store
+            .ensure_runner("r-1", "default", "us", "hash-1")
+            .await
+            .unwrap();
+        let mut older = pending_job("j-old", "PULL_SNAPSHOT", "img");
+        older.created_at = "2026-01-01T00:00:00.000Z".into();
+        store.insert_job(&older).await.unwrap();
+        store
+            .insert_job(&pending_job("j-new", "PULL_SNAPSHOT", "img"))
+            .await
+            .unwrap();
+        store
+            .insert_job(&pending_job("j-other", "BUILD_SNAPSHOT", "img"))
+            .await
+            .unwrap();
+        let latest = store
+            .latest_job("PULL_SNAPSHOT", "img", None)
+            .await
+            .unwrap();
+        assert_eq!(latest.unwrap().id, "j-new", "{backend}");
+        let on_r1 = store
+            .latest_job("PULL_SNAPSHOT", "img", Some("r-1"))
+            .await
+            .unwrap();
+        assert_eq!(on_r1.unwrap().id, "j-new", "{backend}");
+        assert!(
+            store
+                .latest_job("PULL_SNAPSHOT", "img", Some("r-2"))
+                .await
+                .unwrap()
+                .is_none(),
+            "{backend}"
+        );
+        assert!(
+            store
+                .latest_job("PULL_SNAPSHOT", "other", None)
+                .await
+                .unwrap()
+                .is_none(),
+            "{backend}"
+        );
+    }
+}
+
 /// A job of runner `r-1` no runner has taken yet.
 fn pending_job(id: &str, job_type: &str, resource_id: &str) -> JobRow {
     let ts = now();

@@ -284,13 +284,14 @@ impl ControlPlane {
             max_auto_archive_minutes: config.api.max_auto_archive_interval.into(),
         };
         let builds = Builds::new(BuildSettings {
-            log_dir: data_dir.join("build-logs"),
             timeout: config.build.timeout,
             cpu: config.build.cpu_cores,
             memory_gib: config.build.memory_gb,
             disk_gib: BUILD_DISK_GIB,
         });
-        let mut snapshots = SnapshotService::new(store.clone(), runner.clone()).with_builds(builds);
+        let mut snapshots = SnapshotService::new(store.clone(), runner.clone())
+            .with_builds(builds)
+            .with_cluster(cluster.clone());
         if let Some(transient) = &config.registries.transient
             && let Some((_, host)) = transient.host()
         {

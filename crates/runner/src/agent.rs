@@ -13,9 +13,10 @@ use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use tracing::Instrument;
 
+use crate::image::build::BuildLog;
 use crate::jobs::{
-    self, Healthcheck, Job, JobDto, Metrics, PollJobsResponse, ReportedSandbox, UpdateJobStatus,
-    status,
+    self, Healthcheck, Job, JobDto, JobLogLines, Metrics, PollJobsResponse, ReportedSandbox,
+    UpdateJobStatus, status,
 };
 use crate::sandbox::{Runner, SandboxRunner};
 
@@ -196,9 +197,27 @@ impl Agent {
     async fn run_job(&self, job: JobDto) {
         let started = std::time::Instant::now();
         let outcome = match Job::decode(&job.job_type, job.payload.as_deref().unwrap_or("")) {
-            Ok(decoded) => jobs::execute(self.runner.as_ref() as &dyn SandboxRunner, decoded)
+            Ok(decoded) => {
+                // A build's lines reach the API while it runs, so its log can be followed.
+                let live = matches!(decoded, Job::BuildSnapshot(_)).then(|| {
+                    StreamedLog::start(
+                        self.client.clone(),
+                        self.url(&format!("/jobs/{}/logs", job.id)),
+                        self.settings.token.clone(),
+                    )
+                });
+                let outcome = jobs::execute(
+                    self.runner.as_ref() as &dyn SandboxRunner,
+                    decoded,
+                    live.clone().map(|l| l as Arc<dyn BuildLog>),
+                )
                 .await
-                .map_err(|e| e.to_string()),
+                .map_err(|e| e.to_string());
+                if let Some(live) = live {
+                    live.finish().await;
+                }
+                outcome
+            }
             Err(e) => Err(e.to_string()),
         };
         tracing::info!(
@@ -399,6 +418,83 @@ impl Agent {
             Err(e) => tracing::warn!(error = %e, "cannot list sandboxes for the health check"),
         }
         (metrics, sandboxes)
+    }
+}
+
+/// A build job's log lines on their way to the API (`POST /jobs/{id}/logs`), sent in order in
+/// batches of what is queued. Delivery is best effort: the job's outcome carries every line
+/// again, and the API stores each numbered line once.
+struct StreamedLog {
+    sender: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
+    sending: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+/// Attempts per batch before it is left to the job's outcome.
+const LOG_ATTEMPTS: u32 = 3;
+/// How long a finished job waits for its last lines to be delivered.
+const LOG_FLUSH: Duration = Duration::from_secs(10);
+
+impl StreamedLog {
+    fn start(client: reqwest::Client, url: String, token: String) -> Arc<Self> {
+        let (sender, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let sending = tokio::spawn(async move {
+            let mut offset = 0u64;
+            while let Some(line) = lines.recv().await {
+                let mut batch = vec![line];
+                while let Ok(line) = lines.try_recv() {
+                    batch.push(line);
+                }
+                let body = JobLogLines {
+                    offset,
+                    lines: batch,
+                };
+                offset += body.lines.len() as u64;
+                let mut backoff = FIRST_BACKOFF;
+                for attempt in 1..=LOG_ATTEMPTS {
+                    let sent = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .header("X-Daytona-Source", "runner")
+                        .timeout(Duration::from_secs(10))
+                        .json(&body)
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status().is_success() => break,
+                        Ok(r) => {
+                            tracing::debug!(status = %r.status(), attempt, "build log lines refused")
+                        }
+                        Err(e) => {
+                            tracing::debug!(error = %e, attempt, "cannot send build log lines")
+                        }
+                    }
+                    backoff = pause(backoff).await;
+                }
+            }
+        });
+        Arc::new(StreamedLog {
+            sender: Mutex::new(Some(sender)),
+            sending: Mutex::new(Some(sending)),
+        })
+    }
+
+    /// Takes no more lines; waits (a while) until those queued are delivered.
+    async fn finish(&self) {
+        drop(self.sender.lock().expect("log sender").take());
+        let sending = self.sending.lock().expect("log sender").take();
+        if let Some(sending) = sending
+            && tokio::time::timeout(LOG_FLUSH, sending).await.is_err()
+        {
+            tracing::warn!("build log lines still undelivered; the job's outcome carries them");
+        }
+    }
+}
+
+impl BuildLog for StreamedLog {
+    fn line(&self, line: &str) {
+        if let Some(sender) = self.sender.lock().expect("log sender").as_ref() {
+            let _ = sender.send(line.to_owned());
+        }
     }
 }
 

@@ -174,8 +174,13 @@ pub struct BuildOutcome {
     pub log: Vec<String>,
 }
 
-/// Runs `job` on `runner` and returns its result as JSON (upstream's `resultMetadata`).
-pub async fn execute(runner: &dyn SandboxRunner, job: Job) -> Result<Value, RunnerError> {
+/// Runs `job` on `runner` and returns its result as JSON (upstream's `resultMetadata`); a
+/// build's lines also go to `live` as they come.
+pub async fn execute(
+    runner: &dyn SandboxRunner,
+    job: Job,
+    live: Option<Arc<dyn BuildLog>>,
+) -> Result<Value, RunnerError> {
     Ok(match job {
         Job::PullSnapshot { reference } => json(&runner.pull_image(&reference).await?),
         Job::CollectGarbage { keep_images } => {
@@ -234,9 +239,12 @@ pub async fn execute(runner: &dyn SandboxRunner, job: Job) -> Result<Value, Runn
             json(&runner.fork_sandbox(&source, &fork).await?)
         }
         Job::BuildSnapshot(req) => {
-            let log = Arc::new(CollectedLog::default());
+            let log = Arc::new(CollectedLog {
+                lines: Mutex::default(),
+                live,
+            });
             let image = runner.build_image(&req, log.clone()).await?;
-            let log = std::mem::take(&mut *log.0.lock().expect("log lock"));
+            let log = std::mem::take(&mut *log.lines.lock().expect("log lock"));
             json(&BuildOutcome { image, log })
         }
         Job::ArchiveSandbox { id, key } => json(&runner.archive_sandbox(&id, &key).await?),
@@ -264,13 +272,19 @@ fn json<T: Serialize>(value: &T) -> Value {
     serde_json::to_value(value).expect("job results serialize")
 }
 
-/// A build log kept in memory, sent with the build's result.
-#[derive(Default)]
-struct CollectedLog(Mutex<Vec<String>>);
+/// A build log kept in memory, sent with the build's result (the API stores each line once,
+/// so lines `live` already delivered are not repeated).
+struct CollectedLog {
+    lines: Mutex<Vec<String>>,
+    live: Option<Arc<dyn BuildLog>>,
+}
 
 impl BuildLog for CollectedLog {
     fn line(&self, line: &str) {
-        self.0.lock().expect("log lock").push(line.to_owned());
+        self.lines.lock().expect("log lock").push(line.to_owned());
+        if let Some(live) = &self.live {
+            live.line(line);
+        }
     }
 }
 
@@ -357,6 +371,15 @@ pub struct JobDto {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PollJobsResponse {
     pub jobs: Vec<JobDto>,
+}
+
+/// `POST /jobs/{id}/logs`'s body: lines of a build job's log while it runs, numbered from
+/// `offset` (the first line of the job is 0).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobLogLines {
+    pub offset: u64,
+    pub lines: Vec<String>,
 }
 
 /// `POST /jobs/{id}/status`'s body.

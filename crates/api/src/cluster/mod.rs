@@ -34,6 +34,8 @@ pub mod channel {
     /// What split proxies and gateways must forget (`daytona_proxy::invalidation::Invalidation`
     /// as JSON).
     pub const INVALIDATIONS: &str = "invalidations";
+    /// The build log of the snapshot whose id is the message grew, or its build ended.
+    pub const BUILD_LOG: &str = "build-log";
 }
 
 #[derive(Debug, thiserror::Error)]

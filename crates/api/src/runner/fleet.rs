@@ -22,7 +22,7 @@ use futures::StreamExt;
 use super::jobs::{JobHub, outcome};
 use super::score::{Usage, availability_score};
 use crate::cluster::{Cluster, channel};
-use crate::store::{RunnerReport, RunnerRow, Store};
+use crate::store::{JobRow, RunnerReport, RunnerRow, Store};
 
 /// What placement and health tracking need from configuration.
 #[derive(Debug, Clone)]
@@ -73,22 +73,61 @@ impl RemoteRunner<'_> {
     }
 
     pub async fn run<T: DeserializeOwned>(&self, job: Job) -> Result<T, RunnerError> {
+        Ok(self.run_job(job).await?.1)
+    }
+
+    /// Runs `job`; returns its id with its result.
+    async fn run_job<T: DeserializeOwned>(&self, job: Job) -> Result<(String, T), RunnerError> {
         let fleet = self.fleet;
         let id = fleet
             .hub
             .submit(&fleet.store, &self.runner.id, &job)
             .await
             .map_err(|e| RunnerError::Unavailable(format!("cannot store a job: {e}")))?;
-        let runner_id = self.runner.id.clone();
-        let finished = fleet
-            .hub
-            .wait(&fleet.store, &id, || {
-                let runner_id = runner_id.clone();
-                async move { fleet.unavailability(&runner_id).await }
-            })
-            .await?;
-        outcome(&finished)
+        let result = fleet.await_job(&id, &self.runner.id).await?;
+        Ok((id, result))
     }
+
+    /// Runs `job`, unless an earlier job of this runner does the same work (an API process that
+    /// died gave it): then that one's outcome is awaited, so the work is not done twice.
+    async fn run_once<T: DeserializeOwned>(&self, job: Job) -> Result<T, RunnerError> {
+        match self
+            .fleet
+            .earlier_job(&job, Some(&self.runner.id), false)
+            .await
+        {
+            Some(earlier) => self.fleet.await_job(&earlier.id, &self.runner.id).await,
+            None => self.run(job).await,
+        }
+    }
+}
+
+/// A score threshold and the setting it comes from (named when nothing passes it).
+#[derive(Debug, Clone, Copy)]
+struct Threshold {
+    setting: &'static str,
+    score: i64,
+}
+
+/// How often a build log repeats that its build still waits for a runner.
+const WAIT_NOTICE_EVERY: Duration = Duration::from_secs(30);
+
+/// The build log line saying why work waits for a runner, and for how long it may.
+fn waiting_line(threshold: Threshold, why: &str, waited: Duration, limit: Duration) -> String {
+    format!(
+        "Waiting for a runner with an availability score of at least {} ({}): {why}; waited {}s \
+         of at most {}s",
+        threshold.score,
+        threshold.setting,
+        waited.as_secs(),
+        limit.as_secs()
+    )
+}
+
+/// Whether a wait that has lasted `waited` is due a notice, the last given at `last`: at once,
+/// then every [`WAIT_NOTICE_EVERY`].
+fn wait_notice_due(last: Option<Duration>, waited: Duration) -> bool {
+    last.is_none_or(|last| waited.saturating_sub(last) >= WAIT_NOTICE_EVERY)
 }
 
 /// Why an operator's flag keeps new sandboxes off `runner`, if one does.
@@ -338,7 +377,11 @@ impl Fleet {
 
     /// The runner for new work in `region`: among those scoring at least `threshold`, the one
     /// running the fewest sandboxes (the score gates, the count spreads), then the best score.
-    async fn choose(&self, region: &str, threshold: i64) -> Result<RunnerRow, RunnerError> {
+    async fn choose(&self, region: &str, threshold: Threshold) -> Result<RunnerRow, RunnerError> {
+        let Threshold {
+            setting,
+            score: threshold,
+        } = threshold;
         let candidates = self.candidates(region).await?;
         let scores: Vec<String> = candidates
             .iter()
@@ -352,30 +395,100 @@ impl Fleet {
             .ok_or_else(|| {
                 RunnerError::Unavailable(format!(
                     "no runner in region {region} has an availability score of at least \
-                     {threshold}: {}",
+                     {threshold} ({setting}): {}",
                     scores.join(", ")
                 ))
             })
     }
 
     /// A runner for work that is not a sandbox's, waiting up to the configured time for one
-    /// to join (the API may start before its runners).
-    async fn any_runner(&self, threshold: i64) -> Result<RunnerRow, RunnerError> {
-        let deadline = tokio::time::Instant::now() + self.settings.runner_wait;
+    /// to join or to pass `threshold` (the API may start before its runners); `log` is told
+    /// why it waits. Running out of time fails with the reason naming the threshold.
+    async fn any_runner(
+        &self,
+        threshold: Threshold,
+        log: Option<&dyn BuildLog>,
+    ) -> Result<RunnerRow, RunnerError> {
+        let limit = self.settings.runner_wait;
+        let started = tokio::time::Instant::now();
+        let mut noticed = None;
         loop {
             let joined = self.joined.notified();
             tokio::pin!(joined);
             joined.as_mut().enable();
-            match self.choose(&self.settings.default_region, threshold).await {
+            let why = match self.choose(&self.settings.default_region, threshold).await {
                 Ok(runner) => return Ok(runner),
-                Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
-                Err(_) => {}
+                Err(e) => e,
+            };
+            let waited = started.elapsed();
+            if waited >= limit {
+                return Err(RunnerError::Unavailable(format!(
+                    "waited {}s for a runner: {why}",
+                    waited.as_secs()
+                )));
+            }
+            if let Some(log) = log
+                && wait_notice_due(noticed, waited)
+            {
+                noticed = Some(waited);
+                let why = why.to_string();
+                log.line(&waiting_line(threshold, &why, waited, limit));
             }
             tokio::select! {
                 _ = joined => {}
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
+    }
+
+    /// Waits for job `job_id` of `runner_id` to finish, and reads its result.
+    async fn await_job<T: DeserializeOwned>(
+        &self,
+        job_id: &str,
+        runner_id: &str,
+    ) -> Result<T, RunnerError> {
+        let finished = self
+            .hub
+            .wait(&self.store, job_id, || async move {
+                self.unavailability(runner_id).await
+            })
+            .await?;
+        outcome(&finished)
+    }
+
+    /// The newest job doing the same work as `job` (its type and resource) that is unfinished on
+    /// a runner that can still finish it, or with `completed_too` also one that completed; on
+    /// `runner_id` when given.
+    async fn earlier_job(
+        &self,
+        job: &Job,
+        runner_id: Option<&str>,
+        completed_too: bool,
+    ) -> Option<JobRow> {
+        let encoded = job.encode();
+        let earlier = match self
+            .store
+            .latest_job(&encoded.job_type, &encoded.resource_id, runner_id)
+            .await
+        {
+            Ok(earlier) => earlier?,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot look for an earlier job; submitting a new one");
+                return None;
+            }
+        };
+        let wanted = match earlier.state.as_str() {
+            // Worth awaiting only while its runner can still finish it.
+            daytona_runner::jobs::status::PENDING | daytona_runner::jobs::status::IN_PROGRESS => {
+                self.unavailability(&earlier.runner_id).await.is_none()
+            }
+            daytona_runner::jobs::status::COMPLETED => completed_too,
+            _ => false,
+        };
+        wanted.then(|| {
+            tracing::info!(job = %earlier.id, job_type = %earlier.job_type, runner = %earlier.runner_id, "awaiting an earlier job for the same work");
+            earlier
+        })
     }
 
     /// Every runner that can take work now.
@@ -415,7 +528,7 @@ impl Fleet {
     ) -> Result<PulledImage, RunnerError> {
         self.record_image(runner.id(), image, "pulling", None).await;
         let pulled = runner
-            .run::<PulledImage>(Job::PullSnapshot {
+            .run_once::<PulledImage>(Job::PullSnapshot {
                 reference: image.to_owned(),
             })
             .await;
@@ -692,9 +805,7 @@ impl SandboxRunner for Fleet {
     }
 
     async fn place(&self, _sandbox_id: &str, region: &str) -> Result<String, RunnerError> {
-        let runner = self
-            .choose(region, self.settings.availability_score_threshold)
-            .await?;
+        let runner = self.choose(region, self.availability_threshold()).await?;
         Ok(runner.id)
     }
 
@@ -719,9 +830,7 @@ impl SandboxRunner for Fleet {
     }
 
     async fn pull_image(&self, reference: &str) -> Result<PulledImage, RunnerError> {
-        let runner = self
-            .any_runner(self.settings.availability_score_threshold)
-            .await?;
+        let runner = self.any_runner(self.availability_threshold(), None).await?;
         self.pull_on(&self.remote(runner), reference).await
     }
 
@@ -854,7 +963,7 @@ impl SandboxRunner for Fleet {
             id: id.into(),
             base_image: base_image.into(),
         };
-        let captured: CapturedImage = runner.run(job).await?;
+        let captured: CapturedImage = runner.run_once(job).await?;
         self.record_image(runner.id(), &captured.reference, "ready", None)
             .await;
         Ok(captured)
@@ -881,20 +990,36 @@ impl SandboxRunner for Fleet {
         req: &BuildRequest,
         log: Arc<dyn BuildLog>,
     ) -> Result<CapturedImage, RunnerError> {
-        let runner = self
-            .any_runner(self.settings.declarative_build_score_threshold)
-            .await?;
-        let runner = self.remote(runner);
-        log.line(&format!(
-            "building on runner {} ({})",
-            runner.id(),
-            runner.runner.name
-        ));
-        let built: BuildOutcome = runner.run(Job::BuildSnapshot(req.clone())).await?;
-        for line in &built.log {
-            log.line(line);
-        }
-        self.record_image(runner.id(), &built.image.reference, "ready", None)
+        let job = Job::BuildSnapshot(req.clone());
+        // A build an API process that died gave a runner is awaited (or its result taken).
+        let (runner_id, job_id, built) = match self.earlier_job(&job, None, true).await {
+            Some(earlier) => {
+                log.line(&format!(
+                    "Awaiting the build already given to runner {}",
+                    earlier.runner_id
+                ));
+                let built: BuildOutcome = self.await_job(&earlier.id, &earlier.runner_id).await?;
+                (earlier.runner_id, earlier.id, built)
+            }
+            None => {
+                let threshold = Threshold {
+                    setting: "RUNNER_DECLARATIVE_BUILD_SCORE_THRESHOLD",
+                    score: self.settings.declarative_build_score_threshold,
+                };
+                let runner = self.any_runner(threshold, Some(log.as_ref())).await?;
+                let runner = self.remote(runner);
+                log.line(&format!(
+                    "building on runner {} ({})",
+                    runner.id(),
+                    runner.runner.name
+                ));
+                let (job_id, built) = runner.run_job::<BuildOutcome>(job).await?;
+                (runner.id().to_owned(), job_id, built)
+            }
+        };
+        // The runner reported these while it built; any that did not arrive are added.
+        log.numbered(&job_id, 0, &built.log);
+        self.record_image(&runner_id, &built.image.reference, "ready", None)
             .await;
         Ok(built.image)
     }
@@ -957,6 +1082,13 @@ impl SandboxRunner for Fleet {
 }
 
 impl Fleet {
+    fn availability_threshold(&self) -> Threshold {
+        Threshold {
+            setting: "RUNNER_AVAILABILITY_SCORE_THRESHOLD",
+            score: self.settings.availability_score_threshold,
+        }
+    }
+
     /// Archives live in object storage that every runner reaches (`AWS_*`), so any runner can
     /// look one up or delete it.
     async fn any_alive(&self) -> Result<RemoteRunner<'_>, RunnerError> {
@@ -983,5 +1115,45 @@ impl Fleet {
             self.remote(runner).run::<()>(job()).await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wait_for_a_runner_is_explained_at_once_then_every_half_minute() {
+        let secs = Duration::from_secs;
+        assert!(
+            wait_notice_due(None, secs(0)),
+            "the first round explains the wait"
+        );
+        assert!(!wait_notice_due(Some(secs(0)), secs(29)));
+        assert!(wait_notice_due(Some(secs(0)), secs(30)));
+        assert!(!wait_notice_due(Some(secs(30)), secs(45)));
+    }
+
+    #[test]
+    fn the_waiting_line_names_the_threshold_its_setting_the_scores_and_the_time() {
+        let threshold = Threshold {
+            setting: "RUNNER_DECLARATIVE_BUILD_SCORE_THRESHOLD",
+            score: 70,
+        };
+        let line = waiting_line(
+            threshold,
+            "r1 (default) scores 42",
+            Duration::from_secs(31),
+            Duration::from_secs(600),
+        );
+        for part in [
+            "at least 70",
+            "RUNNER_DECLARATIVE_BUILD_SCORE_THRESHOLD",
+            "r1 (default) scores 42",
+            "waited 31s",
+            "600s",
+        ] {
+            assert!(line.contains(part), "{part:?} missing from {line:?}");
+        }
     }
 }

@@ -11,7 +11,7 @@ use axum::http::StatusCode;
 use axum::http::request::Parts;
 use daytona_runner::egress::EgressGrantDto;
 use daytona_runner::jobs::{
-    Healthcheck, JobDto, Metrics, PollJobsResponse, UpdateJobStatus, status,
+    Healthcheck, JobDto, JobLogLines, Metrics, PollJobsResponse, UpdateJobStatus, status,
 };
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -32,6 +32,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(poll))
         .routes(routes!(list_jobs))
         .routes(routes!(update_status))
+        .routes(routes!(append_log))
         .routes(routes!(admin_list, admin_create))
         .routes(routes!(admin_get, admin_delete))
         .routes(routes!(admin_scheduling))
@@ -221,6 +222,34 @@ async fn update_status(
             job.state
         )));
     }
+    Ok(StatusCode::OK)
+}
+
+/// Lines of a build job's log while it runs, from the runner that holds the job.
+#[utoipa::path(post, path = "/jobs/{jobId}/logs", tag = "jobs", operation_id = "jobs_append_log", params(("jobId" = String, Path)))]
+async fn append_log(
+    State(state): State<AppState>,
+    RunnerCaller(runner): RunnerCaller,
+    Path(job_id): Path<String>,
+    JsonBody(body): JsonBody<JobLogLines>,
+) -> ApiResult<StatusCode> {
+    fleet(&state)?;
+    let job = state
+        .store
+        .job_by_id(&job_id)
+        .await?
+        .filter(|j| j.runner_id == runner.id)
+        .ok_or_else(|| ApiError::NotFound(format!("Job {job_id} not found")))?;
+    if job.job_type != "BUILD_SNAPSHOT" {
+        return Err(ApiError::BadRequest(format!(
+            "job {job_id} is a {} job; only BUILD_SNAPSHOT jobs have a log",
+            job.job_type
+        )));
+    }
+    state
+        .snapshots
+        .record_runner_log(&job.resource_id, &job.id, body.offset, &body.lines)
+        .await?;
     Ok(StatusCode::OK)
 }
 

@@ -50,7 +50,7 @@ impl SandboxService {
                 )));
             }
         };
-        let snapshot = self
+        let (snapshot, snapshot_guard) = self
             .snapshots
             .begin_capture(
                 &row.organization_id,
@@ -78,6 +78,7 @@ impl SandboxService {
             this.snapshots
                 .finish_capture(&snapshot, outcome.map_err(|e| e.to_string()))
                 .await?;
+            drop(snapshot_guard);
             this.store
                 .set_sandbox_state(&sid, &previous, reason.as_deref())
                 .await

@@ -924,6 +924,8 @@ impl SandboxService {
     /// state for longer than [`ORPHAN_AGE`] whose lock nobody holds (a dead holder's lock
     /// lapses sooner) are reconciled as after a restart.
     pub async fn recover_orphans(self: &Arc<Self>) -> ApiResult<()> {
+        // First, as at startup: sandboxes waiting for a build wait for the resumed build.
+        self.snapshots.recover_orphans().await?;
         let cutoff =
             (chrono::Utc::now() - ORPHAN_AGE).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
         for row in self.store.live_sandboxes().await? {

@@ -1,16 +1,16 @@
 //! Snapshots built from a Dockerfile (`buildInfo`, what the SDK's declarative `Image`
 //! produces): the build runs on the runner in the background (`building` → `active`, or
-//! `error` with the reason), its log goes to `<data>/build-logs/<snapshot id>.log` and is
-//! served, live with `follow=true`, at `/snapshots/{id}/build-logs` and, for a sandbox created
-//! from an image, `/sandbox/{id}/build-logs`.
+//! `error` with the reason), its log goes to the store (`build_log_lines`), so every API replica
+//! serves it, live with `follow=true` (woken through the cluster), at
+//! `/snapshots/{id}/build-logs` and, for a sandbox created from an image,
+//! `/sandbox/{id}/build-logs`. A remote runner reports its lines while it builds
+//! (`POST /jobs/{id}/logs`, to any replica) and all of them again with its outcome.
 //!
 //! A sandbox created from an image definition uses the organization's snapshot of the same
 //! definition (`build_ref`: the Dockerfile and the sorted context hashes), building one named
 //! `build-<ref prefix>` when there is none.
 
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use utoipa_axum::router::OpenApiRouter;
@@ -23,20 +23,21 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use daytona_runner::image::build::{BuildLog, BuildRequest};
 use daytona_runner::image::dockerfile::{self, Instruction};
+use futures::{FutureExt, StreamExt};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
 
 use super::{SnapshotService, new_row};
 use crate::AppState;
 use crate::auth::AuthContext;
+use crate::cluster::{Cluster, LockGuard, channel};
 use crate::error::{ApiError, ApiResult};
-use crate::store::{SnapshotBuildRow, SnapshotRow, now};
+use crate::store::{SnapshotBuildRow, SnapshotRow, Store, now};
 
-/// How builds run and where their logs go.
+/// How builds run.
 #[derive(Debug, Clone)]
 pub struct BuildSettings {
-    pub log_dir: PathBuf,
     /// `BUILD_TIMEOUT_MIN`
     pub timeout: Duration,
     /// `BUILD_CPU_CORES`, `BUILD_MEMORY_GB`: each `RUN` sandbox's limits.
@@ -45,47 +46,121 @@ pub struct BuildSettings {
     pub disk_gib: u32,
 }
 
-/// Builds in progress and their logs.
+/// How builds run.
 pub struct Builds {
     settings: BuildSettings,
-    live: Mutex<HashMap<String, Arc<LiveLog>>>,
 }
 
 impl Builds {
     pub fn new(settings: BuildSettings) -> Self {
-        Builds {
-            settings,
-            live: Mutex::default(),
-        }
-    }
-
-    fn log_path(&self, snapshot_id: &str) -> PathBuf {
-        self.settings.log_dir.join(format!("{snapshot_id}.log"))
-    }
-
-    fn live(&self, snapshot_id: &str) -> Option<Arc<LiveLog>> {
-        self.live
-            .lock()
-            .expect("build log map poisoned")
-            .get(snapshot_id)
-            .cloned()
+        Builds { settings }
     }
 }
 
-/// A build's log file while the build runs; followers wait on `grown`.
+/// Lines a follower reads from the store at once.
+const LOG_PAGE: i64 = 500;
+
+/// What goes into a build log: this attempt's own lines, or lines another party numbered.
+enum LogEntry {
+    Own(String),
+    Numbered {
+        origin: String,
+        first: usize,
+        lines: Vec<String>,
+    },
+}
+
+/// The log of one build attempt. Lines are stored in order by a writer task (the runner calls
+/// [`BuildLog::line`] synchronously) and every replica's followers are woken through the
+/// cluster; [`LiveLog::close`] waits until everything written is stored.
 struct LiveLog {
-    file: Mutex<std::fs::File>,
-    grown: tokio::sync::Notify,
+    sender: Mutex<Option<mpsc::UnboundedSender<LogEntry>>>,
+    writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl LiveLog {
+    fn start(store: Store, cluster: Arc<dyn Cluster>, snapshot_id: String) -> Arc<Self> {
+        let (sender, mut entries) = mpsc::unbounded_channel::<LogEntry>();
+        // This attempt's own numbering: another attempt (after a takeover) has its own.
+        let origin = format!("api-{}", uuid::Uuid::new_v4());
+        let writer = tokio::spawn(async move {
+            let mut next = 0usize;
+            while let Some(entry) = entries.recv().await {
+                let mut queued = vec![entry];
+                while let Ok(entry) = entries.try_recv() {
+                    queued.push(entry);
+                }
+                for (origin, first, lines) in batches(&origin, &mut next, queued) {
+                    if let Err(e) = store
+                        .append_build_log(&snapshot_id, &origin, first as i64, &lines)
+                        .await
+                    {
+                        tracing::warn!(snapshot = %snapshot_id, error = %e, "could not store build log lines");
+                    }
+                }
+                cluster.publish(channel::BUILD_LOG, snapshot_id.clone());
+            }
+        });
+        Arc::new(LiveLog {
+            sender: Mutex::new(Some(sender)),
+            writer: Mutex::new(Some(writer)),
+        })
+    }
+
+    fn send(&self, entry: LogEntry) {
+        if let Some(sender) = self.sender.lock().expect("build log poisoned").as_ref() {
+            let _ = sender.send(entry);
+        }
+    }
+
+    /// Stops taking lines and waits until those written are stored.
+    async fn close(&self) {
+        drop(self.sender.lock().expect("build log poisoned").take());
+        let writer = self.writer.lock().expect("build log poisoned").take();
+        if let Some(writer) = writer {
+            let _ = writer.await;
+        }
+    }
+}
+
+/// Queued log entries as numbered batches, in order: consecutive own lines become one batch of
+/// `own_origin`, numbered on from `next`.
+fn batches(
+    own_origin: &str,
+    next: &mut usize,
+    queued: Vec<LogEntry>,
+) -> Vec<(String, usize, Vec<String>)> {
+    let mut out: Vec<(String, usize, Vec<String>)> = Vec::new();
+    for entry in queued {
+        match entry {
+            LogEntry::Own(line) => {
+                match out.last_mut() {
+                    Some((origin, _, lines)) if origin == own_origin => lines.push(line),
+                    _ => out.push((own_origin.to_owned(), *next, vec![line])),
+                }
+                *next += 1;
+            }
+            LogEntry::Numbered {
+                origin,
+                first,
+                lines,
+            } => out.push((origin, first, lines)),
+        }
+    }
+    out
 }
 
 impl BuildLog for LiveLog {
     fn line(&self, line: &str) {
-        let mut file = self.file.lock().expect("build log poisoned");
-        if let Err(e) = writeln!(file, "{line}") {
-            tracing::warn!(error = %e, "could not write a build log line");
-        }
-        drop(file);
-        self.grown.notify_waiters();
+        self.send(LogEntry::Own(line.to_owned()));
+    }
+
+    fn numbered(&self, origin: &str, first: usize, lines: &[String]) {
+        self.send(LogEntry::Numbered {
+            origin: origin.to_owned(),
+            first,
+            lines: lines.to_vec(),
+        });
     }
 }
 
@@ -142,11 +217,13 @@ impl SnapshotService {
         })
     }
 
-    /// Records the definition of the new snapshot `row` (state `building`) and starts its build.
+    /// Records the definition of the new snapshot `row` (state `building`, its lock `guard`
+    /// held) and starts its build.
     pub(super) async fn start_build(
         self: &Arc<Self>,
         row: &SnapshotRow,
         info: BuildInfo,
+        guard: LockGuard,
     ) -> ApiResult<()> {
         self.builds()?;
         let ts = now();
@@ -162,35 +239,29 @@ impl SnapshotService {
                 updated_at: ts,
             })
             .await?;
-        self.launch_build(row, info)
+        self.launch_build(row, info, guard, None)
     }
 
-    /// Starts the build of snapshot `row` from its recorded definition `info`, in the
-    /// background, with a fresh log.
-    fn launch_build(self: &Arc<Self>, row: &SnapshotRow, info: BuildInfo) -> ApiResult<()> {
+    /// Starts the build of snapshot `row` from its recorded definition `info` in the
+    /// background, holding the snapshot's lock `guard` until it ends; `resumed` is the first
+    /// log line of an attempt that takes over an interrupted one.
+    fn launch_build(
+        self: &Arc<Self>,
+        row: &SnapshotRow,
+        info: BuildInfo,
+        guard: LockGuard,
+        resumed: Option<String>,
+    ) -> ApiResult<()> {
         let builds = self.builds()?.clone();
-        std::fs::create_dir_all(&builds.settings.log_dir).map_err(|e| {
-            ApiError::Internal(format!(
-                "cannot create {}: {e}",
-                builds.settings.log_dir.display()
-            ))
-        })?;
-        let path = builds.log_path(&row.id);
-        let file = std::fs::File::create(&path)
-            .map_err(|e| ApiError::Internal(format!("cannot create {}: {e}", path.display())))?;
-        let log = Arc::new(LiveLog {
-            file: Mutex::new(file),
-            grown: tokio::sync::Notify::new(),
-        });
-        builds
-            .live
-            .lock()
-            .expect("build log map poisoned")
-            .insert(row.id.clone(), log.clone());
+        let log = LiveLog::start(self.store.clone(), self.cluster.clone(), row.id.clone());
+        if let Some(line) = resumed {
+            log.line(&line);
+        }
         let this = self.clone();
         let row = row.clone();
         tokio::spawn(async move {
             this.run_build(&builds, row, info, log).await;
+            drop(guard);
         });
         Ok(())
     }
@@ -222,15 +293,37 @@ impl SnapshotService {
         if let Err(reason) = &outcome {
             log.line(&format!("Build failed: {reason}"));
         }
+        // Every line is stored before the state changes, so a follower that sees the build
+        // ended has read its whole log.
+        log.close().await;
         if let Err(e) = self.finish_capture(&row, outcome).await {
             tracing::error!(snapshot = %row.id, error = %e, "could not record the build's outcome");
         }
-        builds
-            .live
-            .lock()
-            .expect("build log map poisoned")
-            .remove(&row.id);
-        log.grown.notify_waiters();
+        self.cluster.publish(channel::BUILD_LOG, row.id.clone());
+    }
+
+    /// Lines `offset..` of the build log that remote runner job `job_id` reports while it
+    /// builds snapshot `snapshot_id` (a batch reported twice is stored once).
+    pub async fn record_runner_log(
+        &self,
+        snapshot_id: &str,
+        job_id: &str,
+        offset: u64,
+        lines: &[String],
+    ) -> ApiResult<()> {
+        if self.store.snapshot_by_id(snapshot_id).await?.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "Snapshot {snapshot_id} of job {job_id} was deleted"
+            )));
+        }
+        let offset = i64::try_from(offset)
+            .map_err(|_| ApiError::BadRequest(format!("offset: {offset} is too large")))?;
+        self.store
+            .append_build_log(snapshot_id, job_id, offset, lines)
+            .await?;
+        self.cluster
+            .publish(channel::BUILD_LOG, snapshot_id.to_owned());
+        Ok(())
     }
 
     /// `FROM` names that are the organization's snapshots, mapped to their images.
@@ -280,13 +373,20 @@ impl SnapshotService {
             }
             Err(e) => return Err(e.into()),
         }
-        self.start_build(&row, info).await?;
+        let guard = self.lock_snapshot(&row.id).await?;
+        self.start_build(&row, info, guard).await?;
         Ok(row)
     }
 
-    /// Builds again a snapshot whose build a restart interrupted (the layer cache keeps what
-    /// the first attempt finished); one without a recorded definition ends in `error`.
-    pub(super) async fn resume_build(self: &Arc<Self>, row: &SnapshotRow) -> ApiResult<()> {
+    /// Builds again a snapshot whose build was interrupted (a restart, or the API replica running
+    /// it died), holding its lock `guard`: the layer cache keeps what the first attempt
+    /// finished, and a remote runner's build still running is awaited rather than repeated.
+    /// One without a recorded definition ends in `error`.
+    pub(super) async fn resume_build(
+        self: &Arc<Self>,
+        row: &SnapshotRow,
+        guard: LockGuard,
+    ) -> ApiResult<()> {
         let Some(build) = self.store.snapshot_build(&row.id).await? else {
             return self
                 .interrupted(row, "its build definition is missing")
@@ -296,8 +396,9 @@ impl SnapshotService {
             dockerfile_content: build.dockerfile,
             context_hashes: serde_json::from_str(&build.context_hashes).unwrap_or_default(),
         };
-        tracing::info!(snapshot = %row.name, "resuming a build the restart interrupted");
-        if let Err(e) = self.launch_build(row, info) {
+        tracing::info!(snapshot = %row.name, "resuming an interrupted build");
+        let line = "Resuming the build: the API process running it stopped".to_owned();
+        if let Err(e) = self.launch_build(row, info, guard, Some(line)) {
             return self.interrupted(row, &e.to_string()).await;
         }
         Ok(())
@@ -337,48 +438,33 @@ impl SnapshotService {
         }
     }
 
-    /// The snapshot's build log; with `follow`, a stream that ends when the build does.
+    /// The snapshot's build log; with `follow`, a stream that ends when the build does (on
+    /// whichever API replica it runs).
     async fn build_log(&self, snapshot_id: &str, follow: bool) -> ApiResult<Response> {
-        let builds = self.builds()?.clone();
-        let path = builds.log_path(snapshot_id);
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(ApiError::NotFound(format!(
-                    "Snapshot {snapshot_id} has no build log"
-                )));
-            }
-            Err(e) => return Err(ApiError::Internal(format!("{}: {e}", path.display()))),
-        };
+        self.builds()?;
+        let first = self.store.build_log_after(snapshot_id, 0, LOG_PAGE).await?;
+        if first.is_empty() && self.store.snapshot_build(snapshot_id).await?.is_none() {
+            return Err(ApiError::NotFound(format!(
+                "Snapshot {snapshot_id} has no build log"
+            )));
+        }
+        let store = self.store.clone();
         let id = snapshot_id.to_owned();
-        let stream = futures::stream::unfold(Some(file), move |file| {
-            let builds = builds.clone();
-            let id = id.clone();
-            async move {
-                let mut file = file?;
-                let mut buf = vec![0u8; 64 * 1024];
-                loop {
-                    // Registered before reading, so a line written in between is not missed.
-                    let live = follow.then(|| builds.live(&id)).flatten();
-                    let mut grown = live.as_ref().map(|l| Box::pin(l.grown.notified()));
-                    if let Some(grown) = grown.as_mut() {
-                        grown.as_mut().enable();
-                    }
-                    match file.read(&mut buf).await {
-                        Err(e) => return Some((Err(e), None)),
-                        Ok(0) => match grown {
-                            Some(grown) => {
-                                // Woken by new lines, the build's end, or at least once a second.
-                                let _ = tokio::time::timeout(Duration::from_secs(1), grown).await;
-                            }
-                            None => return None,
-                        },
-                        Ok(n) => {
-                            buf.truncate(n);
-                            return Some((Ok(axum::body::Bytes::from(buf)), Some(file)));
-                        }
-                    }
-                }
+        // Subscribed before the first read, so a line stored in between still wakes us.
+        let wakeups = follow.then(|| self.cluster.subscribe(channel::BUILD_LOG));
+        let follower = LogFollower {
+            store,
+            id,
+            after: 0,
+            follow,
+            wakeups,
+            first: Some(first),
+        };
+        let stream = futures::stream::unfold(follower, |mut f| async move {
+            match f.next_chunk().await {
+                Ok(Some(chunk)) => Some((Ok(axum::body::Bytes::from(chunk)), f)),
+                Ok(None) => None,
+                Err(e) => Some((Err(std::io::Error::other(e.to_string())), f.finished())),
             }
         });
         Ok((
@@ -386,6 +472,78 @@ impl SnapshotService {
             Body::from_stream(stream),
         )
             .into_response())
+    }
+}
+
+/// Reads a build log from the store, following it while the build is in progress.
+struct LogFollower {
+    store: Store,
+    id: String,
+    /// Position of the last line sent.
+    after: i64,
+    follow: bool,
+    wakeups: Option<futures::stream::BoxStream<'static, String>>,
+    /// The page read to check that there is a log.
+    first: Option<Vec<(i64, String)>>,
+}
+
+impl LogFollower {
+    fn finished(mut self) -> Self {
+        self.follow = false;
+        self.after = i64::MAX;
+        self
+    }
+
+    /// The next lines, waiting for them while the build goes on; `None` at the end.
+    async fn next_chunk(&mut self) -> Result<Option<String>, sqlx::Error> {
+        loop {
+            // Wake-ups that came while lines were sent are covered by the read below.
+            if let Some(wakeups) = self.wakeups.as_mut() {
+                while let Some(Some(_)) = wakeups.next().now_or_never() {}
+            }
+            // The state is read before the lines: lines are stored before a build ends.
+            let building = self.follow
+                && self
+                    .store
+                    .snapshot_by_id(&self.id)
+                    .await?
+                    .is_some_and(|row| {
+                        matches!(row.state.as_str(), "building" | "pending" | "pulling")
+                    });
+            let lines = match self.first.take() {
+                Some(lines) => lines,
+                None => {
+                    self.store
+                        .build_log_after(&self.id, self.after, LOG_PAGE)
+                        .await?
+                }
+            };
+            if let Some((last, _)) = lines.last() {
+                self.after = *last;
+                let mut chunk = String::new();
+                for (_, line) in lines {
+                    chunk.push_str(&line);
+                    chunk.push('\n');
+                }
+                return Ok(Some(chunk));
+            }
+            if !building {
+                return Ok(None);
+            }
+            let Some(wakeups) = self.wakeups.as_mut() else {
+                return Ok(None);
+            };
+            // Woken by lines of this build (on any replica), or at least once a second.
+            let id = &self.id;
+            let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                while let Some(woken) = wakeups.next().await {
+                    if &woken == id {
+                        return;
+                    }
+                }
+            })
+            .await;
+        }
     }
 }
 
@@ -500,4 +658,38 @@ async fn sandbox_logs_url(
     Ok(Json(serde_json::json!({
         "url": format!("{}/sandbox/{}/build-logs", api_base(&headers), sandbox.id)
     })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_lines_are_numbered_on_and_reported_lines_keep_their_numbers() {
+        let mut next = 3;
+        let own = |l: &str| LogEntry::Own(l.to_owned());
+        let out = batches(
+            "api-1",
+            &mut next,
+            vec![
+                own("a"),
+                own("b"),
+                LogEntry::Numbered {
+                    origin: "job-1".into(),
+                    first: 7,
+                    lines: vec!["x".into()],
+                },
+                own("c"),
+            ],
+        );
+        assert_eq!(
+            out,
+            vec![
+                ("api-1".to_owned(), 3, vec!["a".to_owned(), "b".to_owned()]),
+                ("job-1".to_owned(), 7, vec!["x".to_owned()]),
+                ("api-1".to_owned(), 5, vec!["c".to_owned()]),
+            ]
+        );
+        assert_eq!(next, 6);
+    }
 }

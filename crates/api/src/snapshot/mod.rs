@@ -3,6 +3,10 @@
 //! Creating one makes the runner import/pull and unpack the image (`pending` → `pulling` →
 //! `active`, or `error` with the reason). The default snapshot (`DEFAULT_SNAPSHOT`) is a
 //! `general` snapshot of the admin organization, visible to every organization.
+//!
+//! The API process that pulls, builds or captures a snapshot holds the cluster lock
+//! `snapshot:<id>` until it is done, so with several replicas another one takes over only what a
+//! dead replica left (its lock lapses), never what a live one is doing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,6 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::auth::AuthContext;
+use crate::cluster::{Cluster, InProcessCluster, LockGuard};
 use crate::error::{ApiError, ApiResult};
 use crate::json::JsonBody;
 use crate::store::{SnapshotFilter, SnapshotRow, Store, now};
@@ -117,6 +122,8 @@ pub struct SnapshotService {
     /// `host[:port]/project/` of the transient registry, whose `{organization id}/` paths hold
     /// what each organization pushed (runners pull them with full access).
     transient_prefix: Option<String>,
+    /// Who works on which snapshot, and build log wake-ups, across API processes.
+    cluster: Arc<dyn Cluster>,
 }
 
 pub(crate) fn is_valid_snapshot_name(name: &str) -> bool {
@@ -132,6 +139,7 @@ impl SnapshotService {
             runner,
             builds: None,
             transient_prefix: None,
+            cluster: Arc::new(InProcessCluster::default()),
         }
     }
 
@@ -162,6 +170,21 @@ impl SnapshotService {
         }
     }
 
+    /// Shares snapshot work and build logs with the other API processes of `cluster`.
+    pub fn with_cluster(mut self, cluster: Arc<dyn Cluster>) -> Self {
+        self.cluster = cluster;
+        self
+    }
+
+    fn lock_key(id: &str) -> String {
+        format!("snapshot:{id}")
+    }
+
+    /// The lock of a snapshot this process is about to work on (a new one: nobody holds it).
+    async fn lock_snapshot(&self, id: &str) -> ApiResult<LockGuard> {
+        Ok(self.cluster.lock(&Self::lock_key(id)).await?)
+    }
+
     /// Builds images from `buildInfo` as `builds` says.
     pub fn with_builds(mut self, builds: Builds) -> Self {
         self.builds = Some(Arc::new(builds));
@@ -171,21 +194,29 @@ impl SnapshotService {
     /// Registers `DEFAULT_SNAPSHOT` as a general snapshot of `org` (once) and makes sure the
     /// runner has it, in the background.
     pub async fn ensure_default(self: &Arc<Self>, org: &str, image: &str) -> ApiResult<()> {
-        let row = match self.store.general_snapshot_by_name(image).await? {
-            Some(row) => row,
+        let (row, guard) = match self.store.general_snapshot_by_name(image).await? {
+            Some(row) => {
+                // Another API process pulling it makes sure of it already.
+                let Some(guard) = self.cluster.try_lock(&Self::lock_key(&row.id)).await? else {
+                    return Ok(());
+                };
+                (row, guard)
+            }
             None => {
                 let row = new_row(org, true, image, image, None, (1, 1, 3));
+                let guard = self.lock_snapshot(&row.id).await?;
                 self.store.insert_snapshot(&row).await?;
-                row
+                (row, guard)
             }
         };
         let this = self.clone();
-        tokio::spawn(async move { this.pull(row).await });
+        tokio::spawn(async move { this.pull(row, guard).await });
         Ok(())
     }
 
-    /// Imports/pulls the snapshot's image on the runner and records the outcome.
-    async fn pull(&self, row: SnapshotRow) {
+    /// Imports/pulls the snapshot's image on the runner and records the outcome, holding the
+    /// snapshot's lock `_guard` meanwhile.
+    async fn pull(&self, row: SnapshotRow, _guard: LockGuard) {
         let _ = self
             .store
             .set_snapshot_state(&row.id, "pulling", None)
@@ -231,22 +262,81 @@ impl SnapshotService {
 
     /// Carries on, after a restart, what the previous process left in progress: pulls start
     /// again, builds run again (their finished layers are cached), and a snapshot of a sandbox
-    /// that was being taken ends in `error` with the reason (its copy was not finished).
+    /// that was being taken is taken again. What another live API process works on (it holds
+    /// the snapshot's lock) is left to it.
     pub async fn reconcile(self: &Arc<Self>) -> ApiResult<()> {
         for row in self.store.snapshots_in_progress().await? {
-            match row.state.as_str() {
-                "building" => self.resume_build(&row).await?,
-                "snapshotting" => {
-                    self.interrupted(&row, "the server restarted while it was being taken")
-                        .await?
-                }
-                _ => {
-                    tracing::info!(snapshot = %row.name, "pulling again after a restart");
-                    let this = self.clone();
-                    tokio::spawn(async move { this.pull(row).await });
-                }
+            self.take_over(row).await?;
+        }
+        Ok(())
+    }
+
+    /// Takes over what an API process that died left half-done: snapshots in progress for
+    /// longer than [`crate::sandbox::service::ORPHAN_AGE`] whose lock nobody holds (a dead
+    /// holder's lock lapses).
+    pub async fn recover_orphans(self: &Arc<Self>) -> ApiResult<()> {
+        let cutoff = (chrono::Utc::now() - crate::sandbox::service::ORPHAN_AGE)
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        for row in self.store.snapshots_in_progress().await? {
+            if row.updated_at < cutoff {
+                self.take_over(row).await?;
             }
         }
+        Ok(())
+    }
+
+    /// Goes on with the work on snapshot `row` that nobody does now, if nobody does.
+    async fn take_over(self: &Arc<Self>, row: SnapshotRow) -> ApiResult<()> {
+        let Some(guard) = self.cluster.try_lock(&Self::lock_key(&row.id)).await? else {
+            tracing::debug!(snapshot = %row.name, "snapshot is in another process's work");
+            return Ok(());
+        };
+        match row.state.as_str() {
+            "building" => self.resume_build(&row, guard).await?,
+            "snapshotting" => self.resume_capture(row, guard).await?,
+            _ => {
+                tracing::info!(snapshot = %row.name, "pulling again: the process pulling it stopped");
+                let this = self.clone();
+                tokio::spawn(async move { this.pull(row, guard).await });
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes again the snapshot of a sandbox whose capture was interrupted, under the
+    /// sandbox's lock (a remote runner's capture still running is awaited, not repeated).
+    async fn resume_capture(self: &Arc<Self>, row: SnapshotRow, guard: LockGuard) -> ApiResult<()> {
+        let Some(sandbox_id) = row.source_sandbox_id.clone() else {
+            return self
+                .interrupted(&row, "its source sandbox is not recorded")
+                .await;
+        };
+        // The capture runs under the sandbox's lock: held means it is still going on.
+        let Some(sandbox_guard) = self
+            .cluster
+            .try_lock(&format!("sandbox:{sandbox_id}"))
+            .await?
+        else {
+            return Ok(());
+        };
+        let Some(sandbox) = self.store.sandbox_record(&sandbox_id).await? else {
+            return self
+                .interrupted(&row, "its source sandbox no longer exists")
+                .await;
+        };
+        tracing::info!(snapshot = %row.name, sandbox = %sandbox_id, "taking an interrupted sandbox snapshot again");
+        let this = self.clone();
+        tokio::spawn(async move {
+            let outcome = this
+                .runner
+                .snapshot_sandbox(&sandbox_id, &sandbox.image_ref)
+                .await
+                .map_err(|e| format!("snapshot failed: {e}"));
+            if let Err(e) = this.finish_capture(&row, outcome).await {
+                tracing::error!(snapshot = %row.id, error = %e, "could not record snapshot state");
+            }
+            drop((sandbox_guard, guard));
+        });
         Ok(())
     }
 
@@ -337,6 +427,8 @@ impl SnapshotService {
         if build.is_some() {
             row.state = "building".into();
         }
+        // Held from before the row exists, so no other process takes the work over.
+        let guard = self.lock_snapshot(&row.id).await?;
         self.store
             .insert_snapshot(&row)
             .await
@@ -349,7 +441,7 @@ impl SnapshotService {
         let id = row.id.clone();
         if let Some(build) = build {
             // The SDK follows the build (state, logs) itself.
-            if let Err(e) = self.start_build(&row, build).await {
+            if let Err(e) = self.start_build(&row, build, guard).await {
                 self.store
                     .set_snapshot_state(&id, "error", Some(&e.to_string()))
                     .await?;
@@ -358,20 +450,21 @@ impl SnapshotService {
             return self.get(ctx, &id).await;
         }
         let this = self.clone();
-        let task = tokio::spawn(async move { this.pull(row).await });
+        let task = tokio::spawn(async move { this.pull(row, guard).await });
         let _ = tokio::time::timeout(WAIT_FOR_PULL, task).await;
         self.get(ctx, &id).await
     }
 
     /// Registers the snapshot `name` that sandbox `sandbox` is about to become (state
-    /// `snapshotting`, the sandbox's resources); refuses a name the organization already uses.
+    /// `snapshotting`, the sandbox's resources) and its lock, to hold until the capture ends;
+    /// refuses a name the organization already uses.
     pub async fn begin_capture(
         &self,
         org: &str,
         name: &str,
         sandbox: &str,
         (cpu, mem, disk): (i64, i64, i64),
-    ) -> ApiResult<SnapshotRow> {
+    ) -> ApiResult<(SnapshotRow, LockGuard)> {
         if !is_valid_snapshot_name(name) {
             return Err(ApiError::BadRequest(format!(
                 "name: '{name}' is not a valid snapshot name"
@@ -385,6 +478,7 @@ impl SnapshotService {
         row.state = "snapshotting".into();
         row.source_sandbox_id = Some(sandbox.to_owned());
         (row.cpu, row.mem, row.disk) = (cpu, mem, disk);
+        let guard = self.lock_snapshot(&row.id).await?;
         self.store
             .insert_snapshot(&row)
             .await
@@ -392,7 +486,7 @@ impl SnapshotService {
                 sqlx::Error::Database(d) if d.is_unique_violation() => conflict(),
                 e => e.into(),
             })?;
-        Ok(row)
+        Ok((row, guard))
     }
 
     /// Records the outcome of a capture that [`Self::begin_capture`] registered.

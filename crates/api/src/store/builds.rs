@@ -80,3 +80,71 @@ impl Store {
         Ok(())
     }
 }
+
+impl Store {
+    /// Appends `lines` to snapshot `snapshot_id`'s build log, numbered from `first` by `origin`;
+    /// lines of `origin` already stored under those numbers are kept as they are.
+    pub async fn append_build_log(
+        &self,
+        snapshot_id: &str,
+        origin: &str,
+        first: i64,
+        lines: &[String],
+    ) -> Result<(), sqlx::Error> {
+        let ts = super::now();
+        let mut tx = self.pool().begin().await?;
+        for (i, line) in lines.iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO build_log_lines (snapshot_id, origin, idx, line, created_at)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (snapshot_id, origin, idx) DO NOTHING",
+            )
+            .bind(snapshot_id)
+            .bind(origin)
+            .bind(first + i as i64)
+            .bind(line)
+            .bind(&ts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await
+    }
+
+    /// Up to `limit` lines of the build log of `snapshot_id` stored after the line `after`
+    /// (0: from the start), with their positions, in the order they were stored.
+    pub async fn build_log_after(
+        &self,
+        snapshot_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String)>, sqlx::Error> {
+        sqlx::query_as::<_, (i64, String)>(
+            "SELECT id, line FROM build_log_lines WHERE snapshot_id = $1 AND id > $2
+             ORDER BY id LIMIT $3",
+        )
+        .bind(snapshot_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await
+    }
+
+    /// The newest runner job of `job_type` for `resource_id` (on `runner_id` when given).
+    pub async fn latest_job(
+        &self,
+        job_type: &str,
+        resource_id: &str,
+        runner_id: Option<&str>,
+    ) -> Result<Option<super::JobRow>, sqlx::Error> {
+        sqlx::query_as::<_, super::JobRow>(
+            "SELECT * FROM runner_jobs WHERE job_type = $1 AND resource_id = $2
+               AND ($3 IS NULL OR runner_id = $3)
+             ORDER BY created_at DESC, id DESC LIMIT 1",
+        )
+        .bind(job_type)
+        .bind(resource_id)
+        .bind(runner_id)
+        .fetch_optional(self.pool())
+        .await
+    }
+}

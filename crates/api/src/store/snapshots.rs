@@ -254,6 +254,10 @@ impl Store {
             .bind(id)
             .execute(self.pool())
             .await?;
+        sqlx::query("DELETE FROM build_log_lines WHERE snapshot_id = $1")
+            .bind(id)
+            .execute(self.pool())
+            .await?;
         Ok(())
     }
 }

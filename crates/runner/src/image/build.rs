@@ -60,6 +60,16 @@ pub struct BuildRequest {
 /// Receives the build's log, line by line, as it happens.
 pub trait BuildLog: Send + Sync {
     fn line(&self, line: &str);
+
+    /// Lines `first..` of the log `origin` numbered (a remote runner's job, which reports them
+    /// while it runs and all of them with its outcome): a log that keeps numbered lines stores
+    /// each once.
+    fn numbered(&self, origin: &str, first: usize, lines: &[String]) {
+        let _ = (origin, first);
+        for line in lines {
+            self.line(line);
+        }
+    }
 }
 
 /// A finished build: a reference the store resolves.
