@@ -31,6 +31,7 @@ async fn fleet(store: &Store, cluster: Arc<dyn Cluster>, build_threshold: i64) -
         FleetSettings {
             availability_score_threshold: 0,
             declarative_build_score_threshold: build_threshold,
+            start_score_threshold: 0,
             health_timeout: Duration::from_secs(30),
             default_region: "us".into(),
             runner_wait: Duration::from_secs(2),
@@ -217,6 +218,7 @@ async fn a_taken_over_build_awaits_the_job_an_earlier_process_gave() {
                 updated_at: ts.clone(),
                 started_at: Some(ts.clone()),
                 completed_at: Some(ts),
+                trace_context: serde_json::Value::Null,
             })
             .await
             .unwrap();

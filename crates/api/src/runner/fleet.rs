@@ -22,6 +22,7 @@ use futures::StreamExt;
 use super::jobs::{JobHub, outcome};
 use super::score::{Usage, availability_score};
 use crate::cluster::{Cluster, channel};
+use crate::invalidation::Invalidations;
 use crate::store::{JobRow, RunnerReport, RunnerRow, Store};
 
 /// What placement and health tracking need from configuration.
@@ -57,6 +58,8 @@ pub struct Fleet {
     /// Woken when a runner reports healthy (a pull waiting for any runner).
     joined: tokio::sync::Notify,
     cluster: Arc<dyn Cluster>,
+    /// Split proxies and gateways learn at once that a runner's sandboxes changed state.
+    invalidations: Invalidations,
     /// This process's name in [`channel::SANDBOX_MOVED`] messages.
     instance: String,
 }
@@ -178,6 +181,7 @@ impl Fleet {
             settings,
             seen: Mutex::new(HashMap::new()),
             joined: tokio::sync::Notify::new(),
+            invalidations: Invalidations::new(cluster.clone()),
             cluster,
             instance: uuid::Uuid::new_v4().to_string(),
         });
@@ -635,18 +639,14 @@ impl Fleet {
             match report.sandboxes.iter().find(|s| s.id == id) {
                 Some(found) => {
                     tracing::info!(sandbox = %id, runner = %runner.id, state = %found.state, "runner is back: sandbox reconciled");
-                    self.store
-                        .set_sandbox_state(&id, &found.state, None)
-                        .await?;
+                    self.set_sandbox_state(&id, &found.state, None).await?;
                 }
                 None => {
                     let reason = format!(
                         "runner {} ({}) came back without this sandbox",
                         runner.id, runner.name
                     );
-                    self.store
-                        .set_sandbox_state(&id, "error", Some(&reason))
-                        .await?;
+                    self.set_sandbox_state(&id, "error", Some(&reason)).await?;
                 }
             }
         }
@@ -699,6 +699,19 @@ impl Fleet {
             self.hub.submit(&self.store, &runner.id, &job).await?;
         }
         Ok(stale)
+    }
+
+    /// Records a sandbox state the runner side learned (a runner silent or back) and tells
+    /// split proxies and gateways, which may hold its old address.
+    async fn set_sandbox_state(
+        &self,
+        id: &str,
+        state: &str,
+        reason: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
+        self.store.set_sandbox_state(id, state, reason).await?;
+        self.invalidations.sandbox(id);
+        Ok(())
     }
 
     /// Marks runners that went silent as unresponsive and records the reason on their
@@ -788,9 +801,7 @@ impl Fleet {
             }
             tracing::warn!(runner = %runner.id, name = %runner.name, %reason, "runner is unresponsive");
             for id in self.store.sandboxes_on_runner(&runner.id).await? {
-                self.store
-                    .set_sandbox_state(&id, "error", Some(&reason))
-                    .await?;
+                self.set_sandbox_state(&id, "error", Some(&reason)).await?;
                 self.forget(&id);
             }
         }
