@@ -8,15 +8,15 @@ sandbox without a completed backup on a gone runner refuses to start, saying why
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from daytona.common.errors import DaytonaError
 
 from support import http
-from test_runners import HEALTH_TIMEOUT_S, POLL_TIMEOUT_S, Topology, _wait_for, _wait_runner, start_topology
-from test_s3 import S3Server, moto_s3, s3_env, sh
+from test_runners import HEALTH_TIMEOUT_S, POLL_TIMEOUT_S, Topology, _wait_for, _wait_runner
+# `s3` and `topology` are test_s3's module fixtures: two runners on one moto bucket.
+from test_s3 import S3Server, s3, sh, topology  # noqa: F401
 
 BACKUP_TIMEOUT_S = 120
 
@@ -63,19 +63,6 @@ def test_every_stop_backs_up_to_the_local_store_and_a_start_clears_it(daytona, s
     finally:
         daytona.delete(sandbox)
     _wait_for(lambda: not backups.exists() or not list(backups.iterdir()), 30, "destroy to delete the backup")
-
-
-@pytest.fixture(scope="module")
-def s3(request: pytest.FixtureRequest) -> Iterator[S3Server]:
-    with moto_s3(lambda: bool(request.session.testsfailed)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def topology(request: pytest.FixtureRequest, s3: S3Server) -> Iterator[Topology]:
-    api_env, runner_env = s3_env(s3)
-    with start_topology(lambda: bool(request.session.testsfailed), api_env, runner_env) as started:
-        yield started
 
 
 def _sandbox_dir(topology: Topology, runner_id: str, sandbox_id: str) -> Path:

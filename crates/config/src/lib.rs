@@ -60,7 +60,7 @@ mod sections;
 
 pub use error::{ConfigError, InvalidVar};
 pub use net::{Ipv4Cidr, Role, Roles, SHARED_ADDRESS_SPACE};
-pub use secret::Secret;
+pub use secret::{Secret, write_private_file};
 pub use sections::{
     AdminConfig, ApiConfig, BuildConfig, BuildEngine, ClickHouseConfig, DefaultRunnerConfig,
     MiscConfig, ObjectStorage, OidcConfig, OidcManagementApi, OtelConfig, OtlpExport,

@@ -58,3 +58,21 @@ impl Secret {
             .any(|p| self.0.eq_ignore_ascii_case(p))
     }
 }
+
+/// Writes a key or other credential file readable by its owner only (0600), atomically: the
+/// contents go to a temporary file beside `path` first, so `path` is either absent or complete.
+pub fn write_private_file(path: &std::path::Path, contents: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = path.with_file_name(tmp_name);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(contents)?;
+    std::fs::rename(&tmp, path)
+}

@@ -53,7 +53,6 @@ fn cert_error(e: impl std::fmt::Display) -> EgressError {
 impl CertificateAuthority {
     /// The CA in `dir`, made there (key first written 0600) when it has none.
     pub fn load_or_create(dir: &Path) -> Result<Self, EgressError> {
-        use std::os::unix::fs::OpenOptionsExt;
         let key_path = dir.join("ca-key.pem");
         let cert_path = dir.join("ca.pem");
         let (key, cert_pem) = match std::fs::read_to_string(&key_path) {
@@ -69,19 +68,10 @@ impl CertificateAuthority {
                 params.not_before = now - time::Duration::days(1);
                 params.not_after = now + time::Duration::days(CA_DAYS);
                 let cert = params.self_signed(&key).map_err(cert_error)?;
-                let tmp = dir.join(".ca-key.pem.tmp");
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(io_error(&tmp))?;
-                std::io::Write::write_all(&mut file, key.serialize_pem().as_bytes())
-                    .map_err(io_error(&tmp))?;
                 std::fs::write(&cert_path, cert.pem()).map_err(io_error(&cert_path))?;
                 // The key last: its presence means both files are complete.
-                std::fs::rename(&tmp, &key_path).map_err(io_error(&key_path))?;
+                daytona_config::write_private_file(&key_path, key.serialize_pem().as_bytes())
+                    .map_err(io_error(&key_path))?;
                 tracing::info!(path = %cert_path.display(), "created the egress CA");
                 (key, cert.pem())
             }

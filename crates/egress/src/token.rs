@@ -20,7 +20,6 @@ impl Credentials {
 
     /// The key in `path`, made (random, 0600) when missing.
     pub fn load_or_create(path: &Path) -> Result<Self, EgressError> {
-        use std::os::unix::fs::OpenOptionsExt;
         match std::fs::read(path) {
             Ok(bytes) if bytes.len() == 32 => {
                 Ok(Credentials::new(bytes.try_into().expect("32 bytes")))
@@ -32,16 +31,7 @@ impl Credentials {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 use rand::RngExt;
                 let key: [u8; 32] = rand::rng().random();
-                let tmp = path.with_extension("tmp");
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)
-                    .map_err(io_error(&tmp))?;
-                std::io::Write::write_all(&mut file, &key).map_err(io_error(&tmp))?;
-                std::fs::rename(&tmp, path).map_err(io_error(path))?;
+                daytona_config::write_private_file(path, &key).map_err(io_error(path))?;
                 Ok(Credentials::new(key))
             }
             Err(e) => Err(io_error(path)(e)),

@@ -3,8 +3,6 @@
 //! (`x5c`), which distribution checks against that bundle, and its libtrust key id (`kid`),
 //! which it looks up among the bundle's keys when a token has no `x5c`.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -119,17 +117,8 @@ fn create(key_path: &Path, cert_path: &Path) -> Result<(KeyPair, String), Regist
         .self_signed(&key)
         .map_err(|e| key_error(cert_path, e))?;
     std::fs::write(cert_path, cert.pem()).map_err(|e| key_error(cert_path, e))?;
-    let tmp = key_path.with_extension("pem.tmp");
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| key_error(&tmp, e))?;
-    file.write_all(key.serialize_pem().as_bytes())
-        .map_err(|e| key_error(&tmp, e))?;
-    std::fs::rename(&tmp, key_path).map_err(|e| key_error(key_path, e))?;
+    daytona_config::write_private_file(key_path, key.serialize_pem().as_bytes())
+        .map_err(|e| key_error(key_path, e))?;
     tracing::info!(key = %key_path.display(), certificate = %cert_path.display(),
         "created the registry token signing key");
     Ok((key, cert.pem()))
