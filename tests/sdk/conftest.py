@@ -69,6 +69,7 @@ POSTGRES_MODULES = {
     "test_mail",
     "test_metrics",
     "test_oidc",
+    "test_oidc_management",
     "test_organizations",
     "test_preview",
     "test_quotas",

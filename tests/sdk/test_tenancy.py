@@ -209,6 +209,12 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
     ("GET", "/api/regions"): lambda w: _listing_hides_a(w, "/regions", w.a.personal_org, w.a_shared_org),
     ("GET", "/api/regions/{region_id}"): lambda w: w.denied("GET", f"/regions/{w.a_shared_org}"),
     ("GET", "/api/users/me"): lambda w: assert_equal(w.b.api.ok("GET", "/users/me")["id"], w.b.id),
+    # The caller's own identity at the issuer, and only with its login token (test_oidc_management).
+    ("POST", "/api/users/linked-accounts"): lambda w: _identity_only(
+        w, "POST", "/users/linked-accounts", {"provider": "github", "userId": w.a.id}),
+    ("DELETE", "/api/users/linked-accounts/{provider}/{providerUserId}"): lambda w: _identity_only(
+        w, "DELETE", f"/users/linked-accounts/github/{w.a.id}"),
+    ("POST", "/api/users/mfa/sms/enroll"): lambda w: _identity_only(w, "POST", "/users/mfa/sms/enroll"),
     # --- sandboxes ---
     ("GET", "/api/sandbox"): lambda w: _listing_hides_a(w, "/sandbox", w.sandbox_id, w.sandbox_name),
     ("POST", "/api/sandbox"): lambda w: (
@@ -486,6 +492,13 @@ PROBES: dict[tuple[str, str], Callable[[World], None]] = {
         ]
     ],
 }
+
+
+def _identity_only(w: World, method: str, path: str, body: dict | None = None) -> None:
+    """Routes on the caller's identity at the issuer: never for an API key (501 where the
+    management API is off, as on this server)."""
+    result = w.b.api(method, path, body)
+    assert result.status in (403, 501), f"B's key on {method} {path}: {result.status} {result.body[:200]!r}"
 
 
 def _service_only(w: World, template: str) -> None:

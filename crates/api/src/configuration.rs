@@ -109,7 +109,10 @@ impl PublicConfiguration {
         PublicConfiguration {
             version: env!("CARGO_PKG_VERSION").into(),
             oidc,
-            linked_accounts_enabled: false,
+            linked_accounts_enabled: config
+                .oidc
+                .as_ref()
+                .is_some_and(|o| o.management_api.is_some()),
             announcements: BTreeMap::new(),
             proxy_template_url: config.proxy.template_url.clone(),
             proxy_toolbox_url: config.toolbox_proxy_url(),

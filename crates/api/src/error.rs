@@ -27,6 +27,12 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// A service another host provides (the identity provider) failed.
+    #[error("{0}")]
+    BadGateway(String),
+    /// A feature this deployment has not turned on; the message names the setting.
+    #[error("{0}")]
+    NotImplemented(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -41,6 +47,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::BadGateway(_) => StatusCode::BAD_GATEWAY,
+            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -54,6 +62,8 @@ impl ApiError {
             ApiError::Conflict(_) => "CONFLICT",
             ApiError::RateLimited { .. } => "TOO_MANY_REQUESTS",
             ApiError::Unavailable(_) => "SERVICE_UNAVAILABLE",
+            ApiError::BadGateway(_) => "BAD_GATEWAY",
+            ApiError::NotImplemented(_) => "NOT_IMPLEMENTED",
             ApiError::Internal(_) => "INTERNAL_SERVER_ERROR",
         }
     }
@@ -66,6 +76,26 @@ impl From<daytona_runner::RunnerError> for ApiError {
         match e {
             daytona_runner::RunnerError::Unavailable(reason) => ApiError::Unavailable(reason),
             other => ApiError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// The identity provider's refusals of the user's request keep their status; failures of the
+/// provider itself or of this server's credentials for it are the gateway's.
+impl From<crate::oidc_management::ManagementError> for ApiError {
+    fn from(e: crate::oidc_management::ManagementError) -> Self {
+        use crate::oidc_management::ManagementError;
+        let message = e.to_string();
+        match e {
+            ManagementError::Refused {
+                status: 400 | 422, ..
+            } => ApiError::BadRequest(message),
+            ManagementError::Refused { status: 404, .. } => ApiError::NotFound(message),
+            ManagementError::Refused { status: 409, .. } => ApiError::Conflict(message),
+            ManagementError::Refused { status: 429, .. } => ApiError::Unavailable(message),
+            ManagementError::Refused { .. }
+            | ManagementError::Credentials(_)
+            | ManagementError::Upstream { .. } => ApiError::BadGateway(message),
         }
     }
 }

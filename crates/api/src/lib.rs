@@ -24,6 +24,7 @@ pub mod mail;
 pub mod maintenance;
 pub mod object_storage;
 pub mod oidc;
+pub mod oidc_management;
 pub mod organization;
 pub mod quota;
 pub mod rate_limit;
@@ -64,6 +65,8 @@ pub struct AppState {
     pub readiness: Arc<health::Readiness>,
     /// The registry token server (`DAYTONA_REGISTRY_TOKEN_REALM`).
     pub registry_tokens: Option<Arc<registry_token::RegistryTokens>>,
+    /// The issuer's Auth0 Management API (`OIDC_MANAGEMENT_API_ENABLED`).
+    pub oidc_management: Option<Arc<oidc_management::ManagementClient>>,
 }
 
 /// The API's router; every route lives under `/api`, including the Socket.IO event gateway,
@@ -90,6 +93,7 @@ pub fn router(state: AppState) -> Router {
         .merge(configuration::router())
         .merge(runner::routes::router())
         .merge(registry_token::routes::router())
+        .merge(oidc_management::router())
         .split_for_parts();
     // After routing, so the audit knows each call's route template.
     let api = api

@@ -92,6 +92,7 @@ async fn start_server() -> (Server, Org, Org) {
         )),
         runners: None,
         registry_tokens: None,
+        oidc_management: None,
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

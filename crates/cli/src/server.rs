@@ -403,6 +403,7 @@ impl ControlPlane {
                 config.redis.as_ref(),
             )),
             registry_tokens,
+            oidc_management: oidc_management(config)?,
         };
         Ok(ControlPlane {
             state,
@@ -784,6 +785,27 @@ fn oidc_provider(config: &Config) -> anyhow::Result<Option<Arc<daytona_oidc::Pro
     )?;
     tracing::info!(issuer = %oidc.issuer_base_url, "OIDC login enabled");
     Ok(Some(Arc::new(provider)))
+}
+
+/// The issuer's Auth0 Management API, when `OIDC_MANAGEMENT_API_ENABLED`.
+fn oidc_management(
+    config: &Config,
+) -> anyhow::Result<Option<Arc<daytona_api::oidc_management::ManagementClient>>> {
+    let Some((oidc, settings)) = config
+        .oidc
+        .as_ref()
+        .and_then(|o| o.management_api.as_ref().map(|m| (o, m)))
+    else {
+        return Ok(None);
+    };
+    let client = daytona_api::oidc_management::ManagementClient::new(
+        &oidc.issuer_base_url,
+        settings,
+        outbound(config)?.client_builder(),
+    )
+    .map_err(anyhow::Error::msg)?;
+    tracing::info!(issuer = %oidc.issuer_base_url, "OIDC management API enabled (linked accounts, MFA enrolment)");
+    Ok(Some(Arc::new(client)))
 }
 
 /// `OIDC_AUDIENCE` (access tokens) and the client id (ID tokens).
