@@ -81,17 +81,24 @@ async fn get_one(
     Ok(Json(dto))
 }
 
+/// What every lifecycle call checks first: the caller's permission, then the organization's
+/// lifecycle rate limit.
+async fn lifecycle_call(state: &AppState, ctx: &AuthContext, permission: &str) -> ApiResult<()> {
+    ctx.require(permission)?;
+    state
+        .rate_limits
+        .check(Kind::SandboxLifecycle, &ctx.organization_id)
+        .await?;
+    Ok(())
+}
+
 #[utoipa::path(post, path = "/sandbox/{id}/start", tag = "sandbox", operation_id = "sandbox_routes_start", params(("id" = String, Path)))]
 async fn start(
     State(state): State<AppState>,
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
-    ctx.require("write:sandboxes")?;
-    state
-        .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)
-        .await?;
+    lifecycle_call(&state, &ctx, "write:sandboxes").await?;
     Ok(Json(state.sandboxes.start(&ctx, &id).await?))
 }
 
@@ -101,11 +108,7 @@ async fn stop(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
-    ctx.require("write:sandboxes")?;
-    state
-        .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)
-        .await?;
+    lifecycle_call(&state, &ctx, "write:sandboxes").await?;
     Ok(Json(state.sandboxes.stop(&ctx, &id).await?))
 }
 
@@ -115,11 +118,7 @@ async fn pause(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
-    ctx.require("write:sandboxes")?;
-    state
-        .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)
-        .await?;
+    lifecycle_call(&state, &ctx, "write:sandboxes").await?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     Ok(Json(state.sandboxes.pause_sandbox(row).await?))
 }
@@ -216,11 +215,7 @@ async fn archive(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
-    ctx.require("write:sandboxes")?;
-    state
-        .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)
-        .await?;
+    lifecycle_call(&state, &ctx, "write:sandboxes").await?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     Ok(Json(state.sandboxes.archive_sandbox(row).await?))
 }
@@ -233,11 +228,7 @@ async fn backup(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
-    ctx.require("write:sandboxes")?;
-    state
-        .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)
-        .await?;
+    lifecycle_call(&state, &ctx, "write:sandboxes").await?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     Ok(Json(state.sandboxes.request_backup(row).await?))
 }
@@ -269,11 +260,7 @@ async fn recover(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
-    ctx.require("write:sandboxes")?;
-    state
-        .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)
-        .await?;
+    lifecycle_call(&state, &ctx, "write:sandboxes").await?;
     let row = state.sandboxes.find(&ctx, &id).await?;
     if row.state != "error" {
         return Err(ApiError::BadRequest(format!(
@@ -290,11 +277,7 @@ async fn delete(
     ctx: AuthContext,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Sandbox>> {
-    ctx.require("delete:sandboxes")?;
-    state
-        .rate_limits
-        .check(Kind::SandboxLifecycle, &ctx.organization_id)
-        .await?;
+    lifecycle_call(&state, &ctx, "delete:sandboxes").await?;
     Ok(Json(state.sandboxes.delete(&ctx, &id).await?))
 }
 
